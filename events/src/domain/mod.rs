@@ -1,0 +1,5 @@
+//! Event payloads: the contract shared by the write side, the read side and the scheduler.
+//! Each type's constructor-validated fields ("parse, don't validate") live beside it.
+
+pub mod message;
+pub mod user;

@@ -1,0 +1,205 @@
+//! What an event looks like on the way in ([`NewEvent`]) and on the way out ([`Envelope`]).
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use uuid::Uuid;
+
+use crate::{Position, StoreError};
+
+/// Who and what caused an event; stored beside the payload.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// The user id or subsystem ("cli", "scheduler") that caused the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// Shared by every event caused by one request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<Uuid>,
+    /// The event (or request) that directly caused this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<Uuid>,
+}
+
+/// A stored event as every reader sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Envelope {
+    pub position: Position,
+    pub event_id: Uuid,
+    pub stream_id: String,
+    /// 1 for the first event of a stream.
+    pub version: i64,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub payload: serde_json::Value,
+    pub occurred_at: DateTime<Utc>,
+    pub metadata: Metadata,
+}
+
+/// An event to append.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub payload: serde_json::Value,
+    pub occurred_at: DateTime<Utc>,
+    pub metadata: Metadata,
+}
+
+impl NewEvent {
+    /// Wrap a domain event, stamping a fresh UUID v7 and the current time.
+    pub fn new<E: DomainEvent>(event: &E, metadata: Metadata) -> Self {
+        Self::at(event, metadata, Utc::now())
+    }
+
+    /// Wrap a domain event that happened at `occurred_at`.
+    pub fn at<E: DomainEvent>(event: &E, metadata: Metadata, occurred_at: DateTime<Utc>) -> Self {
+        NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: E::TYPE.to_owned(),
+            schema_version: E::SCHEMA_VERSION,
+            // Serializing plain structs of strings and numbers cannot fail.
+            payload: serde_json::to_value(event).unwrap_or(serde_json::Value::Null),
+            occurred_at,
+            metadata,
+        }
+    }
+}
+
+/// The version a writer expects a stream to be at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream holds.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last event must have exactly this version.
+    Exact(i64),
+}
+
+impl ExpectedVersion {
+    /// Whether a stream currently at `actual` (0 = no stream) satisfies this expectation.
+    pub fn allows(self, actual: i64) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual == 0,
+            ExpectedVersion::Exact(v) => actual == v,
+        }
+    }
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::Exact(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// Events for one stream, appended atomically.
+#[derive(Clone, Debug)]
+pub struct AppendRequest {
+    pub stream_id: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+}
+
+impl AppendRequest {
+    pub fn new(
+        stream_id: impl Into<String>,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Self {
+        AppendRequest {
+            stream_id: stream_id.into(),
+            expected,
+            events,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), StoreError> {
+        if self.stream_id.is_empty() || self.stream_id.len() > 512 {
+            return Err(StoreError::Invalid("stream id must be 1-512 bytes".into()));
+        }
+        if self.events.is_empty() {
+            return Err(StoreError::Invalid(
+                "an append needs at least one event".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of a successful append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub stream_id: String,
+    /// The stream version of the last appended event.
+    pub version: i64,
+    /// The global position of the first and last appended events.
+    pub first_position: Position,
+    pub last_position: Position,
+}
+
+/// The category of a stream: the part of its id before the first `-`.
+pub fn category_of(stream_id: &str) -> &str {
+    stream_id.split_once('-').map_or(stream_id, |(c, _)| c)
+}
+
+/// A domain event payload: the contract between the write side and every reader.
+///
+/// `SCHEMA_VERSION` grows when the payload shape changes; [`DomainEvent::upcast`] turns an
+/// older stored payload into the current shape, so events written years ago stay readable.
+pub trait DomainEvent: Serialize + DeserializeOwned {
+    const TYPE: &'static str;
+    const SCHEMA_VERSION: i32;
+
+    /// Rewrite a payload stored with an older `schema_version` into the current shape.
+    fn upcast(
+        schema_version: i32,
+        payload: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        if schema_version == Self::SCHEMA_VERSION {
+            Ok(payload)
+        } else {
+            Err(format!("unknown schema version {schema_version}"))
+        }
+    }
+
+    /// Decode an envelope of this type, upcasting older versions.
+    fn decode(envelope: &Envelope) -> Result<Self, DecodeError> {
+        if envelope.event_type != Self::TYPE {
+            return Err(DecodeError::WrongType {
+                expected: Self::TYPE,
+                found: envelope.event_type.clone(),
+            });
+        }
+        let payload =
+            Self::upcast(envelope.schema_version, envelope.payload.clone()).map_err(|reason| {
+                DecodeError::Payload {
+                    event_id: envelope.event_id,
+                    reason,
+                }
+            })?;
+        serde_json::from_value(payload).map_err(|e| DecodeError::Payload {
+            event_id: envelope.event_id,
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// A stored event that does not decode as the type asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("expected a {expected} event, found {found}")]
+    WrongType {
+        expected: &'static str,
+        found: String,
+    },
+    #[error("event {event_id} has an unreadable payload: {reason}")]
+    Payload { event_id: Uuid, reason: String },
+}

@@ -1,0 +1,22 @@
+//! Schema migrations, embedded in the binary: one ordered list per backend, each applied
+//! once and recorded in `cairn_migrations`. Applying takes the store's lock, so several
+//! processes starting at once do not race.
+
+/// A migration: its number, a short name, and the SQL it runs.
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+pub const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    name: "events",
+    sql: include_str!("../../migrations/postgres/0001_events.sql"),
+}];
+
+pub const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    name: "events",
+    sql: include_str!("../../migrations/sqlite/0001_events.sql"),
+}];

@@ -1,0 +1,39 @@
+//! The two event store backends and how one is chosen.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::{EventStore, StoreError};
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// Open the event store named by `database_url`: a `postgres://` URL selects Postgres;
+/// none selects the embedded SQLite file `events.db` in `data_dir`. Migrations are applied.
+pub async fn open(
+    database_url: Option<&str>,
+    data_dir: &Path,
+) -> Result<Arc<dyn EventStore>, StoreError> {
+    match database_url {
+        Some(url) => Ok(open_postgres(url).await?),
+        None => Ok(open_sqlite(&data_dir.join("events.db")).await?),
+    }
+}
+
+/// Open (and migrate) a Postgres event store.
+pub async fn open_postgres(url: &str) -> Result<Arc<PostgresStore>, StoreError> {
+    Ok(Arc::new(PostgresStore::connect(url).await?))
+}
+
+/// Open (and migrate) a SQLite event store, creating the file if needed.
+pub async fn open_sqlite(path: &Path) -> Result<Arc<SqliteStore>, StoreError> {
+    Ok(Arc::new(SqliteStore::open(path).await?))
+}
+
+/// Parse a stored metadata document; unknown fields are ignored so older readers cope.
+fn parse_metadata(value: serde_json::Value, event_id: &str) -> Result<crate::Metadata, StoreError> {
+    serde_json::from_value(value).map_err(|_| StoreError::Corrupt(event_id.to_owned()))
+}

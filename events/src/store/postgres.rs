@@ -1,0 +1,377 @@
+//! The production event store on Postgres.
+//!
+//! Appends are group-committed (see `group_commit`). Each batch runs in one transaction
+//! that first takes a transaction-scoped advisory lock, so exactly one batch at a time, in
+//! any process, reads the head and the stream versions and inserts. Positions are
+//! therefore dense and become visible in order: a reader that has seen position N has
+//! seen everything before it. The price is one writer at a time per database, which group
+//! commit pays back by putting many appends in each transaction.
+//!
+//! Wake-ups: the batch sends `NOTIFY cairn_events` with the new head; every process
+//! LISTENs from the moment it opens the store, and re-reads the head every second in case
+//! a notification was lost while its listener reconnected.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, PgConnection, Row};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::parse_metadata;
+use crate::group_commit::{BatchWriter, Committer, plan};
+use crate::migrate::POSTGRES as MIGRATIONS;
+use crate::{
+    AppendRequest, AppendStats, Appended, Envelope, EventStore, Lease, Position, StoreError,
+};
+
+/// Advisory-lock class for Cairn's own locks (the first key of the two-key form).
+pub const LOCK_CLASS: i32 = 0x4361_6972; // "Cair"
+/// Second key: serializes appends.
+pub const APPEND_LOCK: i32 = 1;
+/// Second key: serializes migrations.
+const MIGRATE_LOCK: i32 = 2;
+/// Class for named leases (second key is `hashtext(name)`).
+const LEASE_CLASS: i32 = 0x4361_6973;
+const CHANNEL: &str = "cairn_events";
+
+pub struct PostgresStore {
+    pool: PgPool,
+    committer: Committer,
+    head: watch::Sender<Position>,
+    stats: Arc<AppendStats>,
+}
+
+impl PostgresStore {
+    #[tracing::instrument(skip_all)]
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)?.application_name("cairn");
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        migrate(&pool).await?;
+
+        let initial = fetch_head(&pool).await?;
+        let (head, _) = watch::channel(initial);
+        // Listen before anyone reads, so no append committed after a read goes unnoticed.
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen(CHANNEL).await?;
+        tokio::spawn(follow_notifications(listener, pool.clone(), head.clone()));
+
+        let stats = Arc::new(AppendStats::default());
+        let committer = Committer::spawn(
+            PgBatchWriter { pool: pool.clone() },
+            stats.clone(),
+            head.clone(),
+        );
+        Ok(PostgresStore {
+            pool,
+            committer,
+            head,
+            stats,
+        })
+    }
+
+    /// The connection pool, for tests and administrative commands.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind(LOCK_CLASS)
+        .bind(MIGRATE_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS cairn_migrations (
+             version BIGINT PRIMARY KEY,
+             name TEXT NOT NULL,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM cairn_migrations")
+        .fetch_all(&mut *tx)
+        .await?;
+    for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "applying migration"
+        );
+        sqlx::raw_sql(migration.sql).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO cairn_migrations (version, name) VALUES ($1, $2)")
+            .bind(migration.version)
+            .bind(migration.name)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn fetch_head(pool: &PgPool) -> Result<Position, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT coalesce(max(position), 0)::bigint FROM events")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+async fn follow_notifications(
+    mut listener: PgListener,
+    pool: PgPool,
+    head: watch::Sender<Position>,
+) {
+    let advance = |seen: Position| {
+        head.send_if_modified(|h| {
+            let moved = seen > *h;
+            *h = (*h).max(seen);
+            moved
+        });
+    };
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), listener.recv()).await {
+            Ok(Ok(notification)) => {
+                if let Ok(seen) = notification.payload().parse::<Position>() {
+                    advance(seen);
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "event notifications interrupted; reconnecting");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if let Ok(seen) = fetch_head(&pool).await {
+                    advance(seen);
+                }
+            }
+            Err(_) => {
+                if let Ok(seen) = fetch_head(&pool).await {
+                    advance(seen);
+                }
+            }
+        }
+    }
+}
+
+struct PgBatchWriter {
+    pool: PgPool,
+}
+
+#[async_trait]
+impl BatchWriter for PgBatchWriter {
+    async fn write(
+        &mut self,
+        requests: &[AppendRequest],
+    ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Statements after this one see every batch committed before we got the lock.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind(LOCK_CLASS)
+            .bind(APPEND_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let streams: Vec<&str> = requests.iter().map(|r| r.stream_id.as_str()).collect();
+        let current: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT stream_id, max(version) FROM events WHERE stream_id = ANY($1) GROUP BY stream_id",
+        )
+        .bind(&streams)
+        .fetch_all(&mut *tx)
+        .await?;
+        let head: Position =
+            sqlx::query_scalar("SELECT coalesce(max(position), 0)::bigint FROM events")
+                .fetch_one(&mut *tx)
+                .await?;
+        let (rows, results) = plan(
+            requests,
+            current.into_iter().collect::<HashMap<_, _>>(),
+            head,
+        );
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(results);
+        }
+
+        let mut positions = Vec::with_capacity(rows.len());
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut stream_ids = Vec::with_capacity(rows.len());
+        let mut categories = Vec::with_capacity(rows.len());
+        let mut versions = Vec::with_capacity(rows.len());
+        let mut types = Vec::with_capacity(rows.len());
+        let mut schema_versions = Vec::with_capacity(rows.len());
+        let mut payloads = Vec::with_capacity(rows.len());
+        let mut metadata = Vec::with_capacity(rows.len());
+        let mut occurred = Vec::with_capacity(rows.len());
+        for row in &rows {
+            positions.push(row.position);
+            ids.push(row.event.event_id);
+            stream_ids.push(row.stream_id);
+            categories.push(row.category);
+            versions.push(row.version);
+            types.push(row.event.event_type.as_str());
+            schema_versions.push(row.event.schema_version);
+            payloads.push(row.event.payload.to_string());
+            metadata
+                .push(serde_json::to_string(&row.event.metadata).unwrap_or_else(|_| "{}".into()));
+            occurred.push(row.event.occurred_at);
+        }
+        let last = positions.last().copied().unwrap_or(head);
+        sqlx::query(
+            "INSERT INTO events (position, event_id, stream_id, category, version, event_type,
+                                 schema_version, payload, metadata, occurred_at)
+             SELECT p, e, s, c, v, t, sv, pl::jsonb, md::jsonb, o
+             FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[],
+                         $6::text[], $7::int[], $8::text[], $9::text[], $10::timestamptz[])
+                  AS u(p, e, s, c, v, t, sv, pl, md, o)",
+        )
+        .bind(&positions)
+        .bind(&ids)
+        .bind(&stream_ids)
+        .bind(&categories)
+        .bind(&versions)
+        .bind(&types)
+        .bind(&schema_versions)
+        .bind(&payloads)
+        .bind(&metadata)
+        .bind(&occurred)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(last.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(results)
+    }
+}
+
+fn decode(row: &PgRow) -> Result<Envelope, StoreError> {
+    let event_id: Uuid = row.try_get("event_id")?;
+    let metadata = parse_metadata(row.try_get("metadata")?, &event_id.to_string())?;
+    let occurred_at: DateTime<Utc> = row.try_get("occurred_at")?;
+    Ok(Envelope {
+        position: row.try_get("position")?,
+        event_id,
+        stream_id: row.try_get("stream_id")?,
+        version: row.try_get("version")?,
+        event_type: row.try_get("event_type")?,
+        schema_version: row.try_get("schema_version")?,
+        payload: row.try_get("payload")?,
+        occurred_at,
+        metadata,
+    })
+}
+
+struct PgLease {
+    conn: Option<PgConnection>,
+}
+
+#[async_trait]
+impl Lease for PgLease {
+    async fn is_held(&mut self) -> bool {
+        // A session advisory lock lives exactly as long as its connection.
+        let Some(conn) = self.conn.as_mut() else {
+            return false;
+        };
+        if conn.ping().await.is_ok() {
+            true
+        } else {
+            self.conn = None;
+            false
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn append(&self, request: AppendRequest) -> Result<Appended, StoreError> {
+        self.committer.append(request).await
+    }
+
+    async fn read_stream(&self, stream_id: &str) -> Result<Vec<Envelope>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT position, event_id, stream_id, version, event_type, schema_version, payload, metadata, occurred_at
+             FROM events WHERE stream_id = $1 ORDER BY version",
+        )
+        .bind(stream_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+        categories: &[&str],
+    ) -> Result<Vec<Envelope>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = if categories.is_empty() {
+            sqlx::query(
+                "SELECT position, event_id, stream_id, version, event_type, schema_version, payload, metadata, occurred_at
+                 FROM events WHERE position > $1 ORDER BY position LIMIT $2",
+            )
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+        } else {
+            sqlx::query(
+                "SELECT position, event_id, stream_id, version, event_type, schema_version, payload, metadata, occurred_at
+                 FROM events WHERE category = ANY($3) AND position > $1 ORDER BY position LIMIT $2",
+            )
+            .bind(after)
+            .bind(limit)
+            .bind(categories)
+            .fetch_all(&self.pool)
+            .await?
+        };
+        rows.iter().map(decode).collect()
+    }
+
+    async fn head(&self) -> Result<Position, StoreError> {
+        fetch_head(&self.pool).await
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Position> {
+        self.head.subscribe()
+    }
+
+    async fn try_lease(&self, name: &str) -> Result<Option<Box<dyn Lease>>, StoreError> {
+        let mut conn = self.pool.acquire().await?.detach();
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+            .bind(LEASE_CLASS)
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
+        if got {
+            Ok(Some(Box::new(PgLease { conn: Some(conn) })))
+        } else {
+            let _ = conn.close().await;
+            Ok(None)
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    fn stats(&self) -> Arc<AppendStats> {
+        self.stats.clone()
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+}
