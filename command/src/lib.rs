@@ -1,1 +1,35 @@
+//! The write side: authentication, users and tokens, and the command routes.
+//!
+//! Each use case reads as: input type → validation → load the stream → decide → append
+//! with the expected version. Nothing here reads a read model; the bearer-token cache is
+//! this side's own small projection of the `user` streams.
+#![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod error;
+pub mod messages;
+pub mod users;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use cairn_events::{EventStore, ReadYourWrites};
+
+pub use auth::TokenRegistry;
+pub use error::ApiError;
+
+/// What the command routes need.
+#[derive(Clone)]
+pub struct CommandState {
+    pub events: Arc<dyn EventStore>,
+    pub tokens: Arc<TokenRegistry>,
+    /// Lets `POST /message` answer once its message can be read back.
+    pub read_your_writes: Arc<dyn ReadYourWrites>,
+    /// How long a write waits for that at most before answering anyway.
+    pub read_your_writes_timeout: Duration,
+}
+
+pub fn router(state: CommandState) -> Router {
+    messages::router().with_state(state)
+}

@@ -1,0 +1,105 @@
+//! `POST /message`, Dunder-compatible.
+//!
+//! The body is read as JSON whatever the `Content-Type` says: Dunder's README posts with
+//! `curl -d`, which labels the body as a form. With an `Idempotency-Key` header the
+//! message's stream is named by the user and the key, so a retry finds the first message
+//! instead of posting a second one.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use cairn_events::domain::message::{self, MessagePosted, parse_hashtags, validate_text};
+use cairn_events::{AppendRequest, DomainEvent, ExpectedVersion, Metadata, NewEvent, StoreError};
+use serde::Deserialize;
+use serde_json::json;
+use ulid::Ulid;
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::{ApiError, CommandState};
+
+pub fn router() -> axum::Router<CommandState> {
+    axum::Router::new().route("/message", post(post_message))
+}
+
+#[derive(Deserialize)]
+struct PostMessage {
+    text: Option<String>,
+    #[serde(default)]
+    hashtags: Option<Vec<String>>,
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.chars().all(|c| c.is_ascii_graphic()))
+        .ok_or_else(|| ApiError::bad("invalid_idempotency_key", "Idempotency-Key must be 1-255 visible ASCII characters"))?;
+    Ok(Some(key.to_owned()))
+}
+
+fn created(id: Ulid) -> Response {
+    let mut response = (StatusCode::CREATED, Json(json!({ "data": { "id": id.to_string() } }))).into_response();
+    if let Ok(location) = header::HeaderValue::from_str(&format!("/message/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+async fn post_message(
+    State(state): State<CommandState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let input: PostMessage = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad("invalid_json", format!("the body must be a JSON object: {e}")))?;
+    let text = input.text.ok_or_else(|| ApiError::bad("invalid_text", "text is required"))?;
+    validate_text(&text).map_err(|e| ApiError::bad("invalid_text", e))?;
+    let hashtags = parse_hashtags(&input.hashtags.unwrap_or_default()).map_err(|e| ApiError::bad("invalid_hashtags", e))?;
+    let key = idempotency_key(&headers)?;
+
+    let posted = MessagePosted {
+        message_id: Ulid::generate(),
+        user_id: user.id,
+        user_name: user.name.clone(),
+        text,
+        hashtags,
+    };
+    let occurred_at = chrono::DateTime::from_timestamp_millis(posted.message_id.timestamp_ms() as i64)
+        .unwrap_or_else(chrono::Utc::now);
+    let metadata = Metadata { actor: Some(user.id.to_string()), correlation_id: Some(Uuid::now_v7()), causation_id: None };
+    let stream = message::stream_id(posted.message_id, user.id, key.as_deref());
+    let request = AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, vec![NewEvent::at(&posted, metadata, occurred_at)]);
+    match state.events.append(request).await {
+        Ok(appended) => {
+            // Answer once the message can be read back, within a bound: the write is
+            // durable either way.
+            let visible = state.read_your_writes.wait_for(appended.last_position, state.read_your_writes_timeout).await;
+            if !visible {
+                tracing::warn!(position = appended.last_position, "answering before the read model caught up");
+            }
+            Ok(created(posted.message_id))
+        }
+        Err(StoreError::Conflict { .. }) if key.is_some() => {
+            // A retry: answer as the first request was answered, if it asked the same.
+            let first = state.events.read_stream(&stream).await?;
+            let first = first
+                .first()
+                .and_then(|e| MessagePosted::decode(e).ok())
+                .ok_or_else(|| ApiError::Store(StoreError::Corrupt(stream.clone())))?;
+            if first.text != posted.text || first.hashtags != posted.hashtags {
+                return Err(ApiError::Unprocessable {
+                    code: "idempotency_key_reused",
+                    message: "this Idempotency-Key was used for a different message".into(),
+                });
+            }
+            Ok(created(first.message_id))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,152 @@
+//! Keeps the messages read model up to date.
+//!
+//! Loop: take the lease (only one runner per projection is active across all processes),
+//! read the checkpoint from the read store, read the next events after it, apply them and
+//! move the checkpoint by compare-and-set. When the log has nothing new, sleep until the
+//! event store signals an append, or a second at most: that second is also how a Redis
+//! that lost its keys is noticed (its checkpoint reads as 0) and rebuilt without anyone
+//! stepping in.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cairn_events::domain::message;
+use cairn_events::{EventStore, Position, ReadYourWrites};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::messages::to_stored_message;
+use crate::read_store::{Applied, ReadStore};
+
+const BATCH: usize = 1000;
+const IDLE_RECHECK: Duration = Duration::from_secs(1);
+
+pub struct Runner {
+    events: Arc<dyn EventStore>,
+    read: Arc<dyn ReadStore>,
+    caught_up: watch::Sender<Position>,
+}
+
+/// What the rest of the process sees of a runner: how far the read model is.
+#[derive(Clone)]
+pub struct RunnerHandle {
+    caught_up: watch::Receiver<Position>,
+}
+
+impl RunnerHandle {
+    /// The position up to which the read model answers (everything before it included).
+    pub fn position(&self) -> Position {
+        *self.caught_up.borrow()
+    }
+}
+
+#[async_trait]
+impl ReadYourWrites for RunnerHandle {
+    async fn wait_for(&self, position: Position, timeout: Duration) -> bool {
+        let mut rx = self.caught_up.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position)).await.is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// A waiter for processes that do not run the projection themselves: polls the read
+/// store's checkpoint until it passes the position.
+pub struct CheckpointPoller {
+    pub read: Arc<dyn ReadStore>,
+}
+
+#[async_trait]
+impl ReadYourWrites for CheckpointPoller {
+    async fn wait_for(&self, position: Position, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.read.checkpoint("messages").await.is_ok_and(|p| p >= position) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+impl Runner {
+    pub fn new(events: Arc<dyn EventStore>, read: Arc<dyn ReadStore>) -> (Self, RunnerHandle) {
+        let (caught_up, rx) = watch::channel(0);
+        (Runner { events, read, caught_up }, RunnerHandle { caught_up: rx })
+    }
+
+    /// Run until `shutdown` fires.
+    pub async fn run(self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            let lease = match self.events.try_lease("projection:messages").await {
+                Ok(Some(lease)) => lease,
+                Ok(None) => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(IDLE_RECHECK) => continue,
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot take the projection lease; retrying");
+                    tokio::time::sleep(IDLE_RECHECK).await;
+                    continue;
+                }
+            };
+            tracing::info!(projection = "messages", "projection runner active");
+            if let Err(error) = self.follow(lease, &shutdown).await {
+                tracing::warn!(error = %error, "projection runner interrupted; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+
+    async fn follow(
+        &self,
+        mut lease: Box<dyn cairn_events::Lease>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let mut wake = self.events.subscribe();
+        loop {
+            if shutdown.is_cancelled() || !lease.is_held().await {
+                return Ok(());
+            }
+            wake.borrow_and_update();
+            let head = self.events.head().await?;
+            let from = self.read.checkpoint("messages").await?;
+            let batch = self.events.read_all(from, BATCH, &[message::CATEGORY]).await?;
+            let Some(last) = batch.last().map(|e| e.position) else {
+                // Nothing in this projection's categories up to `head`: caught up to it.
+                self.publish(from.max(head));
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    _ = wake.changed() => {}
+                    () = tokio::time::sleep(IDLE_RECHECK) => {}
+                }
+                continue;
+            };
+            let mut messages = Vec::with_capacity(batch.len());
+            for envelope in &batch {
+                match to_stored_message(envelope) {
+                    Some(Ok(m)) => messages.push(m),
+                    Some(Err(error)) => tracing::error!(%error, "skipping unreadable event"),
+                    None => {}
+                }
+            }
+            match self.read.apply_messages(&messages, from, last).await? {
+                Applied::Done if batch.len() < BATCH => self.publish(last.max(head)),
+                Applied::Done => self.publish(last),
+                Applied::Moved => tracing::info!("messages checkpoint moved under us; re-reading it"),
+            }
+        }
+    }
+
+    fn publish(&self, position: Position) {
+        self.caught_up.send_if_modified(|p| {
+            let changed = *p != position;
+            *p = position;
+            changed
+        });
+    }
+}

@@ -1,0 +1,181 @@
+//! Read routes: `GET /message` (Dunder-compatible filters and cursor) and
+//! `GET /message/{id}`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::json;
+use ulid::Ulid;
+
+use cairn_events::domain::message::Hashtag;
+use cairn_events::domain::user::UserName;
+
+use crate::read_store::{MessageFilter, ReadError, ReadStore, StoredMessage};
+
+/// Default and largest page sizes of `GET /message`.
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 1000;
+
+#[derive(Clone)]
+pub struct QueryState {
+    pub read: Arc<dyn ReadStore>,
+}
+
+pub fn router(state: QueryState) -> Router {
+    Router::new()
+        .route("/message", get(list_messages))
+        .route("/message/{id}", get(get_message))
+        .with_state(state)
+}
+
+/// Errors of the read routes, as `{"error": ..., "code": ...}`.
+#[derive(Debug)]
+pub enum QueryError {
+    BadRequest { code: &'static str, message: String },
+    NotFound,
+    Unavailable(ReadError),
+}
+
+impl QueryError {
+    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        QueryError::BadRequest { code, message: message.into() }
+    }
+}
+
+impl From<ReadError> for QueryError {
+    fn from(e: ReadError) -> Self {
+        QueryError::Unavailable(e)
+    }
+}
+
+impl IntoResponse for QueryError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match self {
+            QueryError::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message),
+            // Dunder's exact wording, which clients may match on.
+            QueryError::NotFound => (StatusCode::NOT_FOUND, "not_found", "record not found".to_owned()),
+            QueryError::Unavailable(error) => {
+                tracing::error!(error = %error, cause = ?std::error::Error::source(&error), "read store failed");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "read_store_unavailable",
+                    "the read store is unavailable; try again shortly".to_owned(),
+                )
+            }
+        };
+        (status, Json(json!({ "error": message, "code": code }))).into_response()
+    }
+}
+
+/// A message as the API shows it.
+fn message_json(m: &StoredMessage) -> serde_json::Value {
+    json!({
+        "id": m.id.to_string(),
+        "user": { "id": m.user_id, "name": m.user_name },
+        "text": m.text,
+        "hashtags": m.hashtags,
+        "created_at": m.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    })
+}
+
+fn parse_id(raw: &str) -> Result<Ulid, QueryError> {
+    Ulid::from_string(raw).map_err(|_| QueryError::bad("invalid_id", format!("{raw:?} is not a message id")))
+}
+
+async fn get_message(State(state): State<QueryState>, Path(id): Path<String>) -> Result<Response, QueryError> {
+    let id = parse_id(&id)?;
+    let message = state.read.get_message(id).await?.ok_or(QueryError::NotFound)?;
+    Ok(Json(json!({ "data": message_json(&message) })).into_response())
+}
+
+/// A date filter: RFC 3339, or a bare `YYYY-MM-DD` meaning midnight UTC.
+pub fn parse_date(name: &str, raw: &str) -> Result<DateTime<Utc>, QueryError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+        && let Some(t) = d.and_hms_opt(0, 0, 0)
+    {
+        return Ok(t.and_utc());
+    }
+    Err(QueryError::bad(
+        "invalid_date",
+        format!("{name} must be an RFC 3339 time (2019-09-22T10:00:00Z) or a date (2019-09-22)"),
+    ))
+}
+
+fn ulid_at(t: DateTime<Utc>) -> Ulid {
+    // ULIDs hold 48-bit millisecond timestamps; dates outside that range are clamped.
+    let ms = t.timestamp_millis().clamp(0, (1_i64 << 48) - 1) as u64;
+    Ulid::from_parts(ms, 0)
+}
+
+/// Turn `GET /message` query parameters into a filter. Unknown parameters are ignored, as
+/// Dunder did; known ones are checked strictly.
+pub fn parse_filter(params: &HashMap<String, String>) -> Result<MessageFilter, QueryError> {
+    let mut filter = MessageFilter { limit: DEFAULT_LIMIT, ..MessageFilter::default() };
+    if let Some(tag) = params.get("hashtag") {
+        let tag = Hashtag::parse(tag).map_err(|e| QueryError::bad("invalid_hashtag", e))?;
+        filter.hashtag = Some(tag.key());
+    }
+    if let Some(user) = params.get("user_name") {
+        let user = UserName::parse(user).map_err(|e| QueryError::bad("invalid_user_name", e))?;
+        filter.user_name = Some(user.key());
+    }
+    let from = params.get("from_date").map(|d| parse_date("from_date", d)).transpose()?;
+    let to = params.get("to_date").map(|d| parse_date("to_date", d)).transpose()?;
+    if let (Some(f), Some(t)) = (from, to)
+        && f >= t
+    {
+        return Err(QueryError::bad("invalid_date_range", "from_date must be before to_date"));
+    }
+    filter.lower = from.map(ulid_at);
+    filter.upper = to.map(ulid_at);
+    if let Some(cursor) = params.get("cursor").filter(|c| !c.is_empty()) {
+        let cursor = Ulid::from_string(cursor)
+            .map_err(|_| QueryError::bad("invalid_cursor", "cursor must be a message id from an earlier page"))?;
+        filter.upper = Some(filter.upper.map_or(cursor, |u| u.min(cursor)));
+    }
+    if let Some(limit) = params.get("limit") {
+        filter.limit = match limit.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(QueryError::bad(
+                    "invalid_limit",
+                    format!("limit must be a whole number from 1 to {MAX_LIMIT}"),
+                ));
+            }
+        };
+    }
+    Ok(filter)
+}
+
+async fn list_messages(
+    State(state): State<QueryState>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, QueryError> {
+    let Query(params) = query.map_err(|e| QueryError::bad("invalid_query", e.body_text()))?;
+    if let Some(id) = params.get("ulid") {
+        let id = parse_id(id)?;
+        let message = state.read.get_message(id).await?.ok_or(QueryError::NotFound)?;
+        return Ok(Json(json!({ "data": message_json(&message) })).into_response());
+    }
+    let mut filter = parse_filter(&params)?;
+    let limit = filter.limit;
+    filter.limit += 1; // one more tells whether there is a next page
+    let mut page = state.read.list_messages(&filter).await?;
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let data: Vec<_> = page.iter().map(message_json).collect();
+    let mut body = json!({ "data": data });
+    if more && let Some(last) = page.last() {
+        body["next_cursor"] = json!(last.id.to_string());
+    }
+    Ok(Json(body).into_response())
+}
