@@ -32,7 +32,10 @@ pub const TOKEN_PREFIX: &str = "cairn_";
 pub fn mint_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
 }
 
 /// The stored form of a token.
@@ -70,7 +73,10 @@ pub struct TokenRegistry {
 
 impl Default for TokenRegistry {
     fn default() -> Self {
-        TokenRegistry { tokens: RwLock::default(), position: watch::channel(0).0 }
+        TokenRegistry {
+            tokens: RwLock::default(),
+            position: watch::channel(0).0,
+        }
     }
 }
 
@@ -87,7 +93,10 @@ impl TokenRegistry {
             return None;
         }
         let name = tokens.names.get(&entry.user_id)?.clone();
-        Some(AuthUser { id: entry.user_id, name })
+        Some(AuthUser {
+            id: entry.user_id,
+            name,
+        })
     }
 
     fn apply(&self, envelope: &Envelope) {
@@ -103,14 +112,21 @@ impl TokenRegistry {
                     tokens.hash_of.insert(e.token_id, e.token_hash.clone());
                     tokens.by_hash.insert(
                         e.token_hash,
-                        TokenEntry { token_id: e.token_id, user_id: e.user_id, expires_at: e.expires_at },
+                        TokenEntry {
+                            token_id: e.token_id,
+                            user_id: e.user_id,
+                            expires_at: e.expires_at,
+                        },
                     );
                 }
             }
             TokenRevoked::TYPE => {
                 if let Ok(e) = TokenRevoked::decode(envelope)
                     && let Some(hash) = tokens.hash_of.remove(&e.token_id)
-                    && tokens.by_hash.get(&hash).is_some_and(|t| t.token_id == e.token_id)
+                    && tokens
+                        .by_hash
+                        .get(&hash)
+                        .is_some_and(|t| t.token_id == e.token_id)
                 {
                     tokens.by_hash.remove(&hash);
                 }
@@ -122,7 +138,9 @@ impl TokenRegistry {
     /// Wait until the registry has applied the log up to `position` (at most `timeout`).
     pub async fn wait_for(&self, position: Position, timeout: Duration) -> bool {
         let mut rx = self.position.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Read every `user` event once, then return.
@@ -169,11 +187,21 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = CommandState::from_ref(state);
-        let header = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or(ApiError::Unauthorized)?;
-        let (scheme, token) = header.trim().split_once(' ').ok_or(ApiError::Unauthorized)?;
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(ApiError::Unauthorized)?;
+        let (scheme, token) = header
+            .trim()
+            .split_once(' ')
+            .ok_or(ApiError::Unauthorized)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(ApiError::Unauthorized);
         }
-        state.tokens.authenticate(token.trim(), Utc::now()).ok_or(ApiError::Unauthorized)
+        state
+            .tokens
+            .authenticate(token.trim(), Utc::now())
+            .ok_or(ApiError::Unauthorized)
     }
 }

@@ -23,7 +23,10 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn bad(code: &'static str, message: impl Into<String>) -> Self {
-        ApiError::BadRequest { code, message: message.into() }
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -48,11 +51,13 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut response = (status, Json(json!({ "error": message, "code": code }))).into_response();
+        let mut response =
+            (status, Json(json!({ "error": message, "code": code }))).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response

@@ -33,17 +33,28 @@ struct PostMessage {
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
     let key = value
         .to_str()
         .ok()
         .filter(|k| !k.is_empty() && k.len() <= 255 && k.chars().all(|c| c.is_ascii_graphic()))
-        .ok_or_else(|| ApiError::bad("invalid_idempotency_key", "Idempotency-Key must be 1-255 visible ASCII characters"))?;
+        .ok_or_else(|| {
+            ApiError::bad(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1-255 visible ASCII characters",
+            )
+        })?;
     Ok(Some(key.to_owned()))
 }
 
 fn created(id: Ulid) -> Response {
-    let mut response = (StatusCode::CREATED, Json(json!({ "data": { "id": id.to_string() } }))).into_response();
+    let mut response = (
+        StatusCode::CREATED,
+        Json(json!({ "data": { "id": id.to_string() } })),
+    )
+        .into_response();
     if let Ok(location) = header::HeaderValue::from_str(&format!("/message/{id}")) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -56,11 +67,18 @@ async fn post_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let input: PostMessage = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad("invalid_json", format!("the body must be a JSON object: {e}")))?;
-    let text = input.text.ok_or_else(|| ApiError::bad("invalid_text", "text is required"))?;
+    let input: PostMessage = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad(
+            "invalid_json",
+            format!("the body must be a JSON object: {e}"),
+        )
+    })?;
+    let text = input
+        .text
+        .ok_or_else(|| ApiError::bad("invalid_text", "text is required"))?;
     validate_text(&text).map_err(|e| ApiError::bad("invalid_text", e))?;
-    let hashtags = parse_hashtags(&input.hashtags.unwrap_or_default()).map_err(|e| ApiError::bad("invalid_hashtags", e))?;
+    let hashtags = parse_hashtags(&input.hashtags.unwrap_or_default())
+        .map_err(|e| ApiError::bad("invalid_hashtags", e))?;
     let key = idempotency_key(&headers)?;
 
     let posted = MessagePosted {
@@ -70,18 +88,33 @@ async fn post_message(
         text,
         hashtags,
     };
-    let occurred_at = chrono::DateTime::from_timestamp_millis(posted.message_id.timestamp_ms() as i64)
-        .unwrap_or_else(chrono::Utc::now);
-    let metadata = Metadata { actor: Some(user.id.to_string()), correlation_id: Some(Uuid::now_v7()), causation_id: None };
+    let occurred_at =
+        chrono::DateTime::from_timestamp_millis(posted.message_id.timestamp_ms() as i64)
+            .unwrap_or_else(chrono::Utc::now);
+    let metadata = Metadata {
+        actor: Some(user.id.to_string()),
+        correlation_id: Some(Uuid::now_v7()),
+        causation_id: None,
+    };
     let stream = message::stream_id(posted.message_id, user.id, key.as_deref());
-    let request = AppendRequest::new(stream.clone(), ExpectedVersion::NoStream, vec![NewEvent::at(&posted, metadata, occurred_at)]);
+    let request = AppendRequest::new(
+        stream.clone(),
+        ExpectedVersion::NoStream,
+        vec![NewEvent::at(&posted, metadata, occurred_at)],
+    );
     match state.events.append(request).await {
         Ok(appended) => {
             // Answer once the message can be read back, within a bound: the write is
             // durable either way.
-            let visible = state.read_your_writes.wait_for(appended.last_position, state.read_your_writes_timeout).await;
+            let visible = state
+                .read_your_writes
+                .wait_for(appended.last_position, state.read_your_writes_timeout)
+                .await;
             if !visible {
-                tracing::warn!(position = appended.last_position, "answering before the read model caught up");
+                tracing::warn!(
+                    position = appended.last_position,
+                    "answering before the read model caught up"
+                );
             }
             Ok(created(posted.message_id))
         }

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use cairn_events::domain::user::{self, TokenIssued, TokenRevoked, UserCreated, UserName};
 use cairn_events::{
-    AppendRequest, DomainEvent, Envelope, EventStore, ExpectedVersion, Metadata, NewEvent, Position, StoreError,
+    AppendRequest, DomainEvent, Envelope, EventStore, ExpectedVersion, Metadata, NewEvent,
+    Position, StoreError,
 };
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -102,7 +103,11 @@ fn fold(events: &[Envelope]) -> Option<User> {
 }
 
 fn cli() -> Metadata {
-    Metadata { actor: Some("cli".into()), correlation_id: Some(Uuid::now_v7()), causation_id: None }
+    Metadata {
+        actor: Some("cli".into()),
+        correlation_id: Some(Uuid::now_v7()),
+        causation_id: None,
+    }
 }
 
 /// Every user, by name.
@@ -111,7 +116,9 @@ pub async fn list_users(events: &dyn EventStore) -> Result<Vec<User>, UserError>
     let mut at = 0;
     loop {
         let batch = events.read_all(at, 1000, &[user::CATEGORY]).await?;
-        let Some(last) = batch.last().map(|e| e.position) else { break };
+        let Some(last) = batch.last().map(|e| e.position) else {
+            break;
+        };
         at = last;
         for e in batch {
             streams.entry(e.stream_id.clone()).or_default().push(e);
@@ -122,7 +129,11 @@ pub async fn list_users(events: &dyn EventStore) -> Result<Vec<User>, UserError>
 
 async fn ensure_token_unused(events: &dyn EventStore, hash: &str) -> Result<(), UserError> {
     let users = list_users(events).await?;
-    if users.iter().flat_map(|u| &u.tokens).any(|t| !t.revoked && t.hash == hash) {
+    if users
+        .iter()
+        .flat_map(|u| &u.tokens)
+        .any(|t| !t.revoked && t.hash == hash)
+    {
         return Err(UserError::TokenTaken);
     }
     Ok(())
@@ -138,8 +149,13 @@ async fn token_event(
     let (token, weak) = match import {
         Some(t) => {
             let t = t.trim();
-            if t.is_empty() || t.len() > 512 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(UserError::Invalid("an imported token must be 1-512 visible characters".into()));
+            if t.is_empty()
+                || t.len() > 512
+                || t.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(UserError::Invalid(
+                    "an imported token must be 1-512 visible characters".into(),
+                ));
             }
             (t.to_owned(), true)
         }
@@ -147,7 +163,16 @@ async fn token_event(
     };
     let token_hash = hash_token(&token);
     ensure_token_unused(events, &token_hash).await?;
-    Ok((token, TokenIssued { token_id: Uuid::now_v7(), user_id, token_hash, weak, expires_at }))
+    Ok((
+        token,
+        TokenIssued {
+            token_id: Uuid::now_v7(),
+            user_id,
+            token_hash,
+            weak,
+            expires_at,
+        },
+    ))
 }
 
 /// Create a user with a first token; returns the token string (shown once).
@@ -167,14 +192,24 @@ pub async fn add_user(
     let user_id = Uuid::now_v7();
     let (token, issued) = token_event(events, user_id, import_token, expires_at).await?;
     let metadata = cli();
-    let created = UserCreated { user_id, name: name.clone(), email: email.map(str::to_owned) };
+    let created = UserCreated {
+        user_id,
+        name: name.clone(),
+        email: email.map(str::to_owned),
+    };
     let request = AppendRequest::new(
         name.stream_id(),
         ExpectedVersion::NoStream,
-        vec![NewEvent::new(&created, metadata.clone()), NewEvent::new(&issued, metadata)],
+        vec![
+            NewEvent::new(&created, metadata.clone()),
+            NewEvent::new(&issued, metadata),
+        ],
     );
     match events.append(request).await {
-        Ok(appended) => Ok(Written { value: token, position: appended.last_position }),
+        Ok(appended) => Ok(Written {
+            value: token,
+            position: appended.last_position,
+        }),
         Err(StoreError::Conflict { .. }) => Err(UserError::Exists(name.to_string())),
         Err(e) => Err(e.into()),
     }
@@ -198,12 +233,18 @@ pub async fn add_token(
             vec![NewEvent::new(&issued, cli())],
         ))
         .await?;
-    Ok(Written { value: token, position: appended.last_position })
+    Ok(Written {
+        value: token,
+        position: appended.last_position,
+    })
 }
 
 /// Revoke a token, named by its id (as `user list` shows it) or by the token itself.
 /// Returns the owner's name and the token id.
-pub async fn revoke_token(events: &dyn EventStore, id_or_token: &str) -> Result<Written<(String, Uuid)>, UserError> {
+pub async fn revoke_token(
+    events: &dyn EventStore,
+    id_or_token: &str,
+) -> Result<Written<(String, Uuid)>, UserError> {
     let by_id = Uuid::parse_str(id_or_token).ok();
     let hash = hash_token(id_or_token);
     let users = list_users(events).await?;
@@ -216,10 +257,22 @@ pub async fn revoke_token(events: &dyn EventStore, id_or_token: &str) -> Result<
                 .map(|t| (u, t))
         })
         .ok_or_else(|| UserError::NoSuchToken(id_or_token.chars().take(12).collect()))?;
-    let stream = UserName::parse(&user.name).map_err(UserError::Invalid)?.stream_id();
-    let revoked = TokenRevoked { token_id: token.id, user_id: user.id };
+    let stream = UserName::parse(&user.name)
+        .map_err(UserError::Invalid)?
+        .stream_id();
+    let revoked = TokenRevoked {
+        token_id: token.id,
+        user_id: user.id,
+    };
     let appended = events
-        .append(AppendRequest::new(stream, ExpectedVersion::Exact(user.version), vec![NewEvent::new(&revoked, cli())]))
+        .append(AppendRequest::new(
+            stream,
+            ExpectedVersion::Exact(user.version),
+            vec![NewEvent::new(&revoked, cli())],
+        ))
         .await?;
-    Ok(Written { value: (user.name.clone(), token.id), position: appended.last_position })
+    Ok(Written {
+        value: (user.name.clone(), token.id),
+        position: appended.last_position,
+    })
 }

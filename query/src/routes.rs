@@ -44,7 +44,10 @@ pub enum QueryError {
 
 impl QueryError {
     fn bad(code: &'static str, message: impl Into<String>) -> Self {
-        QueryError::BadRequest { code, message: message.into() }
+        QueryError::BadRequest {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -59,7 +62,11 @@ impl IntoResponse for QueryError {
         let (status, code, message) = match self {
             QueryError::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message),
             // Dunder's exact wording, which clients may match on.
-            QueryError::NotFound => (StatusCode::NOT_FOUND, "not_found", "record not found".to_owned()),
+            QueryError::NotFound => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "record not found".to_owned(),
+            ),
             QueryError::Unavailable(error) => {
                 tracing::error!(error = %error, cause = ?std::error::Error::source(&error), "read store failed");
                 (
@@ -85,12 +92,20 @@ fn message_json(m: &StoredMessage) -> serde_json::Value {
 }
 
 fn parse_id(raw: &str) -> Result<Ulid, QueryError> {
-    Ulid::from_string(raw).map_err(|_| QueryError::bad("invalid_id", format!("{raw:?} is not a message id")))
+    Ulid::from_string(raw)
+        .map_err(|_| QueryError::bad("invalid_id", format!("{raw:?} is not a message id")))
 }
 
-async fn get_message(State(state): State<QueryState>, Path(id): Path<String>) -> Result<Response, QueryError> {
+async fn get_message(
+    State(state): State<QueryState>,
+    Path(id): Path<String>,
+) -> Result<Response, QueryError> {
     let id = parse_id(&id)?;
-    let message = state.read.get_message(id).await?.ok_or(QueryError::NotFound)?;
+    let message = state
+        .read
+        .get_message(id)
+        .await?
+        .ok_or(QueryError::NotFound)?;
     Ok(Json(json!({ "data": message_json(&message) })).into_response())
 }
 
@@ -119,7 +134,10 @@ fn ulid_at(t: DateTime<Utc>) -> Ulid {
 /// Turn `GET /message` query parameters into a filter. Unknown parameters are ignored, as
 /// Dunder did; known ones are checked strictly.
 pub fn parse_filter(params: &HashMap<String, String>) -> Result<MessageFilter, QueryError> {
-    let mut filter = MessageFilter { limit: DEFAULT_LIMIT, ..MessageFilter::default() };
+    let mut filter = MessageFilter {
+        limit: DEFAULT_LIMIT,
+        ..MessageFilter::default()
+    };
     if let Some(tag) = params.get("hashtag") {
         let tag = Hashtag::parse(tag).map_err(|e| QueryError::bad("invalid_hashtag", e))?;
         filter.hashtag = Some(tag.key());
@@ -128,18 +146,31 @@ pub fn parse_filter(params: &HashMap<String, String>) -> Result<MessageFilter, Q
         let user = UserName::parse(user).map_err(|e| QueryError::bad("invalid_user_name", e))?;
         filter.user_name = Some(user.key());
     }
-    let from = params.get("from_date").map(|d| parse_date("from_date", d)).transpose()?;
-    let to = params.get("to_date").map(|d| parse_date("to_date", d)).transpose()?;
+    let from = params
+        .get("from_date")
+        .map(|d| parse_date("from_date", d))
+        .transpose()?;
+    let to = params
+        .get("to_date")
+        .map(|d| parse_date("to_date", d))
+        .transpose()?;
     if let (Some(f), Some(t)) = (from, to)
         && f >= t
     {
-        return Err(QueryError::bad("invalid_date_range", "from_date must be before to_date"));
+        return Err(QueryError::bad(
+            "invalid_date_range",
+            "from_date must be before to_date",
+        ));
     }
     filter.lower = from.map(ulid_at);
     filter.upper = to.map(ulid_at);
     if let Some(cursor) = params.get("cursor").filter(|c| !c.is_empty()) {
-        let cursor = Ulid::from_string(cursor)
-            .map_err(|_| QueryError::bad("invalid_cursor", "cursor must be a message id from an earlier page"))?;
+        let cursor = Ulid::from_string(cursor).map_err(|_| {
+            QueryError::bad(
+                "invalid_cursor",
+                "cursor must be a message id from an earlier page",
+            )
+        })?;
         filter.upper = Some(filter.upper.map_or(cursor, |u| u.min(cursor)));
     }
     if let Some(limit) = params.get("limit") {
@@ -163,7 +194,11 @@ async fn list_messages(
     let Query(params) = query.map_err(|e| QueryError::bad("invalid_query", e.body_text()))?;
     if let Some(id) = params.get("ulid") {
         let id = parse_id(id)?;
-        let message = state.read.get_message(id).await?.ok_or(QueryError::NotFound)?;
+        let message = state
+            .read
+            .get_message(id)
+            .await?
+            .ok_or(QueryError::NotFound)?;
         return Ok(Json(json!({ "data": message_json(&message) })).into_response());
     }
     let mut filter = parse_filter(&params)?;

@@ -13,8 +13,9 @@ pub fn to_stored_message(envelope: &Envelope) -> Option<Result<StoredMessage, De
         return None;
     }
     Some(MessagePosted::decode(envelope).map(|posted| {
-        let created_at = DateTime::<Utc>::from_timestamp_millis(posted.message_id.timestamp_ms() as i64)
-            .unwrap_or(envelope.occurred_at);
+        let created_at =
+            DateTime::<Utc>::from_timestamp_millis(posted.message_id.timestamp_ms() as i64)
+                .unwrap_or(envelope.occurred_at);
         StoredMessage {
             id: posted.message_id,
             user_id: posted.user_id.to_string(),

@@ -45,7 +45,9 @@ impl RunnerHandle {
 impl ReadYourWrites for RunnerHandle {
     async fn wait_for(&self, position: Position, timeout: Duration) -> bool {
         let mut rx = self.caught_up.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }
 
@@ -60,7 +62,12 @@ impl ReadYourWrites for CheckpointPoller {
     async fn wait_for(&self, position: Position, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if self.read.checkpoint("messages").await.is_ok_and(|p| p >= position) {
+            if self
+                .read
+                .checkpoint("messages")
+                .await
+                .is_ok_and(|p| p >= position)
+            {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -74,7 +81,14 @@ impl ReadYourWrites for CheckpointPoller {
 impl Runner {
     pub fn new(events: Arc<dyn EventStore>, read: Arc<dyn ReadStore>) -> (Self, RunnerHandle) {
         let (caught_up, rx) = watch::channel(0);
-        (Runner { events, read, caught_up }, RunnerHandle { caught_up: rx })
+        (
+            Runner {
+                events,
+                read,
+                caught_up,
+            },
+            RunnerHandle { caught_up: rx },
+        )
     }
 
     /// Run until `shutdown` fires.
@@ -115,7 +129,10 @@ impl Runner {
             wake.borrow_and_update();
             let head = self.events.head().await?;
             let from = self.read.checkpoint("messages").await?;
-            let batch = self.events.read_all(from, BATCH, &[message::CATEGORY]).await?;
+            let batch = self
+                .events
+                .read_all(from, BATCH, &[message::CATEGORY])
+                .await?;
             let Some(last) = batch.last().map(|e| e.position) else {
                 // Nothing in this projection's categories up to `head`: caught up to it.
                 self.publish(from.max(head));
@@ -137,7 +154,9 @@ impl Runner {
             match self.read.apply_messages(&messages, from, last).await? {
                 Applied::Done if batch.len() < BATCH => self.publish(last.max(head)),
                 Applied::Done => self.publish(last),
-                Applied::Moved => tracing::info!("messages checkpoint moved under us; re-reading it"),
+                Applied::Moved => {
+                    tracing::info!("messages checkpoint moved under us; re-reading it")
+                }
             }
         }
     }

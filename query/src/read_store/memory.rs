@@ -30,18 +30,27 @@ impl MemoryStore {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 #[async_trait]
 impl ReadStore for MemoryStore {
     async fn checkpoint(&self, projection: &str) -> Result<Position, ReadError> {
-        Ok(self.read().checkpoints.get(projection).copied().unwrap_or(0))
+        Ok(self
+            .read()
+            .checkpoints
+            .get(projection)
+            .copied()
+            .unwrap_or(0))
     }
 
     async fn apply_messages(
@@ -57,9 +66,17 @@ impl ReadStore for MemoryStore {
         for m in messages {
             state.all.insert(m.id);
             for tag in &m.hashtags {
-                state.by_tag.entry(tag.to_lowercase()).or_default().insert(m.id);
+                state
+                    .by_tag
+                    .entry(tag.to_lowercase())
+                    .or_default()
+                    .insert(m.id);
             }
-            state.by_user.entry(m.user_name.to_ascii_lowercase()).or_default().insert(m.id);
+            state
+                .by_user
+                .entry(m.user_name.to_ascii_lowercase())
+                .or_default()
+                .insert(m.id);
             state.messages.insert(m.id, Arc::new(m.clone()));
         }
         state.checkpoints.insert("messages".into(), to);
@@ -81,9 +98,14 @@ impl ReadStore for MemoryStore {
         if let Some(user) = &filter.user_name {
             candidates.push(state.by_user.get(user).unwrap_or(&empty));
         }
-        let index = candidates.into_iter().min_by_key(|s| s.len()).unwrap_or(&empty);
+        let index = candidates
+            .into_iter()
+            .min_by_key(|s| s.len())
+            .unwrap_or(&empty);
         let lower = filter.lower.unwrap_or(Ulid::nil());
-        let upper = filter.upper.unwrap_or(Ulid::from_parts(u64::MAX >> 16, u128::MAX));
+        let upper = filter
+            .upper
+            .unwrap_or(Ulid::from_parts(u64::MAX >> 16, u128::MAX));
         if lower >= upper {
             return Ok(Vec::new());
         }
@@ -101,7 +123,10 @@ impl ReadStore for MemoryStore {
         let mut state = self.write();
         if projection == "messages" {
             let checkpoints = std::mem::take(&mut state.checkpoints);
-            *state = State { checkpoints, ..State::default() };
+            *state = State {
+                checkpoints,
+                ..State::default()
+            };
         }
         state.checkpoints.remove(projection);
         Ok(())

@@ -47,7 +47,10 @@ pub struct MessageFilter {
 impl MessageFilter {
     pub(crate) fn matches(&self, m: &StoredMessage) -> bool {
         self.hashtag.as_deref().is_none_or(|t| m.has_tag(t))
-            && self.user_name.as_deref().is_none_or(|u| m.user_name.to_ascii_lowercase() == u)
+            && self
+                .user_name
+                .as_deref()
+                .is_none_or(|u| m.user_name.to_ascii_lowercase() == u)
             && self.lower.is_none_or(|l| m.id >= l)
             && self.upper.is_none_or(|u| m.id < u)
     }

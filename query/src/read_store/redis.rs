@@ -40,7 +40,11 @@ impl RedisStore {
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, ReadError> {
         let client = redis::Client::open(url)?;
         let conn = ConnectionManager::new(client).await?;
-        let store = RedisStore { conn, prefix: prefix.to_owned(), cas: redis::Script::new(CHECKPOINT_CAS) };
+        let store = RedisStore {
+            conn,
+            prefix: prefix.to_owned(),
+            cas: redis::Script::new(CHECKPOINT_CAS),
+        };
         store.warn_if_evicting().await;
         Ok(store)
     }
@@ -48,8 +52,11 @@ impl RedisStore {
     /// Read models must not be evicted silently: a missing key would read as "no message".
     async fn warn_if_evicting(&self) {
         let mut conn = self.conn.clone();
-        let policy: Result<Vec<String>, _> =
-            redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query_async(&mut conn).await;
+        let policy: Result<Vec<String>, _> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut conn)
+            .await;
         if let Ok(pair) = policy
             && let Some(policy) = pair.get(1)
             && policy != "noeviction"
@@ -78,7 +85,10 @@ impl RedisStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids.iter().map(|id| self.key("messages", &format!("m:{id}"))).collect();
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| self.key("messages", &format!("m:{id}")))
+            .collect();
         let mut conn = self.conn.clone();
         let bodies: Vec<Option<String>> = conn.mget(&keys).await?;
         bodies
@@ -107,14 +117,22 @@ impl ReadStore for RedisStore {
         for m in messages {
             let id = m.id.to_string();
             let body = serde_json::to_string(m).map_err(|e| ReadError::Corrupt(e.to_string()))?;
-            pipe.set(self.key("messages", &format!("m:{id}")), body).ignore();
+            pipe.set(self.key("messages", &format!("m:{id}")), body)
+                .ignore();
             pipe.zadd(self.key("messages", "ix:all"), &id, 0).ignore();
             for tag in &m.hashtags {
-                pipe.zadd(self.key("messages", &format!("ix:tag:{}", tag.to_lowercase())), &id, 0)
-                    .ignore();
+                pipe.zadd(
+                    self.key("messages", &format!("ix:tag:{}", tag.to_lowercase())),
+                    &id,
+                    0,
+                )
+                .ignore();
             }
             pipe.zadd(
-                self.key("messages", &format!("ix:user:{}", m.user_name.to_ascii_lowercase())),
+                self.key(
+                    "messages",
+                    &format!("ix:user:{}", m.user_name.to_ascii_lowercase()),
+                ),
                 &id,
                 0,
             )
@@ -131,7 +149,11 @@ impl ReadStore for RedisStore {
             .arg(to)
             .invoke_async(&mut conn)
             .await?;
-        Ok(if moved == 1 { Applied::Done } else { Applied::Moved })
+        Ok(if moved == 1 {
+            Applied::Done
+        } else {
+            Applied::Moved
+        })
     }
 
     async fn get_message(&self, id: Ulid) -> Result<Option<StoredMessage>, ReadError> {
@@ -142,8 +164,12 @@ impl ReadStore for RedisStore {
         let mut conn = self.conn.clone();
         // With both a tag and a user, walk the smaller of the two indexes.
         let tag_first = if let (Some(tag), Some(user)) = (&filter.hashtag, &filter.user_name) {
-            let tags: usize = conn.zcard(self.key("messages", &format!("ix:tag:{tag}"))).await?;
-            let users: usize = conn.zcard(self.key("messages", &format!("ix:user:{user}"))).await?;
+            let tags: usize = conn
+                .zcard(self.key("messages", &format!("ix:tag:{tag}")))
+                .await?;
+            let users: usize = conn
+                .zcard(self.key("messages", &format!("ix:user:{user}")))
+                .await?;
             tags <= users
         } else {
             false
@@ -152,7 +178,11 @@ impl ReadStore for RedisStore {
         let min = filter.lower.map_or("-".to_owned(), |l| format!("[{l}"));
         let mut max = filter.upper.map_or("+".to_owned(), |u| format!("({u}"));
         let both = filter.hashtag.is_some() && filter.user_name.is_some();
-        let chunk = if both { (filter.limit * 4).clamp(64, 2000) } else { filter.limit };
+        let chunk = if both {
+            (filter.limit * 4).clamp(64, 2000)
+        } else {
+            filter.limit
+        };
         let mut out = Vec::with_capacity(filter.limit);
         loop {
             let ids: Vec<String> = redis::cmd("ZREVRANGEBYLEX")

@@ -1,0 +1,334 @@
+//! Composition: picks the backends from the configuration, starts the roles this process
+//! plays, and serves HTTP until the shutdown token fires.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use cairn_command::{CommandState, TokenRegistry};
+use cairn_events::{EventStore, NoWait, ReadYourWrites};
+use cairn_query::projections::CheckpointPoller;
+use cairn_query::read_store::{MemoryStore, RedisStore};
+use cairn_query::routes::QueryState;
+use cairn_query::{ReadStore, Runner, RunnerHandle};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::config::Config;
+
+/// Which parts of Cairn this process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Everything in one process (the default).
+    All,
+    /// The write routes (`POST /message`).
+    Command,
+    /// The read routes (`GET /message`).
+    Query,
+    /// The projections that keep the read models up to date.
+    Projector,
+}
+
+/// Open the configured event store.
+pub async fn open_events(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> {
+    cairn_events::open(config.database_url.as_deref(), &config.data_dir)
+        .await
+        .with_context(|| format!("opening the event store at {}", config.database_for_log()))
+}
+
+/// Open the configured read store.
+pub async fn open_read(config: &Config) -> anyhow::Result<Arc<dyn ReadStore>> {
+    Ok(match &config.redis_url {
+        Some(url) => Arc::new(
+            RedisStore::connect(url, &config.redis_prefix)
+                .await
+                .with_context(|| {
+                    format!("connecting to Redis at {}", crate::config::redact(url))
+                })?,
+        ),
+        None => Arc::new(MemoryStore::new()),
+    })
+}
+
+/// A running Cairn.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    tokens: Arc<TokenRegistry>,
+    events: Arc<dyn EventStore>,
+    read: Arc<dyn ReadStore>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _data_lock: Option<File>,
+}
+
+#[derive(Default)]
+struct RequestCounts(Mutex<BTreeMap<(String, String, u16), u64>>);
+
+#[derive(Clone)]
+struct OpsState {
+    events: Arc<dyn EventStore>,
+    read: Arc<dyn ReadStore>,
+    runner: Option<RunnerHandle>,
+    requests: Arc<RequestCounts>,
+}
+
+impl Application {
+    /// Open the backends, start the background roles and bind the listener (port 0 allowed).
+    pub async fn build(
+        config: &Config,
+        role: Role,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let embedded = config.database_url.is_none();
+        if role != Role::All && (embedded || config.redis_url.is_none()) {
+            bail!(
+                "running separate roles needs CAIRN_DATABASE_URL (Postgres) and CAIRN_REDIS_URL (Redis)"
+            );
+        }
+        let data_lock = if embedded {
+            Some(lock_data_dir(config)?)
+        } else {
+            None
+        };
+        let events = open_events(config).await?;
+        let read = open_read(config).await?;
+
+        let mut tasks = Vec::new();
+        let tokens = TokenRegistry::new();
+        tokens
+            .catch_up(&*events)
+            .await
+            .context("loading users and tokens")?;
+        tasks.push(tokio::spawn(
+            tokens.clone().follow(events.clone(), shutdown.clone()),
+        ));
+
+        let runner = if matches!(role, Role::All | Role::Projector) {
+            let (runner, handle) = Runner::new(events.clone(), read.clone());
+            tasks.push(tokio::spawn(runner.run(shutdown.clone())));
+            Some(handle)
+        } else {
+            None
+        };
+        let read_your_writes: Arc<dyn ReadYourWrites> = match (&runner, &config.redis_url) {
+            (Some(handle), _) => Arc::new(handle.clone()),
+            (None, Some(_)) => Arc::new(CheckpointPoller { read: read.clone() }),
+            (None, None) => Arc::new(NoWait),
+        };
+
+        let ops = OpsState {
+            events: events.clone(),
+            read: read.clone(),
+            runner,
+            requests: Arc::default(),
+        };
+        let mut router = Router::new()
+            .route(
+                "/health/live",
+                get(|| async { Json(json!({ "data": { "status": "ok" } })) }),
+            )
+            .route("/health/ready", get(ready))
+            .route("/metrics", get(metrics))
+            .with_state(ops.clone());
+        if matches!(role, Role::All | Role::Command) {
+            router = router.merge(cairn_command::router(CommandState {
+                events: events.clone(),
+                tokens: tokens.clone(),
+                read_your_writes,
+                read_your_writes_timeout: Duration::from_millis(config.read_your_writes_ms),
+            }));
+        }
+        if matches!(role, Role::All | Role::Query) {
+            router = router.merge(cairn_query::router(QueryState { read: read.clone() }));
+        }
+        let router = router
+            .fallback(|| async {
+                (
+                    StatusCode::NOT_FOUND,
+                    Json(json!({ "error": "no such route", "code": "not_found" })),
+                )
+            })
+            .layer(middleware::from_fn_with_state(
+                ops.requests.clone(),
+                count_requests,
+            ))
+            .layer(RequestBodyLimitLayer::new(config.body_limit))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                Duration::from_secs(config.request_timeout),
+            ));
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        Ok(Application {
+            listener,
+            router,
+            shutdown,
+            tokens,
+            events,
+            read,
+            tasks,
+            _data_lock: data_lock,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address().port()
+    }
+
+    pub fn tokens(&self) -> Arc<TokenRegistry> {
+        self.tokens.clone()
+    }
+
+    pub fn events(&self) -> Arc<dyn EventStore> {
+        self.events.clone()
+    }
+
+    pub fn read_store(&self) -> Arc<dyn ReadStore> {
+        self.read.clone()
+    }
+
+    /// Serve until the shutdown token fires; in-flight requests finish first.
+    pub async fn run(self) -> anyhow::Result<()> {
+        tracing::info!(address = %self.address(), "listening");
+        let shutdown = self.shutdown.clone();
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .context("serving HTTP")?;
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        Ok(())
+    }
+}
+
+/// Only one server may use an embedded data directory at a time.
+fn lock_data_dir(config: &Config) -> anyhow::Result<File> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let path = config.data_dir.join("cairn.lock");
+    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            bail!(
+                "another Cairn server is using {}",
+                config.data_dir.display()
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
+async fn count_requests(
+    State(counts): State<Arc<RequestCounts>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let key = (method, route, response.status().as_u16());
+    *counts
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key)
+        .or_default() += 1;
+    response
+}
+
+async fn projection_lag(ops: &OpsState) -> Option<i64> {
+    let head = ops.events.head().await.ok()?;
+    let position = match &ops.runner {
+        Some(runner) => runner.position(),
+        None => ops.read.checkpoint("messages").await.ok()?,
+    };
+    Some((head - position).max(0))
+}
+
+async fn ready(State(ops): State<OpsState>) -> Response {
+    let database = ops.events.ping().await.is_ok();
+    let read_store = ops.read.ping().await.is_ok();
+    let lag = projection_lag(&ops).await;
+    let status = if database && read_store {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({ "data": {
+        "ready": status == StatusCode::OK,
+        "database": { "backend": ops.events.backend(), "ok": database },
+        "read_store": { "backend": ops.read.backend(), "ok": read_store },
+        "projection_lag_events": lag,
+    }});
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(ops): State<OpsState>) -> Response {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP cairn_http_requests_total HTTP requests answered, by route and status."
+    );
+    let _ = writeln!(out, "# TYPE cairn_http_requests_total counter");
+    for ((method, route, status), n) in ops
+        .requests
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "cairn_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}"
+        );
+    }
+    ops.events.stats().render(&mut out);
+    if let Some(lag) = projection_lag(&ops).await {
+        let _ = writeln!(
+            out,
+            "# HELP cairn_projection_lag_events Events appended but not yet in the read model."
+        );
+        let _ = writeln!(out, "# TYPE cairn_projection_lag_events gauge");
+        let _ = writeln!(
+            out,
+            "cairn_projection_lag_events{{projection=\"messages\"}} {lag}"
+        );
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response()
+}

@@ -1,0 +1,247 @@
+//! The command line: `serve`, `migrate`, and the administrative subcommands.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use cairn_command::users;
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{self, Application, Role};
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Messages, time capsules, backups and exports, event-sourced."
+)]
+pub struct Cli {
+    /// A TOML configuration file (default: $CAIRN_CONFIG, else ./cairn.toml if present).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve {
+        /// Which parts to run; separate roles need Postgres and Redis.
+        #[arg(long, value_enum, default_value = "all")]
+        role: Role,
+    },
+    /// Create or upgrade the database schema, then exit.
+    Migrate,
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage bearer tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Manage read models.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Create a user; prints a new bearer token as the last line.
+    Add {
+        name: String,
+        #[arg(long)]
+        email: Option<String>,
+        /// Import an existing token string (e.g. Dunder's base64 user name) instead of
+        /// minting one; it is flagged as weak.
+        #[arg(long)]
+        token: Option<String>,
+        /// When the token stops working (RFC 3339).
+        #[arg(long)]
+        expires: Option<DateTime<Utc>>,
+    },
+    /// List users and their tokens.
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Issue another token for a user; prints it as the last line.
+    Add {
+        name: String,
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long)]
+        expires: Option<DateTime<Utc>>,
+    },
+    /// Revoke a token, given its id (see `user list`) or the token itself.
+    Revoke { token: String },
+}
+
+#[derive(Subcommand)]
+pub enum ProjectionCommand {
+    /// Throw a read model away and rebuild it from the first event.
+    Rebuild {
+        /// The projection (default: all of them).
+        name: Option<String>,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    crate::telemetry::init(config.log_format == "json");
+    match cli.command {
+        Command::Serve { role } => serve(&config, role).await,
+        Command::Migrate => {
+            let events = app::open_events(&config).await?;
+            println!(
+                "schema of {} is up to date (head position {})",
+                config.database_for_log(),
+                events.head().await?
+            );
+            Ok(())
+        }
+        Command::User {
+            command:
+                UserCommand::Add {
+                    name,
+                    email,
+                    token,
+                    expires,
+                },
+        } => {
+            let events = app::open_events(&config).await?;
+            let written =
+                users::add_user(&*events, &name, email.as_deref(), token.as_deref(), expires)
+                    .await?;
+            eprintln!("created user {name}; keep this token, it is not shown again:");
+            println!("{}", written.value);
+            Ok(())
+        }
+        Command::User {
+            command: UserCommand::List,
+        } => {
+            let events = app::open_events(&config).await?;
+            for user in users::list_users(&*events).await? {
+                println!(
+                    "{}\t{}\t{}\tcreated {}",
+                    user.name,
+                    user.id,
+                    user.email.as_deref().unwrap_or("-"),
+                    user.created_at.to_rfc3339()
+                );
+                for t in &user.tokens {
+                    let mut flags = Vec::new();
+                    if t.weak {
+                        flags.push("WEAK (imported)".to_owned());
+                    }
+                    if t.revoked {
+                        flags.push("revoked".to_owned());
+                    }
+                    if let Some(at) = t.expires_at {
+                        flags.push(format!("expires {}", at.to_rfc3339()));
+                    }
+                    println!(
+                        "  token {}\tissued {}\t{}",
+                        t.id,
+                        t.issued_at.to_rfc3339(),
+                        flags.join(", ")
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Token {
+            command:
+                TokenCommand::Add {
+                    name,
+                    token,
+                    expires,
+                },
+        } => {
+            let events = app::open_events(&config).await?;
+            let written = users::add_token(&*events, &name, token.as_deref(), expires).await?;
+            eprintln!("new token for {name}; keep it, it is not shown again:");
+            println!("{}", written.value);
+            Ok(())
+        }
+        Command::Token {
+            command: TokenCommand::Revoke { token },
+        } => {
+            let events = app::open_events(&config).await?;
+            let written = users::revoke_token(&*events, &token).await?;
+            println!("revoked token {} of {}", written.value.1, written.value.0);
+            Ok(())
+        }
+        Command::Projections {
+            command: ProjectionCommand::Rebuild { name },
+        } => {
+            let names: Vec<&str> = match &name {
+                Some(n) if cairn_query::projections::NAMES.contains(&n.as_str()) => {
+                    vec![n.as_str()]
+                }
+                Some(n) => anyhow::bail!(
+                    "no projection named {n}; known: {}",
+                    cairn_query::projections::NAMES.join(", ")
+                ),
+                None => cairn_query::projections::NAMES.to_vec(),
+            };
+            if config.redis_url.is_none() {
+                println!(
+                    "in-memory read models are rebuilt from the event store every time the server starts; nothing to do"
+                );
+                return Ok(());
+            }
+            let read = app::open_read(&config).await?;
+            for n in names {
+                read.reset(n)
+                    .await
+                    .with_context(|| format!("resetting {n}"))?;
+                println!("{n}: reset; the running projector rebuilds it from the first event");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: &Config, role: Role) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let app = Application::build(config, role, shutdown.clone()).await?;
+    tracing::info!(role = ?role, database = %config.database_for_log(), "cairn starting");
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
+    app.run().await
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,209 @@
+//! Configuration: built-in defaults, then an optional TOML file (`--config`, `CAIRN_CONFIG`,
+//! or `./cairn.toml` if present), then `CAIRN_*` environment variables. Every field is
+//! documented here once; `cairn.example.toml` shows them all.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server binds (`CAIRN_LISTEN`); port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Directory for the embedded event store and its lock (`CAIRN_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// `postgres://...` selects Postgres; unset selects SQLite in the data dir
+    /// (`CAIRN_DATABASE_URL`).
+    pub database_url: Option<String>,
+    /// `redis://...` keeps read models in Redis; unset keeps them in memory
+    /// (`CAIRN_REDIS_URL`).
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key, so several deployments can share a server
+    /// (`CAIRN_REDIS_PREFIX`).
+    pub redis_prefix: String,
+    /// The URL people reach Cairn at, used in links (`CAIRN_PUBLIC_URL`).
+    pub public_url: String,
+    /// `text` or `json` (`CAIRN_LOG_FORMAT`); the level comes from `RUST_LOG`.
+    pub log_format: String,
+    /// Largest request body accepted, in bytes (`CAIRN_BODY_LIMIT`).
+    pub body_limit: usize,
+    /// Longest a request may take, in seconds (`CAIRN_REQUEST_TIMEOUT`).
+    pub request_timeout: u64,
+    /// Longest a write waits for its read model to catch up before answering, in
+    /// milliseconds (`CAIRN_READ_YOUR_WRITES_MS`).
+    pub read_your_writes_ms: u64,
+    /// Proxies whose `X-Forwarded-For` is believed (`CAIRN_TRUSTED_PROXIES`, comma-separated).
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            redis_url: None,
+            redis_prefix: "cairn".into(),
+            public_url: "http://127.0.0.1:8080".into(),
+            log_format: "text".into(),
+            body_limit: 1024 * 1024,
+            request_timeout: 30,
+            read_your_writes_ms: 2000,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Load the layers in order and check the result.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("CAIRN_CONFIG").map(PathBuf::from))
+            .or_else(|| Some(PathBuf::from("cairn.toml")).filter(|p| p.exists()));
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Override fields from `CAIRN_*` variables (read through `get`, for tests).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        let var = |name: &str| get(name).filter(|v| !v.is_empty());
+        if let Some(v) = var("CAIRN_LISTEN") {
+            self.listen = v.parse().with_context(|| {
+                format!("CAIRN_LISTEN={v:?} is not an address like 127.0.0.1:8080")
+            })?;
+        }
+        if let Some(v) = var("CAIRN_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = var("CAIRN_DATABASE_URL") {
+            self.database_url = Some(v);
+        }
+        if let Some(v) = var("CAIRN_REDIS_URL") {
+            self.redis_url = Some(v);
+        }
+        if let Some(v) = var("CAIRN_REDIS_PREFIX") {
+            self.redis_prefix = v;
+        }
+        if let Some(v) = var("CAIRN_PUBLIC_URL") {
+            self.public_url = v;
+        }
+        if let Some(v) = var("CAIRN_LOG_FORMAT") {
+            self.log_format = v;
+        }
+        if let Some(v) = var("CAIRN_BODY_LIMIT") {
+            self.body_limit = v
+                .parse()
+                .with_context(|| format!("CAIRN_BODY_LIMIT={v:?} is not a number of bytes"))?;
+        }
+        if let Some(v) = var("CAIRN_REQUEST_TIMEOUT") {
+            self.request_timeout = v.parse().with_context(|| {
+                format!("CAIRN_REQUEST_TIMEOUT={v:?} is not a number of seconds")
+            })?;
+        }
+        if let Some(v) = var("CAIRN_READ_YOUR_WRITES_MS") {
+            self.read_your_writes_ms = v
+                .parse()
+                .with_context(|| format!("CAIRN_READ_YOUR_WRITES_MS={v:?} is not a number"))?;
+        }
+        if let Some(v) = var("CAIRN_TRUSTED_PROXIES") {
+            self.trusted_proxies = v
+                .split(',')
+                .map(|p| {
+                    p.trim().parse().with_context(|| {
+                        format!("CAIRN_TRUSTED_PROXIES: {p:?} is not an IP address")
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?;
+        }
+        Ok(())
+    }
+
+    /// Cross-field checks, made once at start-up.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            bail!(
+                "CAIRN_DATABASE_URL must be a postgres:// URL (leave it unset for the embedded store)"
+            );
+        }
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix://"))
+        {
+            bail!("CAIRN_REDIS_URL must be a redis:// or rediss:// URL");
+        }
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}', ' ']) {
+            bail!("CAIRN_REDIS_PREFIX must be non-empty, without braces or spaces");
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            bail!("CAIRN_LOG_FORMAT must be text or json");
+        }
+        if self.body_limit < 1024 {
+            bail!("CAIRN_BODY_LIMIT must be at least 1024 bytes");
+        }
+        if self.request_timeout == 0 {
+            bail!("CAIRN_REQUEST_TIMEOUT must be at least 1 second");
+        }
+        Ok(())
+    }
+
+    /// The database URL with any password hidden, for logs.
+    pub fn database_for_log(&self) -> String {
+        match &self.database_url {
+            None => format!("sqlite:{}", self.data_dir.join("events.db").display()),
+            Some(url) => redact(url),
+        }
+    }
+}
+
+/// Hide the password of a URL (`scheme://user:secret@host` → `scheme://user:***@host`).
+pub fn redact(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((userinfo, host)) = rest.split_once('@')
+        && let Some((user, _)) = userinfo.split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_defaults_and_is_checked() {
+        let mut config = Config::default();
+        let env = |name: &str| match name {
+            "CAIRN_LISTEN" => Some("0.0.0.0:9000".to_owned()),
+            "CAIRN_DATABASE_URL" => Some("postgres://u:secret@db/cairn".to_owned()),
+            _ => None,
+        };
+        config.apply_env(env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.listen.port(), 9000);
+        assert!(config.check().is_ok());
+        assert_eq!(config.database_for_log(), "postgres://u:***@db/cairn");
+        let mut bad = Config::default();
+        assert!(
+            bad.apply_env(|n| (n == "CAIRN_LISTEN").then(|| "nope".to_owned()))
+                .is_err()
+        );
+        bad.database_url = Some("mysql://x".into());
+        assert!(bad.check().is_err());
+    }
+}
