@@ -19,7 +19,7 @@ use cairn_command::{CommandState, TokenRegistry};
 use cairn_events::{EventStore, NoWait, ReadYourWrites};
 use cairn_query::projections::CheckpointPoller;
 use cairn_query::read_store::{MemoryStore, RedisStore};
-use cairn_query::routes::QueryState;
+use cairn_query::routes::{QueryState, StartupGate};
 use cairn_query::{ReadStore, Runner, RunnerHandle};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -133,7 +133,7 @@ impl Application {
         let ops = OpsState {
             events: events.clone(),
             read: read.clone(),
-            runner,
+            runner: runner.clone(),
             requests: Arc::default(),
         };
         let mut router = Router::new()
@@ -153,7 +153,14 @@ impl Application {
             }));
         }
         if matches!(role, Role::All | Role::Query) {
-            router = router.merge(cairn_query::router(QueryState { read: read.clone() }));
+            let gate = match (&runner, &config.redis_url) {
+                (Some(handle), None) => startup_gate(&*events, handle, config).await?,
+                _ => StartupGate::open(),
+            };
+            router = router.merge(cairn_query::router(QueryState {
+                read: read.clone(),
+                gate,
+            }));
         }
         let router = router
             .fallback(|| async {
@@ -222,6 +229,35 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// In-memory read models start empty and load in the background while the server already
+/// answers; reads wait until they hold everything the log held at start.
+async fn startup_gate(
+    events: &dyn EventStore,
+    handle: &RunnerHandle,
+    config: &Config,
+) -> anyhow::Result<StartupGate> {
+    let head = events.head().await.context("reading the event log head")?;
+    let waiter: Arc<dyn ReadYourWrites> = Arc::new(handle.clone());
+    let started = std::time::Instant::now();
+    let log_handle = handle.clone();
+    tokio::spawn(async move {
+        while !log_handle.wait_for(head, Duration::from_secs(5)).await {
+            tracing::info!(
+                head,
+                at = log_handle.position(),
+                "still loading read models"
+            );
+        }
+        tracing::info!(
+            events = head,
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "read models loaded"
+        );
+    });
+    let timeout = Duration::from_secs(config.request_timeout.max(2) - 1);
+    Ok(StartupGate::until(waiter, head, timeout))
 }
 
 /// Only one server may use an embedded data directory at a time.

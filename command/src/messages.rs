@@ -21,6 +21,19 @@ use uuid::Uuid;
 use crate::auth::AuthUser;
 use crate::{ApiError, CommandState};
 
+/// Message ids from one process increase strictly, even within a millisecond, so "newest
+/// first" and the cursor follow posting order.
+fn next_message_id() -> Ulid {
+    static GENERATOR: std::sync::Mutex<ulid::Generator> =
+        std::sync::Mutex::new(ulid::Generator::new());
+    let mut generator = GENERATOR.lock().unwrap_or_else(|p| p.into_inner());
+    match generator.generate() {
+        Ok(id) => id,
+        // 2^80 ids in one millisecond: take the next random one instead.
+        Err(overflow) => overflow.commit_overflow_random(),
+    }
+}
+
 pub fn router() -> axum::Router<CommandState> {
     axum::Router::new().route("/message", post(post_message))
 }
@@ -82,7 +95,7 @@ async fn post_message(
     let key = idempotency_key(&headers)?;
 
     let posted = MessagePosted {
-        message_id: Ulid::generate(),
+        message_id: next_message_id(),
         user_id: user.id,
         user_name: user.name.clone(),
         text,

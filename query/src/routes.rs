@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -15,6 +17,7 @@ use ulid::Ulid;
 
 use cairn_events::domain::message::Hashtag;
 use cairn_events::domain::user::UserName;
+use cairn_events::{Position, ReadYourWrites};
 
 use crate::read_store::{MessageFilter, ReadError, ReadStore, StoredMessage};
 
@@ -25,6 +28,51 @@ pub const MAX_LIMIT: usize = 1000;
 #[derive(Clone)]
 pub struct QueryState {
     pub read: Arc<dyn ReadStore>,
+    pub gate: StartupGate,
+}
+
+/// Holds reads back until the read models contain everything the event log held when the
+/// process started. In-memory read models start empty and are rebuilt in the background, so
+/// without the gate a message acknowledged before a restart could briefly read as 404.
+#[derive(Clone, Default)]
+pub struct StartupGate(Option<Arc<Gate>>);
+
+struct Gate {
+    waiter: Arc<dyn ReadYourWrites>,
+    position: Position,
+    timeout: Duration,
+    open: AtomicBool,
+}
+
+impl StartupGate {
+    /// A gate that never holds anything back (read models that outlive the process).
+    pub fn open() -> Self {
+        StartupGate(None)
+    }
+
+    /// Hold reads until `waiter` reports `position`, each for at most `timeout`.
+    pub fn until(waiter: Arc<dyn ReadYourWrites>, position: Position, timeout: Duration) -> Self {
+        StartupGate(Some(Arc::new(Gate {
+            waiter,
+            position,
+            timeout,
+            open: AtomicBool::new(false),
+        })))
+    }
+
+    /// Wait until the read models are loaded; `Err` if they are not within the timeout.
+    pub async fn pass(&self) -> Result<(), QueryError> {
+        let Some(gate) = &self.0 else { return Ok(()) };
+        if gate.open.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if gate.waiter.wait_for(gate.position, gate.timeout).await {
+            gate.open.store(true, Ordering::Release);
+            Ok(())
+        } else {
+            Err(QueryError::Loading)
+        }
+    }
 }
 
 pub fn router(state: QueryState) -> Router {
@@ -37,8 +85,13 @@ pub fn router(state: QueryState) -> Router {
 /// Errors of the read routes, as `{"error": ..., "code": ...}`.
 #[derive(Debug)]
 pub enum QueryError {
-    BadRequest { code: &'static str, message: String },
+    BadRequest {
+        code: &'static str,
+        message: String,
+    },
     NotFound,
+    /// The read models are still being rebuilt after a start.
+    Loading,
     Unavailable(ReadError),
 }
 
@@ -67,6 +120,18 @@ impl IntoResponse for QueryError {
                 "not_found",
                 "record not found".to_owned(),
             ),
+            QueryError::Loading => {
+                let body = json!({
+                    "error": "the read models are still loading; try again shortly",
+                    "code": "loading",
+                });
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(axum::http::header::RETRY_AFTER, "1")],
+                    Json(body),
+                )
+                    .into_response();
+            }
             QueryError::Unavailable(error) => {
                 tracing::error!(error = %error, cause = ?std::error::Error::source(&error), "read store failed");
                 (
@@ -101,6 +166,7 @@ async fn get_message(
     Path(id): Path<String>,
 ) -> Result<Response, QueryError> {
     let id = parse_id(&id)?;
+    state.gate.pass().await?;
     let message = state
         .read
         .get_message(id)
@@ -194,6 +260,7 @@ async fn list_messages(
     let Query(params) = query.map_err(|e| QueryError::bad("invalid_query", e.body_text()))?;
     if let Some(id) = params.get("ulid") {
         let id = parse_id(id)?;
+        state.gate.pass().await?;
         let message = state
             .read
             .get_message(id)
@@ -202,6 +269,7 @@ async fn list_messages(
         return Ok(Json(json!({ "data": message_json(&message) })).into_response());
     }
     let mut filter = parse_filter(&params)?;
+    state.gate.pass().await?;
     let limit = filter.limit;
     filter.limit += 1; // one more tells whether there is a next page
     let mut page = state.read.list_messages(&filter).await?;

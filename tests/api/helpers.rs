@@ -1,0 +1,171 @@
+//! `spawn_app`: a Cairn on a random port with a fresh database (or data directory) and a
+//! fresh Redis key prefix, and a client with one method per endpoint.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn::{Application, Config, Role};
+use cairn_command::TokenRegistry;
+use cairn_command::users;
+use cairn_events::EventStore;
+use cairn_query::ReadStore;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite event store, in-memory read models.
+    Embedded,
+    /// Postgres event store, Redis read models.
+    PostgresRedis,
+}
+
+pub fn redis_url() -> String {
+    std::env::var("CAIRN_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn temp_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("cairn-test-{}", uuid::Uuid::now_v7().simple()))
+}
+
+/// A configuration with fresh storage for `backend`.
+pub async fn test_config(backend: Backend) -> Config {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: temp_dir(),
+        ..Config::default()
+    };
+    if backend == Backend::PostgresRedis {
+        config.database_url = Some(cairn_events::testing::fresh_postgres_url().await);
+        config.redis_url = Some(redis_url());
+        config.redis_prefix = format!("cairn_t_{}", uuid::Uuid::now_v7().simple());
+    }
+    config
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub config: Config,
+    pub events: Arc<dyn EventStore>,
+    pub read: Arc<dyn ReadStore>,
+    tokens: Arc<TokenRegistry>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_with(test_config(backend).await).await
+}
+
+pub async fn spawn_with(config: Config) -> TestApp {
+    let shutdown = CancellationToken::new();
+    let app = Application::build(&config, Role::All, shutdown.clone())
+        .await
+        .unwrap();
+    let address = format!("http://{}", app.address());
+    let (events, read, tokens) = (app.events(), app.read_store(), app.tokens());
+    tokio::spawn(app.run());
+    TestApp {
+        address,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        config,
+        events,
+        read,
+        tokens,
+        shutdown,
+    }
+}
+
+impl TestApp {
+    /// Create a user as `cairn user add` does and wait until its token is accepted.
+    pub async fn add_user(&self, name: &str) -> String {
+        let written = users::add_user(&*self.events, name, None, None, None)
+            .await
+            .unwrap();
+        assert!(
+            self.tokens
+                .wait_for(written.position, Duration::from_secs(10))
+                .await
+        );
+        written.value
+    }
+
+    /// Wait until the token registry has seen everything appended so far.
+    pub async fn sync_tokens(&self) {
+        let head = self.events.head().await.unwrap();
+        assert!(self.tokens.wait_for(head, Duration::from_secs(10)).await);
+    }
+
+    pub async fn post_message(&self, token: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/message", self.address))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Post and return the new id, asserting success.
+    pub async fn post(&self, token: &str, text: &str, tags: &[&str]) -> String {
+        let response = self
+            .post_message(
+                token,
+                &serde_json::json!({ "text": text, "hashtags": tags }),
+            )
+            .await;
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.unwrap();
+        body["data"]["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn get(&self, path_and_query: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path_and_query}", self.address))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Ids of a listing, in the order given.
+    pub async fn list_ids(&self, path_and_query: &str) -> Vec<String> {
+        let (status, body) = self.get(path_and_query).await;
+        assert_eq!(status, 200, "{body}");
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Wait until the messages read model has applied everything appended so far.
+    pub async fn wait_projected(&self) {
+        for _ in 0..1000 {
+            let at = self.read.checkpoint("messages").await.unwrap();
+            if self
+                .events
+                .read_all(at, 1, &["message"])
+                .await
+                .unwrap()
+                .is_empty()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the messages projection did not catch up");
+    }
+}

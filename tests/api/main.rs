@@ -1,0 +1,30 @@
+//! Cairn's HTTP behaviour, spoken to as `curl` would, on both backends.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+mod cli;
+mod durability;
+mod helpers;
+mod messages;
+
+/// Generate one test per scenario and backend.
+macro_rules! on_both_backends {
+    ($module:ident: $($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::$module::$name(crate::helpers::Backend::Embedded).await;
+                }
+            )*
+        }
+        mod postgres_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::$module::$name(crate::helpers::Backend::PostgresRedis).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_backends;

@@ -1,0 +1,478 @@
+//! The messages API: Dunder's scenarios, errors, idempotency, rebuilds.
+
+use std::time::Duration;
+
+use chrono::{Duration as Days, Utc};
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, spawn_app};
+
+crate::on_both_backends!(messages:
+    round_trip,
+    dunder_filters_dates_and_cursor,
+    dunder_curl_line_with_form_content_type,
+    auth_failures,
+    revoked_and_expired_tokens_are_refused,
+    validation_errors,
+    idempotency_key_returns_the_first_answer,
+    rebuild_equals_live,
+    limit_and_pagination_walk_everything,
+);
+
+pub async fn round_trip(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let token = app.add_user("alice").await;
+    let response = app
+        .post_message(
+            &token,
+            &json!({"text": "some text", "hashtags": ["tag1", "Tag2"]}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let body: Value = response.json().await.unwrap();
+    let id = body["data"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(location, format!("/message/{id}"));
+
+    // Read-your-writes: visible at once, by path and by Dunder's ?ulid=.
+    let (status, by_path) = app.get(&format!("/message/{id}")).await;
+    assert_eq!(status, 200);
+    let m = &by_path["data"];
+    assert_eq!(m["id"], id);
+    assert_eq!(m["text"], "some text");
+    assert_eq!(m["hashtags"], json!(["tag1", "Tag2"]));
+    assert_eq!(m["user"]["name"], "alice");
+    assert!(m["user"]["id"].is_string());
+    let created = chrono::DateTime::parse_from_rfc3339(m["created_at"].as_str().unwrap()).unwrap();
+    assert!(
+        (Utc::now() - created.with_timezone(&Utc))
+            .num_seconds()
+            .abs()
+            < 60
+    );
+    let (status, by_query) = app.get(&format!("/message?ulid={id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(by_query, by_path);
+    // Hashtags match case-insensitively and keep their spelling.
+    assert_eq!(
+        app.list_ids("/message?hashtag=TAG2").await,
+        std::slice::from_ref(&id)
+    );
+    assert_eq!(app.list_ids("/message?hashtag=%23tag1").await, [id]);
+}
+
+pub async fn dunder_filters_dates_and_cursor(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.add_user("alice").await;
+    let bob = app.add_user("bob").await;
+    let m1 = app.post(&alice, "one", &["tag1", "tag2"]).await;
+    let m2 = app.post(&bob, "two", &["tag1"]).await;
+    let m3 = app.post(&alice, "three", &["tag3"]).await;
+    let m4 = app.post(&bob, "four", &["TAG1", "tag4"]).await;
+    let m5 = app.post(&alice, "five", &["tag2"]).await;
+
+    assert_eq!(
+        app.list_ids("/message").await,
+        [&m5, &m4, &m3, &m2, &m1].map(|s| s.as_str())
+    );
+    assert_eq!(
+        app.list_ids("/message?hashtag=tag1").await,
+        [&m4, &m2, &m1].map(|s| s.as_str())
+    );
+    assert_eq!(
+        app.list_ids("/message?user_name=alice").await,
+        [&m5, &m3, &m1].map(|s| s.as_str())
+    );
+    assert_eq!(
+        app.list_ids("/message?user_name=BOB&hashtag=tag4").await,
+        [&m4].map(|s| s.as_str())
+    );
+    assert!(app.list_ids("/message?hashtag=nothing").await.is_empty());
+    assert!(app.list_ids("/message?user_name=nobody").await.is_empty());
+
+    // Date range with limit 1 gives the newest; its cursor gives the one before.
+    let from = (Utc::now() - Days::days(1)).format("%Y-%m-%d");
+    let to = (Utc::now() + Days::days(1)).format("%Y-%m-%d");
+    let (status, page) = app
+        .get(&format!("/message?from_date={from}&to_date={to}&limit=1"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(page["data"][0]["id"], m5.as_str());
+    let cursor = page["next_cursor"].as_str().unwrap();
+    assert_eq!(cursor, m5);
+    let (_, previous) = app
+        .get(&format!(
+            "/message?from_date={from}&to_date={to}&limit=1&cursor={cursor}"
+        ))
+        .await;
+    assert_eq!(previous["data"][0]["id"], m4.as_str());
+    // RFC 3339 bounds: a range in the past holds nothing.
+    let (_, past) = app
+        .get("/message?from_date=2019-09-22T00:00:00Z&to_date=2019-09-23T00:00:00Z")
+        .await;
+    assert_eq!(past["data"], json!([]));
+    assert!(past.get("next_cursor").is_none());
+    // to_date is exclusive: a range ending now-ish but starting in the future holds nothing.
+    let tomorrow = (Utc::now() + Days::days(1)).format("%Y-%m-%d");
+    assert!(
+        app.list_ids(&format!("/message?from_date={tomorrow}"))
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        app.list_ids(&format!("/message?to_date={tomorrow}&hashtag=tag3"))
+            .await,
+        [&m3].map(|s| s.as_str())
+    );
+}
+
+pub async fn dunder_curl_line_with_form_content_type(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let token = app.add_user("carol").await;
+    // curl -d '{...}' -H "Authorization: Bearer $TOKEN" URL
+    let response = app
+        .client
+        .post(format!("{}/message", app.address))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .header("Authorization", format!("Bearer {token}"))
+        .body(r#"{"text": "some other text", "hashtags":["tag3", "tag4"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(app.list_ids("/message?hashtag=tag4").await.len(), 1);
+}
+
+async fn expect_error(response: reqwest::Response, status: u16, code: &str) {
+    assert_eq!(response.status().as_u16(), status);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+}
+
+pub async fn auth_failures(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let token = app.add_user("dave").await;
+    let url = format!("{}/message", app.address);
+    let body = json!({"text": "hi", "hashtags": []});
+    let none = app.client.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(none.headers()["www-authenticate"], "Bearer");
+    let none: Value = none.json().await.unwrap();
+    assert_eq!(none["error"], "unauthorized");
+    expect_error(
+        app.post_message("not-a-token", &body).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    let basic = app
+        .client
+        .post(&url)
+        .basic_auth("dave", Some(&token))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    expect_error(basic, 401, "unauthorized").await;
+    // Dunder's guessable token is not accepted unless imported.
+    let dunder = app
+        .client
+        .post(&url)
+        .header("Authorization", "Bearer ZGF2ZQ==")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    expect_error(dunder, 401, "unauthorized").await;
+    let lower = app
+        .client
+        .post(&url)
+        .header("Authorization", format!("bearer {token}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), 201);
+    assert_eq!(app.list_ids("/message").await.len(), 1);
+}
+
+pub async fn revoked_and_expired_tokens_are_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let token = app.add_user("erin").await;
+    assert_eq!(
+        app.post_message(&token, &json!({"text": "before"}))
+            .await
+            .status(),
+        201
+    );
+    cairn_command::users::revoke_token(&*app.events, &token)
+        .await
+        .unwrap();
+    app.sync_tokens().await;
+    expect_error(
+        app.post_message(&token, &json!({"text": "after"})).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+
+    // An imported token (as migrated from Dunder) works, and stops at its expiry.
+    let soon = Utc::now() + Days::milliseconds(1500);
+    cairn_command::users::add_token(&*app.events, "erin", Some("ZXJpbg=="), Some(soon))
+        .await
+        .unwrap();
+    app.sync_tokens().await;
+    assert_eq!(
+        app.post_message("ZXJpbg==", &json!({"text": "imported"}))
+            .await
+            .status(),
+        201
+    );
+    tokio::time::sleep_until(
+        tokio::time::Instant::now()
+            + (soon - Utc::now()).to_std().unwrap_or_default()
+            + Duration::from_millis(50),
+    )
+    .await;
+    expect_error(
+        app.post_message("ZXJpbg==", &json!({"text": "expired"}))
+            .await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    let users = cairn_command::users::list_users(&*app.events)
+        .await
+        .unwrap();
+    let erin = &users[0];
+    assert_eq!(erin.tokens.len(), 2);
+    assert!(erin.tokens[0].revoked && !erin.tokens[0].weak);
+    assert!(erin.tokens[1].weak && erin.tokens[1].expires_at.is_some());
+}
+
+pub async fn validation_errors(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let token = app.add_user("frank").await;
+    let raw = |body: &'static str| {
+        app.client
+            .post(format!("{}/message", app.address))
+            .bearer_auth(&token)
+            .body(body)
+            .send()
+    };
+    expect_error(raw("not json").await.unwrap(), 400, "invalid_json").await;
+    expect_error(raw("[1,2]").await.unwrap(), 400, "invalid_json").await;
+    expect_error(raw(r#"{"text": 5}"#).await.unwrap(), 400, "invalid_json").await;
+    expect_error(
+        app.post_message(&token, &json!({"hashtags": ["a"]})).await,
+        400,
+        "invalid_text",
+    )
+    .await;
+    expect_error(
+        app.post_message(&token, &json!({"text": "   "})).await,
+        400,
+        "invalid_text",
+    )
+    .await;
+    expect_error(
+        app.post_message(&token, &json!({"text": "x".repeat(1001)}))
+            .await,
+        400,
+        "invalid_text",
+    )
+    .await;
+    expect_error(
+        app.post_message(&token, &json!({"text": "bell\u{7}"}))
+            .await,
+        400,
+        "invalid_text",
+    )
+    .await;
+    expect_error(
+        app.post_message(&token, &json!({"text": "t", "hashtags": ["no spaces"]}))
+            .await,
+        400,
+        "invalid_hashtags",
+    )
+    .await;
+    expect_error(
+        app.post_message(&token, &json!({"text": "t", "hashtags": [""]}))
+            .await,
+        400,
+        "invalid_hashtags",
+    )
+    .await;
+    expect_error(
+        app.post_message(&token, &json!({"text": "t", "hashtags": ["x".repeat(65)]}))
+            .await,
+        400,
+        "invalid_hashtags",
+    )
+    .await;
+    let many: Vec<String> = (0..31).map(|i| format!("t{i}")).collect();
+    expect_error(
+        app.post_message(&token, &json!({"text": "t", "hashtags": many}))
+            .await,
+        400,
+        "invalid_hashtags",
+    )
+    .await;
+    // The longest text, 1000 characters of any script, is fine.
+    assert_eq!(
+        app.post_message(
+            &token,
+            &json!({"text": "ж".repeat(1000), "hashtags": ["ok", "#OK", "ünï_1"]})
+        )
+        .await
+        .status(),
+        201
+    );
+
+    for (query, code) in [
+        ("limit=0", "invalid_limit"),
+        ("limit=1001", "invalid_limit"),
+        ("limit=abc", "invalid_limit"),
+        ("from_date=yesterday", "invalid_date"),
+        ("to_date=2019-13-01", "invalid_date"),
+        (
+            "from_date=2019-09-23&to_date=2019-09-22",
+            "invalid_date_range",
+        ),
+        ("cursor=zzz", "invalid_cursor"),
+        ("hashtag=a%20b", "invalid_hashtag"),
+        ("user_name=%20", "invalid_user_name"),
+        ("ulid=nope", "invalid_id"),
+    ] {
+        let (status, body) = app.get(&format!("/message?{query}")).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some(code)),
+            "{query}: {body}"
+        );
+    }
+    let (status, body) = app.get("/message/01ARZ3NDEKTSV4RRFFQ69G5FAV").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"], "record not found");
+    let (status, _) = app.get("/message/not-an-id").await;
+    assert_eq!(status, 400);
+    let (status, body) = app.get("/nowhere").await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+    // A body over the limit is refused without harm.
+    let huge = app
+        .client
+        .post(format!("{}/message", app.address))
+        .bearer_auth(&token)
+        .body(vec![b' '; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 413);
+    assert_eq!(app.list_ids("/message").await.len(), 1);
+}
+
+pub async fn idempotency_key_returns_the_first_answer(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let token = app.add_user("gina").await;
+    let send = |body: Value, key: &'static str| {
+        app.client
+            .post(format!("{}/message", app.address))
+            .bearer_auth(&token)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+    };
+    let first = send(json!({"text": "once", "hashtags": ["a"]}), "k-1")
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let again = send(json!({"text": "once", "hashtags": ["a"]}), "k-1")
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 201);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(first, again);
+    expect_error(
+        send(json!({"text": "different"}), "k-1").await.unwrap(),
+        422,
+        "idempotency_key_reused",
+    )
+    .await;
+    assert_eq!(
+        send(json!({"text": "once", "hashtags": ["a"]}), "k-2")
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    assert_eq!(app.list_ids("/message").await.len(), 2);
+}
+
+/// Snapshot of what the read side answers, for comparing a rebuild with the live model.
+async fn snapshot(app: &crate::helpers::TestApp) -> Vec<Value> {
+    let mut out = Vec::new();
+    for q in [
+        "/message?limit=1000",
+        "/message?hashtag=even",
+        "/message?hashtag=odd&limit=3",
+        "/message?user_name=hal",
+    ] {
+        out.push(app.get(q).await.1);
+    }
+    out
+}
+
+pub async fn rebuild_equals_live(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let hal = app.add_user("hal").await;
+    let ivy = app.add_user("ivy").await;
+    for i in 0..40 {
+        let tag = if i % 2 == 0 { "even" } else { "odd" };
+        app.post(
+            if i % 3 == 0 { &hal } else { &ivy },
+            &format!("message {i}"),
+            &[tag, "all"],
+        )
+        .await;
+    }
+    let live = snapshot(&app).await;
+    app.read.reset("messages").await.unwrap();
+    app.wait_projected().await;
+    assert_eq!(snapshot(&app).await, live);
+}
+
+pub async fn limit_and_pagination_walk_everything(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let token = app.add_user("jo").await;
+    let mut posted = Vec::new();
+    for i in 0..25 {
+        posted.push(app.post(&token, &format!("n{i}"), &["walk"]).await);
+    }
+    posted.reverse();
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (status, page) = app
+            .get(&format!("/message?hashtag=walk&limit=7&cursor={cursor}"))
+            .await;
+        assert_eq!(status, 200);
+        seen.extend(
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, posted);
+    assert_eq!(app.list_ids("/message?limit=1000").await.len(), 25);
+    assert_eq!(app.list_ids("/message").await.len(), 25);
+}
