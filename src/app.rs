@@ -1,18 +1,15 @@
 //! Composition: picks the backends from the configuration, starts the roles this process
 //! plays, and serves HTTP until the shutdown token fires.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::fs::File;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::middleware;
 use axum::routing::get;
 use axum::{Json, Router};
 use cairn_command::{CommandState, TokenRegistry};
@@ -24,10 +21,12 @@ use cairn_query::{ReadStore, Runner, RunnerHandle};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
+use utoipa_swagger_ui::SwaggerUi;
 
+use crate::client_ip;
 use crate::config::Config;
+use crate::ops::{self, OpsState};
 
 /// Which parts of Cairn this process runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -73,17 +72,6 @@ pub struct Application {
     read: Arc<dyn ReadStore>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _data_lock: Option<File>,
-}
-
-#[derive(Default)]
-struct RequestCounts(Mutex<BTreeMap<(String, String, u16), u64>>);
-
-#[derive(Clone)]
-struct OpsState {
-    events: Arc<dyn EventStore>,
-    read: Arc<dyn ReadStore>,
-    runner: Option<RunnerHandle>,
-    requests: Arc<RequestCounts>,
 }
 
 impl Application {
@@ -137,13 +125,11 @@ impl Application {
             requests: Arc::default(),
         };
         let mut router = Router::new()
-            .route(
-                "/health/live",
-                get(|| async { Json(json!({ "data": { "status": "ok" } })) }),
-            )
-            .route("/health/ready", get(ready))
-            .route("/metrics", get(metrics))
-            .with_state(ops.clone());
+            .route("/health/live", get(ops::live))
+            .route("/health/ready", get(ops::ready))
+            .route("/metrics", get(ops::metrics))
+            .with_state(ops.clone())
+            .merge(SwaggerUi::new("/docs").url("/openapi.json", ops::openapi()));
         if matches!(role, Role::All | Role::Command) {
             router = router.merge(cairn_command::router(CommandState {
                 events: events.clone(),
@@ -171,9 +157,13 @@ impl Application {
             })
             .layer(middleware::from_fn_with_state(
                 ops.requests.clone(),
-                count_requests,
+                ops::count_requests,
             ))
-            .layer(RequestBodyLimitLayer::new(config.body_limit))
+            .layer(middleware::from_fn_with_state(
+                Arc::<[client_ip::IpRange]>::from(config.trusted_proxies.clone()),
+                client_ip::layer,
+            ))
+            .layer(DefaultBodyLimit::max(config.body_limit))
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,
                 Duration::from_secs(config.request_timeout),
@@ -220,7 +210,10 @@ impl Application {
     pub async fn run(self) -> anyhow::Result<()> {
         tracing::info!(address = %self.address(), "listening");
         let shutdown = self.shutdown.clone();
-        axum::serve(self.listener, self.router)
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
             .context("serving HTTP")?;
@@ -278,93 +271,4 @@ fn lock_data_dir(config: &Config) -> anyhow::Result<File> {
             Err(e).with_context(|| format!("locking {}", path.display()))
         }
     }
-}
-
-async fn count_requests(
-    State(counts): State<Arc<RequestCounts>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let method = request.method().to_string();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = next.run(request).await;
-    let key = (method, route, response.status().as_u16());
-    *counts
-        .0
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry(key)
-        .or_default() += 1;
-    response
-}
-
-async fn projection_lag(ops: &OpsState) -> Option<i64> {
-    let head = ops.events.head().await.ok()?;
-    let position = match &ops.runner {
-        Some(runner) => runner.position(),
-        None => ops.read.checkpoint("messages").await.ok()?,
-    };
-    Some((head - position).max(0))
-}
-
-async fn ready(State(ops): State<OpsState>) -> Response {
-    let database = ops.events.ping().await.is_ok();
-    let read_store = ops.read.ping().await.is_ok();
-    let lag = projection_lag(&ops).await;
-    let status = if database && read_store {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = json!({ "data": {
-        "ready": status == StatusCode::OK,
-        "database": { "backend": ops.events.backend(), "ok": database },
-        "read_store": { "backend": ops.read.backend(), "ok": read_store },
-        "projection_lag_events": lag,
-    }});
-    (status, Json(body)).into_response()
-}
-
-async fn metrics(State(ops): State<OpsState>) -> Response {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP cairn_http_requests_total HTTP requests answered, by route and status."
-    );
-    let _ = writeln!(out, "# TYPE cairn_http_requests_total counter");
-    for ((method, route, status), n) in ops
-        .requests
-        .0
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-    {
-        let _ = writeln!(
-            out,
-            "cairn_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}"
-        );
-    }
-    ops.events.stats().render(&mut out);
-    if let Some(lag) = projection_lag(&ops).await {
-        let _ = writeln!(
-            out,
-            "# HELP cairn_projection_lag_events Events appended but not yet in the read model."
-        );
-        let _ = writeln!(out, "# TYPE cairn_projection_lag_events gauge");
-        let _ = writeln!(
-            out,
-            "cairn_projection_lag_events{{projection=\"messages\"}} {lag}"
-        );
-    }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        out,
-    )
-        .into_response()
 }

@@ -2,11 +2,13 @@
 //! or `./cairn.toml` if present), then `CAIRN_*` environment variables. Every field is
 //! documented here once; `cairn.example.toml` shows them all.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
+
+use crate::client_ip::IpRange;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -35,8 +37,9 @@ pub struct Config {
     /// Longest a write waits for its read model to catch up before answering, in
     /// milliseconds (`CAIRN_READ_YOUR_WRITES_MS`).
     pub read_your_writes_ms: u64,
-    /// Proxies whose `X-Forwarded-For` is believed (`CAIRN_TRUSTED_PROXIES`, comma-separated).
-    pub trusted_proxies: Vec<IpAddr>,
+    /// Proxies whose `X-Forwarded-For` is believed: addresses or CIDR ranges
+    /// (`CAIRN_TRUSTED_PROXIES`, comma-separated). Empty: the peer address is the client.
+    pub trusted_proxies: Vec<IpRange>,
 }
 
 impl Default for Config {
@@ -121,10 +124,10 @@ impl Config {
         if let Some(v) = var("CAIRN_TRUSTED_PROXIES") {
             self.trusted_proxies = v
                 .split(',')
+                .filter(|p| !p.trim().is_empty())
                 .map(|p| {
-                    p.trim().parse().with_context(|| {
-                        format!("CAIRN_TRUSTED_PROXIES: {p:?} is not an IP address")
-                    })
+                    p.parse()
+                        .map_err(|e| anyhow::anyhow!("CAIRN_TRUSTED_PROXIES: {e}"))
                 })
                 .collect::<anyhow::Result<_>>()?;
         }

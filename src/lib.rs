@@ -4,7 +4,9 @@
 
 pub mod app;
 pub mod cli;
+pub mod client_ip;
 pub mod config;
+pub mod ops;
 pub mod telemetry;
 
 pub use app::{Application, Role};

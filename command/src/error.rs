@@ -17,6 +17,8 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     #[error("{message}")]
     Unprocessable { code: &'static str, message: String },
+    #[error("the request body is too large")]
+    TooLarge,
     #[error("the event store is unavailable")]
     Store(#[from] StoreError),
 }
@@ -37,6 +39,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, *code),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, *code),
             ApiError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, *code),
+            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::Store(StoreError::Conflict { .. }) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Store(StoreError::Invalid(_)) => (StatusCode::BAD_REQUEST, "invalid_request"),
             ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),

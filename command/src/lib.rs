@@ -18,6 +18,7 @@ use cairn_events::{EventStore, ReadYourWrites};
 
 pub use auth::TokenRegistry;
 pub use error::ApiError;
+pub use messages::CommandApi;
 
 /// What the command routes need.
 #[derive(Clone)]

@@ -8,14 +8,16 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use cairn_events::domain::message::{self, MessagePosted, parse_hashtags, validate_text};
 use cairn_events::{AppendRequest, DomainEvent, ExpectedVersion, Metadata, NewEvent, StoreError};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+
 use ulid::Ulid;
+use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
@@ -38,12 +40,46 @@ pub fn router() -> axum::Router<CommandState> {
     axum::Router::new().route("/message", post(post_message))
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /message`. It is read as JSON whatever the `Content-Type` says, so
+/// `curl -d '{...}'` (form content type) works.
+#[derive(Deserialize, ToSchema)]
 struct PostMessage {
+    /// 1 to 1000 characters.
+    #[schema(example = "hello from the terminal #cairn")]
     text: Option<String>,
+    /// Up to 30 hashtags, with or without `#`: letters, digits and `_`, up to 64 characters.
     #[serde(default)]
+    #[schema(example = json!(["cairn", "hello"]))]
     hashtags: Option<Vec<String>>,
 }
+
+/// `{"data": {"id": ...}}`.
+#[derive(Serialize, ToSchema)]
+struct Created {
+    data: CreatedId,
+}
+
+#[derive(Serialize, ToSchema)]
+struct CreatedId {
+    /// The new message's id (ULID).
+    id: String,
+}
+
+/// An error: a human message and a stable code.
+#[derive(Serialize, ToSchema)]
+#[schema(as = ErrorBody)]
+struct CommandError {
+    error: String,
+    code: String,
+}
+
+/// The OpenAPI description of the write routes.
+#[derive(OpenApi)]
+#[openapi(
+    paths(post_message),
+    components(schemas(PostMessage, Created, CreatedId, CommandError))
+)]
+pub struct CommandApi;
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
@@ -65,7 +101,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 fn created(id: Ulid) -> Response {
     let mut response = (
         StatusCode::CREATED,
-        Json(json!({ "data": { "id": id.to_string() } })),
+        Json(Created {
+            data: CreatedId { id: id.to_string() },
+        }),
     )
         .into_response();
     if let Ok(location) = header::HeaderValue::from_str(&format!("/message/{id}")) {
@@ -74,12 +112,35 @@ fn created(id: Ulid) -> Response {
     response
 }
 
+/// Post a message.
+#[utoipa::path(
+    post,
+    path = "/message",
+    tag = "messages",
+    request_body(content = PostMessage, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "A retried POST with the same key answers as the first did")),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Posted; readable at `Location`", body = Created,
+            headers(("Location" = String, description = "/message/{id}"))),
+        (status = 400, description = "Bad JSON, text or hashtags", body = CommandError),
+        (status = 401, description = "Missing, unknown, revoked or expired token", body = CommandError),
+        (status = 413, description = "The body is larger than the configured limit", body = CommandError),
+        (status = 422, description = "Idempotency-Key reused for a different message", body = CommandError),
+        (status = 503, description = "The event store is unavailable", body = CommandError),
+    )
+)]
 async fn post_message(
     State(state): State<CommandState>,
     user: AuthUser,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
+        _ => ApiError::bad("invalid_body", e.body_text()),
+    })?;
     let input: PostMessage = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad(
             "invalid_json",

@@ -13,4 +13,4 @@ pub mod routes;
 
 pub use projections::{Runner, RunnerHandle};
 pub use read_store::{ReadError, ReadStore};
-pub use routes::router;
+pub use routes::{QueryApi, router};

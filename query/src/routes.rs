@@ -12,8 +12,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
 use serde_json::json;
 use ulid::Ulid;
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use cairn_events::domain::message::Hashtag;
 use cairn_events::domain::user::UserName;
@@ -146,21 +148,115 @@ impl IntoResponse for QueryError {
 }
 
 /// A message as the API shows it.
-fn message_json(m: &StoredMessage) -> serde_json::Value {
-    json!({
-        "id": m.id.to_string(),
-        "user": { "id": m.user_id, "name": m.user_name },
-        "text": m.text,
-        "hashtags": m.hashtags,
-        "created_at": m.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-    })
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageView {
+    /// ULID: sorts by posting time.
+    #[schema(example = "01JD8Z3Q9W6G7N5V4T2R1P0M9K")]
+    pub id: String,
+    pub user: UserView,
+    pub text: String,
+    /// As spelled by the author, without `#`.
+    pub hashtags: Vec<String>,
+    /// RFC 3339, UTC.
+    #[schema(example = "2026-11-25T10:00:00.000Z")]
+    pub created_at: String,
 }
+
+/// The author of a message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    pub id: String,
+    pub name: String,
+}
+
+impl From<&StoredMessage> for MessageView {
+    fn from(m: &StoredMessage) -> Self {
+        MessageView {
+            id: m.id.to_string(),
+            user: UserView {
+                id: m.user_id.clone(),
+                name: m.user_name.clone(),
+            },
+            text: m.text.clone(),
+            hashtags: m.hashtags.clone(),
+            created_at: m
+                .created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        }
+    }
+}
+
+/// `{"data": message}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageBody {
+    pub data: MessageView,
+}
+
+/// One page of messages, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessagePage {
+    pub data: Vec<MessageView>,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Every error: a human message and a stable code.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    #[schema(example = "record not found")]
+    pub error: String,
+    #[schema(example = "not_found")]
+    pub code: String,
+}
+
+/// The query parameters of `GET /message` (all optional).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ListParams {
+    /// Only messages with this hashtag (case-insensitive, with or without `#`).
+    hashtag: Option<String>,
+    /// Only messages by this user.
+    user_name: Option<String>,
+    /// Posted at or after: RFC 3339, or `YYYY-MM-DD` (midnight UTC).
+    from_date: Option<String>,
+    /// Posted before: RFC 3339, or `YYYY-MM-DD` (midnight UTC).
+    to_date: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<u32>,
+    /// The last id of the previous page: the next page holds older messages.
+    cursor: Option<String>,
+    /// Answer with this one message instead of a page (`{"data": message}`).
+    ulid: Option<String>,
+}
+
+/// The OpenAPI description of the read routes.
+#[derive(OpenApi)]
+#[openapi(
+    paths(list_messages, get_message),
+    components(schemas(MessageView, UserView, MessageBody, MessagePage, ErrorBody))
+)]
+pub struct QueryApi;
 
 fn parse_id(raw: &str) -> Result<Ulid, QueryError> {
     Ulid::from_string(raw)
         .map_err(|_| QueryError::bad("invalid_id", format!("{raw:?} is not a message id")))
 }
 
+/// One message by id.
+#[utoipa::path(
+    get,
+    path = "/message/{id}",
+    tag = "messages",
+    params(("id" = String, Path, description = "The message id (ULID)")),
+    responses(
+        (status = 200, description = "The message", body = MessageBody),
+        (status = 400, description = "Not a message id", body = ErrorBody),
+        (status = 404, description = "No such message", body = ErrorBody),
+        (status = 503, description = "Read models loading or unavailable", body = ErrorBody),
+    )
+)]
 async fn get_message(
     State(state): State<QueryState>,
     Path(id): Path<String>,
@@ -172,7 +268,10 @@ async fn get_message(
         .get_message(id)
         .await?
         .ok_or(QueryError::NotFound)?;
-    Ok(Json(json!({ "data": message_json(&message) })).into_response())
+    Ok(Json(MessageBody {
+        data: MessageView::from(&message),
+    })
+    .into_response())
 }
 
 /// A date filter: RFC 3339, or a bare `YYYY-MM-DD` meaning midnight UTC.
@@ -253,6 +352,19 @@ pub fn parse_filter(params: &HashMap<String, String>) -> Result<MessageFilter, Q
     Ok(filter)
 }
 
+/// Messages, newest first, filtered and paged with a cursor.
+#[utoipa::path(
+    get,
+    path = "/message",
+    tag = "messages",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of messages (or one message with `ulid`)", body = MessagePage),
+        (status = 400, description = "A bad filter, limit or cursor", body = ErrorBody),
+        (status = 404, description = "`ulid` names no message", body = ErrorBody),
+        (status = 503, description = "Read models loading or unavailable", body = ErrorBody),
+    )
+)]
 async fn list_messages(
     State(state): State<QueryState>,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
@@ -266,7 +378,10 @@ async fn list_messages(
             .get_message(id)
             .await?
             .ok_or(QueryError::NotFound)?;
-        return Ok(Json(json!({ "data": message_json(&message) })).into_response());
+        return Ok(Json(MessageBody {
+            data: MessageView::from(&message),
+        })
+        .into_response());
     }
     let mut filter = parse_filter(&params)?;
     state.gate.pass().await?;
@@ -275,10 +390,14 @@ async fn list_messages(
     let mut page = state.read.list_messages(&filter).await?;
     let more = page.len() > limit;
     page.truncate(limit);
-    let data: Vec<_> = page.iter().map(message_json).collect();
-    let mut body = json!({ "data": data });
-    if more && let Some(last) = page.last() {
-        body["next_cursor"] = json!(last.id.to_string());
-    }
+    let next_cursor = if more {
+        page.last().map(|m| m.id.to_string())
+    } else {
+        None
+    };
+    let body = MessagePage {
+        data: page.iter().map(MessageView::from).collect(),
+        next_cursor,
+    };
     Ok(Json(body).into_response())
 }

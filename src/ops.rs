@@ -1,0 +1,183 @@
+//! Operations routes: liveness, readiness, Prometheus metrics, the request counter they
+//! report, and the OpenAPI document with its docs page.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use cairn_events::EventStore;
+use cairn_query::{ReadStore, RunnerHandle};
+use serde_json::json;
+use utoipa::OpenApi;
+
+use crate::client_ip::ClientIp;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+#[derive(Default)]
+pub struct RequestCounts(Mutex<BTreeMap<(String, String, u16), u64>>);
+
+#[derive(Clone)]
+pub struct OpsState {
+    pub events: Arc<dyn EventStore>,
+    pub read: Arc<dyn ReadStore>,
+    pub runner: Option<RunnerHandle>,
+    pub requests: Arc<RequestCounts>,
+}
+
+/// Middleware: count requests by route and status for `/metrics`, and log each at debug level.
+pub async fn count_requests(
+    State(counts): State<Arc<RequestCounts>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let client = request.extensions().get::<ClientIp>().map(|c| c.0);
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    tracing::debug!(
+        client = ?client,
+        method,
+        route,
+        status,
+        micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "request"
+    );
+    let key = (method, route, status);
+    *counts
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key)
+        .or_default() += 1;
+    response
+}
+
+async fn projection_lag(ops: &OpsState) -> Option<i64> {
+    let head = ops.events.head().await.ok()?;
+    let position = match &ops.runner {
+        Some(runner) => runner.position(),
+        None => ops.read.checkpoint("messages").await.ok()?,
+    };
+    Some((head - position).max(0))
+}
+
+/// Whether the process is up (it answers).
+#[utoipa::path(get, path = "/health/live", tag = "operations",
+    responses((status = 200, description = "The process answers")))]
+pub async fn live() -> Json<serde_json::Value> {
+    Json(json!({ "data": { "status": "ok" } }))
+}
+
+/// Whether the process can serve: database, read store and projection lag.
+#[utoipa::path(get, path = "/health/ready", tag = "operations",
+    responses(
+        (status = 200, description = "Database and read store reachable"),
+        (status = 503, description = "A backend is unreachable"),
+    ))]
+pub async fn ready(State(ops): State<OpsState>) -> Response {
+    let database = ops.events.ping().await.is_ok();
+    let read_store = ops.read.ping().await.is_ok();
+    let lag = projection_lag(&ops).await;
+    let status = if database && read_store {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({ "data": {
+        "ready": status == StatusCode::OK,
+        "database": { "backend": ops.events.backend(), "ok": database },
+        "read_store": { "backend": ops.read.backend(), "ok": read_store },
+        "projection_lag_events": lag,
+    }});
+    (status, Json(body)).into_response()
+}
+
+/// Prometheus metrics: requests, append batch sizes, projection lag.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(State(ops): State<OpsState>) -> Response {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP cairn_http_requests_total HTTP requests answered, by route and status."
+    );
+    let _ = writeln!(out, "# TYPE cairn_http_requests_total counter");
+    for ((method, route, status), n) in ops
+        .requests
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "cairn_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}"
+        );
+    }
+    ops.events.stats().render(&mut out);
+    if let Some(lag) = projection_lag(&ops).await {
+        let _ = writeln!(
+            out,
+            "# HELP cairn_projection_lag_events Events appended but not yet in the read model."
+        );
+        let _ = writeln!(out, "# TYPE cairn_projection_lag_events gauge");
+        let _ = writeln!(
+            out,
+            "cairn_projection_lag_events{{projection=\"messages\"}} {lag}"
+        );
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response()
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Cairn",
+        description = "Messages with hashtags, posted and queried over HTTP. Every error is \
+            `{\"error\": \"<human message>\", \"code\": \"<stable code>\"}`."
+    ),
+    paths(live, ready, metrics),
+    tags(
+        (name = "messages", description = "Post and query messages"),
+        (name = "operations", description = "Health and metrics"),
+    )
+)]
+struct OpsApi;
+
+/// The OpenAPI document of every route this binary can serve.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = OpsApi::openapi();
+    let mut messages = cairn_command::CommandApi::openapi();
+    messages.merge(cairn_query::QueryApi::openapi());
+    messages.merge(doc.clone());
+    doc.paths = messages.paths;
+    doc.components = messages.components;
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some("A token from `cairn user add` or `cairn token add`"))
+                .build(),
+        ),
+    );
+    doc
+}

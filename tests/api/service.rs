@@ -1,0 +1,111 @@
+//! The service around the API: OpenAPI document and docs page, health, metrics, limits.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, spawn_app, spawn_with, test_config};
+
+crate::on_both_backends!(service:
+    openapi_covers_every_route,
+    health_and_metrics,
+    oversized_bodies_and_unknown_routes_get_json_errors,
+);
+
+pub async fn openapi_covers_every_route(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (status, doc) = app.get("/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = &doc["paths"];
+    for (path, method) in [
+        ("/message", "post"),
+        ("/message", "get"),
+        ("/message/{id}", "get"),
+        ("/health/live", "get"),
+        ("/health/ready", "get"),
+        ("/metrics", "get"),
+    ] {
+        assert!(
+            paths[path][method].is_object(),
+            "{method} {path} is documented"
+        );
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert!(doc["components"]["schemas"]["MessageView"].is_object());
+
+    // The docs page and its assets come from the binary, not from a CDN.
+    let page = app
+        .client
+        .get(format!("{}/docs/", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("swagger-ui"), "{html}");
+    assert!(!html.contains("https://"), "no external assets: {html}");
+    let config = app
+        .client
+        .get(format!("{}/docs/swagger-initializer.js", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(config.status(), 200);
+    assert!(config.text().await.unwrap().contains("/openapi.json"));
+}
+
+pub async fn health_and_metrics(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (status, live) = app.get("/health/live").await;
+    assert_eq!((status, &live["data"]["status"]), (200, &json!("ok")));
+
+    let token = app.add_user("kim").await;
+    app.post(&token, "hello", &["hi"]).await;
+    let (status, ready) = app.get("/health/ready").await;
+    assert_eq!(status, 200, "{ready}");
+    let data = &ready["data"];
+    assert_eq!(data["ready"], true);
+    assert_eq!(data["database"]["ok"], true);
+    assert_eq!(data["read_store"]["ok"], true);
+    let expected = match backend {
+        Backend::Embedded => ("sqlite", "memory"),
+        Backend::PostgresRedis => ("postgres", "redis"),
+    };
+    assert_eq!(data["database"]["backend"], expected.0);
+    assert_eq!(data["read_store"]["backend"], expected.1);
+    assert!(data["projection_lag_events"].as_i64().is_some(), "{ready}");
+
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"cairn_http_requests_total{method="POST",route="/message",status="201"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("cairn_projection_lag_events"), "{metrics}");
+    assert!(metrics.contains("cairn_append_batch_size"), "{metrics}");
+}
+
+pub async fn oversized_bodies_and_unknown_routes_get_json_errors(backend: Backend) {
+    let mut config = test_config(backend).await;
+    config.body_limit = 4096;
+    let app = spawn_with(config).await;
+    let token = app.add_user("kim").await;
+
+    let response = app
+        .post_message(&token, &json!({ "text": "x".repeat(5000) }))
+        .await;
+    assert_eq!(response.status(), 413);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "body_too_large");
+
+    let (status, body) = app.get("/no/such/route").await;
+    assert_eq!((status, &body["code"]), (404, &json!("not_found")));
+}
