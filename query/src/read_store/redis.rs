@@ -1,15 +1,16 @@
 //! Read models in Redis.
 //!
 //! Layout, all under the configured prefix `P`:
-//! - `P:messages:m:<id>`        the message as JSON
-//! - `P:messages:ix:all`        sorted set of every message id (score 0, ordered by id)
-//! - `P:messages:ix:tag:<tag>`  ids carrying a (case-folded) hashtag
-//! - `P:messages:ix:user:<u>`   ids posted by a (case-folded) user name
-//! - `P:messages:checkpoint`    hash {pos}: the last event position applied
+//! - `P:{messages}:m:<id>`        the message as JSON
+//! - `P:{messages}:ix:all`        sorted set of every message id (score 0, ordered by id)
+//! - `P:{messages}:ix:tag:<tag>`  ids carrying a (case-folded) hashtag
+//! - `P:{messages}:ix:user:<u>`   ids posted by a (case-folded) user name
+//! - `P:{messages}:checkpoint`    hash {pos}: the last event position applied
 //!
 //! ULIDs sort by time as strings, so a date range or a cursor is a lexicographic range
 //! (`ZREVRANGEBYLEX`) on one index and a page is two round trips whatever the data size.
-//! No command touches two keys at once, so the layout is safe on Redis Cluster; every write
+//! `{messages}` is a Redis Cluster hash tag: the one multi-key command (`MGET` of a page)
+//! stays within one slot. Writes and scripts touch one key each; every write
 //! is idempotent, and the checkpoint moves by compare-and-set in a script that touches only
 //! its own key, so a batch applied twice after a crash, or by a runner that lost its lease,
 //! leaves the same state.
@@ -68,8 +69,10 @@ impl RedisStore {
         }
     }
 
+    /// `<prefix>:{<projection>}:<rest>`: the braces are a Redis Cluster hash tag, so every
+    /// key of one read model lives in one slot and multi-key commands (`MGET`) work there.
     fn key(&self, projection: &str, rest: &str) -> String {
-        format!("{}:{projection}:{rest}", self.prefix)
+        format!("{}:{{{projection}}}:{rest}", self.prefix)
     }
 
     fn index_for(&self, filter: &MessageFilter, tag_first: bool) -> String {
@@ -211,7 +214,7 @@ impl ReadStore for RedisStore {
 
     async fn reset(&self, projection: &str) -> Result<(), ReadError> {
         let mut conn = self.conn.clone();
-        let pattern = format!("{}:{projection}:*", self.prefix);
+        let pattern = self.key(projection, "*");
         let mut cursor: u64 = 0;
         loop {
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
