@@ -190,6 +190,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_file_parses_to_the_defaults() {
+        let example: Config = toml::from_str(include_str!("../cairn.example.toml"))
+            .unwrap_or_else(|e| panic!("cairn.example.toml: {e}"));
+        assert_eq!(format!("{example:?}"), format!("{:?}", Config::default()));
+        let with_proxies: Config =
+            toml::from_str(r#"trusted_proxies = ["127.0.0.1", "10.0.0.0/8"]"#)
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(with_proxies.trusted_proxies.len(), 2);
+        assert!(toml::from_str::<Config>(r#"trusted_proxies = ["nope"]"#).is_err());
+    }
+
+    #[test]
     fn env_overrides_defaults_and_is_checked() {
         let mut config = Config::default();
         let env = |name: &str| match name {
