@@ -261,7 +261,12 @@ async fn get_message(
     State(state): State<QueryState>,
     Path(id): Path<String>,
 ) -> Result<Response, QueryError> {
-    let id = parse_id(&id)?;
+    one_message(&state, &id).await
+}
+
+/// `{"data": message}` for an id, or 404.
+async fn one_message(state: &QueryState, id: &str) -> Result<Response, QueryError> {
+    let id = parse_id(id)?;
     state.gate.pass().await?;
     let message = state
         .read
@@ -371,17 +376,7 @@ async fn list_messages(
 ) -> Result<Response, QueryError> {
     let Query(params) = query.map_err(|e| QueryError::bad("invalid_query", e.body_text()))?;
     if let Some(id) = params.get("ulid") {
-        let id = parse_id(id)?;
-        state.gate.pass().await?;
-        let message = state
-            .read
-            .get_message(id)
-            .await?
-            .ok_or(QueryError::NotFound)?;
-        return Ok(Json(MessageBody {
-            data: MessageView::from(&message),
-        })
-        .into_response());
+        return one_message(&state, id).await;
     }
     let mut filter = parse_filter(&params)?;
     state.gate.pass().await?;
