@@ -64,8 +64,13 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 }
 
 pub async fn spawn_with(config: Config) -> TestApp {
+    spawn_role(config, Role::All).await
+}
+
+/// A process playing only `role` (separate roles need Postgres and Redis).
+pub async fn spawn_role(config: Config, role: Role) -> TestApp {
     let shutdown = CancellationToken::new();
-    let app = Application::build(&config, Role::All, shutdown.clone())
+    let app = Application::build(&config, role, shutdown.clone())
         .await
         .unwrap();
     let address = format!("http://{}", app.address());
@@ -86,6 +91,11 @@ pub async fn spawn_with(config: Config) -> TestApp {
 }
 
 impl TestApp {
+    /// Stop this process's server and background roles, as SIGTERM would.
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Create a user as `cairn user add` does and wait until its token is accepted.
     pub async fn add_user(&self, name: &str) -> String {
         let written = users::add_user(&*self.events, name, None, None, None)

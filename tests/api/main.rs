@@ -5,6 +5,7 @@ mod cli;
 mod durability;
 mod helpers;
 mod messages;
+mod roles;
 mod service;
 
 /// Generate one test per scenario and backend.
