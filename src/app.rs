@@ -11,6 +11,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use cairn_command::{CommandState, TokenRegistry};
 use cairn_events::{EventStore, NoWait, ReadYourWrites};
@@ -213,7 +214,13 @@ impl Application {
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, service)
+        // Small responses go out at once instead of waiting on Nagle's algorithm.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
+        axum::serve(listener, service)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
             .context("serving HTTP")?;

@@ -296,7 +296,7 @@ pub async fn fresh_postgres_url() -> String {
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await
         .expect("Postgres is reachable (set CAIRN_TEST_DATABASE_URL)");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+    sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut conn)
         .await
         .unwrap();

@@ -182,7 +182,14 @@ impl BatchWriter for PgBatchWriter {
             .await?;
         let streams: Vec<&str> = requests.iter().map(|r| r.stream_id.as_str()).collect();
         let current: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT stream_id, max(version) FROM events WHERE stream_id = ANY($1) GROUP BY stream_id",
+            // One backward index probe per stream; `= ANY($1) GROUP BY` lets a generic plan
+            // fall back to scanning the table, which grows with the log.
+            "SELECT s.stream_id, last.version
+             FROM unnest($1::text[]) AS s(stream_id)
+             CROSS JOIN LATERAL (
+                 SELECT version FROM events e WHERE e.stream_id = s.stream_id
+                 ORDER BY version DESC LIMIT 1
+             ) AS last",
         )
         .bind(&streams)
         .fetch_all(&mut *tx)

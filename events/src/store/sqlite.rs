@@ -12,6 +12,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::sqlite::{
@@ -78,7 +80,7 @@ impl SqliteStore {
 }
 
 async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
-    sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    sqlx::Executor::execute(&mut *conn, "BEGIN IMMEDIATE").await?;
     let result = async {
         sqlx::raw_sql(
             "CREATE TABLE IF NOT EXISTS cairn_migrations (
@@ -117,11 +119,11 @@ async fn finish<T>(
 ) -> Result<T, StoreError> {
     match result {
         Ok(value) => {
-            sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+            sqlx::Executor::execute(&mut *conn, "COMMIT").await?;
             Ok(value)
         }
         Err(error) => {
-            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+            let _ = sqlx::Executor::execute(&mut *conn, "ROLLBACK").await;
             Err(error.into())
         }
     }
@@ -161,46 +163,85 @@ impl BatchWriter for SqliteBatchWriter {
         &mut self,
         requests: &[AppendRequest],
     ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
-        let conn = &mut self.conn;
-        sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        let result = async {
-            let streams: Vec<&str> = requests.iter().map(|r| r.stream_id.as_str()).collect();
-            let streams = serde_json::to_string(&streams).unwrap_or_else(|_| "[]".into());
-            let current: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT stream_id, max(version) FROM events
-                 WHERE stream_id IN (SELECT value FROM json_each(?1)) GROUP BY stream_id",
-            )
-            .bind(streams)
-            .fetch_all(&mut *conn)
-            .await?;
-            let head: Position = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
-                .fetch_one(&mut *conn)
-                .await?;
-            let (rows, results) = plan(requests, current.into_iter().collect::<HashMap<_, _>>(), head);
-            for row in &rows {
-                sqlx::query(
-                    "INSERT INTO events (position, event_id, stream_id, category, version, event_type,
-                                         schema_version, payload, metadata, occurred_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                )
-                .bind(row.position)
-                .bind(row.event.event_id.to_string())
-                .bind(row.stream_id)
-                .bind(row.category)
-                .bind(row.version)
-                .bind(&row.event.event_type)
-                .bind(row.event.schema_version)
-                .bind(row.event.payload.to_string())
-                .bind(serde_json::to_string(&row.event.metadata).unwrap_or_else(|_| "{}".into()))
-                .bind(row.event.occurred_at.to_rfc3339_opts(SecondsFormat::Micros, true))
-                .execute(&mut *conn)
-                .await?;
-            }
-            Ok(results)
-        }
-        .await;
-        finish(conn, result).await
+        write_batch(&mut self.conn, requests).await
     }
+}
+
+/// One batch in one `BEGIN IMMEDIATE` transaction.
+///
+/// Boxed with its lifetimes named: the compiler cannot prove an unboxed future of sqlx
+/// executor calls on a borrowed connection `Send` for every lifetime.
+fn write_batch<'a>(
+    conn: &'a mut SqliteConnection,
+    requests: &'a [AppendRequest],
+) -> BoxFuture<'a, Result<Vec<Result<Appended, StoreError>>, StoreError>> {
+    Box::pin(async move {
+        sqlx::Executor::execute(&mut *conn, "BEGIN IMMEDIATE").await?;
+        let result = insert_batch(conn, requests).await;
+        finish(conn, result).await
+    })
+}
+
+/// The statements of one batch, inside the writer's `BEGIN IMMEDIATE`.
+fn insert_batch<'a>(
+    conn: &'a mut SqliteConnection,
+    requests: &'a [AppendRequest],
+) -> BoxFuture<'a, Result<Vec<Result<Appended, StoreError>>, sqlx::Error>> {
+    Box::pin(async move {
+        let streams: Vec<&str> = requests.iter().map(|r| r.stream_id.as_str()).collect();
+        let streams = serde_json::to_string(&streams).unwrap_or_else(|_| "[]".into());
+        let current: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT stream_id, max(version) FROM events
+                 WHERE stream_id IN (SELECT value FROM json_each(?1)) GROUP BY stream_id",
+        )
+        .bind(streams)
+        .fetch_all(&mut *conn)
+        .await?;
+        let head: Position = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+            .fetch_one(&mut *conn)
+            .await?;
+        let (rows, results) = plan(
+            requests,
+            current.into_iter().collect::<HashMap<_, _>>(),
+            head,
+        );
+        if rows.is_empty() {
+            return Ok(results);
+        }
+        // The whole batch as one JSON array, inserted by one statement.
+        let batch: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|row| {
+                serde_json::json!([
+                    row.position,
+                    row.event.event_id.to_string(),
+                    row.stream_id,
+                    row.category,
+                    row.version,
+                    row.event.event_type,
+                    row.event.schema_version,
+                    row.event.payload.to_string(),
+                    serde_json::to_string(&row.event.metadata).unwrap_or_else(|_| "{}".into()),
+                    row.event
+                        .occurred_at
+                        .to_rfc3339_opts(SecondsFormat::Micros, true),
+                ])
+            })
+            .collect();
+        let batch = serde_json::Value::Array(batch).to_string();
+        drop(rows);
+        sqlx::query(
+            "INSERT INTO events (position, event_id, stream_id, category, version, event_type,
+                                 schema_version, payload, metadata, occurred_at)
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
+                    value ->> 6, value ->> 7, value ->> 8, value ->> 9
+             FROM json_each(?1)",
+        )
+        .bind(batch)
+        .execute(&mut *conn)
+        .await?;
+        Ok(results)
+    })
 }
 
 fn decode(row: &SqliteRow) -> Result<Envelope, StoreError> {

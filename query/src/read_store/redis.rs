@@ -39,7 +39,10 @@ pub struct RedisStore {
 
 impl RedisStore {
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, ReadError> {
-        let client = redis::Client::open(url)?;
+        // Without TCP_NODELAY a pipelined write can sit out a delayed ACK (~40 ms).
+        let info = redis::IntoConnectionInfo::into_connection_info(url)?;
+        let tcp = info.tcp_settings().clone().set_nodelay(true);
+        let client = redis::Client::open(info.set_tcp_settings(tcp))?;
         let conn = ConnectionManager::new(client).await?;
         let store = RedisStore {
             conn,
