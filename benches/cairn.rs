@@ -348,6 +348,32 @@ async fn bench_write(summary: &mut Summary, seconds: u64) -> anyhow::Result<()> 
         ),
         "p99 < 25 ms",
     );
+    // How well the group commit batched: requests per committed transaction.
+    let metrics = client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let (requests, batches) = (
+        value("cairn_append_batch_size_sum"),
+        value("cairn_append_batch_size_count"),
+    );
+    summary.add(
+        "append batches",
+        format!(
+            "{batches:.0} transactions, {:.1} requests each on average",
+            requests / batches
+        ),
+        "-",
+    );
     drop(server);
 
     // pgbench on the same server, in the same database.

@@ -181,28 +181,32 @@ impl BatchWriter for PgBatchWriter {
             .execute(&mut *tx)
             .await?;
         let streams: Vec<&str> = requests.iter().map(|r| r.stream_id.as_str()).collect();
-        let current: Vec<(String, i64)> = sqlx::query_as(
-            // One backward index probe per stream; `= ANY($1) GROUP BY` lets a generic plan
-            // fall back to scanning the table, which grows with the log.
+        // Each stream's version (one backward index probe per stream: `= ANY($1) GROUP BY`
+        // lets a generic plan scan the whole log), and the head as the row without a stream.
+        let found: Vec<(Option<String>, i64)> = sqlx::query_as(
             "SELECT s.stream_id, last.version
              FROM unnest($1::text[]) AS s(stream_id)
              CROSS JOIN LATERAL (
                  SELECT version FROM events e WHERE e.stream_id = s.stream_id
                  ORDER BY version DESC LIMIT 1
-             ) AS last",
+             ) AS last
+             UNION ALL
+             SELECT NULL, coalesce(max(position), 0)::bigint FROM events",
         )
         .bind(&streams)
         .fetch_all(&mut *tx)
         .await?;
-        let head: Position =
-            sqlx::query_scalar("SELECT coalesce(max(position), 0)::bigint FROM events")
-                .fetch_one(&mut *tx)
-                .await?;
-        let (rows, results) = plan(
-            requests,
-            current.into_iter().collect::<HashMap<_, _>>(),
-            head,
-        );
+        let mut head: Position = 0;
+        let mut current = HashMap::with_capacity(found.len());
+        for (stream, version) in found {
+            match stream {
+                Some(stream) => {
+                    current.insert(stream, version);
+                }
+                None => head = version,
+            }
+        }
+        let (rows, results) = plan(requests, current, head);
         if rows.is_empty() {
             tx.rollback().await?;
             return Ok(results);
@@ -233,12 +237,16 @@ impl BatchWriter for PgBatchWriter {
         }
         let last = positions.last().copied().unwrap_or(head);
         sqlx::query(
-            "INSERT INTO events (position, event_id, stream_id, category, version, event_type,
-                                 schema_version, payload, metadata, occurred_at)
-             SELECT p, e, s, c, v, t, sv, pl::jsonb, md::jsonb, o
-             FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[],
-                         $6::text[], $7::int[], $8::text[], $9::text[], $10::timestamptz[])
-                  AS u(p, e, s, c, v, t, sv, pl, md, o)",
+            // The notification is delivered at commit, and only if it commits.
+            "WITH inserted AS (
+                 INSERT INTO events (position, event_id, stream_id, category, version, event_type,
+                                     schema_version, payload, metadata, occurred_at)
+                 SELECT p, e, s, c, v, t, sv, pl::jsonb, md::jsonb, o
+                 FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[],
+                             $6::text[], $7::int[], $8::text[], $9::text[], $10::timestamptz[])
+                      AS u(p, e, s, c, v, t, sv, pl, md, o)
+             )
+             SELECT pg_notify($11, $12)",
         )
         .bind(&positions)
         .bind(&ids)
@@ -250,13 +258,10 @@ impl BatchWriter for PgBatchWriter {
         .bind(&payloads)
         .bind(&metadata)
         .bind(&occurred)
+        .bind(CHANNEL)
+        .bind(last.to_string())
         .execute(&mut *tx)
         .await?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(last.to_string())
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(results)
     }
