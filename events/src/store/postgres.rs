@@ -337,6 +337,18 @@ impl EventStore for PostgresStore {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?
+        } else if let [category] = categories {
+            // Equality on the index's leading column lets Postgres walk (category, position)
+            // in order and stop at the limit, whatever its statistics say; `= ANY` cannot.
+            sqlx::query(
+                "SELECT position, event_id, stream_id, version, event_type, schema_version, payload, metadata, occurred_at
+                 FROM events WHERE category = $3 AND position > $1 ORDER BY position LIMIT $2",
+            )
+            .bind(after)
+            .bind(limit)
+            .bind(*category)
+            .fetch_all(&self.pool)
+            .await?
         } else {
             sqlx::query(
                 "SELECT position, event_id, stream_id, version, event_type, schema_version, payload, metadata, occurred_at

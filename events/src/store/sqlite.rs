@@ -310,6 +310,16 @@ impl EventStore for SqliteStore {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?
+        } else if let [category] = categories {
+            sqlx::query(
+                "SELECT position, event_id, stream_id, version, event_type, schema_version, payload, metadata, occurred_at
+                 FROM events WHERE category = ?3 AND position > ?1 ORDER BY position LIMIT ?2",
+            )
+            .bind(after)
+            .bind(limit)
+            .bind(*category)
+            .fetch_all(&self.pool)
+            .await?
         } else {
             let categories = serde_json::to_string(categories).unwrap_or_else(|_| "[]".into());
             sqlx::query(
