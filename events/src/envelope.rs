@@ -178,6 +178,14 @@ pub trait DomainEvent: Serialize + DeserializeOwned {
                 found: envelope.event_type.clone(),
             });
         }
+        let invalid = |e: serde_json::Error| DecodeError::Payload {
+            event_id: envelope.event_id,
+            reason: e.to_string(),
+        };
+        if envelope.schema_version == Self::SCHEMA_VERSION {
+            // The current shape: read it in place, without copying the payload.
+            return Self::deserialize(&envelope.payload).map_err(invalid);
+        }
         let payload =
             Self::upcast(envelope.schema_version, envelope.payload.clone()).map_err(|reason| {
                 DecodeError::Payload {
@@ -185,10 +193,7 @@ pub trait DomainEvent: Serialize + DeserializeOwned {
                     reason,
                 }
             })?;
-        serde_json::from_value(payload).map_err(|e| DecodeError::Payload {
-            event_id: envelope.event_id,
-            reason: e.to_string(),
-        })
+        serde_json::from_value(payload).map_err(invalid)
     }
 }
 
