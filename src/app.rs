@@ -22,7 +22,6 @@ use cairn_query::{ReadStore, Runner, RunnerHandle};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::timeout::TimeoutLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::client_ip;
@@ -108,6 +107,11 @@ impl Application {
 
         let runner = if matches!(role, Role::All | Role::Projector) {
             let (runner, handle) = Runner::new(events.clone(), read.clone());
+            let runner = if config.redis_url.is_none() {
+                runner.private()
+            } else {
+                runner
+            };
             tasks.push(tokio::spawn(runner.run(shutdown.clone())));
             Some(handle)
         } else {
@@ -119,10 +123,15 @@ impl Application {
             (None, None) => Arc::new(NoWait),
         };
 
+        let gate = match (&runner, &config.redis_url) {
+            (Some(handle), None) => startup_gate(&*events, handle, config, &shutdown).await?,
+            _ => StartupGate::open(),
+        };
         let ops = OpsState {
             events: events.clone(),
             read: read.clone(),
             runner: runner.clone(),
+            gate: gate.clone(),
             requests: Arc::default(),
         };
         let mut router = Router::new()
@@ -140,13 +149,9 @@ impl Application {
             }));
         }
         if matches!(role, Role::All | Role::Query) {
-            let gate = match (&runner, &config.redis_url) {
-                (Some(handle), None) => startup_gate(&*events, handle, config).await?,
-                _ => StartupGate::open(),
-            };
             router = router.merge(cairn_query::router(QueryState {
                 read: read.clone(),
-                gate,
+                gate: gate.clone(),
             }));
         }
         let router = router
@@ -154,6 +159,15 @@ impl Application {
                 (
                     StatusCode::NOT_FOUND,
                     Json(json!({ "error": "no such route", "code": "not_found" })),
+                )
+            })
+            .method_not_allowed_fallback(|| async {
+                (
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    Json(json!({
+                        "error": "this route does not take that method",
+                        "code": "method_not_allowed",
+                    })),
                 )
             })
             .layer(middleware::from_fn_with_state(
@@ -165,9 +179,9 @@ impl Application {
                 client_ip::layer,
             ))
             .layer(DefaultBodyLimit::max(config.body_limit))
-            .layer(TimeoutLayer::with_status_code(
-                StatusCode::REQUEST_TIMEOUT,
+            .layer(middleware::from_fn_with_state(
                 Duration::from_secs(config.request_timeout),
+                ops::time_limit,
             ));
 
         let listener = TcpListener::bind(config.listen)
@@ -237,13 +251,17 @@ async fn startup_gate(
     events: &dyn EventStore,
     handle: &RunnerHandle,
     config: &Config,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<StartupGate> {
     let head = events.head().await.context("reading the event log head")?;
-    let waiter: Arc<dyn ReadYourWrites> = Arc::new(handle.clone());
     let started = std::time::Instant::now();
-    let log_handle = handle.clone();
+    let (log_handle, shutdown) = (handle.clone(), shutdown.clone());
     tokio::spawn(async move {
-        while !log_handle.wait_for(head, Duration::from_secs(5)).await {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                loaded = log_handle.wait_for(head, Duration::from_secs(5)) => if loaded { break },
+            }
             tracing::info!(
                 head,
                 at = log_handle.position(),
@@ -256,8 +274,9 @@ async fn startup_gate(
             "read models loaded"
         );
     });
-    let timeout = Duration::from_secs(config.request_timeout.max(2) - 1);
-    Ok(StartupGate::until(waiter, head, timeout))
+    // Answer "loading" a little before the request timeout would answer for us.
+    let timeout = Duration::from_millis((config.request_timeout * 1000).saturating_sub(250));
+    Ok(StartupGate::until(Arc::new(handle.clone()), head, timeout))
 }
 
 /// Only one server may use an embedded data directory at a time.

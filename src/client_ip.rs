@@ -98,13 +98,13 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpRange]) -> IpAddr
         return peer;
     }
     let mut client = peer;
-    // Several headers are one list, in order.
+    // Several headers are one list, in order. A hop that is not text stays in the list as
+    // garbage (and stops the walk), rather than hiding the hops around it.
     let hops = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|hop| std::str::from_utf8(hop).map_or("", str::trim))
         .collect::<Vec<_>>();
     for hop in hops.into_iter().rev() {
         let Some(ip) = parse_hop(hop) else {
@@ -225,6 +225,15 @@ mod tests {
         );
         let headers = forwarded(&["1.2.3.4, garbage, 10.0.0.7"]);
         assert_eq!(resolve(ip("10.1.1.1"), &headers, &trusted), ip("10.0.0.7"));
+        // Bytes that are not text in one hop do not hide the real client after it.
+        let mut headers = HeaderMap::new();
+        let value =
+            HeaderValue::from_bytes(b"6.6.6.6\xff, 198.51.100.7").unwrap_or_else(|e| panic!("{e}"));
+        headers.append("x-forwarded-for", value);
+        assert_eq!(
+            resolve(ip("10.1.1.1"), &headers, &trusted),
+            ip("198.51.100.7")
+        );
         // Everything trusted: the leftmost address is the best answer.
         let headers = forwarded(&["10.9.9.9, 10.0.0.7"]);
         assert_eq!(resolve(ip("10.1.1.1"), &headers, &trusted), ip("10.9.9.9"));

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{MatchedPath, Request, State};
@@ -11,6 +12,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cairn_events::EventStore;
+use cairn_query::routes::StartupGate;
 use cairn_query::{ReadStore, RunnerHandle};
 use serde_json::json;
 use utoipa::OpenApi;
@@ -26,7 +28,29 @@ pub struct OpsState {
     pub events: Arc<dyn EventStore>,
     pub read: Arc<dyn ReadStore>,
     pub runner: Option<RunnerHandle>,
+    /// Closed while in-memory read models are still loading after a start.
+    pub gate: StartupGate,
     pub requests: Arc<RequestCounts>,
+}
+
+/// Middleware: answer a request that takes longer than the limit with a JSON 503.
+pub async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let body = json!({
+                "error": "the request took too long; a write may still have been applied, \
+                          so retry it with the same Idempotency-Key",
+                "code": "timeout",
+            });
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(axum::http::header::RETRY_AFTER, "1")],
+                Json(body),
+            )
+                .into_response()
+        }
+    }
 }
 
 /// Middleware: count requests by route and status for `/metrics`, and log each at debug level.
@@ -35,7 +59,11 @@ pub async fn count_requests(
     request: Request,
     next: Next,
 ) -> Response {
-    let method = request.method().to_string();
+    // Clients choose methods freely; keep the label set bounded.
+    let method = match request.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m.to_owned(),
+        _ => "other".to_owned(),
+    };
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -81,14 +109,15 @@ pub async fn live() -> Json<serde_json::Value> {
 /// Whether the process can serve: database, read store and projection lag.
 #[utoipa::path(get, path = "/health/ready", tag = "operations",
     responses(
-        (status = 200, description = "Database and read store reachable"),
-        (status = 503, description = "A backend is unreachable"),
+        (status = 200, description = "Database and read store reachable, read models loaded"),
+        (status = 503, description = "A backend is unreachable, or read models are still loading"),
     ))]
 pub async fn ready(State(ops): State<OpsState>) -> Response {
     let database = ops.events.ping().await.is_ok();
     let read_store = ops.read.ping().await.is_ok();
     let lag = projection_lag(&ops).await;
-    let status = if database && read_store {
+    let loaded = ops.gate.is_open().await;
+    let status = if database && read_store && loaded {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -97,6 +126,7 @@ pub async fn ready(State(ops): State<OpsState>) -> Response {
         "ready": status == StatusCode::OK,
         "database": { "backend": ops.events.backend(), "ok": database },
         "read_store": { "backend": ops.read.backend(), "ok": read_store },
+        "read_models_loaded": loaded,
         "projection_lag_events": lag,
     }});
     (status, Json(body)).into_response()

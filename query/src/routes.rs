@@ -62,6 +62,20 @@ impl StartupGate {
         })))
     }
 
+    /// Whether reads pass without waiting.
+    pub async fn is_open(&self) -> bool {
+        let Some(gate) = &self.0 else { return true };
+        if gate.open.load(Ordering::Acquire) {
+            return true;
+        }
+        // A zero timeout still looks once at the current position.
+        if gate.waiter.wait_for(gate.position, Duration::ZERO).await {
+            gate.open.store(true, Ordering::Release);
+            return true;
+        }
+        false
+    }
+
     /// Wait until the read models are loaded; `Err` if they are not within the timeout.
     pub async fn pass(&self) -> Result<(), QueryError> {
         let Some(gate) = &self.0 else { return Ok(()) };

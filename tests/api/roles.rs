@@ -34,10 +34,15 @@ async fn a_standby_projector_takes_over_when_the_active_one_stops() {
     first.stop();
     let after = command.post(&token, "after", &["roles"]).await;
     eventually_readable(&query, &after).await;
-    assert_eq!(
-        query.list_ids("/message?hashtag=roles").await,
-        [after, before]
-    );
+    // The body and the index entries are separate writes: wait for the listing too.
+    let expected = [after, before];
+    for _ in 0..300 {
+        if query.list_ids("/message?hashtag=roles").await == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(query.list_ids("/message?hashtag=roles").await, expected);
     drop(standby);
 }
 

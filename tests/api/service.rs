@@ -66,6 +66,7 @@ pub async fn health_and_metrics(backend: Backend) {
     assert_eq!(data["ready"], true);
     assert_eq!(data["database"]["ok"], true);
     assert_eq!(data["read_store"]["ok"], true);
+    assert_eq!(data["read_models_loaded"], true);
     let expected = match backend {
         Backend::Embedded => ("sqlite", "memory"),
         Backend::PostgresRedis => ("postgres", "redis"),
@@ -108,4 +109,14 @@ pub async fn oversized_bodies_and_unknown_routes_get_json_errors(backend: Backen
 
     let (status, body) = app.get("/no/such/route").await;
     assert_eq!((status, &body["code"]), (404, &json!("not_found")));
+
+    let response = app
+        .client
+        .put(format!("{}/message", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "method_not_allowed");
 }

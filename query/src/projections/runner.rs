@@ -26,6 +26,19 @@ pub struct Runner {
     events: Arc<dyn EventStore>,
     read: Arc<dyn ReadStore>,
     caught_up: watch::Sender<Position>,
+    /// Whether the read model is shared between processes (Redis), so that only the holder
+    /// of the event store's lease may write it. A process's own in-memory model is not.
+    shared: bool,
+}
+
+/// The lease of a runner whose read model belongs to its process alone.
+struct PrivateLease;
+
+#[async_trait]
+impl cairn_events::Lease for PrivateLease {
+    async fn is_held(&mut self) -> bool {
+        true
+    }
 }
 
 /// What the rest of the process sees of a runner: how far the read model is.
@@ -86,15 +99,28 @@ impl Runner {
                 events,
                 read,
                 caught_up,
+                shared: true,
             },
             RunnerHandle { caught_up: rx },
         )
     }
 
+    /// For a read model only this process reads (in memory): it always runs, whatever
+    /// other processes on the same event store do.
+    pub fn private(mut self) -> Self {
+        self.shared = false;
+        self
+    }
+
     /// Run until `shutdown` fires.
     pub async fn run(self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
-            let lease = match self.events.try_lease("projection:messages").await {
+            let lease = if self.shared {
+                self.events.try_lease("projection:messages").await
+            } else {
+                Ok(Some(Box::new(PrivateLease) as Box<dyn cairn_events::Lease>))
+            };
+            let lease = match lease {
                 Ok(Some(lease)) => lease,
                 Ok(None) => {
                     tokio::select! {
