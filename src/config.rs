@@ -26,7 +26,8 @@ pub struct Config {
     /// Prefix of every Redis key, so several deployments can share a server
     /// (`CAIRN_REDIS_PREFIX`).
     pub redis_prefix: String,
-    /// The URL people reach Cairn at, used in links (`CAIRN_PUBLIC_URL`).
+    /// The URL people reach Cairn at, for links in the emails of later features
+    /// (`CAIRN_PUBLIC_URL`).
     pub public_url: String,
     /// `text` or `json` (`CAIRN_LOG_FORMAT`); the level comes from `RUST_LOG`.
     pub log_format: String,

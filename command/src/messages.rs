@@ -45,7 +45,7 @@ pub fn router() -> axum::Router<CommandState> {
 #[derive(Deserialize, ToSchema)]
 struct PostMessage {
     /// 1 to 1000 characters.
-    #[schema(example = "hello from the terminal #cairn")]
+    #[schema(required = true, example = "hello from the terminal #cairn")]
     text: Option<String>,
     /// Up to 30 hashtags, with or without `#`: letters, digits and `_`, up to 64 characters.
     #[serde(default)]

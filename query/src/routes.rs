@@ -215,6 +215,14 @@ pub struct MessagePage {
     pub next_cursor: Option<String>,
 }
 
+/// What `GET /message` answers: a page, or with `ulid` the one message.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ListAnswer {
+    Page(MessagePage),
+    One(MessageBody),
+}
+
 /// Every error: a human message and a stable code.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -249,7 +257,7 @@ pub struct ListParams {
 #[derive(OpenApi)]
 #[openapi(
     paths(list_messages, get_message),
-    components(schemas(MessageView, UserView, MessageBody, MessagePage, ErrorBody))
+    components(schemas(MessageView, UserView, MessageBody, MessagePage, ListAnswer, ErrorBody))
 )]
 pub struct QueryApi;
 
@@ -378,7 +386,7 @@ pub fn parse_filter(params: &HashMap<String, String>) -> Result<MessageFilter, Q
     tag = "messages",
     params(ListParams),
     responses(
-        (status = 200, description = "A page of messages (or one message with `ulid`)", body = MessagePage),
+        (status = 200, description = "A page of messages (or one message with `ulid`)", body = ListAnswer),
         (status = 400, description = "A bad filter, limit or cursor", body = ErrorBody),
         (status = 404, description = "`ulid` names no message", body = ErrorBody),
         (status = 503, description = "Read models loading or unavailable", body = ErrorBody),
