@@ -358,16 +358,7 @@ pub async fn validation_errors(backend: Backend) {
     assert_eq!(status, 400);
     let (status, body) = app.get("/nowhere").await;
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
-    // A body over the limit is refused without harm.
-    let huge = app
-        .client
-        .post(format!("{}/message", app.address))
-        .bearer_auth(&token)
-        .body(vec![b' '; 2 * 1024 * 1024])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(huge.status(), 413);
+    // Only the valid message was stored. (Oversized bodies: see the service tests.)
     assert_eq!(app.list_ids("/message").await.len(), 1);
 }
 
