@@ -193,12 +193,12 @@ struct OpsApi;
 
 /// The OpenAPI document of every route this binary can serve.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut doc = OpsApi::openapi();
-    let mut messages = cairn_command::CommandApi::openapi();
-    messages.merge(cairn_query::QueryApi::openapi());
-    messages.merge(doc.clone());
-    doc.paths = messages.paths;
-    doc.components = messages.components;
+    // The message routes first; the title, description and tags are the operations doc's.
+    let mut doc = cairn_command::CommandApi::openapi();
+    doc.merge(cairn_query::QueryApi::openapi());
+    let ops = OpsApi::openapi();
+    doc.info = ops.info.clone();
+    doc.merge(ops);
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
         "bearer",

@@ -64,30 +64,32 @@ impl StartupGate {
 
     /// Whether reads pass without waiting.
     pub async fn is_open(&self) -> bool {
-        let Some(gate) = &self.0 else { return true };
-        if gate.open.load(Ordering::Acquire) {
-            return true;
-        }
         // A zero timeout still looks once at the current position.
-        if gate.waiter.wait_for(gate.position, Duration::ZERO).await {
-            gate.open.store(true, Ordering::Release);
-            return true;
-        }
-        false
+        self.reached_within(Duration::ZERO).await
     }
 
     /// Wait until the read models are loaded; `Err` if they are not within the timeout.
     pub async fn pass(&self) -> Result<(), QueryError> {
-        let Some(gate) = &self.0 else { return Ok(()) };
-        if gate.open.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        if gate.waiter.wait_for(gate.position, gate.timeout).await {
-            gate.open.store(true, Ordering::Release);
+        let timeout = self.0.as_ref().map_or(Duration::ZERO, |gate| gate.timeout);
+        if self.reached_within(timeout).await {
             Ok(())
         } else {
             Err(QueryError::Loading)
         }
+    }
+
+    /// Whether the read models hold the start position, waiting at most `timeout`; once
+    /// they do, the gate stays open without asking again.
+    async fn reached_within(&self, timeout: Duration) -> bool {
+        let Some(gate) = &self.0 else { return true };
+        if gate.open.load(Ordering::Acquire) {
+            return true;
+        }
+        let reached = gate.waiter.wait_for(gate.position, timeout).await;
+        if reached {
+            gate.open.store(true, Ordering::Release);
+        }
+        reached
     }
 }
 
