@@ -148,12 +148,23 @@ impl Runner {
         shutdown: &CancellationToken,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let mut wake = self.events.subscribe();
+        let mut lease_checked = tokio::time::Instant::now();
         loop {
-            if shutdown.is_cancelled() || !lease.is_held().await {
+            if shutdown.is_cancelled() {
                 return Ok(());
             }
-            wake.borrow_and_update();
-            let head = self.events.head().await?;
+            // The lease is confirmed once a second, not per batch: a runner that lost it
+            // meanwhile cannot move the checkpoint anyway (compare-and-set).
+            if lease_checked.elapsed() >= IDLE_RECHECK {
+                if !lease.is_held().await {
+                    return Ok(());
+                }
+                lease_checked = tokio::time::Instant::now();
+            }
+            // The head as this process knows it (its own commits, notifications, a periodic
+            // re-read): positions up to it are committed, so reading on from the checkpoint
+            // and finding less than a batch means the read model has reached it.
+            let head = *wake.borrow_and_update();
             let from = self.read.checkpoint("messages").await?;
             let batch = self
                 .events
