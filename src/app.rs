@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use cairn_command::{CommandState, TokenRegistry};
 use cairn_events::{EventStore, NoWait, ReadYourWrites};
 use cairn_query::projections::CheckpointPoller;
-use cairn_query::read_store::{MemoryStore, RedisStore};
+use cairn_query::read_store::{LogIdentity, RedisStore, SqliteStore};
 use cairn_query::routes::{QueryState, StartupGate};
 use cairn_query::{ReadStore, Runner, RunnerHandle};
 use serde_json::json;
@@ -48,8 +48,12 @@ pub async fn open_events(config: &Config) -> anyhow::Result<Arc<dyn EventStore>>
         .with_context(|| format!("opening the event store at {}", config.database_for_log()))
 }
 
-/// Open the configured read store.
-pub async fn open_read(config: &Config) -> anyhow::Result<Arc<dyn ReadStore>> {
+/// Open the configured read store: Redis if configured, else the read-model file in the
+/// data directory (checked against `events`, the log it must have been built from).
+pub async fn open_read(
+    config: &Config,
+    events: &dyn EventStore,
+) -> anyhow::Result<Arc<dyn ReadStore>> {
     Ok(match &config.redis_url {
         Some(url) => Arc::new(
             RedisStore::connect(url, &config.redis_prefix)
@@ -58,7 +62,22 @@ pub async fn open_read(config: &Config) -> anyhow::Result<Arc<dyn ReadStore>> {
                     format!("connecting to Redis at {}", crate::config::redact(url))
                 })?,
         ),
-        None => Arc::new(MemoryStore::new()),
+        None => {
+            let first = events
+                .read_all(0, 1, &[])
+                .await
+                .context("reading the event log")?;
+            let log = LogIdentity {
+                first_event: first.first().map(|e| e.event_id.to_string()),
+                head: events.head().await.context("reading the event log head")?,
+            };
+            let path = config.data_dir.join("read-models.db");
+            Arc::new(
+                SqliteStore::open(&path, &log)
+                    .await
+                    .with_context(|| format!("opening read models at {}", path.display()))?,
+            )
+        }
     })
 }
 
@@ -87,13 +106,15 @@ impl Application {
                 "running separate roles needs CAIRN_DATABASE_URL (Postgres) and CAIRN_REDIS_URL (Redis)"
             );
         }
-        let data_lock = if embedded {
+        // The data directory holds the event log when embedded, and the read models when
+        // there is no Redis: either way it belongs to one server.
+        let data_lock = if embedded || config.redis_url.is_none() {
             Some(lock_data_dir(config)?)
         } else {
             None
         };
         let events = open_events(config).await?;
-        let read = open_read(config).await?;
+        let read = open_read(config, &*events).await?;
 
         let mut tasks = Vec::new();
         let tokens = TokenRegistry::new();
@@ -245,8 +266,8 @@ impl Application {
     }
 }
 
-/// In-memory read models start empty and load in the background while the server already
-/// answers; reads wait until they hold everything the log held at start.
+/// Read models this process keeps itself catch up in the background while the server
+/// already answers; reads wait until they hold everything the log held at start.
 async fn startup_gate(
     events: &dyn EventStore,
     handle: &RunnerHandle,

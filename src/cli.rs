@@ -193,13 +193,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
                 None => cairn_query::projections::NAMES.to_vec(),
             };
-            if config.redis_url.is_none() {
-                println!(
-                    "in-memory read models are rebuilt from the event store every time the server starts; nothing to do"
-                );
-                return Ok(());
-            }
-            let read = app::open_read(&config).await?;
+            let events = app::open_events(&config).await?;
+            let read = app::open_read(&config, &*events).await?;
             for n in names {
                 read.reset(n)
                     .await

@@ -20,7 +20,7 @@ pub struct Config {
     /// `postgres://...` selects Postgres; unset selects SQLite in the data dir
     /// (`CAIRN_DATABASE_URL`).
     pub database_url: Option<String>,
-    /// `redis://...` keeps read models in Redis; unset keeps them in memory
+    /// `redis://...` keeps read models in Redis; unset keeps them in a SQLite file in the data dir
     /// (`CAIRN_REDIS_URL`).
     pub redis_url: Option<String>,
     /// Prefix of every Redis key, so several deployments can share a server

@@ -28,7 +28,7 @@ pub struct OpsState {
     pub events: Arc<dyn EventStore>,
     pub read: Arc<dyn ReadStore>,
     pub runner: Option<RunnerHandle>,
-    /// Closed while in-memory read models are still loading after a start.
+    /// Closed while this process's own read models are still catching up after a start.
     pub gate: StartupGate,
     pub requests: Arc<RequestCounts>,
 }

@@ -34,8 +34,9 @@ pub struct QueryState {
 }
 
 /// Holds reads back until the read models contain everything the event log held when the
-/// process started. In-memory read models start empty and are rebuilt in the background, so
-/// without the gate a message acknowledged before a restart could briefly read as 404.
+/// process started. A process's own read models catch up in the background after a start
+/// (a crash may have left them behind the log, or a rebuild may be under way), so without
+/// the gate a message acknowledged before a restart could briefly read as 404.
 #[derive(Clone, Default)]
 pub struct StartupGate(Option<Arc<Gate>>);
 

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use cairn_query::ReadStore;
-use cairn_query::read_store::{Applied, MemoryStore, MessageFilter, RedisStore, StoredMessage};
+use cairn_query::read_store::{
+    Applied, LogIdentity, MessageFilter, RedisStore, SqliteStore, StoredMessage,
+};
 use ulid::Ulid;
 
 /// Messages made later get larger ids (one millisecond apart).
@@ -68,11 +70,63 @@ async fn a_stale_runner_cannot_move_the_checkpoint(store: Arc<dyn ReadStore>) {
     assert_eq!(texts.iter().filter(|t| *t == "first").count(), 1);
 }
 
-#[tokio::test]
-async fn memory_fencing() {
-    a_stale_runner_cannot_move_the_checkpoint(Arc::new(MemoryStore::new())).await;
+fn read_model_file() -> std::path::PathBuf {
+    std::env::temp_dir()
+        .join(format!("cairn-test-{}", Ulid::generate()))
+        .join("read-models.db")
 }
 
+fn log(first_event: &str, head: i64) -> LogIdentity {
+    LogIdentity {
+        first_event: Some(first_event.into()),
+        head,
+    }
+}
+
+#[tokio::test]
+async fn sqlite_fencing() {
+    let store = SqliteStore::open(&read_model_file(), &log("e1", 100))
+        .await
+        .unwrap();
+    a_stale_runner_cannot_move_the_checkpoint(Arc::new(store)).await;
+}
+
+/// The file keeps the model across restarts, so a start resumes from the checkpoint.
+#[tokio::test]
+async fn sqlite_keeps_the_model_across_opens() {
+    let path = read_model_file();
+    let store = SqliteStore::open(&path, &log("e1", 10)).await.unwrap();
+    store
+        .apply_messages(&[message("kept")], 0, 7)
+        .await
+        .unwrap();
+    drop(store);
+
+    let store = SqliteStore::open(&path, &log("e1", 12)).await.unwrap();
+    assert_eq!(store.checkpoint("messages").await.unwrap(), 7);
+    assert_eq!(tagged(&store).await, ["kept"]);
+}
+
+/// A model built from another log (the event file was replaced, or restored from an
+/// older copy) is emptied at open, so the runner rebuilds it from the log it now reads.
+#[tokio::test]
+async fn sqlite_forgets_a_model_of_another_log() {
+    let path = read_model_file();
+    let store = SqliteStore::open(&path, &log("e1", 10)).await.unwrap();
+    store.apply_messages(&[message("old")], 0, 7).await.unwrap();
+    drop(store);
+
+    let store = SqliteStore::open(&path, &log("other", 50)).await.unwrap();
+    assert_eq!(store.checkpoint("messages").await.unwrap(), 0);
+    assert!(tagged(&store).await.is_empty());
+    store.apply_messages(&[message("new")], 0, 3).await.unwrap();
+    drop(store);
+
+    // Same first event, but a log shorter than what the model has seen: an older copy.
+    let store = SqliteStore::open(&path, &log("other", 2)).await.unwrap();
+    assert_eq!(store.checkpoint("messages").await.unwrap(), 0);
+    assert!(tagged(&store).await.is_empty());
+}
 #[tokio::test]
 async fn redis_fencing() {
     a_stale_runner_cannot_move_the_checkpoint(redis().await).await;

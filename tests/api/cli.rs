@@ -3,7 +3,10 @@
 use crate::durability::{backend_env, cairn, start_server};
 use crate::helpers::Backend;
 
-crate::on_both_backends!(cli: users_and_tokens_from_the_command_line);
+crate::on_both_backends!(
+    cli: users_and_tokens_from_the_command_line,
+    rebuild_from_the_command_line_while_serving
+);
 
 pub async fn users_and_tokens_from_the_command_line(backend: Backend) {
     let env = backend_env(backend).await;
@@ -80,4 +83,59 @@ pub async fn users_and_tokens_from_the_command_line(backend: Backend) {
         .unwrap();
     assert!(!taken.status.success());
     assert!(String::from_utf8_lossy(&taken.stderr).contains("already exists"));
+}
+
+/// `cairn projections rebuild` from another process: the running server's projector
+/// notices the reset and rebuilds; reads show the same messages afterwards.
+pub async fn rebuild_from_the_command_line_while_serving(backend: Backend) {
+    let env = backend_env(backend).await;
+    let (_server, base) = start_server(&env).await;
+    let token = cairn(&env, &["user", "add", "rae"]).await;
+    let token = token.lines().last().unwrap().to_owned();
+    let client = reqwest::Client::new();
+    let list = || async {
+        let page: serde_json::Value = client
+            .get(format!("{base}/message?hashtag=kept"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        page["data"].as_array().map_or(0, Vec::len)
+    };
+    let mut posted = 0;
+    for attempt in 0..200 {
+        let status = client
+            .post(format!("{base}/message"))
+            .header("Authorization", format!("Bearer {token}"))
+            .body(format!(r#"{{"text": "n{attempt}", "hashtags": ["kept"]}}"#))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 201 {
+            posted += 1;
+            if posted == 5 {
+                break;
+            }
+        } else {
+            // The token is picked up within a second of the CLI writing it.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(posted, 5);
+    assert_eq!(list().await, 5);
+
+    let said = cairn(&env, &["projections", "rebuild", "messages"]).await;
+    assert!(said.contains("messages: reset"), "{said}");
+    let mut seen = 0;
+    for _ in 0..100 {
+        seen = list().await;
+        if seen == 5 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, 5, "the rebuilt read model lacks messages");
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
-    /// SQLite event store, in-memory read models.
+    /// SQLite event store, SQLite read models in the data dir.
     Embedded,
     /// Postgres event store, Redis read models.
     PostgresRedis,

@@ -68,7 +68,7 @@ pub async fn health_and_metrics(backend: Backend) {
     assert_eq!(data["read_store"]["ok"], true);
     assert_eq!(data["read_models_loaded"], true);
     let expected = match backend {
-        Backend::Embedded => ("sqlite", "memory"),
+        Backend::Embedded => ("sqlite", "sqlite"),
         Backend::PostgresRedis => ("postgres", "redis"),
     };
     assert_eq!(data["database"]["backend"], expected.0);

@@ -27,7 +27,7 @@ pub struct Runner {
     read: Arc<dyn ReadStore>,
     caught_up: watch::Sender<Position>,
     /// Whether the read model is shared between processes (Redis), so that only the holder
-    /// of the event store's lease may write it. A process's own in-memory model is not.
+    /// of the event store's lease may write it. A process's own model (its data directory's file) is not.
     shared: bool,
 }
 
@@ -105,7 +105,7 @@ impl Runner {
         )
     }
 
-    /// For a read model only this process reads (in memory): it always runs, whatever
+    /// For a read model only this process reads (its own file): it always runs, whatever
     /// other processes on the same event store do.
     pub fn private(mut self) -> Self {
         self.shared = false;

@@ -1,7 +1,7 @@
 //! Read models and the stores that hold them.
 
-pub mod memory;
 pub mod redis;
+pub mod sqlite;
 
 use async_trait::async_trait;
 use cairn_events::Position;
@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
-pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
+pub use self::sqlite::{LogIdentity, SqliteStore};
 
 /// A message as the read model keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +70,8 @@ pub enum Applied {
 pub enum ReadError {
     #[error("read store unavailable")]
     Unavailable(#[from] ::redis::RedisError),
+    #[error("read store unavailable")]
+    Sqlite(#[from] sqlx::Error),
     #[error("read model entry is unreadable: {0}")]
     Corrupt(String),
 }
