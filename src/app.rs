@@ -15,7 +15,7 @@ use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use cairn_command::{CommandState, TokenRegistry};
 use cairn_events::{EventStore, NoWait, ReadYourWrites};
-use cairn_query::projections::CheckpointPoller;
+use cairn_query::projections::{CheckpointPoller, Messages};
 use cairn_query::read_store::{LogIdentity, RedisStore, SqliteStore};
 use cairn_query::routes::{QueryState, StartupGate};
 use cairn_query::{ReadStore, Runner, RunnerHandle};
@@ -127,7 +127,7 @@ impl Application {
         ));
 
         let runner = if matches!(role, Role::All | Role::Projector) {
-            let (runner, handle) = Runner::new(events.clone(), read.clone());
+            let (runner, handle) = Runner::new(events.clone(), read.clone(), Arc::new(Messages));
             let runner = if config.redis_url.is_none() {
                 runner.private()
             } else {
@@ -140,7 +140,10 @@ impl Application {
         };
         let read_your_writes: Arc<dyn ReadYourWrites> = match (&runner, &config.redis_url) {
             (Some(handle), _) => Arc::new(handle.clone()),
-            (None, Some(_)) => Arc::new(CheckpointPoller { read: read.clone() }),
+            (None, Some(_)) => Arc::new(CheckpointPoller {
+                read: read.clone(),
+                projection: "messages",
+            }),
             (None, None) => Arc::new(NoWait),
         };
 

@@ -145,9 +145,19 @@ impl TokenRegistry {
 
     /// Read every `user` event once, then return.
     pub async fn catch_up(&self, events: &dyn EventStore) -> Result<(), cairn_events::StoreError> {
+        let head = events.head().await?;
+        self.catch_up_to(events, head).await
+    }
+
+    /// Read the `user` events after the registry's position; `head` is a committed
+    /// position the log is known to have reached, which the registry then counts as seen.
+    async fn catch_up_to(
+        &self,
+        events: &dyn EventStore,
+        head: Position,
+    ) -> Result<(), cairn_events::StoreError> {
         loop {
             let at = *self.position.borrow();
-            let head = events.head().await?;
             let batch = events.read_all(at, 1000, &[user::CATEGORY]).await?;
             for envelope in &batch {
                 self.apply(envelope);
@@ -161,12 +171,14 @@ impl TokenRegistry {
         }
     }
 
-    /// Follow the log until `shutdown` fires.
+    /// Follow the log until `shutdown` fires. The head comes from the store's wake-ups (its
+    /// own commits, notifications, a periodic re-read), so following costs one read per
+    /// wake-up and no separate head query.
     pub async fn follow(self: Arc<Self>, events: Arc<dyn EventStore>, shutdown: CancellationToken) {
         let mut wake = events.subscribe();
         loop {
-            wake.borrow_and_update();
-            if let Err(error) = self.catch_up(&*events).await {
+            let head = *wake.borrow_and_update();
+            if let Err(error) = self.catch_up_to(&*events, head).await {
                 tracing::warn!(%error, "token registry could not read the log");
             }
             tokio::select! {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use redis::AsyncCommands;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -194,11 +195,16 @@ async fn redis_flush_recovers_without_manual_action() {
     ids.reverse();
     let client = redis::Client::open(redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:*", app.config.redis_prefix))
-        .query_async(&mut conn)
+    // SCAN, not KEYS: the server may hold many other tests' keys.
+    let mut keys: Vec<String> = Vec::new();
+    let mut found: redis::AsyncIter<String> = conn
+        .scan_match(format!("{}:*", app.config.redis_prefix))
         .await
         .unwrap();
+    while let Some(key) = found.next_item().await {
+        keys.push(key.unwrap());
+    }
+    drop(found);
     assert!(!keys.is_empty());
     let _: () = redis::cmd("DEL")
         .arg(&keys)

@@ -1,11 +1,45 @@
 //! The messages projection: each `message.posted` event becomes a stored message, indexed
 //! by hashtag and by user.
 
-use cairn_events::domain::message::MessagePosted;
-use cairn_events::{DecodeError, DomainEvent, Envelope};
+use async_trait::async_trait;
+use cairn_events::domain::message::{self, MessagePosted};
+use cairn_events::{DecodeError, DomainEvent, Envelope, Position};
 use chrono::{DateTime, Utc};
 
-use crate::read_store::StoredMessage;
+use super::Projection;
+use crate::read_store::{Applied, ReadError, ReadStore, StoredMessage};
+
+/// Messages by id, hashtag and user.
+pub struct Messages;
+
+#[async_trait]
+impl Projection for Messages {
+    fn name(&self) -> &'static str {
+        "messages"
+    }
+
+    fn categories(&self) -> &'static [&'static str] {
+        &[message::CATEGORY]
+    }
+
+    async fn apply(
+        &self,
+        read: &dyn ReadStore,
+        events: &[Envelope],
+        from: Position,
+        to: Position,
+    ) -> Result<Applied, ReadError> {
+        let mut messages = Vec::with_capacity(events.len());
+        for envelope in events {
+            match to_stored_message(envelope) {
+                Some(Ok(m)) => messages.push(m),
+                Some(Err(error)) => tracing::error!(%error, "skipping unreadable event"),
+                None => {}
+            }
+        }
+        read.apply_messages(&messages, from, to).await
+    }
+}
 
 /// The read-model form of a `message.posted` event; `None` for other event types.
 pub fn to_stored_message(envelope: &Envelope) -> Option<Result<StoredMessage, DecodeError>> {

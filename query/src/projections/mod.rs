@@ -3,8 +3,33 @@
 mod messages;
 mod runner;
 
-pub use messages::to_stored_message;
+use async_trait::async_trait;
+use cairn_events::{Envelope, Position};
+
+pub use messages::{Messages, to_stored_message};
 pub use runner::{CheckpointPoller, Runner, RunnerHandle};
+
+use crate::read_store::{Applied, ReadError, ReadStore};
 
 /// The projections Cairn keeps, by name (as `cairn projections rebuild NAME` takes them).
 pub const NAMES: &[&str] = &["messages"];
+
+/// One read model's way of turning events into read-store writes.
+#[async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// Its name: the key of its checkpoint and lease.
+    fn name(&self) -> &'static str;
+
+    /// The stream categories it reads.
+    fn categories(&self) -> &'static [&'static str];
+
+    /// Apply `events` (all after `from`, the last at `to`) and move the checkpoint from
+    /// `from` to `to`, idempotently: applying the same events twice gives the same state.
+    async fn apply(
+        &self,
+        read: &dyn ReadStore,
+        events: &[Envelope],
+        from: Position,
+        to: Position,
+    ) -> Result<Applied, ReadError>;
+}

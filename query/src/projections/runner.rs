@@ -1,4 +1,4 @@
-//! Keeps the messages read model up to date.
+//! Keeps one projection's read model up to date.
 //!
 //! Loop: take the lease (only one runner per projection is active across all processes),
 //! read the checkpoint from the read store, read the next events after it, apply them and
@@ -11,12 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cairn_events::domain::message;
 use cairn_events::{EventStore, Position, ReadYourWrites};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::messages::to_stored_message;
+use super::Projection;
 use crate::read_store::{Applied, ReadStore};
 
 const BATCH: usize = 1000;
@@ -25,6 +24,7 @@ const IDLE_RECHECK: Duration = Duration::from_secs(1);
 pub struct Runner {
     events: Arc<dyn EventStore>,
     read: Arc<dyn ReadStore>,
+    projection: Arc<dyn Projection>,
     caught_up: watch::Sender<Position>,
     /// Whether the read model is shared between processes (Redis), so that only the holder
     /// of the event store's lease may write it. A process's own model (its data directory's file) is not.
@@ -65,9 +65,10 @@ impl ReadYourWrites for RunnerHandle {
 }
 
 /// A waiter for processes that do not run the projection themselves: polls the read
-/// store's checkpoint until it passes the position.
+/// store's checkpoint of `projection` until it passes the position.
 pub struct CheckpointPoller {
     pub read: Arc<dyn ReadStore>,
+    pub projection: &'static str,
 }
 
 #[async_trait]
@@ -77,7 +78,7 @@ impl ReadYourWrites for CheckpointPoller {
         loop {
             if self
                 .read
-                .checkpoint("messages")
+                .checkpoint(self.projection)
                 .await
                 .is_ok_and(|p| p >= position)
             {
@@ -92,12 +93,17 @@ impl ReadYourWrites for CheckpointPoller {
 }
 
 impl Runner {
-    pub fn new(events: Arc<dyn EventStore>, read: Arc<dyn ReadStore>) -> (Self, RunnerHandle) {
+    pub fn new(
+        events: Arc<dyn EventStore>,
+        read: Arc<dyn ReadStore>,
+        projection: Arc<dyn Projection>,
+    ) -> (Self, RunnerHandle) {
         let (caught_up, rx) = watch::channel(0);
         (
             Runner {
                 events,
                 read,
+                projection,
                 caught_up,
                 shared: true,
             },
@@ -114,9 +120,10 @@ impl Runner {
 
     /// Run until `shutdown` fires.
     pub async fn run(self, shutdown: CancellationToken) {
+        let name = self.projection.name();
         while !shutdown.is_cancelled() {
             let lease = if self.shared {
-                self.events.try_lease("projection:messages").await
+                self.events.try_lease(&format!("projection:{name}")).await
             } else {
                 Ok(Some(Box::new(PrivateLease) as Box<dyn cairn_events::Lease>))
             };
@@ -134,9 +141,9 @@ impl Runner {
                     continue;
                 }
             };
-            tracing::info!(projection = "messages", "projection runner active");
+            tracing::info!(projection = name, "projection runner active");
             if let Err(error) = self.follow(lease, &shutdown).await {
-                tracing::warn!(error = %error, "projection runner interrupted; retrying");
+                tracing::warn!(projection = name, %error, "projection runner interrupted; retrying");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
@@ -165,10 +172,11 @@ impl Runner {
             // re-read): positions up to it are committed, so reading on from the checkpoint
             // and finding less than a batch means the read model has reached it.
             let head = *wake.borrow_and_update();
-            let from = self.read.checkpoint("messages").await?;
+            let name = self.projection.name();
+            let from = self.read.checkpoint(name).await?;
             let batch = self
                 .events
-                .read_all(from, BATCH, &[message::CATEGORY])
+                .read_all(from, BATCH, self.projection.categories())
                 .await?;
             let Some(last) = batch.last().map(|e| e.position) else {
                 // Nothing in this projection's categories up to `head`: caught up to it.
@@ -180,19 +188,18 @@ impl Runner {
                 }
                 continue;
             };
-            let mut messages = Vec::with_capacity(batch.len());
-            for envelope in &batch {
-                match to_stored_message(envelope) {
-                    Some(Ok(m)) => messages.push(m),
-                    Some(Err(error)) => tracing::error!(%error, "skipping unreadable event"),
-                    None => {}
-                }
-            }
-            match self.read.apply_messages(&messages, from, last).await? {
+            match self
+                .projection
+                .apply(&*self.read, &batch, from, last)
+                .await?
+            {
                 Applied::Done if batch.len() < BATCH => self.publish(last.max(head)),
                 Applied::Done => self.publish(last),
                 Applied::Moved => {
-                    tracing::info!("messages checkpoint moved under us; re-reading it")
+                    tracing::info!(
+                        projection = name,
+                        "checkpoint moved under us; re-reading it"
+                    )
                 }
             }
         }
