@@ -15,9 +15,9 @@ use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use cairn_command::{CommandState, TokenRegistry};
 use cairn_events::{EventStore, NoWait, ReadYourWrites};
-use cairn_query::projections::{CheckpointPoller, Messages};
+use cairn_query::projections::{CheckpointPoller, Messages, Projection, Trends};
 use cairn_query::read_store::{LogIdentity, RedisStore, SqliteStore};
-use cairn_query::routes::{QueryState, StartupGate};
+use cairn_query::routes::{Clock, QueryState, StartupGate, system_clock};
 use cairn_query::{ReadStore, Runner, RunnerHandle};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -100,6 +100,16 @@ impl Application {
         role: Role,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, role, shutdown, system_clock()).await
+    }
+
+    /// As [`Application::build`], with the read routes' idea of "now" given (for tests).
+    pub async fn build_with_clock(
+        config: &Config,
+        role: Role,
+        shutdown: CancellationToken,
+        clock: Clock,
+    ) -> anyhow::Result<Self> {
         let embedded = config.database_url.is_none();
         if role != Role::All && (embedded || config.redis_url.is_none()) {
             bail!(
@@ -127,14 +137,18 @@ impl Application {
         ));
 
         let runner = if matches!(role, Role::All | Role::Projector) {
-            let (runner, handle) = Runner::new(events.clone(), read.clone(), Arc::new(Messages));
-            let runner = if config.redis_url.is_none() {
-                runner.private()
-            } else {
-                runner
+            let private = config.redis_url.is_none();
+            let mut start = |projection: Arc<dyn Projection>| {
+                let (runner, handle) = Runner::new(events.clone(), read.clone(), projection);
+                let runner = if private { runner.private() } else { runner };
+                tasks.push(tokio::spawn(runner.run(shutdown.clone())));
+                handle
             };
-            tasks.push(tokio::spawn(runner.run(shutdown.clone())));
-            Some(handle)
+            let messages = start(Arc::new(Messages));
+            start(Arc::new(Trends {
+                scoring: config.scoring(),
+            }));
+            Some(messages)
         } else {
             None
         };
@@ -176,6 +190,8 @@ impl Application {
             router = router.merge(cairn_query::router(QueryState {
                 read: read.clone(),
                 gate: gate.clone(),
+                scoring: config.scoring(),
+                clock,
             }));
         }
         let router = router

@@ -41,6 +41,12 @@ pub struct Config {
     /// Proxies whose `X-Forwarded-For` is believed: addresses or CIDR ranges
     /// (`CAIRN_TRUSTED_PROXIES`, comma-separated). Empty: the peer address is the client.
     pub trusted_proxies: Vec<IpRange>,
+    /// Fewest distinct users of a hashtag in a day for it to trend
+    /// (`CAIRN_TRENDING_THRESHOLD`).
+    pub trending_threshold: u64,
+    /// Minutes for a trending score to halve (`CAIRN_TRENDING_HALF_LIFE_MINUTES`). Scores
+    /// are stored as ranks that depend on it: after a change, rebuild `trends`.
+    pub trending_half_life_minutes: i64,
 }
 
 impl Default for Config {
@@ -57,6 +63,8 @@ impl Default for Config {
             request_timeout: 30,
             read_your_writes_ms: 2000,
             trusted_proxies: Vec::new(),
+            trending_threshold: 5,
+            trending_half_life_minutes: 240,
         }
     }
 }
@@ -122,6 +130,16 @@ impl Config {
                 .parse()
                 .with_context(|| format!("CAIRN_READ_YOUR_WRITES_MS={v:?} is not a number"))?;
         }
+        if let Some(v) = var("CAIRN_TRENDING_THRESHOLD") {
+            self.trending_threshold = v.parse().with_context(|| {
+                format!("CAIRN_TRENDING_THRESHOLD={v:?} is not a number of users")
+            })?;
+        }
+        if let Some(v) = var("CAIRN_TRENDING_HALF_LIFE_MINUTES") {
+            self.trending_half_life_minutes = v.parse().with_context(|| {
+                format!("CAIRN_TRENDING_HALF_LIFE_MINUTES={v:?} is not a number of minutes")
+            })?;
+        }
         if let Some(v) = var("CAIRN_TRUSTED_PROXIES") {
             self.trusted_proxies = v
                 .split(',')
@@ -133,6 +151,14 @@ impl Config {
                 .collect::<anyhow::Result<_>>()?;
         }
         Ok(())
+    }
+
+    /// How trending scores are computed.
+    pub fn scoring(&self) -> cairn_query::trends::Scoring {
+        cairn_query::trends::Scoring {
+            threshold: self.trending_threshold,
+            half_life_minutes: self.trending_half_life_minutes,
+        }
     }
 
     /// Cross-field checks, made once at start-up.
@@ -153,6 +179,9 @@ impl Config {
         }
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}', ' ']) {
             bail!("CAIRN_REDIS_PREFIX must be non-empty, without braces or spaces");
+        }
+        if self.trending_half_life_minutes < 1 {
+            bail!("CAIRN_TRENDING_HALF_LIFE_MINUTES must be at least 1");
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!("CAIRN_LOG_FORMAT must be text or json");

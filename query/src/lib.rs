@@ -11,6 +11,7 @@
 pub mod projections;
 pub mod read_store;
 pub mod routes;
+pub mod trends;
 
 pub use projections::{Runner, RunnerHandle};
 pub use read_store::{ReadError, ReadStore};

@@ -1,7 +1,7 @@
 //! `spawn_app`: a Cairn on a random port with a fresh database (or data directory) and a
 //! fresh Redis key prefix, and a client with one method per endpoint.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn::{Application, Config, Role};
@@ -9,6 +9,7 @@ use cairn_command::TokenRegistry;
 use cairn_command::users;
 use cairn_events::EventStore;
 use cairn_query::ReadStore;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +46,8 @@ pub async fn test_config(backend: Backend) -> Config {
 
 pub struct TestApp {
     pub address: String,
+    /// "Now" for the read routes; `None` is the wall clock.
+    pub now: Arc<Mutex<Option<DateTime<Utc>>>>,
     pub client: reqwest::Client,
     pub config: Config,
     pub events: Arc<dyn EventStore>,
@@ -70,7 +73,14 @@ pub async fn spawn_with(config: Config) -> TestApp {
 /// A process playing only `role` (separate roles need Postgres and Redis).
 pub async fn spawn_role(config: Config, role: Role) -> TestApp {
     let shutdown = CancellationToken::new();
-    let app = Application::build(&config, role, shutdown.clone())
+    let now: Arc<Mutex<Option<DateTime<Utc>>>> = Arc::default();
+    let set = now.clone();
+    let clock = Arc::new(move || {
+        set.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(Utc::now)
+    });
+    let app = Application::build_with_clock(&config, role, shutdown.clone(), clock)
         .await
         .unwrap();
     let address = format!("http://{}", app.address());
@@ -78,6 +88,7 @@ pub async fn spawn_role(config: Config, role: Role) -> TestApp {
     tokio::spawn(app.run());
     TestApp {
         address,
+        now,
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
@@ -161,10 +172,16 @@ impl TestApp {
             .collect()
     }
 
-    /// Wait until the messages read model has applied everything appended so far.
+    /// Wait until every read model has applied every message appended so far.
     pub async fn wait_projected(&self) {
+        for projection in ["messages", "trends"] {
+            self.wait_for_projection(projection).await;
+        }
+    }
+
+    async fn wait_for_projection(&self, projection: &str) {
         for _ in 0..1000 {
-            let at = self.read.checkpoint("messages").await.unwrap();
+            let at = self.read.checkpoint(projection).await.unwrap();
             if self
                 .events
                 .read_all(at, 1, &["message"])
@@ -176,6 +193,6 @@ impl TestApp {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("the messages projection did not catch up");
+        panic!("the {projection} projection did not catch up");
     }
 }

@@ -7,6 +7,7 @@ mod helpers;
 mod messages;
 mod roles;
 mod service;
+mod trends;
 
 /// Generate one test per scenario and backend.
 macro_rules! on_both_backends {

@@ -2,17 +2,19 @@
 
 mod messages;
 mod runner;
+mod trends;
 
 use async_trait::async_trait;
 use cairn_events::{Envelope, Position};
 
 pub use messages::{Messages, to_stored_message};
 pub use runner::{CheckpointPoller, Runner, RunnerHandle};
+pub use trends::Trends;
 
 use crate::read_store::{Applied, ReadError, ReadStore};
 
 /// The projections Cairn keeps, by name (as `cairn projections rebuild NAME` takes them).
-pub const NAMES: &[&str] = &["messages"];
+pub const NAMES: &[&str] = &["messages", "trends"];
 
 /// One read model's way of turning events into read-store writes.
 #[async_trait]

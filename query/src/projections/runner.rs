@@ -143,7 +143,11 @@ impl Runner {
             };
             tracing::info!(projection = name, "projection runner active");
             if let Err(error) = self.follow(lease, &shutdown).await {
-                tracing::warn!(projection = name, %error, "projection runner interrupted; retrying");
+                tracing::warn!(
+                    projection = name,
+                    ?error,
+                    "projection runner interrupted; retrying"
+                );
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }

@@ -9,6 +9,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
+use crate::trends::{DayUsage, Level, Scoring, TrendHit};
+
 pub use self::redis::RedisStore;
 pub use self::sqlite::{LogIdentity, SqliteStore};
 
@@ -96,6 +98,40 @@ pub trait ReadStore: Send + Sync + 'static {
 
     /// Up to `filter.limit` matching messages, newest first.
     async fn list_messages(&self, filter: &MessageFilter) -> Result<Vec<StoredMessage>, ReadError>;
+
+    /// Count `hits` at every level, for each of their hashtags and for all messages;
+    /// remember each hashtag's distinct users per day; raise the ranks of the hashtags
+    /// that score (see [`crate::trends`]); then move the `trends` checkpoint from `from`
+    /// to `to`. Idempotent per hashtag: a hit already counted is not counted again.
+    async fn apply_trends(
+        &self,
+        hits: &[TrendHit],
+        scoring: &Scoring,
+        from: Position,
+        to: Position,
+    ) -> Result<Applied, ReadError>;
+
+    /// The counters of `scope` (a hashtag key, or [`crate::trends::ALL`]) at `level` for
+    /// the units `first..end` (counted from the epoch): (unit, count), ascending, no zeros.
+    async fn trend_counts(
+        &self,
+        scope: &str,
+        level: Level,
+        first: i64,
+        end: i64,
+    ) -> Result<Vec<(i64, u64)>, ReadError>;
+
+    /// Hashtags whose rank is at least `floor`, highest first, at most `limit`.
+    async fn trending(&self, floor: f64, limit: usize) -> Result<Vec<(String, f64)>, ReadError>;
+
+    /// For each of `tags`: its uses and distinct users on each day of `first..end` (days
+    /// since the epoch), oldest first.
+    async fn histories(
+        &self,
+        tags: &[String],
+        first: i64,
+        end: i64,
+    ) -> Result<Vec<Vec<DayUsage>>, ReadError>;
 
     /// Forget a projection's data and checkpoint, so its runner rebuilds it from the log.
     async fn reset(&self, projection: &str) -> Result<(), ReadError>;

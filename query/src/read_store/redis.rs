@@ -7,13 +7,27 @@
 //! - `P:{messages}:ix:user:<u>`   ids posted by a (case-folded) user name
 //! - `P:{messages}:checkpoint`    hash {pos}: the last event position applied
 //!
+//! Trends, per scope `S` (a hashtag key, or `*` for all messages):
+//! - `P:{trends:S}:m:<day>`       hash minute → count, one per day
+//! - `P:{trends:S}:h:<day/32>`    hash hour → count, one per 32 days
+//! - `P:{trends:S}:d:<day/1024>`  hash day → count
+//! - `P:{trends:S}:u:<day>`       HyperLogLog of the hashtag's users that day
+//! - `P:{trends:S}:last`          hash day → latest minute the hashtag was used that day
+//! - `P:{trends:S}:pos`           the last event position counted in this scope
+//! - `P:{trends}:rank`            sorted set hashtag → trending rank (`crate::trends`)
+//! - `P:{trends}:checkpoint`      as for messages
+//!
 //! ULIDs sort by time as strings, so a date range or a cursor is a lexicographic range
 //! (`ZREVRANGEBYLEX`) on one index and a page is two round trips whatever the data size.
 //! `{messages}` is a Redis Cluster hash tag: the one multi-key command (`MGET` of a page)
 //! stays within one slot. Writes and scripts touch one key each; every write
 //! is idempotent, and the checkpoint moves by compare-and-set in a script that touches only
 //! its own key, so a batch applied twice after a crash, or by a runner that lost its lease,
-//! leaves the same state.
+//! leaves the same state. Counters are not idempotent by themselves: each scope's keys
+//! share one hash tag, and one script per scope counts only the hits after the scope's
+//! `pos` and moves `pos` with them, atomically and within one Cluster slot.
+
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use cairn_events::Position;
@@ -22,6 +36,7 @@ use redis::aio::ConnectionManager;
 use ulid::Ulid;
 
 use super::{Applied, MessageFilter, ReadError, ReadStore, StoredMessage};
+use crate::trends::{ALL, DayUsage, Level, MINUTES_PER_DAY, Scoring, TrendHit};
 
 /// Moves a checkpoint from ARGV[1] to ARGV[2] only if it is still at ARGV[1].
 const CHECKPOINT_CAS: &str = r"
@@ -31,10 +46,59 @@ redis.call('HSET', KEYS[1], 'pos', ARGV[2])
 return 1
 ";
 
+/// Counts one scope's hits. KEYS[1] is the scope's `pos`; the scope's other keys share its
+/// hash tag and are named from ARGV[1], the scope's key prefix. ARGV[2] is '1' to track
+/// users (hashtags, not the all-messages scope). Then (position, minute, user) triples in
+/// log order. Returns, when tracking users, {day, users, users the day before, latest
+/// minute} for each day touched, also for hits counted before (so a retried batch still
+/// raises ranks).
+const COUNT_HITS: &str = r"
+local applied = tonumber(redis.call('GET', KEYS[1]) or '0')
+local base = ARGV[1]
+local users = ARGV[2] == '1'
+local newest = applied
+local touched = {}
+for i = 3, #ARGV, 3 do
+  local position = tonumber(ARGV[i])
+  local minute = tonumber(ARGV[i + 1])
+  local day = math.floor(minute / 1440)
+  if position > applied then
+    redis.call('HINCRBY', base .. 'm:' .. day, minute, 1)
+    redis.call('HINCRBY', base .. 'h:' .. math.floor(day / 32), math.floor(minute / 60), 1)
+    redis.call('HINCRBY', base .. 'd:' .. math.floor(day / 1024), day, 1)
+    if users then
+      redis.call('PFADD', base .. 'u:' .. day, ARGV[i + 2])
+      local last = tonumber(redis.call('HGET', base .. 'last', day) or '-1')
+      if minute > last then redis.call('HSET', base .. 'last', day, minute) end
+    end
+    if position > newest then newest = position end
+  end
+  touched[day] = true
+end
+if newest > applied then redis.call('SET', KEYS[1], newest) end
+local out = {}
+if users then
+  for day in pairs(touched) do
+    out[#out + 1] = {
+      day,
+      redis.call('PFCOUNT', base .. 'u:' .. day),
+      redis.call('PFCOUNT', base .. 'u:' .. (day - 1)),
+      tonumber(redis.call('HGET', base .. 'last', day) or '0'),
+    }
+  end
+end
+return out
+";
+
+/// Days per hash of hour counters, and per hash of day counters.
+const DAYS_PER_HOUR_HASH: i64 = 32;
+const DAYS_PER_DAY_HASH: i64 = 1024;
+
 pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
     cas: redis::Script,
+    count_hits: redis::Script,
 }
 
 impl RedisStore {
@@ -48,6 +112,7 @@ impl RedisStore {
             conn,
             prefix: prefix.to_owned(),
             cas: redis::Script::new(CHECKPOINT_CAS),
+            count_hits: redis::Script::new(COUNT_HITS),
         };
         store.warn_if_evicting().await;
         Ok(store)
@@ -84,6 +149,68 @@ impl RedisStore {
             (_, Some(user)) => self.key("messages", &format!("ix:user:{user}")),
             (Some(tag), None) => self.key("messages", &format!("ix:tag:{tag}")),
             (None, None) => self.key("messages", "ix:all"),
+        }
+    }
+
+    /// Move a projection's checkpoint from `from` to `to` if it is still at `from`.
+    async fn move_checkpoint(
+        &self,
+        conn: &mut ConnectionManager,
+        projection: &str,
+        from: Position,
+        to: Position,
+    ) -> Result<Applied, ReadError> {
+        let moved: i64 = self
+            .cas
+            .key(self.key(projection, "checkpoint"))
+            .arg(from)
+            .arg(to)
+            .invoke_async(conn)
+            .await?;
+        Ok(if moved == 1 {
+            Applied::Done
+        } else {
+            Applied::Moved
+        })
+    }
+
+    /// The key prefix of one trend scope: `P:{trends:S}:`.
+    fn scope_base(&self, scope: &str) -> String {
+        self.key(&format!("trends:{scope}"), "")
+    }
+
+    /// Run the counting script for every scope in one pipeline; what each returned.
+    async fn count_scopes(
+        &self,
+        conn: &mut ConnectionManager,
+        scopes: &BTreeMap<&str, Vec<&TrendHit>>,
+    ) -> Result<Vec<Vec<(i64, u64, u64, i64)>>, ReadError> {
+        let hash = self.count_hits.get_hash();
+        let mut pipe = redis::pipe();
+        for (scope, hits) in scopes {
+            let base = self.scope_base(scope);
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(hash)
+                .arg(1)
+                .arg(format!("{base}pos"))
+                .arg(&base)
+                .arg(if *scope == ALL { "0" } else { "1" });
+            for hit in hits {
+                cmd.arg(hit.position).arg(hit.minute).arg(&hit.user_id);
+            }
+        }
+        match pipe.query_async(conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // Redis restarted or its scripts were flushed: load it and run again.
+                let _: String = redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(COUNT_HITS)
+                    .query_async(conn)
+                    .await?;
+                Ok(pipe.query_async(conn).await?)
+            }
+            other => Ok(other?),
         }
     }
 
@@ -148,18 +275,7 @@ impl ReadStore for RedisStore {
         if !messages.is_empty() {
             let () = pipe.query_async(&mut conn).await?;
         }
-        let moved: i64 = self
-            .cas
-            .key(self.key("messages", "checkpoint"))
-            .arg(from)
-            .arg(to)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(if moved == 1 {
-            Applied::Done
-        } else {
-            Applied::Moved
-        })
+        self.move_checkpoint(&mut conn, "messages", from, to).await
     }
 
     async fn get_message(&self, id: Ulid) -> Result<Option<StoredMessage>, ReadError> {
@@ -215,9 +331,147 @@ impl ReadStore for RedisStore {
         }
     }
 
+    async fn apply_trends(
+        &self,
+        hits: &[TrendHit],
+        scoring: &Scoring,
+        from: Position,
+        to: Position,
+    ) -> Result<Applied, ReadError> {
+        let mut scopes: BTreeMap<&str, Vec<&TrendHit>> = BTreeMap::new();
+        for hit in hits {
+            for scope in hit.tags.iter().map(String::as_str).chain([ALL]) {
+                scopes.entry(scope).or_default().push(hit);
+            }
+        }
+        let mut conn = self.conn.clone();
+        if !scopes.is_empty() {
+            let answers = self.count_scopes(&mut conn, &scopes).await?;
+            let mut pipe = redis::pipe();
+            let mut raised = false;
+            for (scope, days) in scopes.keys().zip(answers) {
+                for (_, observed, yesterday, last) in days {
+                    if let Some(rank) = scoring.rank(observed, yesterday, last) {
+                        raised = true;
+                        pipe.cmd("ZADD")
+                            .arg(self.key("trends", "rank"))
+                            .arg("GT")
+                            .arg(rank)
+                            .arg(*scope)
+                            .ignore();
+                    }
+                }
+            }
+            if raised {
+                let () = pipe.query_async(&mut conn).await?;
+            }
+        }
+        self.move_checkpoint(&mut conn, "trends", from, to).await
+    }
+
+    async fn trend_counts(
+        &self,
+        scope: &str,
+        level: Level,
+        first: i64,
+        end: i64,
+    ) -> Result<Vec<(i64, u64)>, ReadError> {
+        if end <= first {
+            return Ok(Vec::new());
+        }
+        // The hashes holding units first..end, in order.
+        let (kind, units_per_hash) = match level {
+            Level::Minute => ("m", MINUTES_PER_DAY),
+            Level::Hour => ("h", 24 * DAYS_PER_HOUR_HASH),
+            Level::Day => ("d", DAYS_PER_DAY_HASH),
+        };
+        let base = self.scope_base(scope);
+        let mut pipe = redis::pipe();
+        for block in first.div_euclid(units_per_hash)..=(end - 1).div_euclid(units_per_hash) {
+            pipe.hgetall(format!("{base}{kind}:{block}"));
+        }
+        let mut conn = self.conn.clone();
+        let hashes: Vec<Vec<(i64, u64)>> = pipe.query_async(&mut conn).await?;
+        let mut out: Vec<(i64, u64)> = hashes
+            .into_iter()
+            .flatten()
+            .filter(|(unit, n)| (first..end).contains(unit) && *n > 0)
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    async fn trending(&self, floor: f64, limit: usize) -> Result<Vec<(String, f64)>, ReadError> {
+        let mut conn = self.conn.clone();
+        Ok(redis::cmd("ZRANGE")
+            .arg(self.key("trends", "rank"))
+            .arg("+inf")
+            .arg(floor)
+            .arg("BYSCORE")
+            .arg("REV")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    async fn histories(
+        &self,
+        tags: &[String],
+        first: i64,
+        end: i64,
+    ) -> Result<Vec<Vec<DayUsage>>, ReadError> {
+        if tags.is_empty() || end <= first {
+            return Ok(vec![Vec::new(); tags.len()]);
+        }
+        // One round trip: per hashtag, its day-counter hashes, then a PFCOUNT per day.
+        let blocks = first.div_euclid(DAYS_PER_DAY_HASH)..=(end - 1).div_euclid(DAYS_PER_DAY_HASH);
+        let mut pipe = redis::pipe();
+        for tag in tags {
+            let base = self.scope_base(tag);
+            for block in blocks.clone() {
+                pipe.hgetall(format!("{base}d:{block}"));
+            }
+            for day in first..end {
+                pipe.cmd("PFCOUNT").arg(format!("{base}u:{day}"));
+            }
+        }
+        let mut conn = self.conn.clone();
+        let mut answers: std::vec::IntoIter<redis::Value> = pipe
+            .query_async::<Vec<redis::Value>>(&mut conn)
+            .await?
+            .into_iter();
+        let mut out = Vec::with_capacity(tags.len());
+        for _ in tags {
+            let mut uses: HashMap<i64, u64> = HashMap::new();
+            for _ in blocks.clone() {
+                let hash: HashMap<i64, u64> =
+                    redis::from_redis_value(answers.next().unwrap_or(redis::Value::Nil))
+                        .map_err(|e| ReadError::Corrupt(e.to_string()))?;
+                uses.extend(hash);
+            }
+            let mut days = Vec::new();
+            for day in first..end {
+                let accounts: u64 =
+                    redis::from_redis_value(answers.next().unwrap_or(redis::Value::Int(0)))
+                        .map_err(|e| ReadError::Corrupt(e.to_string()))?;
+                days.push(DayUsage {
+                    day,
+                    uses: uses.get(&day).copied().unwrap_or(0),
+                    accounts,
+                });
+            }
+            out.push(days);
+        }
+        Ok(out)
+    }
+
     async fn reset(&self, projection: &str) -> Result<(), ReadError> {
         let mut conn = self.conn.clone();
-        let pattern = self.key(projection, "*");
+        // `P:{messages}:…`; for trends also every scope's `P:{trends:S}:…`.
+        let pattern = format!("{}:{{{projection}*", self.prefix);
         let mut cursor: u64 = 0;
         loop {
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")

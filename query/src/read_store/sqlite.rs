@@ -12,12 +12,17 @@
 //! - `messages`      one row per message; `id` is the ULID's 16 big-endian bytes, so
 //!   comparing blobs compares ids, and a date range or cursor is a range on its index
 //! - `message_tags`  (case-folded tag, id): the hashtag index
+//! - `trend_counts`  (scope, level, unit) → count: the trend counters per hashtag and for
+//!   all messages (scope `*`), at minute, hour and day resolution
+//! - `trend_users`   (hashtag, day, user): distinct users per hashtag and day, exactly
+//! - `trend_ranks`   each hashtag's trending rank (see `crate::trends`)
 //! - `checkpoints`   the last position each projection applied
 //! - `meta`          which event log the model was built from
 //!
 //! The schema version sits in `PRAGMA user_version`. A file of another version is emptied
 //! and rebuilt from the log: read models are derived data, never migrated.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -34,11 +39,12 @@ use tokio::sync::Mutex;
 use ulid::Ulid;
 
 use super::{Applied, MessageFilter, ReadError, ReadStore, StoredMessage};
+use crate::trends::{ALL, DayUsage, Level, MINUTES_PER_DAY, Scoring, TrendHit};
 
 type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// Bump when the layout changes: older files are then rebuilt from the log.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -59,7 +65,33 @@ CREATE TABLE message_tags (
     id BLOB NOT NULL,
     PRIMARY KEY (tag, id)
 ) WITHOUT ROWID;
+CREATE TABLE trend_counts (
+    scope TEXT NOT NULL,
+    level INTEGER NOT NULL,
+    unit INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (scope, level, unit)
+) WITHOUT ROWID;
+CREATE TABLE trend_users (
+    tag TEXT NOT NULL,
+    day INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    PRIMARY KEY (tag, day, user_id)
+) WITHOUT ROWID;
+CREATE TABLE trend_ranks (tag TEXT PRIMARY KEY, rank REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX trend_ranks_by_rank ON trend_ranks (rank);
 ";
+
+/// Every table, for emptying a file of another version or log.
+const TABLES: [&str; 7] = [
+    "meta",
+    "checkpoints",
+    "messages",
+    "message_tags",
+    "trend_counts",
+    "trend_users",
+    "trend_ranks",
+];
 
 const COLUMNS: &str = "m.id, m.user_id, m.user_name, m.text, m.hashtags, m.created_at";
 
@@ -140,7 +172,7 @@ fn prepare<'a>(
                 }
             }
             if fresh {
-                for table in ["meta", "checkpoints", "messages", "message_tags"] {
+                for table in TABLES {
                     let drop = format!("DROP TABLE IF EXISTS {table}");
                     sqlx::Executor::execute(&mut *conn, drop.as_str()).await?;
                 }
@@ -215,11 +247,7 @@ fn insert_messages<'a>(
     to: Position,
 ) -> BoxFuture<'a, Result<Applied, sqlx::Error>> {
     Box::pin(async move {
-        let at: Option<i64> =
-            sqlx::query_scalar("SELECT position FROM checkpoints WHERE projection = 'messages'")
-                .fetch_optional(&mut *conn)
-                .await?;
-        if at.unwrap_or(0) != from {
+        if !checkpoint_is(conn, "messages", from).await? {
             return Ok(Applied::Moved);
         }
         sqlx::query(
@@ -241,15 +269,130 @@ fn insert_messages<'a>(
         .bind(&rows)
         .execute(&mut *conn)
         .await?;
-        sqlx::query(
-            "INSERT INTO checkpoints (projection, position) VALUES ('messages', ?1)
-             ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
-        )
-        .bind(to)
-        .execute(&mut *conn)
-        .await?;
+        set_checkpoint(conn, "messages", to).await?;
         Ok(Applied::Done)
     })
+}
+
+/// Whether `projection`'s checkpoint is at `position` (inside a write transaction).
+async fn checkpoint_is(
+    conn: &mut SqliteConnection,
+    projection: &str,
+    position: Position,
+) -> Result<bool, sqlx::Error> {
+    let at: Option<i64> =
+        sqlx::query_scalar("SELECT position FROM checkpoints WHERE projection = ?1")
+            .bind(projection)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(at.unwrap_or(0) == position)
+}
+
+async fn set_checkpoint(
+    conn: &mut SqliteConnection,
+    projection: &str,
+    position: Position,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO checkpoints (projection, position) VALUES (?1, ?2)
+         ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
+    )
+    .bind(projection)
+    .bind(position)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Count a batch of trend hits and raise ranks, inside the writer's `BEGIN IMMEDIATE`.
+fn insert_trends<'a>(
+    conn: &'a mut SqliteConnection,
+    hits: &'a [TrendHit],
+    scoring: Scoring,
+    from: Position,
+    to: Position,
+) -> BoxFuture<'a, Result<Applied, sqlx::Error>> {
+    Box::pin(async move {
+        if !checkpoint_is(conn, "trends", from).await? {
+            return Ok(Applied::Moved);
+        }
+        let mut counts: HashMap<(&str, i64, i64), u64> = HashMap::new();
+        let mut users: HashSet<(&str, i64, &str)> = HashSet::new();
+        for hit in hits {
+            for scope in hit.tags.iter().map(String::as_str).chain([ALL]) {
+                for level in Level::ALL {
+                    *counts
+                        .entry((scope, level_code(level), level.unit_of(hit.minute)))
+                        .or_default() += 1;
+                }
+            }
+            let day = Level::Day.unit_of(hit.minute);
+            for tag in &hit.tags {
+                users.insert((tag, day, &hit.user_id));
+            }
+        }
+        let counts: Vec<(&str, i64, i64, u64)> = counts
+            .into_iter()
+            .map(|((s, l, u), n)| (s, l, u, n))
+            .collect();
+        sqlx::query(
+            "INSERT INTO trend_counts (scope, level, unit, count)
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?1) WHERE true
+             ON CONFLICT (scope, level, unit) DO UPDATE SET count = count + excluded.count",
+        )
+        .bind(json_text(&counts))
+        .execute(&mut *conn)
+        .await?;
+        let users: Vec<&(&str, i64, &str)> = users.iter().collect();
+        sqlx::query(
+            "INSERT OR IGNORE INTO trend_users (tag, day, user_id)
+             SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1)",
+        )
+        .bind(json_text(&users))
+        .execute(&mut *conn)
+        .await?;
+
+        // Each (hashtag, day) touched: its distinct users, the day before's, its last minute.
+        let touched: HashSet<(&str, i64)> = users.iter().map(|(t, d, _)| (*t, *d)).collect();
+        let touched: Vec<(&str, i64)> = touched.into_iter().collect();
+        let days: Vec<(String, i64, i64, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT j.value ->> 0, j.value ->> 1,
+                 (SELECT count(*) FROM trend_users u
+                     WHERE u.tag = j.value ->> 0 AND u.day = j.value ->> 1),
+                 (SELECT count(*) FROM trend_users u
+                     WHERE u.tag = j.value ->> 0 AND u.day = (j.value ->> 1) - 1),
+                 (SELECT max(unit) FROM trend_counts c
+                     WHERE c.scope = j.value ->> 0 AND c.level = 0
+                       AND c.unit >= (j.value ->> 1) * 1440 AND c.unit < ((j.value ->> 1) + 1) * 1440)
+             FROM json_each(?1) AS j",
+        )
+        .bind(json_text(&touched))
+        .fetch_all(&mut *conn)
+        .await?;
+        let ranks: Vec<(String, f64)> = days
+            .into_iter()
+            .filter_map(|(tag, day, observed, yesterday, last)| {
+                let last = last.unwrap_or(day * MINUTES_PER_DAY);
+                let rank = scoring.rank(observed as u64, yesterday as u64, last)?;
+                Some((tag, rank))
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO trend_ranks (tag, rank)
+             SELECT value ->> 0, value ->> 1 FROM json_each(?1) WHERE true
+             ON CONFLICT (tag) DO UPDATE SET rank = max(rank, excluded.rank)",
+        )
+        .bind(json_text(&ranks))
+        .execute(&mut *conn)
+        .await?;
+        set_checkpoint(conn, "trends", to).await?;
+        Ok(Applied::Done)
+    })
+}
+
+/// A value as the JSON text `json_each` reads.
+fn json_text<T: Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "[]".into())
 }
 
 /// Forget a projection's rows and checkpoint, inside the writer's `BEGIN IMMEDIATE`.
@@ -258,12 +401,14 @@ fn delete_projection<'a>(
     projection: &'a str,
 ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
     Box::pin(async move {
-        if projection == "messages" {
-            sqlx::Executor::execute(
-                &mut *conn,
-                "DELETE FROM message_tags; DELETE FROM messages;",
-            )
-            .await?;
+        let tables: &[&str] = match projection {
+            "messages" => &["message_tags", "messages"],
+            "trends" => &["trend_counts", "trend_users", "trend_ranks"],
+            _ => &[],
+        };
+        for table in tables {
+            let delete = format!("DELETE FROM {table}");
+            sqlx::Executor::execute(&mut *conn, delete.as_str()).await?;
         }
         sqlx::query("DELETE FROM checkpoints WHERE projection = ?1")
             .bind(projection)
@@ -271,6 +416,15 @@ fn delete_projection<'a>(
             .await?;
         Ok(())
     })
+}
+
+/// How a level is stored in `trend_counts.level`.
+fn level_code(level: Level) -> i64 {
+    match level {
+        Level::Minute => 0,
+        Level::Hour => 1,
+        Level::Day => 2,
+    }
 }
 
 fn decode(row: &SqliteRow) -> Result<StoredMessage, ReadError> {
@@ -365,6 +519,86 @@ impl ReadStore for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(decode).collect()
+    }
+
+    async fn apply_trends(
+        &self,
+        hits: &[TrendHit],
+        scoring: &Scoring,
+        from: Position,
+        to: Position,
+    ) -> Result<Applied, ReadError> {
+        let mut conn = self.writer.lock().await;
+        sqlx::Executor::execute(&mut *conn, "BEGIN IMMEDIATE").await?;
+        let result = insert_trends(&mut conn, hits, *scoring, from, to).await;
+        finish(&mut conn, result).await
+    }
+
+    async fn trend_counts(
+        &self,
+        scope: &str,
+        level: Level,
+        first: i64,
+        end: i64,
+    ) -> Result<Vec<(i64, u64)>, ReadError> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT unit, count FROM trend_counts
+             WHERE scope = ?1 AND level = ?2 AND unit >= ?3 AND unit < ?4 ORDER BY unit",
+        )
+        .bind(scope)
+        .bind(level_code(level))
+        .bind(first)
+        .bind(end)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(unit, n)| (unit, u64::try_from(n).unwrap_or(0)))
+            .collect())
+    }
+
+    async fn trending(&self, floor: f64, limit: usize) -> Result<Vec<(String, f64)>, ReadError> {
+        Ok(sqlx::query_as(
+            "SELECT tag, rank FROM trend_ranks WHERE rank >= ?1 ORDER BY rank DESC, tag LIMIT ?2",
+        )
+        .bind(floor)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn histories(
+        &self,
+        tags: &[String],
+        first: i64,
+        end: i64,
+    ) -> Result<Vec<Vec<DayUsage>>, ReadError> {
+        let mut out = Vec::with_capacity(tags.len());
+        for tag in tags {
+            let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+                "WITH RECURSIVE days(day) AS (SELECT ?2 UNION ALL SELECT day + 1 FROM days WHERE day + 1 < ?3)
+                 SELECT d.day,
+                     coalesce((SELECT count FROM trend_counts c
+                         WHERE c.scope = ?1 AND c.level = 2 AND c.unit = d.day), 0),
+                     (SELECT count(*) FROM trend_users u WHERE u.tag = ?1 AND u.day = d.day)
+                 FROM days d ORDER BY d.day",
+            )
+            .bind(tag)
+            .bind(first)
+            .bind(end)
+            .fetch_all(&self.pool)
+            .await?;
+            out.push(
+                rows.into_iter()
+                    .map(|(day, uses, accounts)| DayUsage {
+                        day,
+                        uses: u64::try_from(uses).unwrap_or(0),
+                        accounts: u64::try_from(accounts).unwrap_or(0),
+                    })
+                    .collect(),
+            );
+        }
+        Ok(out)
     }
 
     async fn reset(&self, projection: &str) -> Result<(), ReadError> {

@@ -1,5 +1,7 @@
-//! Read routes: `GET /message` (Dunder-compatible filters and cursor) and
-//! `GET /message/{id}`.
+//! Read routes: `GET /message` (Dunder-compatible filters and cursor),
+//! `GET /message/{id}`, and the trends (`trends`).
+
+pub mod trends;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use cairn_events::domain::user::UserName;
 use cairn_events::{Position, ReadYourWrites};
 
 use crate::read_store::{MessageFilter, ReadError, ReadStore, StoredMessage};
+use crate::trends::Scoring;
 
 /// Default and largest page sizes of `GET /message`.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -31,6 +34,18 @@ pub const MAX_LIMIT: usize = 1000;
 pub struct QueryState {
     pub read: Arc<dyn ReadStore>,
     pub gate: StartupGate,
+    /// How trending scores were computed (their decay is applied per request).
+    pub scoring: Scoring,
+    /// "Now", for trending scores; tests set it.
+    pub clock: Clock,
+}
+
+/// The current time, as the read routes see it.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// The wall clock.
+pub fn system_clock() -> Clock {
+    Arc::new(Utc::now)
 }
 
 /// Holds reads back until the read models contain everything the event log held when the
@@ -98,6 +113,8 @@ pub fn router(state: QueryState) -> Router {
     Router::new()
         .route("/message", get(list_messages))
         .route("/message/{id}", get(get_message))
+        .route("/trend", get(trends::trend))
+        .route("/trends/hashtags", get(trends::trending))
         .with_state(state)
 }
 
@@ -259,8 +276,21 @@ pub struct ListParams {
 /// The OpenAPI description of the read routes.
 #[derive(OpenApi)]
 #[openapi(
-    paths(list_messages, get_message),
-    components(schemas(MessageView, UserView, MessageBody, MessagePage, ListAnswer, ErrorBody))
+    paths(list_messages, get_message, trends::trend, trends::trending),
+    components(schemas(
+        MessageView,
+        UserView,
+        MessageBody,
+        MessagePage,
+        ListAnswer,
+        ErrorBody,
+        trends::TrendBucket,
+        trends::TrendData,
+        trends::TrendBody,
+        trends::DayView,
+        trends::TrendingTag,
+        trends::TrendingBody,
+    ))
 )]
 pub struct QueryApi;
 

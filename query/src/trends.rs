@@ -1,0 +1,307 @@
+//! Hashtag trends: counting messages per time bucket, and which hashtags are trending now.
+//!
+//! Counts are kept at three resolutions (minute, hour, day) per hashtag and for all
+//! messages. A question for buckets of any length that start anywhere is answered from the
+//! coarsest resolution whose units line up with every bucket edge: 30 days in `1h` buckets
+//! starting on the hour read 720 hour counters, the same starting at 10:37 read minutes.
+//!
+//! Trending now follows the spirit of Mastodon's trending tags. For a hashtag on a UTC day,
+//! `observed` is the number of distinct users who used it that day and `expected` the number
+//! the day before (at least 1). Its score is `(observed - expected)² / expected` when
+//! `observed` reaches a threshold and exceeds `expected`, else 0. A hashtag keeps its peak
+//! score, which halves every half-life; it drops out of the list below 1.
+//!
+//! Scores come from event time, never the wall clock, so a rebuild gives the same state.
+//! Decay is applied when asked: a peak `p` reached at minute `t` is worth
+//! `p * 2^(-(now - t) / half_life)` at `now`. Rather than the peak, the read model keeps its
+//! *rank* `log2(p) + t / half_life`, which orders hashtags the same way at every `now`: the
+//! score at `now` is `2^(rank - now / half_life)`, and "score at least 1" is
+//! "rank at least `now / half_life`". The largest rank is the peak that matters, so raising
+//! a rank is a plain maximum, idempotent and order-free.
+
+use cairn_events::Position;
+use chrono::{DateTime, Utc};
+
+/// Minutes since the Unix epoch: the finest resolution of trends.
+pub type Minute = i64;
+
+pub const MINUTES_PER_HOUR: i64 = 60;
+pub const MINUTES_PER_DAY: i64 = 1440;
+
+/// The scope of the counters that count every message (hashtag keys never contain `*`).
+pub const ALL: &str = "*";
+
+/// A resolution of the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Level {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Level {
+    /// Length of one unit, in minutes.
+    pub fn minutes(self) -> i64 {
+        match self {
+            Level::Minute => 1,
+            Level::Hour => MINUTES_PER_HOUR,
+            Level::Day => MINUTES_PER_DAY,
+        }
+    }
+
+    /// The unit (of this level, counted from the epoch) holding `minute`.
+    pub fn unit_of(self, minute: Minute) -> i64 {
+        minute.div_euclid(self.minutes())
+    }
+
+    pub const ALL: [Level; 3] = [Level::Minute, Level::Hour, Level::Day];
+}
+
+/// One message as the trend counters see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrendHit {
+    pub position: Position,
+    pub minute: Minute,
+    pub user_id: String,
+    /// Case-folded hashtag keys, each once.
+    pub tags: Vec<String>,
+}
+
+/// How trending scores are computed; part of the read model (changing it needs a rebuild
+/// of `trends`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scoring {
+    /// Fewest distinct users in a day for a hashtag to score at all.
+    pub threshold: u64,
+    /// Minutes for a peak score to halve.
+    pub half_life_minutes: i64,
+}
+
+impl Default for Scoring {
+    fn default() -> Self {
+        Scoring {
+            threshold: 5,
+            half_life_minutes: 4 * 60,
+        }
+    }
+}
+
+impl Scoring {
+    /// The rank of a day's usage as of `minute` (the day's latest use), if it scores.
+    pub fn rank(&self, observed: u64, yesterday: u64, minute: Minute) -> Option<f64> {
+        let expected = yesterday.max(1);
+        if observed < self.threshold || observed <= expected {
+            return None;
+        }
+        let diff = (observed - expected) as f64;
+        let score = diff * diff / expected as f64;
+        Some(score.log2() + minute as f64 / self.half_life_minutes as f64)
+    }
+
+    /// The lowest rank still worth a score of 1 at `now`.
+    pub fn floor_at(&self, now: Minute) -> f64 {
+        now as f64 / self.half_life_minutes as f64
+    }
+
+    /// The score a rank is worth at `now`.
+    pub fn score_at(&self, rank: f64, now: Minute) -> f64 {
+        (rank - self.floor_at(now)).exp2()
+    }
+}
+
+/// A day of one hashtag's use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DayUsage {
+    pub day: i64,
+    pub uses: u64,
+    pub accounts: u64,
+}
+
+pub fn minute_of(t: DateTime<Utc>) -> Minute {
+    t.timestamp().div_euclid(60)
+}
+
+pub fn time_of(minute: Minute) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp(minute.saturating_mul(60), 0).unwrap_or_default()
+}
+
+/// Buckets of `step` minutes from `from` (inclusive) to `to` (exclusive); the last one is
+/// cut short at `to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Buckets {
+    pub from: Minute,
+    pub to: Minute,
+    pub step: i64,
+}
+
+impl Buckets {
+    pub fn len(&self) -> i64 {
+        if self.to <= self.from {
+            0
+        } else {
+            (self.to - self.from + self.step - 1) / self.step
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Start and end of bucket `i`.
+    pub fn bounds(&self, i: i64) -> (Minute, Minute) {
+        let start = self.from + i * self.step;
+        (start, (start + self.step).min(self.to))
+    }
+
+    pub fn index_of(&self, minute: Minute) -> Option<usize> {
+        (self.from..self.to)
+            .contains(&minute)
+            .then(|| ((minute - self.from) / self.step) as usize)
+    }
+
+    /// The reads that answer these buckets: the coarsest level whose units line up with
+    /// every bucket start, over the whole units that fit, then minutes for the rest (a last
+    /// bucket cut short mid-unit). Each read is (level, first unit, end unit).
+    pub fn plan(&self) -> Vec<(Level, i64, i64)> {
+        let level = [Level::Day, Level::Hour]
+            .into_iter()
+            .find(|l| self.from % l.minutes() == 0 && self.step % l.minutes() == 0)
+            .unwrap_or(Level::Minute);
+        let unit = level.minutes();
+        let whole_end = self.to - (self.to - self.from).rem_euclid(unit);
+        let mut reads = Vec::new();
+        if whole_end > self.from {
+            reads.push((level, self.from / unit, whole_end / unit));
+        }
+        if whole_end < self.to && whole_end >= self.from {
+            reads.push((Level::Minute, whole_end, self.to));
+        }
+        reads
+    }
+}
+
+/// Parse a Go-style duration (`1m`, `90m`, `1h30m`, `1.5h`, `24h`) into whole minutes.
+pub fn parse_aggregation(raw: &str) -> Result<i64, String> {
+    let bad = || {
+        format!(
+            "aggregation {raw:?} must be a duration such as 1m, 5m, 1h, 24h or 1h30m, of whole minutes"
+        )
+    };
+    if raw.is_empty() || raw == "0" {
+        return Err(bad());
+    }
+    let mut nanos: f64 = 0.0;
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let number: f64 = rest[..number_len].parse().map_err(|_| bad())?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        nanos += number * scale;
+    }
+    let minutes = nanos / 60e9;
+    if !minutes.is_finite() || minutes > 1e12 {
+        return Err(bad());
+    }
+    if minutes < 1.0 {
+        return Err(format!("aggregation {raw:?} is below the smallest, 1m"));
+    }
+    if (minutes - minutes.round()).abs() > 1e-9 {
+        return Err(bad());
+    }
+    Ok(minutes.round() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        for (raw, minutes) in [
+            ("1m", 1),
+            ("5m", 5),
+            ("1h", 60),
+            ("24h", 1440),
+            ("1h30m", 90),
+            ("1.5h", 90),
+            ("90s", -1),
+            ("60s", 1),
+            ("30s", -1),
+            ("0", -1),
+            ("", -1),
+            ("1", -1),
+            ("1d", -1),
+            ("h", -1),
+            ("-1m", -1),
+            ("1m1s", -1),
+        ] {
+            let parsed = parse_aggregation(raw);
+            if minutes < 0 {
+                assert!(parsed.is_err(), "{raw} should be refused");
+            } else {
+                assert_eq!(parsed, Ok(minutes), "{raw}");
+            }
+        }
+    }
+
+    #[test]
+    fn plans_read_the_coarsest_aligned_level() {
+        let day = MINUTES_PER_DAY;
+        // 30 days in 1h buckets from midnight: hours only.
+        let b = Buckets {
+            from: 100 * day,
+            to: 130 * day,
+            step: 60,
+        };
+        assert_eq!(b.plan(), vec![(Level::Hour, 2400, 3120)]);
+        assert_eq!(b.len(), 720);
+        // Days, with a tail that ends mid-day.
+        let b = Buckets {
+            from: 100 * day,
+            to: 102 * day + 37,
+            step: day,
+        };
+        assert_eq!(
+            b.plan(),
+            vec![
+                (Level::Day, 100, 102),
+                (Level::Minute, 102 * day, 102 * day + 37)
+            ]
+        );
+        assert_eq!(b.bounds(2), (102 * day, 102 * day + 37));
+        // Starting at 10:37: minutes.
+        let b = Buckets {
+            from: 100 * day + 637,
+            to: 101 * day,
+            step: 60,
+        };
+        assert_eq!(b.plan(), vec![(Level::Minute, 100 * day + 637, 101 * day)]);
+        assert_eq!(b.index_of(100 * day + 637 + 61), Some(1));
+        assert_eq!(b.index_of(101 * day), None);
+    }
+
+    #[test]
+    fn scores_decay_by_half_each_half_life() {
+        let s = Scoring::default();
+        assert_eq!(s.rank(4, 0, 0), None, "below the threshold");
+        assert_eq!(s.rank(5, 5, 0), None, "not above yesterday");
+        let rank = s.rank(16, 2, 1000).unwrap();
+        assert!((s.score_at(rank, 1000) - 98.0).abs() < 1e-9);
+        assert!((s.score_at(rank, 1000 + 240) - 49.0).abs() < 1e-9);
+    }
+}
