@@ -20,7 +20,8 @@ pub struct Config {
     /// `postgres://...` selects Postgres; unset selects SQLite in the data dir
     /// (`CAIRN_DATABASE_URL`).
     pub database_url: Option<String>,
-    /// `redis://...` keeps read models in Redis; unset keeps them in a SQLite file in the data dir
+    /// `redis://...` keeps read models in Redis, `redis+cluster://host:port,host:port,...`
+    /// in a Redis Cluster; unset keeps them in a SQLite file in the data dir
     /// (`CAIRN_REDIS_URL`).
     pub redis_url: Option<String>,
     /// Prefix of every Redis key, so several deployments can share a server
@@ -173,9 +174,13 @@ impl Config {
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://")
                 || url.starts_with("rediss://")
+                || url.starts_with("redis+cluster://")
+                || url.starts_with("rediss+cluster://")
                 || url.starts_with("unix://"))
         {
-            bail!("CAIRN_REDIS_URL must be a redis:// or rediss:// URL");
+            bail!(
+                "CAIRN_REDIS_URL must be a redis:// or rediss:// URL, or redis+cluster://host:port,host:port,... for a Redis Cluster"
+            );
         }
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}', ' ']) {
             bail!("CAIRN_REDIS_PREFIX must be non-empty, without braces or spaces");

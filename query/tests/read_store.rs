@@ -26,8 +26,18 @@ fn message(text: &str) -> StoredMessage {
 async fn redis() -> Arc<dyn ReadStore> {
     let url =
         std::env::var("CAIRN_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    redis_at(&url).await
+}
+
+async fn redis_cluster() -> Arc<dyn ReadStore> {
+    let url = std::env::var("CAIRN_TEST_REDIS_CLUSTER_URL")
+        .unwrap_or_else(|_| "redis+cluster://127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103".into());
+    redis_at(&url).await
+}
+
+async fn redis_at(url: &str) -> Arc<dyn ReadStore> {
     let prefix = format!("cairn_t_{}", Ulid::generate().to_string().to_lowercase());
-    Arc::new(RedisStore::connect(&url, &prefix).await.unwrap())
+    Arc::new(RedisStore::connect(url, &prefix).await.unwrap())
 }
 
 async fn tagged(store: &dyn ReadStore) -> Vec<String> {
@@ -130,4 +140,9 @@ async fn sqlite_forgets_a_model_of_another_log() {
 #[tokio::test]
 async fn redis_fencing() {
     a_stale_runner_cannot_move_the_checkpoint(redis().await).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_fencing() {
+    a_stale_runner_cannot_move_the_checkpoint(redis_cluster().await).await;
 }

@@ -21,12 +21,12 @@ pub async fn backend_env(backend: Backend) -> Vec<(String, String)> {
         "CAIRN_DATA_DIR".to_owned(),
         temp_dir().display().to_string(),
     )];
-    if backend == Backend::PostgresRedis {
+    if let Some(redis) = backend.redis_url() {
         env.push((
             "CAIRN_DATABASE_URL".into(),
             cairn_events::testing::fresh_postgres_url().await,
         ));
-        env.push(("CAIRN_REDIS_URL".into(), redis_url()));
+        env.push(("CAIRN_REDIS_URL".into(), redis));
         env.push((
             "CAIRN_REDIS_PREFIX".into(),
             format!("cairn_t_{}", uuid::Uuid::now_v7().simple()),

@@ -19,6 +19,25 @@ pub enum Backend {
     Embedded,
     /// Postgres event store, Redis read models.
     PostgresRedis,
+    /// Postgres event store, read models in a Redis Cluster.
+    PostgresRedisCluster,
+}
+
+impl Backend {
+    /// The Redis URL of this backend, if it has one.
+    pub fn redis_url(self) -> Option<String> {
+        match self {
+            Backend::Embedded => None,
+            Backend::PostgresRedis => Some(redis_url()),
+            Backend::PostgresRedisCluster => Some(redis_cluster_url()),
+        }
+    }
+}
+
+/// The test Redis Cluster (`scripts/test` starts one on ports 7101-7103).
+pub fn redis_cluster_url() -> String {
+    std::env::var("CAIRN_TEST_REDIS_CLUSTER_URL")
+        .unwrap_or_else(|_| "redis+cluster://127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103".into())
 }
 
 pub fn redis_url() -> String {
@@ -36,9 +55,9 @@ pub async fn test_config(backend: Backend) -> Config {
         data_dir: temp_dir(),
         ..Config::default()
     };
-    if backend == Backend::PostgresRedis {
+    if let Some(redis) = backend.redis_url() {
         config.database_url = Some(cairn_events::testing::fresh_postgres_url().await);
-        config.redis_url = Some(redis_url());
+        config.redis_url = Some(redis);
         config.redis_prefix = format!("cairn_t_{}", uuid::Uuid::now_v7().simple());
     }
     config

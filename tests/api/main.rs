@@ -9,7 +9,8 @@ mod roles;
 mod service;
 mod trends;
 
-/// Generate one test per scenario and backend.
+/// Generate one test per scenario and backend (embedded; Postgres + Redis; Postgres +
+/// Redis Cluster).
 macro_rules! on_both_backends {
     ($module:ident: $($name:ident),* $(,)?) => {
         mod embedded {
@@ -25,6 +26,14 @@ macro_rules! on_both_backends {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     crate::$module::$name(crate::helpers::Backend::PostgresRedis).await;
+                }
+            )*
+        }
+        mod postgres_redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::$module::$name(crate::helpers::Backend::PostgresRedisCluster).await;
                 }
             )*
         }

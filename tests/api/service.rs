@@ -69,7 +69,7 @@ pub async fn health_and_metrics(backend: Backend) {
     assert_eq!(data["read_models_loaded"], true);
     let expected = match backend {
         Backend::Embedded => ("sqlite", "sqlite"),
-        Backend::PostgresRedis => ("postgres", "redis"),
+        Backend::PostgresRedis | Backend::PostgresRedisCluster => ("postgres", "redis"),
     };
     assert_eq!(data["database"]["backend"], expected.0);
     assert_eq!(data["read_store"]["backend"], expected.1);

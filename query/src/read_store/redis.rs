@@ -32,7 +32,10 @@ use std::collections::{BTreeMap, HashMap};
 use async_trait::async_trait;
 use cairn_events::Position;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
+use redis::RedisFuture;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use ulid::Ulid;
 
 use super::{Applied, MessageFilter, ReadError, ReadStore, StoredMessage};
@@ -95,27 +98,144 @@ const DAYS_PER_HOUR_HASH: i64 = 32;
 const DAYS_PER_DAY_HASH: i64 = 1024;
 
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
     cas: redis::Script,
     count_hits: redis::Script,
+    /// For a cluster: how to reach one node (`SCAN` is per node).
+    cluster: Option<ClusterAccess>,
+}
+
+/// A connection to one Redis (or a primary), or to a Redis Cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The scheme and credentials of a cluster URL, to address its nodes one by one.
+struct ClusterAccess {
+    scheme: String,
+    userinfo: String,
+}
+
+/// `redis+cluster://[user:password@]host:port,host:port,...` (or `rediss+cluster://`):
+/// the scheme, the credentials part (with its `@`) and one URL per seed node.
+fn cluster_seeds(url: &str) -> Option<(ClusterAccess, Vec<String>)> {
+    let (scheme, rest) = url.split_once("+cluster://")?;
+    let (userinfo, hosts) = match rest.rsplit_once('@') {
+        Some((auth, hosts)) => (format!("{auth}@"), hosts),
+        None => (String::new(), rest),
+    };
+    let hosts = hosts.split('/').next().unwrap_or_default();
+    let seeds: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("{scheme}://{userinfo}{h}"))
+        .collect();
+    let access = ClusterAccess {
+        scheme: scheme.to_owned(),
+        userinfo,
+    };
+    (!seeds.is_empty()).then_some((access, seeds))
 }
 
 impl RedisStore {
+    /// Connect to `url`: `redis://…` (or `rediss://`) for one Redis,
+    /// `redis+cluster://host:port,host:port…` for a Redis Cluster.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, ReadError> {
-        // Without TCP_NODELAY a pipelined write can sit out a delayed ACK (~40 ms).
-        let info = redis::IntoConnectionInfo::into_connection_info(url)?;
-        let tcp = info.tcp_settings().clone().set_nodelay(true);
-        let client = redis::Client::open(info.set_tcp_settings(tcp))?;
-        let conn = ConnectionManager::new(client).await?;
+        let (conn, cluster) = match cluster_seeds(url) {
+            Some((access, seeds)) => {
+                let mut infos = Vec::with_capacity(seeds.len());
+                for seed in &seeds {
+                    infos.push(redis::IntoConnectionInfo::into_connection_info(
+                        seed.as_str(),
+                    )?);
+                }
+                let tcp = infos
+                    .first()
+                    .map(|i| i.tcp_settings().clone())
+                    .unwrap_or_default()
+                    .set_nodelay(true);
+                let client = ClusterClient::builder(infos).tcp_settings(tcp).build()?;
+                let conn = client.get_async_connection().await?;
+                (Conn::Cluster(conn), Some(access))
+            }
+            None => {
+                // Without TCP_NODELAY a pipelined write can sit out a delayed ACK (~40 ms).
+                let info = redis::IntoConnectionInfo::into_connection_info(url)?;
+                let tcp = info.tcp_settings().clone().set_nodelay(true);
+                let client = redis::Client::open(info.set_tcp_settings(tcp))?;
+                (Conn::Single(ConnectionManager::new(client).await?), None)
+            }
+        };
         let store = RedisStore {
             conn,
             prefix: prefix.to_owned(),
             cas: redis::Script::new(CHECKPOINT_CAS),
             count_hits: redis::Script::new(COUNT_HITS),
+            cluster,
         };
         store.warn_if_evicting().await;
         Ok(store)
+    }
+
+    /// Connections to every primary that holds keys: the one Redis, or each cluster
+    /// primary (from `CLUSTER NODES`).
+    async fn primaries(&self) -> Result<Vec<Conn>, ReadError> {
+        let Some(access) = &self.cluster else {
+            return Ok(vec![self.conn.clone()]);
+        };
+        let mut conn = self.conn.clone();
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut conn)
+            .await?;
+        let mut out = Vec::new();
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(address), Some(flags)) = (fields.get(1), fields.get(2)) else {
+                continue;
+            };
+            if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+                continue;
+            }
+            // `ip:port@cport[,hostname]`
+            let host_port = address.split('@').next().unwrap_or_default();
+            let url = format!("{}://{}{host_port}", access.scheme, access.userinfo);
+            let client = redis::Client::open(url)?;
+            out.push(Conn::Single(ConnectionManager::new(client).await?));
+        }
+        Ok(out)
     }
 
     /// Read models must not be evicted silently: a missing key would read as "no message".
@@ -155,7 +275,7 @@ impl RedisStore {
     /// Move a projection's checkpoint from `from` to `to` if it is still at `from`.
     async fn move_checkpoint(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         projection: &str,
         from: Position,
         to: Position,
@@ -182,36 +302,99 @@ impl RedisStore {
     /// Run the counting script for every scope in one pipeline; what each returned.
     async fn count_scopes(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         scopes: &BTreeMap<&str, Vec<&TrendHit>>,
     ) -> Result<Vec<Vec<(i64, u64, u64, i64)>>, ReadError> {
         let hash = self.count_hits.get_hash();
-        let mut pipe = redis::pipe();
-        for (scope, hits) in scopes {
-            let base = self.scope_base(scope);
-            let cmd = pipe
-                .cmd("EVALSHA")
-                .arg(hash)
-                .arg(1)
-                .arg(format!("{base}pos"))
-                .arg(&base)
-                .arg(if *scope == ALL { "0" } else { "1" });
-            for hit in hits {
-                cmd.arg(hit.position).arg(hit.minute).arg(&hit.user_id);
-            }
-        }
-        match pipe.query_async(conn).await {
+        let groups: Vec<Vec<redis::Cmd>> = scopes
+            .iter()
+            .map(|(scope, hits)| {
+                let base = self.scope_base(scope);
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(hash)
+                    .arg(1)
+                    .arg(format!("{base}pos"))
+                    .arg(&base)
+                    .arg(if *scope == ALL { "0" } else { "1" });
+                for hit in hits {
+                    cmd.arg(hit.position).arg(hit.minute).arg(&hit.user_id);
+                }
+                vec![cmd]
+            })
+            .collect();
+        let answers = match self.pipelined(conn, groups.clone()).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                // Redis restarted or its scripts were flushed: load it and run again.
+                // Redis restarted or its scripts were flushed: load it (on every primary)
+                // and run again.
                 let _: String = redis::cmd("SCRIPT")
                     .arg("LOAD")
                     .arg(COUNT_HITS)
                     .query_async(conn)
                     .await?;
-                Ok(pipe.query_async(conn).await?)
+                self.pipelined(conn, groups).await?
             }
-            other => Ok(other?),
+            other => other?,
+        };
+        answers
+            .into_iter()
+            .map(|mut group| {
+                redis::from_redis_value(group.pop().unwrap_or(redis::Value::Nil))
+                    .map_err(|e| ReadError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// Run groups of commands, each group's keys in one hash slot: one pipeline on a single
+    /// Redis; on a cluster one pipeline per group, all in flight at once (a cluster
+    /// pipeline must stay within one slot). Answers come back per group, in order.
+    async fn pipelined(
+        &self,
+        conn: &mut Conn,
+        groups: Vec<Vec<redis::Cmd>>,
+    ) -> Result<Vec<Vec<redis::Value>>, redis::RedisError> {
+        let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+        if sizes.iter().sum::<usize>() == 0 {
+            return Ok(sizes.iter().map(|_| Vec::new()).collect());
         }
+        if let Conn::Single(_) = conn {
+            let mut pipe = redis::pipe();
+            for cmd in groups.into_iter().flatten() {
+                pipe.add_command(cmd);
+            }
+            let mut all: std::vec::IntoIter<redis::Value> = pipe
+                .query_async::<Vec<redis::Value>>(conn)
+                .await?
+                .into_iter();
+            return Ok(sizes
+                .into_iter()
+                .map(|n| all.by_ref().take(n).collect())
+                .collect());
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for (i, group) in groups.into_iter().enumerate() {
+            let mut conn = conn.clone();
+            set.spawn(async move {
+                let mut pipe = redis::pipe();
+                for cmd in group {
+                    pipe.add_command(cmd);
+                }
+                let answer = if pipe.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    pipe.query_async::<Vec<redis::Value>>(&mut conn).await
+                };
+                (i, answer)
+            });
+        }
+        let mut out: Vec<Vec<redis::Value>> = sizes.iter().map(|_| Vec::new()).collect();
+        while let Some(joined) = set.join_next().await {
+            let (i, answer) = joined
+                .map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
+            if let Some(slot) = out.get_mut(i) {
+                *slot = answer?;
+            }
+        }
+        Ok(out)
     }
 
     async fn fetch(&self, ids: &[String]) -> Result<Vec<StoredMessage>, ReadError> {
@@ -428,21 +611,30 @@ impl ReadStore for RedisStore {
         }
         // One round trip: per hashtag, its day-counter hashes, then a PFCOUNT per day.
         let blocks = first.div_euclid(DAYS_PER_DAY_HASH)..=(end - 1).div_euclid(DAYS_PER_DAY_HASH);
-        let mut pipe = redis::pipe();
-        for tag in tags {
-            let base = self.scope_base(tag);
-            for block in blocks.clone() {
-                pipe.hgetall(format!("{base}d:{block}"));
-            }
-            for day in first..end {
-                pipe.cmd("PFCOUNT").arg(format!("{base}u:{day}"));
-            }
-        }
+        let groups: Vec<Vec<redis::Cmd>> = tags
+            .iter()
+            .map(|tag| {
+                let base = self.scope_base(tag);
+                let mut group = Vec::new();
+                for block in blocks.clone() {
+                    let mut cmd = redis::cmd("HGETALL");
+                    cmd.arg(format!("{base}d:{block}"));
+                    group.push(cmd);
+                }
+                for day in first..end {
+                    let mut cmd = redis::cmd("PFCOUNT");
+                    cmd.arg(format!("{base}u:{day}"));
+                    group.push(cmd);
+                }
+                group
+            })
+            .collect();
         let mut conn = self.conn.clone();
-        let mut answers: std::vec::IntoIter<redis::Value> = pipe
-            .query_async::<Vec<redis::Value>>(&mut conn)
+        let mut answers = self
+            .pipelined(&mut conn, groups)
             .await?
-            .into_iter();
+            .into_iter()
+            .flatten();
         let mut out = Vec::with_capacity(tags.len());
         for _ in tags {
             let mut uses: HashMap<i64, u64> = HashMap::new();
@@ -469,31 +661,35 @@ impl ReadStore for RedisStore {
     }
 
     async fn reset(&self, projection: &str) -> Result<(), ReadError> {
-        let mut conn = self.conn.clone();
-        // `P:{messages}:…`; for trends also every scope's `P:{trends:S}:…`.
+        // `P:{messages}:…`; for trends also every scope's `P:{trends:S}:…`, which a
+        // cluster spreads over its nodes: each primary is scanned for its own keys.
         let pattern = format!("{}:{{{projection}*", self.prefix);
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            let checkpoint = self.key(projection, "checkpoint");
-            for key in keys.into_iter().filter(|k| *k != checkpoint) {
-                let _: i64 = conn.unlink(key).await?;
+        let checkpoint = self.key(projection, "checkpoint");
+        for mut node in self.primaries().await? {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut node)
+                    .await?;
+                for key in keys.into_iter().filter(|k| *k != checkpoint) {
+                    let _: i64 = node.unlink(key).await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                // The checkpoint goes last: a runner that sees it gone rebuilds onto an
-                // empty model, not onto one still being deleted.
-                let _: i64 = conn.unlink(checkpoint).await?;
-                return Ok(());
-            }
-            cursor = next;
         }
+        // The checkpoint goes last: a runner that sees it gone rebuilds onto an empty
+        // model, not onto one still being deleted.
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.unlink(checkpoint).await?;
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), ReadError> {
