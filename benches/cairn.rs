@@ -7,6 +7,8 @@
 //! - `lag`: events appended at 1,000/s; time from append to visible in the Redis read model.
 //! - `rss`: resident memory of an idle `cairn serve` on Postgres + Redis.
 //! - `cold`: embedded start to the first 200, with an empty data dir and with the messages.
+//! - `trends`: hashtag trends over 10,000,000 messages against SQL `GROUP BY` (see
+//!   `support/trends.rs`).
 //!
 //! Every figure is printed as it is measured and again in a summary at the end.
 
@@ -25,6 +27,9 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 use ulid::Ulid;
 use uuid::Uuid;
+
+#[path = "support/trends.rs"]
+mod trends;
 
 const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
 const TAGS: usize = 200;
@@ -690,7 +695,7 @@ fn temp_dir(what: &str) -> PathBuf {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "write,read,rss,cold".into());
+    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "write,read,rss,cold,trends".into());
     let wants = |s: &str| {
         only.split(',')
             .any(|o| o.trim() == s || (s == "read" && o.trim() == "lag"))
@@ -713,6 +718,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("cold") {
         bench_cold(&mut summary, messages).await?;
+    }
+    if wants("trends") {
+        trends::bench_trends(&mut summary).await?;
     }
     println!("\n| measure | figure | target |\n|---|---|---|");
     for (what, figure, target) in &summary.0 {

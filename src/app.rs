@@ -144,11 +144,15 @@ impl Application {
                 tasks.push(tokio::spawn(runner.run(shutdown.clone())));
                 handle
             };
-            let messages = start(Arc::new(Messages));
-            start(Arc::new(Trends {
-                scoring: config.scoring(),
-            }));
-            Some(messages)
+            let messages = config
+                .runs_projection("messages")
+                .then(|| start(Arc::new(Messages)));
+            if config.runs_projection("trends") {
+                start(Arc::new(Trends {
+                    scoring: config.scoring(),
+                }));
+            }
+            messages
         } else {
             None
         };

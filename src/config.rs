@@ -42,6 +42,9 @@ pub struct Config {
     /// Proxies whose `X-Forwarded-For` is believed: addresses or CIDR ranges
     /// (`CAIRN_TRUSTED_PROXIES`, comma-separated). Empty: the peer address is the client.
     pub trusted_proxies: Vec<IpRange>,
+    /// The projections this process runs when it runs projections (`CAIRN_PROJECTIONS`,
+    /// comma-separated); empty: all of them. Lets a projector process specialise.
+    pub projections: Vec<String>,
     /// Fewest distinct users of a hashtag in a day for it to trend
     /// (`CAIRN_TRENDING_THRESHOLD`).
     pub trending_threshold: u64,
@@ -64,6 +67,7 @@ impl Default for Config {
             request_timeout: 30,
             read_your_writes_ms: 2000,
             trusted_proxies: Vec::new(),
+            projections: Vec::new(),
             trending_threshold: 5,
             trending_half_life_minutes: 240,
         }
@@ -131,6 +135,14 @@ impl Config {
                 .parse()
                 .with_context(|| format!("CAIRN_READ_YOUR_WRITES_MS={v:?} is not a number"))?;
         }
+        if let Some(v) = var("CAIRN_PROJECTIONS") {
+            self.projections = v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
         if let Some(v) = var("CAIRN_TRENDING_THRESHOLD") {
             self.trending_threshold = v.parse().with_context(|| {
                 format!("CAIRN_TRENDING_THRESHOLD={v:?} is not a number of users")
@@ -152,6 +164,11 @@ impl Config {
                 .collect::<anyhow::Result<_>>()?;
         }
         Ok(())
+    }
+
+    /// Whether this process runs the named projection (when it runs projections at all).
+    pub fn runs_projection(&self, name: &str) -> bool {
+        self.projections.is_empty() || self.projections.iter().any(|p| p == name)
     }
 
     /// How trending scores are computed.
@@ -184,6 +201,16 @@ impl Config {
         }
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}', ' ']) {
             bail!("CAIRN_REDIS_PREFIX must be non-empty, without braces or spaces");
+        }
+        if let Some(unknown) = self
+            .projections
+            .iter()
+            .find(|p| !cairn_query::projections::NAMES.contains(&p.as_str()))
+        {
+            bail!(
+                "CAIRN_PROJECTIONS: no projection named {unknown}; known: {}",
+                cairn_query::projections::NAMES.join(", ")
+            );
         }
         if self.trending_half_life_minutes < 1 {
             bail!("CAIRN_TRENDING_HALF_LIFE_MINUTES must be at least 1");
