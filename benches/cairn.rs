@@ -97,9 +97,14 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// Start `cairn serve` with `env`; returns at once (see [`wait_for_200`]).
 fn spawn_server(env: &[(String, String)]) -> anyhow::Result<Server> {
+    spawn_server_with_role(env, "all")
+}
+
+/// Start `cairn serve --role ROLE` with `env`; returns at once.
+fn spawn_server_with_role(env: &[(String, String)], role: &str) -> anyhow::Result<Server> {
     let port = free_port()?;
     let child = Command::new(CAIRN)
-        .arg("serve")
+        .args(["serve", "--role", role])
         .envs(env.iter().cloned())
         .env("CAIRN_LISTEN", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")

@@ -11,7 +11,9 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Duration as Span, DurationRound, Utc};
 use sqlx::{Connection, PgConnection};
 
-use super::{CAIRN, Deployment, Latencies, Summary, env_or, redis_url, spawn_server, wait_for_200};
+use super::{
+    CAIRN, Deployment, Latencies, Summary, env_or, redis_url, spawn_server_with_role, wait_for_200,
+};
 use super::{Context, Duration, Instant, Uuid};
 use cairn_events::Metadata;
 use cairn_events::domain::message::{self, Hashtag, MessagePosted};
@@ -167,14 +169,14 @@ async fn copy_baseline(conn: &mut PgConnection, messages: &[Generated]) -> anyho
         copy.send(buffer.as_bytes()).await?;
         copy.finish().await?;
     }
-    sqlx::raw_sql(
-        "CREATE INDEX ON bench_tag_uses (tag, created_at);
-         CREATE INDEX ON bench_all (created_at);
-         VACUUM ANALYZE bench_tag_uses;
-         VACUUM ANALYZE bench_all;",
-    )
-    .execute(&mut *conn)
-    .await?;
+    for sql in [
+        "CREATE INDEX ON bench_tag_uses (tag, created_at)",
+        "CREATE INDEX ON bench_all (created_at)",
+        "VACUUM ANALYZE bench_tag_uses",
+        "VACUUM ANALYZE bench_all",
+    ] {
+        sqlx::raw_sql(sql).execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
@@ -300,7 +302,8 @@ pub async fn bench_trends(summary: &mut Summary) -> anyhow::Result<()> {
     );
     drop(messages);
 
-    let server = spawn_server(&deployment.env)?;
+    // Answers only: no projector competing for the two cores.
+    let server = spawn_server_with_role(&deployment.env, "query")?;
     let client = reqwest::Client::new();
     wait_for_200(
         &client,
@@ -332,75 +335,83 @@ pub async fn bench_trends(summary: &mut Summary) -> anyhow::Result<()> {
     let all = "SELECT date_bin('1 hour', created_at, $1) AS b, count(*) FROM bench_all
                WHERE created_at >= $1 AND created_at < $2 GROUP BY b ORDER BY b";
     let unaligned = from + Span::minutes(37);
-    let cases: [(
-        &str,
-        String,
-        String,
-        Option<&str>,
-        DateTime<Utc>,
-        usize,
-        &str,
-    ); 5] = [
-        (
-            "30 days at 1h, most used tag",
-            url(from, "1h", Some("t0")),
-            by_tag("1 hour"),
-            Some("t0"),
+    struct Case<'a> {
+        what: &'a str,
+        url: String,
+        sql: String,
+        tag: Option<&'a str>,
+        from: DateTime<Utc>,
+        runs: usize,
+        target: &'a str,
+    }
+    let cases = [
+        Case {
+            what: "30 days at 1h, most used tag",
+            url: url(from, "1h", Some("t0")),
+            sql: by_tag("1 hour"),
+            tag: Some("t0"),
             from,
-            200,
-            "p99 < 2 ms, >= 50x SQL",
-        ),
-        (
-            "30 days at 1h, all messages",
-            url(from, "1h", None),
-            all.to_owned(),
-            None,
+            runs: 200,
+            target: "p99 < 2 ms, >= 50x SQL",
+        },
+        Case {
+            what: "30 days at 1h, all messages",
+            url: url(from, "1h", None),
+            sql: all.to_owned(),
+            tag: None,
             from,
-            200,
-            "p99 < 2 ms, >= 50x SQL",
-        ),
-        (
-            "30 days at 1h, a rare tag (rank 5000)",
-            url(from, "1h", Some("t4999")),
-            by_tag("1 hour"),
-            Some("t4999"),
+            runs: 200,
+            target: "p99 < 2 ms, >= 50x SQL",
+        },
+        Case {
+            what: "30 days at 1h, a rare tag (rank 5000)",
+            url: url(from, "1h", Some("t4999")),
+            sql: by_tag("1 hour"),
+            tag: Some("t4999"),
             from,
-            200,
-            "report",
-        ),
-        (
-            "30 days at 1m, most used tag",
-            url(from, "1m", Some("t0")),
-            by_tag("1 minute"),
-            Some("t0"),
+            runs: 200,
+            target: "report",
+        },
+        Case {
+            what: "30 days at 1m, most used tag",
+            url: url(from, "1m", Some("t0")),
+            sql: by_tag("1 minute"),
+            tag: Some("t0"),
             from,
-            50,
-            "p99 < 30 ms",
-        ),
-        (
-            "30 days at 1h from :37 (not on the hour), most used tag",
-            url(unaligned, "1h", Some("t0")),
-            by_tag("1 hour"),
-            Some("t0"),
-            unaligned,
-            50,
-            "report",
-        ),
+            runs: 50,
+            target: "p99 < 30 ms",
+        },
+        Case {
+            what: "30 days at 1h from :37 (not on the hour), most used tag",
+            url: url(unaligned, "1h", Some("t0")),
+            sql: by_tag("1 hour"),
+            tag: Some("t0"),
+            from: unaligned,
+            runs: 50,
+            target: "report",
+        },
     ];
-    for (what, url, sql, tag, from, runs, target) in cases {
-        let mut http = time_http(&client, &url, runs).await?;
-        let (mut sql_times, buckets) =
-            time_sql(&mut conn, &sql, tag, from, to, (runs / 10).max(5)).await?;
+    for case in cases {
+        let mut http = time_http(&client, &case.url, case.runs).await?;
+        let (mut sql_times, buckets) = time_sql(
+            &mut conn,
+            &case.sql,
+            case.tag,
+            case.from,
+            to,
+            (case.runs / 10).max(5),
+        )
+        .await?;
         let (hp50, hp99) = (http.percentile(50.0), http.percentile(99.0));
         let (sp50, sp99) = (sql_times.percentile(50.0), sql_times.percentile(99.0));
         summary.add(
-            &format!("GET /trend {what}"),
+            &format!("GET /trend {}", case.what),
             format!(
                 "HTTP p50 {hp50:.2} ms p99 {hp99:.2} ms; SQL p50 {sp50:.1} ms p99 {sp99:.1} ms ({buckets} buckets); SQL/HTTP {:.0}x at p50, {:.0}x at p99",
                 sp50 / hp50,
                 sp99 / hp99
             ),
-            target,
+            case.target,
         );
     }
     let mut trending = time_http(

@@ -29,16 +29,23 @@ impl Projection for Messages {
         from: Position,
         to: Position,
     ) -> Result<Applied, ReadError> {
-        let mut messages = Vec::with_capacity(events.len());
-        for envelope in events {
-            match to_stored_message(envelope) {
-                Some(Ok(m)) => messages.push(m),
-                Some(Err(error)) => tracing::error!(%error, "skipping unreadable event"),
-                None => {}
-            }
-        }
+        let messages: Vec<StoredMessage> = posted(events).map(|(_, m)| m).collect();
         read.apply_messages(&messages, from, to).await
     }
+}
+
+/// The messages posted in `events`, with their positions; unreadable events are logged
+/// and skipped.
+pub(crate) fn posted(events: &[Envelope]) -> impl Iterator<Item = (Position, StoredMessage)> + '_ {
+    events
+        .iter()
+        .filter_map(|envelope| match to_stored_message(envelope)? {
+            Ok(m) => Some((envelope.position, m)),
+            Err(error) => {
+                tracing::error!(%error, "skipping unreadable event");
+                None
+            }
+        })
 }
 
 /// The read-model form of a `message.posted` event; `None` for other event types.

@@ -25,6 +25,11 @@ pub trait Projection: Send + Sync + 'static {
     /// The stream categories it reads.
     fn categories(&self) -> &'static [&'static str];
 
+    /// The most events it applies at once.
+    fn batch_size(&self) -> usize {
+        1000
+    }
+
     /// Apply `events` (all after `from`, the last at `to`) and move the checkpoint from
     /// `from` to `to`, idempotently: applying the same events twice gives the same state.
     async fn apply(

@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 use super::Projection;
 use crate::read_store::{Applied, ReadStore};
 
-const BATCH: usize = 1000;
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
 pub struct Runner {
@@ -176,11 +175,11 @@ impl Runner {
             // re-read): positions up to it are committed, so reading on from the checkpoint
             // and finding less than a batch means the read model has reached it.
             let head = *wake.borrow_and_update();
-            let name = self.projection.name();
+            let (name, batch_size) = (self.projection.name(), self.projection.batch_size());
             let from = self.read.checkpoint(name).await?;
             let batch = self
                 .events
-                .read_all(from, BATCH, self.projection.categories())
+                .read_all(from, batch_size, self.projection.categories())
                 .await?;
             let Some(last) = batch.last().map(|e| e.position) else {
                 // Nothing in this projection's categories up to `head`: caught up to it.
@@ -197,7 +196,7 @@ impl Runner {
                 .apply(&*self.read, &batch, from, last)
                 .await?
             {
-                Applied::Done if batch.len() < BATCH => self.publish(last.max(head)),
+                Applied::Done if batch.len() < batch_size => self.publish(last.max(head)),
                 Applied::Done => self.publish(last),
                 Applied::Moved => {
                     tracing::info!(

@@ -5,7 +5,8 @@ use async_trait::async_trait;
 use cairn_events::domain::message;
 use cairn_events::{Envelope, Position};
 
-use super::{Projection, to_stored_message};
+use super::Projection;
+use super::messages::posted;
 use crate::read_store::{Applied, ReadError, ReadStore};
 use crate::trends::{Scoring, TrendHit, minute_of};
 
@@ -24,6 +25,12 @@ impl Projection for Trends {
         &[message::CATEGORY]
     }
 
+    /// Large batches: a hashtag used several times in one batch costs one counter update
+    /// per minute, hour and day, not one per use.
+    fn batch_size(&self) -> usize {
+        5000
+    }
+
     async fn apply(
         &self,
         read: &dyn ReadStore,
@@ -31,25 +38,19 @@ impl Projection for Trends {
         from: Position,
         to: Position,
     ) -> Result<Applied, ReadError> {
-        let mut hits = Vec::with_capacity(events.len());
-        for envelope in events {
-            match to_stored_message(envelope) {
-                Some(Ok(m)) => {
-                    let mut tags: Vec<String> =
-                        m.hashtags.iter().map(|t| t.to_lowercase()).collect();
-                    tags.sort_unstable();
-                    tags.dedup();
-                    hits.push(TrendHit {
-                        position: envelope.position,
-                        minute: minute_of(m.created_at),
-                        user_id: m.user_id,
-                        tags,
-                    });
+        let hits: Vec<TrendHit> = posted(events)
+            .map(|(position, m)| {
+                let mut tags: Vec<String> = m.hashtags.iter().map(|t| t.to_lowercase()).collect();
+                tags.sort_unstable();
+                tags.dedup();
+                TrendHit {
+                    position,
+                    minute: minute_of(m.created_at),
+                    user_id: m.user_id,
+                    tags,
                 }
-                Some(Err(error)) => tracing::error!(%error, "skipping unreadable event"),
-                None => {}
-            }
-        }
+            })
+            .collect();
         read.apply_trends(&hits, &self.scoring, from, to).await
     }
 }

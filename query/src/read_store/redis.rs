@@ -12,7 +12,7 @@
 //! - `P:{trends:S}:h:<day/32>`    hash hour → count, one per 32 days
 //! - `P:{trends:S}:d:<day/1024>`  hash day → count
 //! - `P:{trends:S}:u:<day>`       HyperLogLog of the hashtag's users that day
-//! - `P:{trends:S}:last`          hash day → latest minute the hashtag was used that day
+//! - `P:{trends:S}:last`          sorted set day → latest minute the hashtag was used that day
 //! - `P:{trends:S}:pos`           the last event position counted in this scope
 //! - `P:{trends}:rank`            sorted set hashtag → trending rank (`crate::trends`)
 //! - `P:{trends}:checkpoint`      as for messages
@@ -24,8 +24,10 @@
 //! is idempotent, and the checkpoint moves by compare-and-set in a script that touches only
 //! its own key, so a batch applied twice after a crash, or by a runner that lost its lease,
 //! leaves the same state. Counters are not idempotent by themselves: each scope's keys
-//! share one hash tag, and one script per scope counts only the hits after the scope's
-//! `pos` and moves `pos` with them, atomically and within one Cluster slot.
+//! share one hash tag, and one script per scope adds a batch's counts (summed per minute,
+//! hour and day first) only if the scope's `pos` is before them, and moves `pos` with them,
+//! atomically and within one Cluster slot. Users (HyperLogLog) and latest minutes (`ZADD
+//! GT`) are idempotent as they are and go beside the script in the same pipeline.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -39,7 +41,7 @@ use redis::cluster_async::ClusterConnection;
 use ulid::Ulid;
 
 use super::{Applied, MessageFilter, ReadError, ReadStore, StoredMessage};
-use crate::trends::{ALL, DayUsage, Level, MINUTES_PER_DAY, Scoring, TrendHit};
+use crate::trends::{ALL, DayUsage, Level, MINUTES_PER_DAY, Minute, Scoring, TrendHit};
 
 /// Moves a checkpoint from ARGV[1] to ARGV[2] only if it is still at ARGV[1].
 const CHECKPOINT_CAS: &str = r"
@@ -49,48 +51,22 @@ redis.call('HSET', KEYS[1], 'pos', ARGV[2])
 return 1
 ";
 
-/// Counts one scope's hits. KEYS[1] is the scope's `pos`; the scope's other keys share its
-/// hash tag and are named from ARGV[1], the scope's key prefix. ARGV[2] is '1' to track
-/// users (hashtags, not the all-messages scope). Then (position, minute, user) triples in
-/// log order. Returns, when tracking users, {day, users, users the day before, latest
-/// minute} for each day touched, also for hits counted before (so a retried batch still
-/// raises ranks).
+/// Adds one scope's counts from one batch, once. KEYS[1] is the scope's `pos`: the last
+/// position counted there. ARGV[1] is the scope's key prefix (its other keys share the
+/// hash tag), ARGV[2] and ARGV[3] the first and last position of the batch's hits in this
+/// scope, then (hash, field, increment) triples with the hash named after the prefix.
+/// Returns -1 when counted, 0 when counted before, or `pos` when only part of the hits
+/// were counted before (another runner's batch overlapped): the caller sends the rest.
 const COUNT_HITS: &str = r"
 local applied = tonumber(redis.call('GET', KEYS[1]) or '0')
-local base = ARGV[1]
-local users = ARGV[2] == '1'
-local newest = applied
-local touched = {}
-for i = 3, #ARGV, 3 do
-  local position = tonumber(ARGV[i])
-  local minute = tonumber(ARGV[i + 1])
-  local day = math.floor(minute / 1440)
-  if position > applied then
-    redis.call('HINCRBY', base .. 'm:' .. day, minute, 1)
-    redis.call('HINCRBY', base .. 'h:' .. math.floor(day / 32), math.floor(minute / 60), 1)
-    redis.call('HINCRBY', base .. 'd:' .. math.floor(day / 1024), day, 1)
-    if users then
-      redis.call('PFADD', base .. 'u:' .. day, ARGV[i + 2])
-      local last = tonumber(redis.call('HGET', base .. 'last', day) or '-1')
-      if minute > last then redis.call('HSET', base .. 'last', day, minute) end
-    end
-    if position > newest then newest = position end
-  end
-  touched[day] = true
+local first, last = tonumber(ARGV[2]), tonumber(ARGV[3])
+if applied >= last then return 0 end
+if applied >= first then return applied end
+for i = 4, #ARGV, 3 do
+  redis.call('HINCRBY', ARGV[1] .. ARGV[i], ARGV[i + 1], ARGV[i + 2])
 end
-if newest > applied then redis.call('SET', KEYS[1], newest) end
-local out = {}
-if users then
-  for day in pairs(touched) do
-    out[#out + 1] = {
-      day,
-      redis.call('PFCOUNT', base .. 'u:' .. day),
-      redis.call('PFCOUNT', base .. 'u:' .. (day - 1)),
-      tonumber(redis.call('HGET', base .. 'last', day) or '0'),
-    }
-  end
-end
-return out
+redis.call('SET', KEYS[1], last)
+return -1
 ";
 
 /// Days per hash of hour counters, and per hash of day counters.
@@ -300,28 +276,156 @@ impl RedisStore {
     }
 
     /// Run the counting script for every scope in one pipeline; what each returned.
+    /// Count `hits` in each of their scopes and record their users; for each hashtag and
+    /// day touched, what its rank needs: (scope, users that day, users the day before,
+    /// latest minute).
     async fn count_scopes(
         &self,
         conn: &mut Conn,
-        scopes: &BTreeMap<&str, Vec<&TrendHit>>,
-    ) -> Result<Vec<Vec<(i64, u64, u64, i64)>>, ReadError> {
-        let hash = self.count_hits.get_hash();
+        hits: &[TrendHit],
+    ) -> Result<Vec<(String, u64, u64, i64)>, ReadError> {
+        let mut scopes: BTreeMap<&str, Vec<&TrendHit>> = BTreeMap::new();
+        for hit in hits {
+            for scope in hit.tags.iter().map(String::as_str).chain([ALL]) {
+                scopes.entry(scope).or_default().push(hit);
+            }
+        }
+        // Users and latest minutes first: idempotent, and needed for every hashtag and day
+        // the batch touches even if its counts were added before.
+        let mut days_of: Vec<(&str, i64)> = Vec::new();
         let groups: Vec<Vec<redis::Cmd>> = scopes
             .iter()
+            .filter(|(scope, _)| **scope != ALL)
             .map(|(scope, hits)| {
                 let base = self.scope_base(scope);
-                let mut cmd = redis::cmd("EVALSHA");
-                cmd.arg(hash)
-                    .arg(1)
-                    .arg(format!("{base}pos"))
-                    .arg(&base)
-                    .arg(if *scope == ALL { "0" } else { "1" });
+                let mut by_day: BTreeMap<i64, (Minute, Vec<&str>)> = BTreeMap::new();
                 for hit in hits {
-                    cmd.arg(hit.position).arg(hit.minute).arg(&hit.user_id);
+                    let day = by_day.entry(Level::Day.unit_of(hit.minute)).or_default();
+                    day.0 = day.0.max(hit.minute);
+                    day.1.push(&hit.user_id);
                 }
-                vec![cmd]
+                let mut group = Vec::new();
+                for (day, (last, users)) in by_day {
+                    days_of.push((scope, day));
+                    group.push(
+                        redis::cmd("PFADD")
+                            .arg(format!("{base}u:{day}"))
+                            .arg(users)
+                            .clone(),
+                    );
+                    group.push(
+                        redis::cmd("ZADD")
+                            .arg(format!("{base}last"))
+                            .arg("GT")
+                            .arg(last)
+                            .arg(day)
+                            .clone(),
+                    );
+                    group.push(redis::cmd("PFCOUNT").arg(format!("{base}u:{day}")).clone());
+                    group.push(
+                        redis::cmd("PFCOUNT")
+                            .arg(format!("{base}u:{}", day - 1))
+                            .clone(),
+                    );
+                    group.push(
+                        redis::cmd("ZSCORE")
+                            .arg(format!("{base}last"))
+                            .arg(day)
+                            .clone(),
+                    );
+                }
+                group
             })
             .collect();
+        let answers: Vec<redis::Value> = self
+            .pipelined(conn, groups)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut days = Vec::with_capacity(days_of.len());
+        for ((scope, _), answer) in days_of.iter().zip(answers.chunks(5)) {
+            let number = |i: usize| -> Result<i64, ReadError> {
+                let value = answer.get(i).cloned().unwrap_or(redis::Value::Nil);
+                redis::from_redis_value::<Option<f64>>(value)
+                    .map(|v| v.unwrap_or(0.0) as i64)
+                    .map_err(|e| ReadError::Corrupt(e.to_string()))
+            };
+            let count = |i: usize| number(i).map(|n| u64::try_from(n).unwrap_or(0));
+            days.push(((*scope).to_owned(), count(2)?, count(3)?, number(4)?));
+        }
+
+        // Then the counters, once per scope; scopes another runner partly counted are sent
+        // again with only the hits after its `pos`.
+        let mut pending: Vec<(&str, Vec<&TrendHit>)> = scopes.into_iter().collect();
+        for _ in 0..4 {
+            if pending.is_empty() {
+                return Ok(days);
+            }
+            let groups = pending
+                .iter()
+                .map(|(scope, hits)| vec![self.count_command(scope, hits)])
+                .collect();
+            let answers = self.run_counting(conn, groups).await?;
+            let mut again = Vec::new();
+            for ((scope, hits), answer) in pending.into_iter().zip(answers) {
+                if answer > 0 {
+                    let rest: Vec<&TrendHit> =
+                        hits.into_iter().filter(|h| h.position > answer).collect();
+                    if !rest.is_empty() {
+                        again.push((scope, rest));
+                    }
+                }
+            }
+            pending = again;
+        }
+        if pending.is_empty() {
+            Ok(days)
+        } else {
+            Err(ReadError::Corrupt(
+                "trend counters kept moving under this runner".into(),
+            ))
+        }
+    }
+
+    /// The counting script's call for one scope's hits: counts summed per hash and field.
+    fn count_command(&self, scope: &str, hits: &[&TrendHit]) -> redis::Cmd {
+        let base = self.scope_base(scope);
+        let mut sums: BTreeMap<(String, i64), u64> = BTreeMap::new();
+        for hit in hits {
+            let day = Level::Day.unit_of(hit.minute);
+            for field in [
+                (format!("m:{day}"), hit.minute),
+                (
+                    format!("h:{}", day.div_euclid(DAYS_PER_HOUR_HASH)),
+                    Level::Hour.unit_of(hit.minute),
+                ),
+                (format!("d:{}", day.div_euclid(DAYS_PER_DAY_HASH)), day),
+            ] {
+                *sums.entry(field).or_default() += 1;
+            }
+        }
+        let first = hits.iter().map(|h| h.position).min().unwrap_or(0);
+        let last = hits.iter().map(|h| h.position).max().unwrap_or(0);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.count_hits.get_hash())
+            .arg(1)
+            .arg(format!("{base}pos"))
+            .arg(&base)
+            .arg(first)
+            .arg(last);
+        for ((hash, field), n) in sums {
+            cmd.arg(hash).arg(field).arg(n);
+        }
+        cmd
+    }
+
+    /// Run counting calls, loading the script first if Redis does not have it.
+    async fn run_counting(
+        &self,
+        conn: &mut Conn,
+        groups: Vec<Vec<redis::Cmd>>,
+    ) -> Result<Vec<i64>, ReadError> {
         let answers = match self.pipelined(conn, groups.clone()).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 // Redis restarted or its scripts were flushed: load it (on every primary)
@@ -521,28 +625,20 @@ impl ReadStore for RedisStore {
         from: Position,
         to: Position,
     ) -> Result<Applied, ReadError> {
-        let mut scopes: BTreeMap<&str, Vec<&TrendHit>> = BTreeMap::new();
-        for hit in hits {
-            for scope in hit.tags.iter().map(String::as_str).chain([ALL]) {
-                scopes.entry(scope).or_default().push(hit);
-            }
-        }
         let mut conn = self.conn.clone();
-        if !scopes.is_empty() {
-            let answers = self.count_scopes(&mut conn, &scopes).await?;
+        if !hits.is_empty() {
+            let days = self.count_scopes(&mut conn, hits).await?;
             let mut pipe = redis::pipe();
             let mut raised = false;
-            for (scope, days) in scopes.keys().zip(answers) {
-                for (_, observed, yesterday, last) in days {
-                    if let Some(rank) = scoring.rank(observed, yesterday, last) {
-                        raised = true;
-                        pipe.cmd("ZADD")
-                            .arg(self.key("trends", "rank"))
-                            .arg("GT")
-                            .arg(rank)
-                            .arg(*scope)
-                            .ignore();
-                    }
+            for (scope, observed, yesterday, last) in days {
+                if let Some(rank) = scoring.rank(observed, yesterday, last) {
+                    raised = true;
+                    pipe.cmd("ZADD")
+                        .arg(self.key("trends", "rank"))
+                        .arg("GT")
+                        .arg(rank)
+                        .arg(scope)
+                        .ignore();
                 }
             }
             if raised {
