@@ -149,7 +149,7 @@ impl Application {
                 .then(|| start(Arc::new(Messages)));
             if config.runs_projection("trends") {
                 start(Arc::new(Trends {
-                    scoring: config.scoring(),
+                    rules: config.trend_rules(),
                 }));
             }
             messages
@@ -194,7 +194,7 @@ impl Application {
             router = router.merge(cairn_query::router(QueryState {
                 read: read.clone(),
                 gate: gate.clone(),
-                scoring: config.scoring(),
+                rules: config.trend_rules(),
                 clock,
             }));
         }

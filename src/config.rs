@@ -51,6 +51,10 @@ pub struct Config {
     /// Minutes for a trending score to halve (`CAIRN_TRENDING_HALF_LIFE_MINUTES`). Scores
     /// are stored as ranks that depend on it: after a change, rebuild `trends`.
     pub trending_half_life_minutes: i64,
+    /// Days before today (UTC) whose per-minute trend counters are kept
+    /// (`CAIRN_TREND_MINUTE_RETENTION_DAYS`); older days keep hour and day counters only.
+    /// Unset: every minute is kept.
+    pub trend_minute_retention_days: Option<i64>,
 }
 
 impl Default for Config {
@@ -70,6 +74,7 @@ impl Default for Config {
             projections: Vec::new(),
             trending_threshold: 5,
             trending_half_life_minutes: 240,
+            trend_minute_retention_days: None,
         }
     }
 }
@@ -153,6 +158,11 @@ impl Config {
                 format!("CAIRN_TRENDING_HALF_LIFE_MINUTES={v:?} is not a number of minutes")
             })?;
         }
+        if let Some(v) = var("CAIRN_TREND_MINUTE_RETENTION_DAYS") {
+            self.trend_minute_retention_days = Some(v.parse().with_context(|| {
+                format!("CAIRN_TREND_MINUTE_RETENTION_DAYS={v:?} is not a number of days")
+            })?);
+        }
         if let Some(v) = var("CAIRN_TRUSTED_PROXIES") {
             self.trusted_proxies = v
                 .split(',')
@@ -171,11 +181,12 @@ impl Config {
         self.projections.is_empty() || self.projections.iter().any(|p| p == name)
     }
 
-    /// How trending scores are computed.
-    pub fn scoring(&self) -> cairn_query::trends::Scoring {
-        cairn_query::trends::Scoring {
+    /// How the trends read model is built.
+    pub fn trend_rules(&self) -> cairn_query::trends::TrendRules {
+        cairn_query::trends::TrendRules {
             threshold: self.trending_threshold,
             half_life_minutes: self.trending_half_life_minutes,
+            minute_retention_days: self.trend_minute_retention_days,
         }
     }
 
@@ -214,6 +225,11 @@ impl Config {
         }
         if self.trending_half_life_minutes < 1 {
             bail!("CAIRN_TRENDING_HALF_LIFE_MINUTES must be at least 1");
+        }
+        if self.trend_minute_retention_days.is_some_and(|d| d < 1) {
+            bail!(
+                "CAIRN_TREND_MINUTE_RETENTION_DAYS must be at least 1 (unset keeps every minute)"
+            );
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!("CAIRN_LOG_FORMAT must be text or json");

@@ -67,26 +67,37 @@ pub struct TrendHit {
     pub tags: Vec<String>,
 }
 
-/// How trending scores are computed; part of the read model (changing it needs a rebuild
-/// of `trends`).
+/// How the trends read model is built: trending scores and how long minute counters are
+/// kept. Part of the read model: changing a rule needs a rebuild of `trends`.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Scoring {
+pub struct TrendRules {
     /// Fewest distinct users in a day for a hashtag to score at all.
     pub threshold: u64,
     /// Minutes for a peak score to halve.
     pub half_life_minutes: i64,
+    /// Days before today (UTC) whose minute counters are kept; older days keep only their
+    /// hour and day counters. `None` keeps every minute.
+    pub minute_retention_days: Option<i64>,
 }
 
-impl Default for Scoring {
+impl Default for TrendRules {
     fn default() -> Self {
-        Scoring {
+        TrendRules {
             threshold: 5,
             half_life_minutes: 4 * 60,
+            minute_retention_days: None,
         }
     }
 }
 
-impl Scoring {
+impl TrendRules {
+    /// The first minute whose counter is still kept at `now`; `None` when all are kept.
+    /// Day `d`'s minutes go once today is later than `d + minute_retention_days`.
+    pub fn minutes_kept_from(&self, now: Minute) -> Option<Minute> {
+        self.minute_retention_days
+            .map(|days| (Level::Day.unit_of(now) - days) * MINUTES_PER_DAY)
+    }
+
     /// The rank of a day's usage as of `minute` (the day's latest use), if it scores.
     pub fn rank(&self, observed: u64, yesterday: u64, minute: Minute) -> Option<f64> {
         let expected = yesterday.max(1);
@@ -297,7 +308,7 @@ mod tests {
 
     #[test]
     fn scores_decay_by_half_each_half_life() {
-        let s = Scoring::default();
+        let s = TrendRules::default();
         assert_eq!(s.rank(4, 0, 0), None, "below the threshold");
         assert_eq!(s.rank(5, 5, 0), None, "not above yesterday");
         let rank = s.rank(16, 2, 1000).unwrap();

@@ -11,13 +11,14 @@ use uuid::Uuid;
 use cairn_events::domain::message::{self, Hashtag, MessagePosted};
 use cairn_events::{AppendRequest, ExpectedVersion, Metadata, NewEvent};
 
-use crate::helpers::{Backend, TestApp, spawn_app};
+use crate::helpers::{Backend, TestApp, spawn_app, spawn_with, test_config};
 
 crate::on_both_backends!(
     trends: dunder_trend_buckets,
     trend_input_errors,
     trend_matches_a_brute_force_count,
-    trending_now
+    trending_now,
+    minute_counters_expire
 );
 
 /// A user of the scenarios (the events name users; no token is needed to append).
@@ -397,4 +398,69 @@ pub async fn trending_now(backend: Backend) {
         app.get("/trends/hashtags").await.1["data"],
         serde_json::json!([])
     );
+}
+
+/// With a minute retention, days past it keep their hour and day counters: buckets on
+/// whole hours still count them, per-minute questions there are refused, and recent days
+/// answer per minute. A rebuild (which meets the old minutes again) gives the same.
+pub async fn minute_counters_expire(backend: Backend) {
+    let mut config = test_config(backend).await;
+    config.trend_minute_retention_days = Some(3);
+    let app = spawn_with(config).await;
+    // Days far enough from the edges that a run across midnight changes nothing.
+    let today = Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    let old = today - Duration::days(10);
+    let recent = today - Duration::days(1);
+    for day in [old, recent] {
+        posted_at(&app, 1, day + Duration::minutes(605), &["kept"]).await;
+        posted_at(&app, 2, day + Duration::minutes(606), &["kept"]).await;
+    }
+    app.wait_projected().await;
+
+    let stamp = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let ask = |from: DateTime<Utc>, step: &str| {
+        format!(
+            "from_date={}&to_date={}&aggregation={step}&hashtag=kept",
+            stamp(from),
+            stamp(from + Duration::days(1))
+        )
+    };
+    for round in ["live", "rebuilt"] {
+        assert_eq!(
+            trend(&app, &ask(old, "1h")).await,
+            [bucket(
+                &stamp(old + Duration::hours(10)),
+                &stamp(old + Duration::hours(11)),
+                2
+            )],
+            "{round}"
+        );
+        assert_eq!(
+            trend(&app, &ask(recent, "1m")).await,
+            [
+                bucket(
+                    &stamp(recent + Duration::minutes(605)),
+                    &stamp(recent + Duration::minutes(606)),
+                    1
+                ),
+                bucket(
+                    &stamp(recent + Duration::minutes(606)),
+                    &stamp(recent + Duration::minutes(607)),
+                    1
+                ),
+            ],
+            "{round}"
+        );
+        for query in [ask(old, "1m"), ask(old + Duration::minutes(30), "1h")] {
+            let (status, body) = app.get(&format!("/trend?{query}")).await;
+            assert_eq!(status, 400, "{round}: {query}: {body}");
+            assert_eq!(body["code"], "minutes_expired", "{body}");
+        }
+        app.read.reset("trends").await.unwrap();
+        app.wait_projected().await;
+    }
 }

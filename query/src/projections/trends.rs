@@ -8,11 +8,11 @@ use cairn_events::{Envelope, Position};
 use super::Projection;
 use super::messages::posted;
 use crate::read_store::{Applied, ReadError, ReadStore};
-use crate::trends::{Scoring, TrendHit, minute_of};
+use crate::trends::{TrendHit, TrendRules, minute_of};
 
 /// Hashtag counters and trending ranks.
 pub struct Trends {
-    pub scoring: Scoring,
+    pub rules: TrendRules,
 }
 
 #[async_trait]
@@ -51,6 +51,6 @@ impl Projection for Trends {
                 }
             })
             .collect();
-        read.apply_trends(&hits, &self.scoring, from, to).await
+        read.apply_trends(&hits, &self.rules, from, to).await
     }
 }

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
-use crate::trends::{DayUsage, Level, Scoring, TrendHit};
+use crate::trends::{DayUsage, Level, TrendHit, TrendRules};
 
 pub use self::redis::RedisStore;
 pub use self::sqlite::{LogIdentity, SqliteStore};
@@ -106,7 +106,7 @@ pub trait ReadStore: Send + Sync + 'static {
     async fn apply_trends(
         &self,
         hits: &[TrendHit],
-        scoring: &Scoring,
+        rules: &TrendRules,
         from: Position,
         to: Position,
     ) -> Result<Applied, ReadError>;

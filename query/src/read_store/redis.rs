@@ -8,7 +8,8 @@
 //! - `P:{messages}:checkpoint`    hash {pos}: the last event position applied
 //!
 //! Trends, per scope `S` (a hashtag key, or `*` for all messages):
-//! - `P:{trends:S}:m:<day>`       hash minute → count, one per day
+//! - `P:{trends:S}:m:<day>`       hash minute → count, one per day; with a minute retention
+//!   it expires (EXPIREAT) when its day falls out of it
 //! - `P:{trends:S}:h:<day/32>`    hash hour → count, one per 32 days
 //! - `P:{trends:S}:d:<day/1024>`  hash day → count
 //! - `P:{trends:S}:u:<day>`       HyperLogLog of the hashtag's users that day
@@ -29,10 +30,11 @@
 //! atomically and within one Cluster slot. Users (HyperLogLog) and latest minutes (`ZADD
 //! GT`) are idempotent as they are and go beside the script in the same pipeline.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use cairn_events::Position;
+use chrono::Utc;
 use redis::AsyncCommands;
 use redis::RedisFuture;
 use redis::aio::{ConnectionLike, ConnectionManager};
@@ -41,7 +43,9 @@ use redis::cluster_async::ClusterConnection;
 use ulid::Ulid;
 
 use super::{Applied, MessageFilter, ReadError, ReadStore, StoredMessage};
-use crate::trends::{ALL, DayUsage, Level, MINUTES_PER_DAY, Minute, Scoring, TrendHit};
+use crate::trends::{
+    ALL, DayUsage, Level, MINUTES_PER_DAY, Minute, TrendHit, TrendRules, minute_of,
+};
 
 /// Moves a checkpoint from ARGV[1] to ARGV[2] only if it is still at ARGV[1].
 const CHECKPOINT_CAS: &str = r"
@@ -275,7 +279,6 @@ impl RedisStore {
         self.key(&format!("trends:{scope}"), "")
     }
 
-    /// Run the counting script for every scope in one pipeline; what each returned.
     /// Count `hits` in each of their scopes and record their users; for each hashtag and
     /// day touched, what its rank needs: (scope, users that day, users the day before,
     /// latest minute).
@@ -283,6 +286,7 @@ impl RedisStore {
         &self,
         conn: &mut Conn,
         hits: &[TrendHit],
+        retention: Option<i64>,
     ) -> Result<Vec<(String, u64, u64, i64)>, ReadError> {
         let mut scopes: BTreeMap<&str, Vec<&TrendHit>> = BTreeMap::new();
         for hit in hits {
@@ -364,7 +368,7 @@ impl RedisStore {
             }
             let groups = pending
                 .iter()
-                .map(|(scope, hits)| vec![self.count_command(scope, hits)])
+                .map(|(scope, hits)| self.count_commands(scope, hits, retention))
                 .collect();
             let answers = self.run_counting(conn, groups).await?;
             let mut again = Vec::new();
@@ -388,14 +392,26 @@ impl RedisStore {
         }
     }
 
-    /// The counting script's call for one scope's hits: counts summed per hash and field.
-    fn count_command(&self, scope: &str, hits: &[&TrendHit]) -> redis::Cmd {
+    /// The counting script's call for one scope's hits (counts summed per hash and field),
+    /// then, when minutes are kept for `retention` days, the expiry of the minute hashes it
+    /// touched. Minutes of days already past their retention are not counted at all.
+    fn count_commands(
+        &self,
+        scope: &str,
+        hits: &[&TrendHit],
+        retention: Option<i64>,
+    ) -> Vec<redis::Cmd> {
         let base = self.scope_base(scope);
+        let today = Level::Day.unit_of(minute_of(Utc::now()));
         let mut sums: BTreeMap<(String, i64), u64> = BTreeMap::new();
+        let mut minute_days = BTreeSet::new();
         for hit in hits {
             let day = Level::Day.unit_of(hit.minute);
+            if retention.is_none_or(|keep| day + keep >= today) {
+                minute_days.insert(day);
+                *sums.entry((format!("m:{day}"), hit.minute)).or_default() += 1;
+            }
             for field in [
-                (format!("m:{day}"), hit.minute),
                 (
                     format!("h:{}", day.div_euclid(DAYS_PER_HOUR_HASH)),
                     Level::Hour.unit_of(hit.minute),
@@ -417,7 +433,19 @@ impl RedisStore {
         for ((hash, field), n) in sums {
             cmd.arg(hash).arg(field).arg(n);
         }
-        cmd
+        let mut commands = vec![cmd];
+        if let Some(keep) = retention {
+            for day in minute_days {
+                let gone_at = (day + keep + 1) * MINUTES_PER_DAY * 60;
+                commands.push(
+                    redis::cmd("EXPIREAT")
+                        .arg(format!("{base}m:{day}"))
+                        .arg(gone_at)
+                        .clone(),
+                );
+            }
+        }
+        commands
     }
 
     /// Run counting calls, loading the script first if Redis does not have it.
@@ -441,8 +469,8 @@ impl RedisStore {
         };
         answers
             .into_iter()
-            .map(|mut group| {
-                redis::from_redis_value(group.pop().unwrap_or(redis::Value::Nil))
+            .map(|group| {
+                redis::from_redis_value(group.into_iter().next().unwrap_or(redis::Value::Nil))
                     .map_err(|e| ReadError::Corrupt(e.to_string()))
             })
             .collect()
@@ -621,17 +649,19 @@ impl ReadStore for RedisStore {
     async fn apply_trends(
         &self,
         hits: &[TrendHit],
-        scoring: &Scoring,
+        rules: &TrendRules,
         from: Position,
         to: Position,
     ) -> Result<Applied, ReadError> {
         let mut conn = self.conn.clone();
         if !hits.is_empty() {
-            let days = self.count_scopes(&mut conn, hits).await?;
+            let days = self
+                .count_scopes(&mut conn, hits, rules.minute_retention_days)
+                .await?;
             let mut pipe = redis::pipe();
             let mut raised = false;
             for (scope, observed, yesterday, last) in days {
-                if let Some(rank) = scoring.rank(observed, yesterday, last) {
+                if let Some(rank) = rules.rank(observed, yesterday, last) {
                     raised = true;
                     pipe.cmd("ZADD")
                         .arg(self.key("trends", "rank"))

@@ -24,6 +24,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -39,7 +40,9 @@ use tokio::sync::Mutex;
 use ulid::Ulid;
 
 use super::{Applied, MessageFilter, ReadError, ReadStore, StoredMessage};
-use crate::trends::{ALL, DayUsage, Level, MINUTES_PER_DAY, Scoring, TrendHit};
+use crate::trends::{
+    ALL, DayUsage, Level, MINUTES_PER_DAY, Minute, TrendHit, TrendRules, minute_of,
+};
 
 type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
@@ -101,6 +104,8 @@ pub struct SqliteStore {
     /// The one connection that writes, so write transactions queue here rather than in
     /// SQLite's busy handler.
     writer: Mutex<SqliteConnection>,
+    /// Minute counters before this were deleted by this process (the minute retention).
+    minutes_pruned_below: AtomicI64,
 }
 
 /// Which event log a read model was built from: a model built from another log (the event
@@ -135,6 +140,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             pool,
             writer: Mutex::new(writer),
+            minutes_pruned_below: AtomicI64::new(Minute::MIN),
         })
     }
 }
@@ -305,10 +311,14 @@ async fn set_checkpoint(
 }
 
 /// Count a batch of trend hits and raise ranks, inside the writer's `BEGIN IMMEDIATE`.
+/// Minutes before `kept_from` are past their retention and not stored; with
+/// `prune_minutes_below`, stored minutes before it are deleted first.
 fn insert_trends<'a>(
     conn: &'a mut SqliteConnection,
     hits: &'a [TrendHit],
-    scoring: Scoring,
+    rules: TrendRules,
+    kept_from: Option<Minute>,
+    prune_minutes_below: Option<Minute>,
     from: Position,
     to: Position,
 ) -> BoxFuture<'a, Result<Applied, sqlx::Error>> {
@@ -316,11 +326,23 @@ fn insert_trends<'a>(
         if !checkpoint_is(conn, "trends", from).await? {
             return Ok(Applied::Moved);
         }
+        if let Some(below) = prune_minutes_below {
+            sqlx::query("DELETE FROM trend_counts WHERE level = 0 AND unit < ?1")
+                .bind(below)
+                .execute(&mut *conn)
+                .await?;
+        }
         let mut counts: HashMap<(&str, i64, i64), u64> = HashMap::new();
         let mut users: HashSet<(&str, i64, &str)> = HashSet::new();
+        // Each (hashtag, day)'s latest minute in this batch: minutes past their retention
+        // are not stored, but still date the rank.
+        let mut latest: HashMap<(&str, i64), Minute> = HashMap::new();
         for hit in hits {
             for scope in hit.tags.iter().map(String::as_str).chain([ALL]) {
                 for level in Level::ALL {
+                    if level == Level::Minute && kept_from.is_some_and(|m| hit.minute < m) {
+                        continue;
+                    }
                     *counts
                         .entry((scope, level_code(level), level.unit_of(hit.minute)))
                         .or_default() += 1;
@@ -329,6 +351,8 @@ fn insert_trends<'a>(
             let day = Level::Day.unit_of(hit.minute);
             for tag in &hit.tags {
                 users.insert((tag, day, &hit.user_id));
+                let last = latest.entry((tag, day)).or_insert(hit.minute);
+                *last = (*last).max(hit.minute);
             }
         }
         let counts: Vec<(&str, i64, i64, u64)> = counts
@@ -371,9 +395,10 @@ fn insert_trends<'a>(
         .await?;
         let ranks: Vec<(String, f64)> = days
             .into_iter()
-            .filter_map(|(tag, day, observed, yesterday, last)| {
-                let last = last.unwrap_or(day * MINUTES_PER_DAY);
-                let rank = scoring.rank(observed as u64, yesterday as u64, last)?;
+            .filter_map(|(tag, day, observed, yesterday, stored_last)| {
+                let batch_last = latest.get(&(tag.as_str(), day)).copied();
+                let last = stored_last.max(batch_last).unwrap_or(day * MINUTES_PER_DAY);
+                let rank = rules.rank(observed as u64, yesterday as u64, last)?;
                 Some((tag, rank))
             })
             .collect();
@@ -524,14 +549,22 @@ impl ReadStore for SqliteStore {
     async fn apply_trends(
         &self,
         hits: &[TrendHit],
-        scoring: &Scoring,
+        rules: &TrendRules,
         from: Position,
         to: Position,
     ) -> Result<Applied, ReadError> {
+        let kept_from = rules.minutes_kept_from(minute_of(Utc::now()));
+        // Expired minutes are deleted when the retention moves on to another day (and
+        // once after start), not on every batch: the delete walks the whole table.
+        let prune = kept_from.filter(|m| *m > self.minutes_pruned_below.load(Ordering::Relaxed));
         let mut conn = self.writer.lock().await;
         sqlx::Executor::execute(&mut *conn, "BEGIN IMMEDIATE").await?;
-        let result = insert_trends(&mut conn, hits, *scoring, from, to).await;
-        finish(&mut conn, result).await
+        let result = insert_trends(&mut conn, hits, *rules, kept_from, prune, from, to).await;
+        let applied = finish(&mut conn, result).await?;
+        if let (Some(below), Applied::Done) = (prune, applied) {
+            self.minutes_pruned_below.store(below, Ordering::Relaxed);
+        }
+        Ok(applied)
     }
 
     async fn trend_counts(

@@ -24,7 +24,7 @@ use cairn_events::domain::user::UserName;
 use cairn_events::{Position, ReadYourWrites};
 
 use crate::read_store::{MessageFilter, ReadError, ReadStore, StoredMessage};
-use crate::trends::Scoring;
+use crate::trends::TrendRules;
 
 /// Default and largest page sizes of `GET /message`.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -35,7 +35,7 @@ pub struct QueryState {
     pub read: Arc<dyn ReadStore>,
     pub gate: StartupGate,
     /// How trending scores were computed (their decay is applied per request).
-    pub scoring: Scoring,
+    pub rules: TrendRules,
     /// "Now", for trending scores; tests set it.
     pub clock: Clock,
 }

@@ -75,7 +75,7 @@ pub struct TrendParams {
     params(TrendParams),
     responses(
         (status = 200, description = "Counts per bucket, oldest first", body = TrendBody),
-        (status = 400, description = "Missing or bad dates, aggregation or hashtag; too many buckets", body = super::ErrorBody),
+        (status = 400, description = "Missing or bad dates, aggregation or hashtag; too many buckets; buckets off the hour where per-minute counts are no longer kept", body = super::ErrorBody),
         (status = 503, description = "Read store unavailable", body = super::ErrorBody),
     )
 )]
@@ -130,8 +130,26 @@ pub async fn trend(
         ));
     }
 
+    let plan = buckets.plan();
+    let now = minute_of((state.clock)());
+    if let (Some(kept_from), Some(days)) = (
+        state.rules.minutes_kept_from(now),
+        state.rules.minute_retention_days,
+    ) && plan
+        .iter()
+        .any(|(level, first, _)| *level == Level::Minute && *first < kept_from)
+    {
+        return Err(QueryError::bad(
+            "minutes_expired",
+            format!(
+                "per-minute counts are kept for {days} days (from {}); before that, buckets must start and end on whole hours",
+                stamp(kept_from)
+            ),
+        ));
+    }
+
     let mut counts = vec![0_u64; usize::try_from(buckets.len()).unwrap_or(0)];
-    for (level, first, end) in buckets.plan() {
+    for (level, first, end) in plan {
         for (unit, n) in state.read.trend_counts(&scope, level, first, end).await? {
             if let Some(slot) = buckets
                 .index_of(unit * level.minutes())
@@ -233,8 +251,8 @@ pub async fn trending(
         }
     };
     let now = minute_of((state.clock)());
-    let scoring = state.scoring;
-    let ranked = state.read.trending(scoring.floor_at(now), limit).await?;
+    let rules = state.rules;
+    let ranked = state.read.trending(rules.floor_at(now), limit).await?;
     let tags: Vec<String> = ranked.iter().map(|(tag, _)| tag.clone()).collect();
     let today = Level::Day.unit_of(now);
     let histories = state
@@ -246,7 +264,7 @@ pub async fn trending(
         .zip(histories)
         .map(|((name, rank), days)| TrendingTag {
             name,
-            score: (scoring.score_at(rank, now) * 100.0).round() / 100.0,
+            score: (rules.score_at(rank, now) * 100.0).round() / 100.0,
             history: days
                 .into_iter()
                 .rev()
