@@ -164,22 +164,23 @@ impl Deployment {
     async fn fresh() -> Self {
         let database_url = cairn_events::testing::fresh_postgres_url().await;
         let prefix = format!("cairn_t_bench_{}", Uuid::now_v7().simple());
-        let env = vec![
-            ("CAIRN_DATABASE_URL".into(), database_url.clone()),
-            ("CAIRN_REDIS_URL".into(), redis_url()),
-            ("CAIRN_REDIS_PREFIX".into(), prefix.clone()),
-            (
-                "CAIRN_DATA_DIR".into(),
-                std::env::temp_dir()
-                    .join(format!("cairn-bench-{}", Uuid::now_v7().simple()))
-                    .display()
-                    .to_string(),
-            ),
-        ];
+        Deployment::existing(&database_url, &prefix)
+    }
+
+    /// The deployment on `database_url` and the Redis keys under `prefix` (also one made
+    /// earlier and kept with `BENCH_KEEP`), with a data directory of its own.
+    fn existing(database_url: &str, prefix: &str) -> Self {
+        let data_dir =
+            std::env::temp_dir().join(format!("cairn-bench-{}", Uuid::now_v7().simple()));
         Deployment {
-            database_url,
-            prefix,
-            env,
+            database_url: database_url.to_owned(),
+            prefix: prefix.to_owned(),
+            env: vec![
+                ("CAIRN_DATABASE_URL".into(), database_url.to_owned()),
+                ("CAIRN_REDIS_URL".into(), redis_url()),
+                ("CAIRN_REDIS_PREFIX".into(), prefix.to_owned()),
+                ("CAIRN_DATA_DIR".into(), data_dir.display().to_string()),
+            ],
         }
     }
 

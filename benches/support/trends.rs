@@ -5,6 +5,8 @@
 //! Redis through the real projection code. Then `GET /trend` and `GET /trends/hashtags`
 //! over HTTP, and the same trend questions as SQL `GROUP BY` over a (tag, created_at) table
 //! with a btree index, loaded in time order and VACUUM ANALYZEd (index-only scans).
+//! With `BENCH_KEEP` set, the loaded database and Redis keys are kept and their settings
+//! printed, to look into the figures afterwards.
 
 use std::fmt::Write as _;
 
@@ -242,9 +244,42 @@ async fn time_sql(
 }
 
 pub async fn bench_trends(summary: &mut Summary) -> anyhow::Result<()> {
+    let now = Utc::now().duration_trunc(Span::minutes(1))?;
+    // `BENCH_TREND_REUSE="<database url> <redis prefix>"`: ask the questions of a run kept
+    // with BENCH_KEEP (loaded earlier the same day) instead of loading again.
+    let (deployment, mut conn) = match std::env::var("BENCH_TREND_REUSE") {
+        Ok(reuse) => {
+            let (database_url, prefix) = reuse
+                .split_once(' ')
+                .context("BENCH_TREND_REUSE is \"<database url> <redis prefix>\"")?;
+            println!("\n== trends: the questions, on the data loaded at {database_url} ==");
+            let deployment = Deployment::existing(database_url, prefix);
+            let conn = PgConnection::connect(&deployment.database_url).await?;
+            (deployment, conn)
+        }
+        Err(_) => load(summary, now).await?,
+    };
+    ask(summary, &deployment, &mut conn, now).await?;
+    drop(conn);
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        // For looking into the figures: the loaded database and Redis keys stay.
+        println!("  kept (BENCH_KEEP):");
+        for (name, value) in &deployment.env {
+            println!("    export {name}={value}");
+        }
+    } else {
+        deployment.remove().await;
+    }
+    Ok(())
+}
+
+/// Load the event log, project it into Redis (timed), and load the SQL baseline.
+async fn load(
+    summary: &mut Summary,
+    now: DateTime<Utc>,
+) -> anyhow::Result<(Deployment, PgConnection)> {
     let count: u64 = env_or("BENCH_TREND_MESSAGES", 10_000_000);
     println!("\n== trends: {count} messages over {DAYS} days, {TAGS} Zipf tags, {USERS} users ==");
-    let now = Utc::now().duration_trunc(Span::minutes(1))?;
     let start = now - Span::days(DAYS);
     let deployment = Deployment::fresh().await;
     // Opening the store creates the schema.
@@ -302,6 +337,16 @@ pub async fn bench_trends(summary: &mut Summary) -> anyhow::Result<()> {
     );
     drop(messages);
 
+    Ok((deployment, conn))
+}
+
+/// The trend questions over HTTP and in SQL, timed.
+async fn ask(
+    summary: &mut Summary,
+    deployment: &Deployment,
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
     // Answers only: no projector competing for the two cores.
     let server = spawn_server_with_role(&deployment.env, "query")?;
     let client = reqwest::Client::new();
@@ -394,7 +439,7 @@ pub async fn bench_trends(summary: &mut Summary) -> anyhow::Result<()> {
     for case in cases {
         let mut http = time_http(&client, &case.url, case.runs).await?;
         let (mut sql_times, buckets) = time_sql(
-            &mut conn,
+            conn,
             &case.sql,
             case.tag,
             case.from,
@@ -426,7 +471,5 @@ pub async fn bench_trends(summary: &mut Summary) -> anyhow::Result<()> {
         "p99 < 2 ms",
     );
     drop(server);
-    drop(conn);
-    deployment.remove().await;
     Ok(())
 }
