@@ -43,9 +43,10 @@ pub enum Role {
 
 /// Open the configured event store.
 pub async fn open_events(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> {
-    cairn_events::open(config.database_url.as_deref(), &config.data_dir)
+    let store = cairn_events::open(config.database_url.as_deref(), &config.data_dir)
         .await
-        .with_context(|| format!("opening the event store at {}", config.database_for_log()))
+        .with_context(|| format!("opening the event store at {}", config.database_for_log()))?;
+    Ok(store)
 }
 
 /// Open the configured read store: Redis if configured, else the read-model file in the

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
-use crate::{Position, StoreError};
+use crate::{Effects, Position, StoreError};
 
 /// Who and what caused an event; stored beside the payload.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,12 +100,14 @@ impl fmt::Display for ExpectedVersion {
     }
 }
 
-/// Events for one stream, appended atomically.
+/// Events for one stream, appended atomically, with the work they leave behind.
 #[derive(Clone, Debug)]
 pub struct AppendRequest {
     pub stream_id: String,
     pub expected: ExpectedVersion,
     pub events: Vec<NewEvent>,
+    /// Due items and outbox messages, committed with the events or not at all.
+    pub effects: Effects,
 }
 
 impl AppendRequest {
@@ -118,7 +120,14 @@ impl AppendRequest {
             stream_id: stream_id.into(),
             expected,
             events,
+            effects: Effects::default(),
         }
+    }
+
+    /// The same request, leaving `effects` behind when it commits.
+    pub fn with_effects(mut self, effects: Effects) -> Self {
+        self.effects = effects;
+        self
     }
 
     pub(crate) fn validate(&self) -> Result<(), StoreError> {

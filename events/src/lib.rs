@@ -20,6 +20,7 @@ pub mod migrate;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod work;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,7 @@ pub use envelope::{
 };
 pub use group_commit::AppendStats;
 pub use store::{open, open_postgres, open_sqlite};
+pub use work::{DueIndex, DueItem, Effects, Outbox, OutboxMessage, Outcome, QueuedMessage};
 
 /// A place in the global log: 1 is the first event ever appended; 0 means "before any".
 pub type Position = i64;
@@ -116,6 +118,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// "postgres" or "sqlite".
     fn backend(&self) -> &'static str;
 }
+
+/// A backend: the event log, and the due index and outbox its appends fill.
+pub trait Store: EventStore + DueIndex + Outbox {}
+
+impl<T: EventStore + DueIndex + Outbox> Store for T {}
 
 /// Lets a writer wait until the read side has caught up with its append, so a client that
 /// posts and then reads at once sees its own write.

@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use chrono::{DateTime, Utc};
+
 use crate::{
-    AppendRequest, DomainEvent, EventStore, ExpectedVersion, Metadata, NewEvent, StoreError,
+    AppendRequest, DomainEvent, DueItem, Effects, EventStore, ExpectedVersion, Metadata, NewEvent,
+    OutboxMessage, Outcome, Store, StoreError,
 };
 
 /// A throw-away event type for the suite.
@@ -249,6 +252,319 @@ pub async fn leases(store: Arc<dyn EventStore>) {
     assert!(lease.is_held().await);
 }
 
+fn due(key: &str, due_at: DateTime<Utc>) -> DueItem {
+    DueItem {
+        key: key.into(),
+        stream_id: format!("note-{key}"),
+        action: "release".into(),
+        due_at,
+    }
+}
+
+fn mail(n: u128) -> OutboxMessage {
+    OutboxMessage {
+        id: uuid::Uuid::from_u128(n),
+        kind: "email".into(),
+        payload: serde_json::json!({ "n": n }),
+    }
+}
+
+/// Times in the suite are whole milliseconds, as both stores keep them.
+fn now_ms() -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap()
+}
+
+/// Due items and outbox messages are written with the events of an accepted append, and
+/// not at all for a rejected one, also when both are in one group-committed batch.
+pub async fn work_commits_with_its_events(store: Arc<dyn Store>) {
+    let now = now_ms();
+    let wake = store.due_changed();
+    let mail_wake = store.outbox_changed();
+    let soon = now + chrono::Duration::minutes(5);
+    let work = |key: &str, at: DateTime<Utc>, n: u128| Effects {
+        schedule: vec![due(key, at)],
+        unschedule: Vec::new(),
+        outbox: vec![mail(n)],
+    };
+    store
+        .append(request("note-a", ExpectedVersion::NoStream, &[1]).with_effects(work("a", soon, 1)))
+        .await
+        .unwrap();
+    assert!(
+        wake.has_changed().unwrap(),
+        "a schedule wakes the scheduler"
+    );
+    assert!(
+        mail_wake.has_changed().unwrap(),
+        "a queued message wakes the workers"
+    );
+    assert_eq!(store.next_due().await.unwrap(), Some(soon));
+
+    // Many appends at once, every other one conflicting: only the accepted ones' work.
+    let mut tasks = Vec::new();
+    for i in 0..20_u64 {
+        let store = store.clone();
+        let expected = if i % 2 == 0 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(7) // "note-a" is at 1: rejected
+        };
+        let stream = if i % 2 == 0 {
+            format!("note-b{i}")
+        } else {
+            "note-a".into()
+        };
+        let at = now - chrono::Duration::seconds(i as i64 + 1);
+        let req = request(&stream, expected, &[i]).with_effects(work(
+            &format!("b{i}"),
+            at,
+            100 + u128::from(i),
+        ));
+        tasks.push(tokio::spawn(async move { store.append(req).await }));
+    }
+    let mut accepted = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => accepted += 1,
+            Err(StoreError::Conflict { .. }) => {}
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(accepted, 10);
+    let claimed = store
+        .claim_due(now, 100, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let keys: Vec<&str> = claimed.iter().map(|i| i.key.as_str()).collect();
+    let expected: Vec<String> = (0..20).step_by(2).rev().map(|i| format!("b{i}")).collect();
+    assert_eq!(
+        keys,
+        expected.iter().map(String::as_str).collect::<Vec<_>>(),
+        "earliest first"
+    );
+    let queued = store
+        .claim_outbox("email", Utc::now(), 100, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut ids: Vec<u128> = queued.iter().map(|m| m.message.id.as_u128()).collect();
+    ids.sort_unstable();
+    let mut want: Vec<u128> = std::iter::once(1)
+        .chain((0..20).step_by(2).map(|i| 100 + i))
+        .collect();
+    want.sort_unstable();
+    assert_eq!(ids, want);
+
+    // Unscheduling and rescheduling ride on appends too.
+    store
+        .append(
+            request("note-a", ExpectedVersion::Exact(1), &[2]).with_effects(Effects {
+                unschedule: vec!["a".into()],
+                ..Effects::default()
+            }),
+        )
+        .await
+        .unwrap();
+    let later = now + chrono::Duration::hours(1);
+    store
+        .append(
+            request("note-b0", ExpectedVersion::Exact(1), &[3]).with_effects(Effects {
+                schedule: vec![due("b0", later)],
+                ..Effects::default()
+            }),
+        )
+        .await
+        .unwrap();
+    // b0 moved (and its claim with it); the rest are claimed for a minute.
+    assert_eq!(
+        store.next_due().await.unwrap(),
+        Some(now + chrono::Duration::seconds(60)),
+        "the claims run out before b0 is due"
+    );
+    assert!(
+        store
+            .claim_due(now, 100, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let moved = store
+        .claim_due(later, 100, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(moved.iter().any(|i| i.key == "b0" && i.due_at == later));
+    assert!(!moved.iter().any(|i| i.key == "a"), "a was unscheduled");
+}
+
+/// A claim hides an item until it runs out; finishing drops it, unless it moved since.
+pub async fn due_items_are_claimed_once(store: Arc<dyn Store>) {
+    let now = now_ms();
+    let past = now - chrono::Duration::seconds(1);
+    let items: Vec<DueItem> = (0..40).map(|i| due(&format!("k{i:02}"), past)).collect();
+    store
+        .append(
+            request("note-due", ExpectedVersion::NoStream, &[1]).with_effects(Effects {
+                schedule: items.clone(),
+                ..Effects::default()
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(store.next_due().await.unwrap().is_some_and(|t| t <= now));
+
+    // Four claimers at once: every item exactly once.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let batch = store
+                    .claim_due(now, 3, Duration::from_secs(30))
+                    .await
+                    .unwrap();
+                if batch.is_empty() {
+                    return mine;
+                }
+                mine.extend(batch.into_iter().map(|i| i.key));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all.sort();
+    let keys: Vec<String> = items.iter().map(|i| i.key.clone()).collect();
+    assert_eq!(all, keys);
+    assert_eq!(
+        store.next_due().await.unwrap(),
+        Some(now + chrono::Duration::seconds(30))
+    );
+
+    // A claimer that died: the claim runs out and the item comes back.
+    let later = now + chrono::Duration::seconds(31);
+    let again = store
+        .claim_due(later, 100, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 40);
+    for item in &again[..39] {
+        store.finish_due(item).await.unwrap();
+    }
+    // The last one is moved before it is finished: the move stands.
+    let last = again[39].clone();
+    let moved = due(&last.key, now + chrono::Duration::days(1));
+    store
+        .append(
+            request("note-due", ExpectedVersion::Exact(1), &[2]).with_effects(Effects {
+                schedule: vec![moved.clone()],
+                ..Effects::default()
+            }),
+        )
+        .await
+        .unwrap();
+    store.finish_due(&last).await.unwrap();
+    assert_eq!(store.next_due().await.unwrap(), Some(moved.due_at));
+    store.finish_due(&moved).await.unwrap();
+    assert_eq!(store.next_due().await.unwrap(), None);
+}
+
+/// Messages are claimed oldest first; a failed try waits for its retry time, a dead one
+/// waits for a person, and sent ones are purged.
+pub async fn outbox_messages_retry_and_die(store: Arc<dyn Store>) {
+    let queue = |messages: Vec<OutboxMessage>, stream: &str| {
+        request(stream, ExpectedVersion::Any, &[1]).with_effects(Effects {
+            outbox: messages,
+            ..Effects::default()
+        })
+    };
+    store
+        .append(queue(vec![mail(1), mail(2)], "note-m"))
+        .await
+        .unwrap();
+    // The same cause again (a retried command): still one message.
+    store.append(queue(vec![mail(1)], "note-m")).await.unwrap();
+    let hold = Duration::from_secs(60);
+    let claim = |at: DateTime<Utc>| {
+        let store = store.clone();
+        async move { store.claim_outbox("email", at, 10, hold).await.unwrap() }
+    };
+    assert!(
+        store
+            .claim_outbox("webhook", Utc::now(), 10, hold)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let first = claim(Utc::now()).await;
+    assert_eq!(first.len(), 2);
+    assert_eq!(first[0].attempts, 0);
+    assert_eq!(first[0].message.payload, serde_json::json!({ "n": 1 }));
+    assert!(claim(Utc::now()).await.is_empty(), "claimed for a minute");
+
+    let retry_at = Utc::now() + chrono::Duration::seconds(10);
+    store
+        .settle(
+            mail(1).id,
+            Outcome::Retry {
+                error: "451 try later".into(),
+                at: retry_at,
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .settle(
+            mail(2).id,
+            Outcome::Dead {
+                error: "550 no such user".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(claim(Utc::now()).await.is_empty());
+    let retried = claim(retry_at + chrono::Duration::milliseconds(1)).await;
+    assert_eq!(retried.len(), 1);
+    assert_eq!(
+        (retried[0].attempts, retried[0].last_error.as_deref()),
+        (1, Some("451 try later"))
+    );
+
+    let dead = store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].last_error.as_deref(), Some("550 no such user"));
+    let wake = store.outbox_changed();
+    assert!(store.revive(mail(2).id).await.unwrap());
+    assert!(wake.has_changed().unwrap());
+    assert!(!store.revive(mail(2).id).await.unwrap(), "no longer dead");
+    assert!(store.dead_letters(10).await.unwrap().is_empty());
+    let revived = claim(Utc::now()).await;
+    assert_eq!((revived.len(), revived[0].attempts), (1, 0));
+
+    store.settle(mail(1).id, Outcome::Sent).await.unwrap();
+    store.settle(mail(2).id, Outcome::Sent).await.unwrap();
+    assert!(
+        claim(Utc::now() + chrono::Duration::days(1))
+            .await
+            .is_empty(),
+        "sent"
+    );
+    assert_eq!(
+        store
+            .purge_sent(Utc::now() - chrono::Duration::hours(1))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .purge_sent(Utc::now() + chrono::Duration::seconds(1))
+            .await
+            .unwrap(),
+        2
+    );
+}
+
 /// Run the whole suite, each case on a fresh store from `fresh`.
 #[macro_export]
 macro_rules! event_store_suite {
@@ -276,6 +592,18 @@ macro_rules! event_store_suite {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn leases() {
             $crate::testing::leases($fresh.await).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn work_commits_with_its_events() {
+            $crate::testing::work_commits_with_its_events($fresh.await).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn due_items_are_claimed_once() {
+            $crate::testing::due_items_are_claimed_once($fresh.await).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn outbox_messages_retry_and_die() {
+            $crate::testing::outbox_messages_retry_and_die($fresh.await).await;
         }
     };
 }
@@ -308,14 +636,14 @@ pub async fn fresh_postgres_url() -> String {
 }
 
 /// A fresh, migrated Postgres store in a database of its own.
-pub async fn fresh_postgres() -> Arc<dyn EventStore> {
+pub async fn fresh_postgres() -> Arc<dyn Store> {
     crate::open_postgres(&fresh_postgres_url().await)
         .await
         .unwrap()
 }
 
 /// A fresh SQLite store in a temporary directory that lives as long as the process.
-pub async fn fresh_sqlite() -> Arc<dyn EventStore> {
+pub async fn fresh_sqlite() -> Arc<dyn Store> {
     let dir = std::env::temp_dir().join(format!("cairn-test-{}", uuid::Uuid::now_v7().simple()));
     crate::open_sqlite(&dir.join("events.db")).await.unwrap()
 }

@@ -6,7 +6,7 @@ pub mod sqlite;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::{EventStore, StoreError};
+use crate::{Store, StoreError};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -16,7 +16,7 @@ pub use sqlite::SqliteStore;
 pub async fn open(
     database_url: Option<&str>,
     data_dir: &Path,
-) -> Result<Arc<dyn EventStore>, StoreError> {
+) -> Result<Arc<dyn Store>, StoreError> {
     match database_url {
         Some(url) => Ok(open_postgres(url).await?),
         None => Ok(open_sqlite(&data_dir.join("events.db")).await?),

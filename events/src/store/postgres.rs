@@ -26,8 +26,10 @@ use uuid::Uuid;
 use super::parse_metadata;
 use crate::group_commit::{BatchWriter, Committer, plan};
 use crate::migrate::POSTGRES as MIGRATIONS;
+use crate::work::{BatchWork, WorkSignals, after};
 use crate::{
-    AppendRequest, AppendStats, Appended, Envelope, EventStore, Lease, Position, StoreError,
+    AppendRequest, AppendStats, Appended, DueIndex, DueItem, Envelope, EventStore, Lease, Outbox,
+    OutboxMessage, Outcome, Position, QueuedMessage, StoreError,
 };
 
 /// Advisory-lock class for Cairn's own locks (the first key of the two-key form).
@@ -39,11 +41,15 @@ const MIGRATE_LOCK: i32 = 2;
 /// Class for named leases (second key is `hashtext(name)`).
 const LEASE_CLASS: i32 = 0x4361_6973;
 const CHANNEL: &str = "cairn_events";
+/// Notified when a due item is scheduled, and when an outbox message is queued.
+const DUE_CHANNEL: &str = "cairn_due";
+const OUTBOX_CHANNEL: &str = "cairn_outbox";
 
 pub struct PostgresStore {
     pool: PgPool,
     committer: Committer,
     head: watch::Sender<Position>,
+    signals: WorkSignals,
     stats: Arc<AppendStats>,
 }
 
@@ -62,12 +68,23 @@ impl PostgresStore {
         let (head, _) = watch::channel(initial);
         // Listen before anyone reads, so no append committed after a read goes unnoticed.
         let mut listener = PgListener::connect_with(&pool).await?;
-        listener.listen(CHANNEL).await?;
-        tokio::spawn(follow_notifications(listener, pool.clone(), head.clone()));
+        listener
+            .listen_all([CHANNEL, DUE_CHANNEL, OUTBOX_CHANNEL])
+            .await?;
+        let signals = WorkSignals::new();
+        tokio::spawn(follow_notifications(
+            listener,
+            pool.clone(),
+            head.clone(),
+            signals.clone(),
+        ));
 
         let stats = Arc::new(AppendStats::default());
         let committer = Committer::spawn(
-            PgBatchWriter { pool: pool.clone() },
+            PgBatchWriter {
+                pool: pool.clone(),
+                signals: signals.clone(),
+            },
             stats.clone(),
             head.clone(),
         );
@@ -75,6 +92,7 @@ impl PostgresStore {
             pool,
             committer,
             head,
+            signals,
             stats,
         })
     }
@@ -132,6 +150,7 @@ async fn follow_notifications(
     mut listener: PgListener,
     pool: PgPool,
     head: watch::Sender<Position>,
+    signals: WorkSignals,
 ) {
     let advance = |seen: Position| {
         head.send_if_modified(|h| {
@@ -142,14 +161,21 @@ async fn follow_notifications(
     };
     loop {
         match tokio::time::timeout(Duration::from_secs(1), listener.recv()).await {
-            Ok(Ok(notification)) => {
-                if let Ok(seen) = notification.payload().parse::<Position>() {
-                    advance(seen);
+            Ok(Ok(notification)) => match notification.channel() {
+                DUE_CHANNEL => signals.bump_due(),
+                OUTBOX_CHANNEL => signals.bump_outbox(),
+                _ => {
+                    if let Ok(seen) = notification.payload().parse::<Position>() {
+                        advance(seen);
+                    }
                 }
-            }
+            },
             Ok(Err(error)) => {
                 tracing::warn!(%error, "event notifications interrupted; reconnecting");
                 tokio::time::sleep(Duration::from_millis(250)).await;
+                // What was scheduled or queued meanwhile went unheard: look again.
+                signals.bump_due();
+                signals.bump_outbox();
                 if let Ok(seen) = fetch_head(&pool).await {
                     advance(seen);
                 }
@@ -165,6 +191,7 @@ async fn follow_notifications(
 
 struct PgBatchWriter {
     pool: PgPool,
+    signals: WorkSignals,
 }
 
 #[async_trait]
@@ -262,8 +289,241 @@ impl BatchWriter for PgBatchWriter {
         .bind(last.to_string())
         .execute(&mut *tx)
         .await?;
+        let work = BatchWork::of(requests, &results);
+        write_work(&mut tx, &work).await?;
         tx.commit().await?;
+        self.signals.committed(&work);
         Ok(results)
+    }
+}
+
+/// A batch's due items and outbox messages, inside its transaction. Each statement also
+/// notifies the other processes, at commit.
+async fn write_work(tx: &mut PgConnection, work: &BatchWork<'_>) -> Result<(), sqlx::Error> {
+    let drops: Vec<&str> = work.drops().collect();
+    if !drops.is_empty() {
+        sqlx::query("DELETE FROM due_items WHERE key = ANY($1)")
+            .bind(&drops)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let items: Vec<&DueItem> = work.schedules().collect();
+    if !items.is_empty() {
+        let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
+        let streams: Vec<&str> = items.iter().map(|i| i.stream_id.as_str()).collect();
+        let actions: Vec<&str> = items.iter().map(|i| i.action.as_str()).collect();
+        let due: Vec<DateTime<Utc>> = items.iter().map(|i| i.due_at).collect();
+        sqlx::query(
+            "WITH scheduled AS (
+                 INSERT INTO due_items (key, stream_id, action, due_at)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+                 ON CONFLICT (key) DO UPDATE SET stream_id = excluded.stream_id,
+                     action = excluded.action, due_at = excluded.due_at, claimed_until = NULL
+             )
+             SELECT pg_notify($5, '')",
+        )
+        .bind(&keys)
+        .bind(&streams)
+        .bind(&actions)
+        .bind(&due)
+        .bind(DUE_CHANNEL)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !work.outbox.is_empty() {
+        let ids: Vec<Uuid> = work.outbox.iter().map(|m| m.id).collect();
+        let kinds: Vec<&str> = work.outbox.iter().map(|m| m.kind.as_str()).collect();
+        let payloads: Vec<String> = work.outbox.iter().map(|m| m.payload.to_string()).collect();
+        sqlx::query(
+            "WITH queued AS (
+                 INSERT INTO outbox (id, kind, payload)
+                 SELECT i, k, p::jsonb FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(i, k, p)
+                 ON CONFLICT (id) DO NOTHING
+             )
+             SELECT pg_notify($4, '')",
+        )
+        .bind(&ids)
+        .bind(&kinds)
+        .bind(&payloads)
+        .bind(OUTBOX_CHANNEL)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+type QueuedRow = (
+    Uuid,
+    String,
+    serde_json::Value,
+    i32,
+    DateTime<Utc>,
+    Option<String>,
+);
+
+fn queued(row: QueuedRow) -> QueuedMessage {
+    let (id, kind, payload, attempts, queued_at, last_error) = row;
+    QueuedMessage {
+        message: OutboxMessage { id, kind, payload },
+        attempts,
+        queued_at,
+        last_error,
+    }
+}
+
+#[async_trait]
+impl DueIndex for PostgresStore {
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        // Both halves walk a partial index: unclaimed items by due time, claims by expiry.
+        Ok(sqlx::query_scalar(
+            "SELECT least(
+                 (SELECT min(due_at) FROM due_items WHERE claimed_until IS NULL),
+                 (SELECT min(claimed_until) FROM due_items WHERE claimed_until IS NOT NULL))",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        hold: Duration,
+    ) -> Result<Vec<DueItem>, StoreError> {
+        let rows: Vec<(String, String, String, DateTime<Utc>)> = sqlx::query_as(
+            "UPDATE due_items d SET claimed_until = $2
+             FROM (SELECT key FROM due_items
+                   WHERE (claimed_until IS NULL AND due_at <= $1) OR claimed_until <= $1
+                   ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED) AS c
+             WHERE d.key = c.key
+             RETURNING d.key, d.stream_id, d.action, d.due_at",
+        )
+        .bind(now)
+        .bind(after(now, hold))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items: Vec<DueItem> = rows
+            .into_iter()
+            .map(|(key, stream_id, action, due_at)| DueItem {
+                key,
+                stream_id,
+                action,
+                due_at,
+            })
+            .collect();
+        items.sort_by(|a, b| a.due_at.cmp(&b.due_at).then_with(|| a.key.cmp(&b.key)));
+        Ok(items)
+    }
+
+    async fn finish_due(&self, item: &DueItem) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM due_items WHERE key = $1 AND due_at = $2")
+            .bind(&item.key)
+            .bind(item.due_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    fn due_changed(&self) -> watch::Receiver<u64> {
+        self.signals.due.subscribe()
+    }
+}
+
+#[async_trait]
+impl Outbox for PostgresStore {
+    async fn claim_outbox(
+        &self,
+        kind: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+        hold: Duration,
+    ) -> Result<Vec<QueuedMessage>, StoreError> {
+        let rows: Vec<QueuedRow> = sqlx::query_as(
+            "UPDATE outbox o SET ready_at = $3, attempts = o.attempts + 1
+             FROM (SELECT id FROM outbox
+                   WHERE state = 'queued' AND kind = $1 AND ready_at <= $2
+                   ORDER BY ready_at LIMIT $4 FOR UPDATE SKIP LOCKED) AS c
+             WHERE o.id = c.id
+             RETURNING o.id, o.kind, o.payload, o.attempts - 1, o.queued_at, o.last_error",
+        )
+        .bind(kind)
+        .bind(now)
+        .bind(after(now, hold))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut messages: Vec<QueuedMessage> = rows.into_iter().map(queued).collect();
+        messages.sort_by_key(|m| (m.queued_at, m.message.id));
+        Ok(messages)
+    }
+
+    async fn settle(&self, id: Uuid, outcome: Outcome) -> Result<(), StoreError> {
+        let query = match &outcome {
+            Outcome::Sent => sqlx::query(
+                "UPDATE outbox SET state = 'sent', sent_at = $2, last_error = NULL WHERE id = $1",
+            )
+            .bind(id)
+            .bind(Utc::now()),
+            Outcome::Retry { error, at } => sqlx::query(
+                "UPDATE outbox SET ready_at = $2, last_error = $3 WHERE id = $1 AND state = 'queued'",
+            )
+            .bind(id)
+            .bind(*at)
+            .bind(error),
+            Outcome::Dead { error } => {
+                sqlx::query("UPDATE outbox SET state = 'dead', last_error = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(error)
+            }
+        };
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<QueuedMessage>, StoreError> {
+        let rows: Vec<QueuedRow> = sqlx::query_as(
+            "SELECT id, kind, payload, attempts, queued_at, last_error FROM outbox
+             WHERE state = 'dead' ORDER BY queued_at, id LIMIT $1",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(queued).collect())
+    }
+
+    async fn revive(&self, id: Uuid) -> Result<bool, StoreError> {
+        let revived = sqlx::query(
+            "UPDATE outbox SET state = 'queued', attempts = 0, ready_at = now()
+             WHERE id = $1 AND state = 'dead'",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            > 0;
+        if revived {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(OUTBOX_CHANNEL)
+                .execute(&self.pool)
+                .await?;
+            self.signals.bump_outbox();
+        }
+        Ok(revived)
+    }
+
+    async fn purge_sent(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM outbox WHERE state = 'sent' AND sent_at < $1")
+                .bind(before)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    fn outbox_changed(&self) -> watch::Receiver<u64> {
+        self.signals.outbox.subscribe()
     }
 }
 

@@ -27,8 +27,10 @@ use uuid::Uuid;
 use super::parse_metadata;
 use crate::group_commit::{BatchWriter, Committer, plan};
 use crate::migrate::SQLITE as MIGRATIONS;
+use crate::work::{BatchWork, WorkSignals, after};
 use crate::{
-    AppendRequest, AppendStats, Appended, Envelope, EventStore, Lease, Position, StoreError,
+    AppendRequest, AppendStats, Appended, DueIndex, DueItem, Envelope, EventStore, Lease, Outbox,
+    OutboxMessage, Outcome, Position, QueuedMessage, StoreError,
 };
 
 /// How often another process's appends are looked for.
@@ -36,6 +38,10 @@ const CROSS_PROCESS_POLL: Duration = Duration::from_millis(250);
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Claims and settlements of due items and outbox messages: small writes beside the
+    /// appends (SQLite serializes them with the writer's transactions).
+    work: SqlitePool,
+    signals: WorkSignals,
     committer: Committer,
     head: watch::Sender<Position>,
     stats: Arc<AppendStats>,
@@ -56,22 +62,32 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         let mut writer = SqliteConnection::connect_with(&options).await?;
         migrate(&mut writer).await?;
+        let work = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await?;
+        let signals = WorkSignals::new();
 
         let initial = fetch_head(&pool).await?;
         let (head, _) = watch::channel(initial);
         tokio::spawn(poll_head(pool.clone(), head.clone()));
         let stats = Arc::new(AppendStats::default());
         let committer = Committer::spawn(
-            SqliteBatchWriter { conn: writer },
+            SqliteBatchWriter {
+                conn: writer,
+                signals: signals.clone(),
+            },
             stats.clone(),
             head.clone(),
         );
         Ok(SqliteStore {
             pool,
+            work,
+            signals,
             committer,
             head,
             stats,
@@ -155,6 +171,7 @@ async fn poll_head(pool: SqlitePool, head: watch::Sender<Position>) {
 
 struct SqliteBatchWriter {
     conn: SqliteConnection,
+    signals: WorkSignals,
 }
 
 #[async_trait]
@@ -163,7 +180,9 @@ impl BatchWriter for SqliteBatchWriter {
         &mut self,
         requests: &[AppendRequest],
     ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
-        write_batch(&mut self.conn, requests).await
+        let results = write_batch(&mut self.conn, requests).await?;
+        self.signals.committed(&BatchWork::of(requests, &results));
+        Ok(results)
     }
 }
 
@@ -240,8 +259,241 @@ fn insert_batch<'a>(
         .bind(batch)
         .execute(&mut *conn)
         .await?;
+        write_work(conn, &BatchWork::of(requests, &results)).await?;
         Ok(results)
     })
+}
+
+fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_millis(ms: i64) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// A batch's due items and outbox messages, inside its transaction.
+fn write_work<'a>(
+    conn: &'a mut SqliteConnection,
+    work: &'a BatchWork<'a>,
+) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        let drops: Vec<&str> = work.drops().collect();
+        if !drops.is_empty() {
+            sqlx::query("DELETE FROM due_items WHERE key IN (SELECT value FROM json_each(?1))")
+                .bind(serde_json::to_string(&drops).unwrap_or_else(|_| "[]".into()))
+                .execute(&mut *conn)
+                .await?;
+        }
+        let items: Vec<serde_json::Value> = work
+            .schedules()
+            .map(|i| serde_json::json!([i.key, i.stream_id, i.action, millis(i.due_at)]))
+            .collect();
+        if !items.is_empty() {
+            sqlx::query(
+                "INSERT INTO due_items (key, stream_id, action, due_at)
+                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?1) WHERE true
+                 ON CONFLICT (key) DO UPDATE SET stream_id = excluded.stream_id,
+                     action = excluded.action, due_at = excluded.due_at, claimed_until = NULL",
+            )
+            .bind(serde_json::Value::Array(items).to_string())
+            .execute(&mut *conn)
+            .await?;
+        }
+        let now = millis(Utc::now());
+        let messages: Vec<serde_json::Value> = work
+            .outbox
+            .iter()
+            .map(|m| serde_json::json!([m.id.to_string(), m.kind, m.payload.to_string()]))
+            .collect();
+        if !messages.is_empty() {
+            sqlx::query(
+                "INSERT INTO outbox (id, kind, payload, queued_at, ready_at)
+                 SELECT value ->> 0, value ->> 1, value ->> 2, ?2, ?2 FROM json_each(?1) WHERE true
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(serde_json::Value::Array(messages).to_string())
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    })
+}
+
+type QueuedRow = (String, String, String, i32, i64, Option<String>);
+
+fn queued(row: QueuedRow) -> Result<QueuedMessage, StoreError> {
+    let (id, kind, payload, attempts, queued_at, last_error) = row;
+    let corrupt = || StoreError::Corrupt(format!("outbox message {id}"));
+    Ok(QueuedMessage {
+        message: OutboxMessage {
+            id: Uuid::parse_str(&id).map_err(|_| corrupt())?,
+            kind,
+            payload: serde_json::from_str(&payload).map_err(|_| corrupt())?,
+        },
+        attempts,
+        queued_at: from_millis(queued_at),
+        last_error,
+    })
+}
+
+#[async_trait]
+impl DueIndex for SqliteStore {
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let at: Option<i64> = sqlx::query_scalar(
+            "SELECT min(t) FROM (
+                 SELECT min(due_at) AS t FROM due_items WHERE claimed_until IS NULL
+                 UNION ALL
+                 SELECT min(claimed_until) FROM due_items WHERE claimed_until IS NOT NULL)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(at.map(from_millis))
+    }
+
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        hold: Duration,
+    ) -> Result<Vec<DueItem>, StoreError> {
+        // One statement, so atomic; the single writer connection of `work` and SQLite's
+        // lock keep two claims from taking the same item.
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "UPDATE due_items SET claimed_until = ?2
+             WHERE key IN (SELECT key FROM due_items
+                           WHERE (claimed_until IS NULL AND due_at <= ?1) OR claimed_until <= ?1
+                           ORDER BY due_at LIMIT ?3)
+             RETURNING key, stream_id, action, due_at",
+        )
+        .bind(millis(now))
+        .bind(millis(after(now, hold)))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.work)
+        .await?;
+        let mut items: Vec<DueItem> = rows
+            .into_iter()
+            .map(|(key, stream_id, action, due_at)| DueItem {
+                key,
+                stream_id,
+                action,
+                due_at: from_millis(due_at),
+            })
+            .collect();
+        items.sort_by(|a, b| a.due_at.cmp(&b.due_at).then_with(|| a.key.cmp(&b.key)));
+        Ok(items)
+    }
+
+    async fn finish_due(&self, item: &DueItem) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM due_items WHERE key = ?1 AND due_at = ?2")
+            .bind(&item.key)
+            .bind(millis(item.due_at))
+            .execute(&self.work)
+            .await?;
+        Ok(())
+    }
+
+    fn due_changed(&self) -> watch::Receiver<u64> {
+        self.signals.due.subscribe()
+    }
+}
+
+#[async_trait]
+impl Outbox for SqliteStore {
+    async fn claim_outbox(
+        &self,
+        kind: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+        hold: Duration,
+    ) -> Result<Vec<QueuedMessage>, StoreError> {
+        let rows: Vec<QueuedRow> = sqlx::query_as(
+            "UPDATE outbox SET ready_at = ?3, attempts = attempts + 1
+             WHERE id IN (SELECT id FROM outbox
+                          WHERE state = 'queued' AND kind = ?1 AND ready_at <= ?2
+                          ORDER BY ready_at LIMIT ?4)
+             RETURNING id, kind, payload, attempts - 1, queued_at, last_error",
+        )
+        .bind(kind)
+        .bind(millis(now))
+        .bind(millis(after(now, hold)))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.work)
+        .await?;
+        let mut messages = rows
+            .into_iter()
+            .map(queued)
+            .collect::<Result<Vec<_>, _>>()?;
+        messages.sort_by_key(|m| (m.queued_at, m.message.id));
+        Ok(messages)
+    }
+
+    async fn settle(&self, id: Uuid, outcome: Outcome) -> Result<(), StoreError> {
+        let id = id.to_string();
+        let query = match &outcome {
+            Outcome::Sent => sqlx::query(
+                "UPDATE outbox SET state = 'sent', sent_at = ?2, last_error = NULL WHERE id = ?1",
+            )
+            .bind(id)
+            .bind(millis(Utc::now())),
+            Outcome::Retry { error, at } => sqlx::query(
+                "UPDATE outbox SET ready_at = ?2, last_error = ?3 WHERE id = ?1 AND state = 'queued'",
+            )
+            .bind(id)
+            .bind(millis(*at))
+            .bind(error),
+            Outcome::Dead { error } => {
+                sqlx::query("UPDATE outbox SET state = 'dead', last_error = ?2 WHERE id = ?1")
+                    .bind(id)
+                    .bind(error)
+            }
+        };
+        query.execute(&self.work).await?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<QueuedMessage>, StoreError> {
+        let rows: Vec<QueuedRow> = sqlx::query_as(
+            "SELECT id, kind, payload, attempts, queued_at, last_error FROM outbox
+             WHERE state = 'dead' ORDER BY queued_at, id LIMIT ?1",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(queued).collect()
+    }
+
+    async fn revive(&self, id: Uuid) -> Result<bool, StoreError> {
+        let revived = sqlx::query(
+            "UPDATE outbox SET state = 'queued', attempts = 0, ready_at = ?2
+             WHERE id = ?1 AND state = 'dead'",
+        )
+        .bind(id.to_string())
+        .bind(millis(Utc::now()))
+        .execute(&self.work)
+        .await?
+        .rows_affected()
+            > 0;
+        if revived {
+            self.signals.bump_outbox();
+        }
+        Ok(revived)
+    }
+
+    async fn purge_sent(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM outbox WHERE state = 'sent' AND sent_at < ?1")
+                .bind(millis(before))
+                .execute(&self.work)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    fn outbox_changed(&self) -> watch::Receiver<u64> {
+        self.signals.outbox.subscribe()
+    }
 }
 
 fn decode(row: &SqliteRow) -> Result<Envelope, StoreError> {
