@@ -112,7 +112,8 @@ pub trait ReadStore: Send + Sync + 'static {
     ) -> Result<Applied, ReadError>;
 
     /// The counters of `scope` (a hashtag key, or [`crate::trends::ALL`]) at `level` for
-    /// the units `first..end` (counted from the epoch): (unit, count), ascending, no zeros.
+    /// the units `first..end` (counted from the epoch): (unit, count), each unit once, in
+    /// no particular order, no zeros.
     async fn trend_counts(
         &self,
         scope: &str,

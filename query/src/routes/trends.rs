@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use chrono::SecondsFormat;
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
@@ -23,59 +25,105 @@ pub const MAX_TRENDING: usize = 100;
 /// Days of history shown beside each trending hashtag.
 pub const HISTORY_DAYS: i64 = 7;
 
-/// One bucket of a trend.
-#[derive(Debug, Serialize, ToSchema)]
+/// One bucket of a trend (the shape [`trend_json`] writes).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
 pub struct TrendBucket {
     /// Start of the bucket (included), RFC 3339 UTC.
-    #[schema(value_type = String, example = "2019-09-22T00:00:00Z")]
-    pub from_date: Stamp,
+    #[schema(example = "2019-09-22T00:00:00Z")]
+    from_date: String,
     /// End of the bucket (excluded), RFC 3339 UTC.
-    #[schema(value_type = String, example = "2019-09-22T00:01:00Z")]
-    pub to_date: Stamp,
-    pub count: u64,
+    #[schema(example = "2019-09-22T00:01:00Z")]
+    to_date: String,
+    count: u64,
 }
 
-/// A minute, serialized as RFC 3339 UTC (`2019-09-22T10:00:00Z`). An answer may hold
-/// 100,000 buckets: formatting their times without chrono or an allocation each keeps
-/// the serialization a small part of a long answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Stamp(pub i64);
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct TrendData {
+    trends: Vec<TrendBucket>,
+}
 
-impl Stamp {
-    /// `YYYY-MM-DDTHH:MM:00Z`, or `None` outside the years 0 to 9999.
-    fn format(self, out: &mut [u8; 20]) -> Option<&str> {
-        let (days, of_day) = (
-            self.0.div_euclid(MINUTES_PER_DAY),
-            self.0.rem_euclid(MINUTES_PER_DAY),
-        );
-        let (year, month, day) = civil_date(days);
-        if !(0..=9999).contains(&year) {
-            return None;
+/// `{"data": {"trends": [...]}}`.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct TrendBody {
+    data: TrendData,
+}
+
+/// The body of a `/trend` answer. An answer may hold 100,000 buckets (a month of minutes
+/// is 43,200), so it is written straight into bytes: no value per bucket, and each bucket
+/// edge formatted once, its date only when the day changes.
+fn trend_json(buckets: &Buckets, counts: &[u64], fill: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + counts.len() * 80);
+    out.extend_from_slice(br#"{"data":{"trends":["#);
+    let mut stamps = Stamps::default();
+    let mut first = true;
+    for (i, count) in counts.iter().enumerate() {
+        if !fill && *count == 0 {
+            continue;
         }
-        let digits = |out: &mut [u8], n: i64| {
-            let mut n = n;
-            for slot in out.iter_mut().rev() {
-                *slot = b'0' + (n % 10) as u8;
-                n /= 10;
+        let (start, end) = buckets.bounds(i as i64);
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(br#"{"from_date":""#);
+        stamps.write(&mut out, start);
+        out.extend_from_slice(br#"","to_date":""#);
+        stamps.write(&mut out, end);
+        out.extend_from_slice(br#"","count":"#);
+        out.extend_from_slice(count.to_string().as_bytes());
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}}");
+    out
+}
+
+/// Writes minutes as RFC 3339 UTC (`2019-09-22T10:00:00Z`), remembering the last date.
+#[derive(Default)]
+struct Stamps {
+    /// The last day formatted and its `YYYY-MM-DD`.
+    day: Option<(i64, [u8; 10])>,
+}
+
+impl Stamps {
+    fn write(&mut self, out: &mut Vec<u8>, minute: i64) {
+        let (day, of_day) = (
+            minute.div_euclid(MINUTES_PER_DAY),
+            minute.rem_euclid(MINUTES_PER_DAY),
+        );
+        let date = match self.day {
+            Some((cached, date)) if cached == day => date,
+            _ => {
+                let (year, month, day_of_month) = civil_date(day);
+                if !(0..=9999).contains(&year) {
+                    // Outside four-digit years: chrono's form.
+                    out.extend_from_slice(stamp(minute).as_bytes());
+                    return;
+                }
+                let mut date = *b"0000-00-00";
+                digits(&mut date[0..4], year);
+                digits(&mut date[5..7], month);
+                digits(&mut date[8..10], day_of_month);
+                self.day = Some((day, date));
+                date
             }
         };
-        *out = *b"0000-00-00T00:00:00Z";
-        digits(&mut out[0..4], year);
-        digits(&mut out[5..7], month);
-        digits(&mut out[8..10], day);
-        digits(&mut out[11..13], of_day / 60);
-        digits(&mut out[14..16], of_day % 60);
-        std::str::from_utf8(out).ok()
+        let mut time = *b"T00:00:00Z";
+        digits(&mut time[1..3], of_day / 60);
+        digits(&mut time[4..6], of_day % 60);
+        out.extend_from_slice(&date);
+        out.extend_from_slice(&time);
     }
 }
 
-impl Serialize for Stamp {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut buffer = [0_u8; 20];
-        match self.format(&mut buffer) {
-            Some(text) => serializer.serialize_str(text),
-            None => serializer.serialize_str(&stamp(self.0)),
-        }
+/// `n` in decimal, right-aligned and zero-padded to fill `out`.
+fn digits(out: &mut [u8], n: i64) {
+    let mut n = n;
+    for slot in out.iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
     }
 }
 
@@ -98,17 +146,6 @@ fn civil_date(days: i64) -> (i64, i64, i64) {
     };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TrendData {
-    pub trends: Vec<TrendBucket>,
-}
-
-/// `{"data": {"trends": [...]}}`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TrendBody {
-    pub data: TrendData,
 }
 
 /// The query parameters of `GET /trend`.
@@ -147,7 +184,7 @@ pub struct TrendParams {
 pub async fn trend(
     State(state): State<QueryState>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<Json<TrendBody>, QueryError> {
+) -> Result<Response, QueryError> {
     let Query(params) = query.map_err(|e| QueryError::bad("invalid_query", e.body_text()))?;
     let date = |name: &str| {
         params
@@ -224,22 +261,11 @@ pub async fn trend(
             }
         }
     }
-    let trends = counts
-        .into_iter()
-        .enumerate()
-        .filter(|(_, count)| fill || *count > 0)
-        .map(|(i, count)| {
-            let (start, end) = buckets.bounds(i as i64);
-            TrendBucket {
-                from_date: Stamp(start),
-                to_date: Stamp(end),
-                count,
-            }
-        })
-        .collect();
-    Ok(Json(TrendBody {
-        data: TrendData { trends },
-    }))
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        trend_json(&buckets, &counts, fill),
+    )
+        .into_response())
 }
 
 fn stamp(minute: i64) -> String {
@@ -350,31 +376,49 @@ pub async fn trending(
 mod tests {
     use super::*;
 
+    fn written(minute: i64) -> String {
+        let mut out = Vec::new();
+        Stamps::default().write(&mut out, minute);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
     #[test]
     fn stamps_match_chrono() {
-        let json = |minute: i64| serde_json::to_string(&Stamp(minute)).unwrap_or_default();
-        // Every minute across two leap days, then a day every 37 over 0000-9999.
-        let leap = minute_of(
-            chrono::DateTime::parse_from_rfc3339("2024-02-27T00:00:00Z")
-                .unwrap()
-                .into(),
-        );
-        let minutes = (leap..leap + 5 * MINUTES_PER_DAY).chain(
-            (-719_528..2_932_896)
-                .step_by(37)
-                .map(|d| d * MINUTES_PER_DAY + d % 1440),
-        );
-        for minute in minutes {
-            assert_eq!(
-                json(minute),
-                format!("\"{}\"", stamp(minute)),
-                "minute {minute}"
-            );
+        // Every minute across two leap days in one writer (the date is cached), then a
+        // day every 37 over the years 0 to 9999 and beyond.
+        let leap = 19_780 * MINUTES_PER_DAY; // 2024-02-27
+        let mut stamps = Stamps::default();
+        for minute in leap..leap + 5 * MINUTES_PER_DAY {
+            let mut out = Vec::new();
+            stamps.write(&mut out, minute);
+            assert_eq!(String::from_utf8(out).unwrap_or_default(), stamp(minute));
         }
-        // Outside four-digit years, chrono's form.
+        for day in (-719_600..2_933_000).step_by(37) {
+            let minute = day * MINUTES_PER_DAY + day.rem_euclid(MINUTES_PER_DAY);
+            assert_eq!(written(minute), stamp(minute), "day {day}");
+        }
+    }
+
+    #[test]
+    fn trend_json_is_the_documented_shape() {
+        let buckets = Buckets {
+            from: 100,
+            to: 160,
+            step: 25,
+        };
+        let body = trend_json(&buckets, &[3, 0, 1], false);
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         assert_eq!(
-            json(-719_529 * MINUTES_PER_DAY),
-            format!("\"{}\"", stamp(-719_529 * MINUTES_PER_DAY))
+            value,
+            serde_json::json!({"data": {"trends": [
+                {"from_date": "1970-01-01T01:40:00Z", "to_date": "1970-01-01T02:05:00Z", "count": 3},
+                {"from_date": "1970-01-01T02:30:00Z", "to_date": "1970-01-01T02:40:00Z", "count": 1},
+            ]}})
         );
+        let empty = trend_json(&buckets, &[0, 0, 0], false);
+        assert_eq!(empty, br#"{"data":{"trends":[]}}"#);
+        let filled: serde_json::Value =
+            serde_json::from_slice(&trend_json(&buckets, &[0, 0, 0], true)).unwrap_or_default();
+        assert_eq!(filled["data"]["trends"].as_array().map(Vec::len), Some(3));
     }
 }
