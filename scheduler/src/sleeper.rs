@@ -1,0 +1,146 @@
+//! The due-index sleeper.
+//!
+//! Each round claims up to [`BATCH`] due items for [`Sleeper::hold`] and runs their
+//! actions one after another. An action that succeeds has dropped its item itself (its
+//! command's append carries the unschedule), or says there was nothing to do, and the
+//! sleeper drops it. An action that fails or panics leaves the item claimed: the claim
+//! runs out and the item is tried again, also by another scheduler process if this one
+//! died. Several sleepers (in one process or many) never run one item at the same time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cairn_events::{DueIndex, DueItem};
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+/// The most items claimed in one round.
+pub const BATCH: usize = 100;
+
+/// "Now", injectable for tests.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// What came of an action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// Done; the append it made dropped the item.
+    Done,
+    /// Nothing to do (the stream had moved on, e.g. a capsule cancelled since): drop it.
+    Nothing,
+}
+
+/// Carries out a due item: maps its `action` to a command and issues it. Must be
+/// idempotent: after a crash an item can be handed over again.
+#[async_trait]
+pub trait DueAction: Send + Sync + 'static {
+    async fn run(&self, item: &DueItem) -> Result<Handled, String>;
+}
+
+pub struct Sleeper {
+    due: Arc<dyn DueIndex>,
+    action: Arc<dyn DueAction>,
+    clock: Clock,
+    /// How long a claim hides an item from other sleepers: also the pause before an item
+    /// whose action failed is tried again.
+    pub hold: Duration,
+    /// The longest sleep before the clock and the index are looked at again.
+    pub max_sleep: Duration,
+}
+
+impl Sleeper {
+    pub fn new(due: Arc<dyn DueIndex>, action: Arc<dyn DueAction>) -> Self {
+        Sleeper {
+            due,
+            action,
+            clock: Arc::new(Utc::now),
+            hold: Duration::from_secs(60),
+            max_sleep: Duration::from_secs(60),
+        }
+    }
+
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Run until `shutdown`; an action in progress is finished first.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut scheduled = self.due.due_changed();
+        loop {
+            // Mark the wake-ups seen before looking, so a schedule made after the look
+            // ends the sleep below.
+            scheduled.borrow_and_update();
+            let now = (self.clock)();
+            let wait = match self.round(now).await {
+                Ok(true) => continue,
+                Ok(false) => self.until_next(now).await,
+                Err(error) => {
+                    tracing::warn!(%error, "due index unavailable; trying again");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = scheduled.changed() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Claim and run what is due at `now`; whether there was anything.
+    async fn round(&self, now: DateTime<Utc>) -> Result<bool, cairn_events::StoreError> {
+        let items = self.due.claim_due(now, BATCH, self.hold).await?;
+        for item in &items {
+            self.handle(item).await;
+        }
+        Ok(!items.is_empty())
+    }
+
+    async fn handle(&self, item: &DueItem) {
+        let action = self.action.clone();
+        let task = {
+            let item = item.clone();
+            tokio::spawn(async move { action.run(&item).await })
+        };
+        let outcome = match task.await {
+            Ok(outcome) => outcome,
+            Err(panicked) => Err(format!("the action panicked: {panicked}")),
+        };
+        match outcome {
+            Ok(Handled::Done) => {
+                tracing::debug!(key = %item.key, action = %item.action, "due item done");
+            }
+            Ok(Handled::Nothing) => {
+                if let Err(error) = self.due.finish_due(item).await {
+                    // Harmless: the claim runs out, and the action finds nothing again.
+                    tracing::warn!(key = %item.key, %error, "could not drop a due item");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(
+                    key = %item.key,
+                    action = %item.action,
+                    %error,
+                    retry_in = ?self.hold,
+                    "due item failed; it is tried again when its claim runs out"
+                );
+            }
+        }
+    }
+
+    /// How long to sleep after a round that found nothing due at `now`.
+    async fn until_next(&self, now: DateTime<Utc>) -> Duration {
+        match self.due.next_due().await {
+            Ok(Some(next)) => (next - now)
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .min(self.max_sleep),
+            Ok(None) => self.max_sleep,
+            Err(error) => {
+                tracing::warn!(%error, "due index unavailable; trying again");
+                Duration::from_secs(1)
+            }
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The sleeper on both event stores: items run once, at or after their time, woken early
+//! by an earlier schedule, caught up after downtime, retried after a failure.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cairn_events::testing::{fresh_postgres, fresh_sqlite};
+use cairn_events::{AppendRequest, DueItem, Effects, ExpectedVersion, Metadata, NewEvent, Store};
+use cairn_scheduler::{DueAction, Handled, Sleeper};
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+/// Records when each item ran. Items whose key starts with `fail` fail on their first
+/// try; `noop` items have nothing to do; the rest are done by an append that drops them,
+/// as a real command's would.
+struct Recorder {
+    store: Arc<dyn Store>,
+    runs: Mutex<HashMap<String, Vec<DateTime<Utc>>>>,
+}
+
+#[async_trait]
+impl DueAction for Recorder {
+    async fn run(&self, item: &DueItem) -> Result<Handled, String> {
+        let tries = {
+            let mut runs = self.runs.lock().unwrap();
+            let entry = runs.entry(item.key.clone()).or_default();
+            entry.push(Utc::now());
+            entry.len()
+        };
+        if item.key.starts_with("fail") && tries == 1 {
+            return Err("not yet".into());
+        }
+        if item.key.starts_with("noop") {
+            return Ok(Handled::Nothing);
+        }
+        let done = AppendRequest::new(item.stream_id.clone(), ExpectedVersion::Any, vec![noted(2)])
+            .with_effects(Effects {
+                unschedule: vec![item.key.clone()],
+                ..Effects::default()
+            });
+        self.store.append(done).await.map_err(|e| e.to_string())?;
+        Ok(Handled::Done)
+    }
+}
+
+impl Recorder {
+    fn runs_of(&self, key: &str) -> Vec<DateTime<Utc>> {
+        self.runs
+            .lock()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn noted(n: u64) -> NewEvent {
+    NewEvent::new(&cairn_events::testing::Noted { n }, Metadata::default())
+}
+
+async fn schedule(store: &dyn Store, key: &str, due_at: DateTime<Utc>) {
+    let request = AppendRequest::new(format!("note-{key}"), ExpectedVersion::Any, vec![noted(1)])
+        .with_effects(Effects {
+            schedule: vec![DueItem {
+                key: key.into(),
+                stream_id: format!("note-{key}"),
+                action: "release".into(),
+                due_at,
+            }],
+            ..Effects::default()
+        });
+    store.append(request).await.unwrap();
+}
+
+/// Start sleepers (claims held for `hold`); stopped when the token is dropped.
+fn start(
+    store: &Arc<dyn Store>,
+    count: usize,
+    hold: Duration,
+) -> (Arc<Recorder>, CancellationToken) {
+    let recorder = Arc::new(Recorder {
+        store: store.clone(),
+        runs: Mutex::default(),
+    });
+    let shutdown = CancellationToken::new();
+    for _ in 0..count {
+        let mut sleeper = Sleeper::new(store.clone(), recorder.clone());
+        sleeper.hold = hold;
+        tokio::spawn(sleeper.run(shutdown.clone()));
+    }
+    (recorder, shutdown)
+}
+
+/// Wait (bounded) until `done` holds.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..400 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// A sleeper waiting for an item an hour away is woken by an item due sooner, runs it at
+/// (not before) its time, and keeps waiting for the other.
+async fn woken_by_an_earlier_item(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    schedule(&*store, "later", now + chrono::Duration::hours(1)).await;
+    let (recorder, _stop) = start(&store, 1, Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_millis(100)).await; // asleep on "later"
+    let soon = Utc::now() + chrono::Duration::milliseconds(300);
+    schedule(&*store, "soon", soon).await;
+    eventually("the earlier item", || !recorder.runs_of("soon").is_empty()).await;
+    let ran = recorder.runs_of("soon");
+    assert_eq!(ran.len(), 1);
+    assert!(ran[0] >= soon, "ran at {} before its time {soon}", ran[0]);
+    assert!(recorder.runs_of("later").is_empty());
+    // Once the action's append has dropped "soon", "later" is next (to the millisecond,
+    // as both stores keep times).
+    let later = (now + chrono::Duration::hours(1)).timestamp_millis();
+    for _ in 0..400 {
+        let next = store
+            .next_due()
+            .await
+            .unwrap()
+            .map(|t| t.timestamp_millis());
+        if next == Some(later) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("next due: {:?}", store.next_due().await);
+}
+
+/// Items that fell due while no scheduler ran are all carried out once, by whichever of
+/// several sleepers claims each; `noop` items are dropped by the sleeper.
+async fn catches_up_once_with_several_sleepers(store: Arc<dyn Store>) {
+    let past = Utc::now() - chrono::Duration::hours(3);
+    let keys: Vec<String> = (0..60)
+        .map(|i| {
+            if i % 10 == 0 {
+                format!("noop{i}")
+            } else {
+                format!("k{i}")
+            }
+        })
+        .collect();
+    for key in &keys {
+        schedule(&*store, key, past).await;
+    }
+    let (recorder, _stop) = start(&store, 3, Duration::from_secs(60));
+    eventually("every overdue item", || {
+        keys.iter().all(|k| !recorder.runs_of(k).is_empty())
+    })
+    .await;
+    drained(&*store).await;
+    for key in &keys {
+        assert_eq!(recorder.runs_of(key).len(), 1, "{key} ran once");
+    }
+}
+
+/// An action that fails leaves its item claimed; it is tried again when the claim runs out.
+async fn a_failed_item_is_tried_again(store: Arc<dyn Store>) {
+    schedule(&*store, "fail-once", Utc::now()).await;
+    let (recorder, _stop) = start(&store, 1, Duration::from_millis(300));
+    eventually("a second try", || recorder.runs_of("fail-once").len() == 2).await;
+    drained(&*store).await;
+}
+
+/// Wait (bounded) until the due index is empty: the last action's drop can land just
+/// after its run was recorded.
+async fn drained(store: &dyn Store) {
+    for _ in 0..400 {
+        if store.next_due().await.unwrap().is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("due items were left: next at {:?}", store.next_due().await);
+}
+
+macro_rules! on_both_stores {
+    ($($name:ident),*) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::fresh_sqlite().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::fresh_postgres().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    woken_by_an_earlier_item,
+    catches_up_once_with_several_sleepers,
+    a_failed_item_is_tried_again
+);
