@@ -13,12 +13,14 @@ use axum::middleware;
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
+use cairn_command::capsules::{self, Capsules, Links};
 use cairn_command::{CommandState, TokenRegistry};
-use cairn_events::{EventStore, NoWait, ReadYourWrites};
+use cairn_events::{DueItem, EventStore, NoWait, ReadYourWrites, Store};
 use cairn_query::projections::{CheckpointPoller, Messages, Projection, Trends};
 use cairn_query::read_store::{LogIdentity, RedisStore, SqliteStore};
 use cairn_query::routes::{Clock, QueryState, StartupGate, system_clock};
 use cairn_query::{ReadStore, Runner, RunnerHandle};
+use cairn_scheduler::{DueAction, EmailWorker, FileMailer, Handled, Mailer, Sleeper, SmtpMailer};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -39,14 +41,64 @@ pub enum Role {
     Query,
     /// The projections that keep the read models up to date.
     Projector,
+    /// The timers (capsule release and expiry) and the outbox workers (email).
+    Scheduler,
 }
 
 /// Open the configured event store.
 pub async fn open_events(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> {
-    let store = cairn_events::open(config.database_url.as_deref(), &config.data_dir)
+    Ok(open_store(config).await?)
+}
+
+/// Open the configured backend: the event store with its due index and outbox.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    cairn_events::open(config.database_url.as_deref(), &config.data_dir)
         .await
-        .with_context(|| format!("opening the event store at {}", config.database_for_log()))?;
-    Ok(store)
+        .with_context(|| format!("opening the event store at {}", config.database_for_log()))
+}
+
+/// The scheduler's actions on capsules: its due items are releases and expiries.
+struct CapsuleActions {
+    capsules: Capsules,
+}
+
+#[async_trait::async_trait]
+impl DueAction for CapsuleActions {
+    async fn run(&self, item: &DueItem) -> Result<Handled, String> {
+        let Some(id) = capsules::capsule_of(item) else {
+            tracing::warn!(key = %item.key, "a due item for no capsule; dropped");
+            return Ok(Handled::Nothing);
+        };
+        let acted = match item.action.as_str() {
+            capsules::RELEASE => self.capsules.release(id).await,
+            capsules::EXPIRE => self.capsules.expire(id).await,
+            other => {
+                tracing::warn!(key = %item.key, action = other, "an unknown due action; dropped");
+                return Ok(Handled::Nothing);
+            }
+        };
+        match acted {
+            Ok(true) => Ok(Handled::Done),
+            Ok(false) => Ok(Handled::Nothing),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Where emails go: SMTP when configured, else `.eml` files in the data directory.
+fn mailer(config: &Config) -> anyhow::Result<Arc<dyn Mailer>> {
+    let from = config
+        .smtp_from
+        .parse()
+        .with_context(|| format!("CAIRN_SMTP_FROM={:?} is not an address", config.smtp_from))?;
+    Ok(match &config.smtp_url {
+        Some(url) => {
+            Arc::new(SmtpMailer::new(url, from).map_err(|e| {
+                anyhow::anyhow!("CAIRN_SMTP_URL {}: {e}", crate::config::redact(url))
+            })?)
+        }
+        None => Arc::new(FileMailer::new(config.data_dir.join("outbox"), from)),
+    })
 }
 
 /// Open the configured read store: Redis if configured, else the read-model file in the
@@ -89,6 +141,7 @@ pub struct Application {
     shutdown: CancellationToken,
     tokens: Arc<TokenRegistry>,
     events: Arc<dyn EventStore>,
+    store: Arc<dyn Store>,
     read: Arc<dyn ReadStore>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _data_lock: Option<File>,
@@ -124,8 +177,26 @@ impl Application {
         } else {
             None
         };
-        let events = open_events(config).await?;
+        let store = open_store(config).await?;
+        let events: Arc<dyn EventStore> = store.clone();
         let read = open_read(config, &*events).await?;
+        let mut capsules = Capsules::new(
+            events.clone(),
+            Links {
+                public_url: config.public_url.clone(),
+            },
+            clock.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        capsules.min_lead =
+            chrono::Duration::seconds(i64::try_from(config.capsule_min_lead).unwrap_or(i64::MAX));
+        capsules.blocked_senders = Arc::new(
+            config
+                .blocked_senders
+                .iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect(),
+        );
 
         let mut tasks = Vec::new();
         let tokens = TokenRegistry::new();
@@ -157,6 +228,15 @@ impl Application {
         } else {
             None
         };
+        if matches!(role, Role::All | Role::Scheduler) {
+            let actions = Arc::new(CapsuleActions {
+                capsules: capsules.clone(),
+            });
+            let sleeper = Sleeper::new(store.clone(), actions).with_clock(clock.clone());
+            tasks.push(tokio::spawn(sleeper.run(shutdown.clone())));
+            let worker = EmailWorker::new(store.clone(), mailer(config)?);
+            tasks.push(tokio::spawn(worker.run(shutdown.clone())));
+        }
         let read_your_writes: Arc<dyn ReadYourWrites> = match (&runner, &config.redis_url) {
             (Some(handle), _) => Arc::new(handle.clone()),
             (None, Some(_)) => Arc::new(CheckpointPoller {
@@ -189,6 +269,7 @@ impl Application {
                 tokens: tokens.clone(),
                 read_your_writes,
                 read_your_writes_timeout: Duration::from_millis(config.read_your_writes_ms),
+                capsules,
             }));
         }
         if matches!(role, Role::All | Role::Query) {
@@ -238,6 +319,7 @@ impl Application {
             shutdown,
             tokens,
             events,
+            store,
             read,
             tasks,
             _data_lock: data_lock,
@@ -256,6 +338,11 @@ impl Application {
 
     pub fn tokens(&self) -> Arc<TokenRegistry> {
         self.tokens.clone()
+    }
+
+    /// The backend with its due index and outbox.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
     }
 
     pub fn events(&self) -> Arc<dyn EventStore> {

@@ -55,6 +55,18 @@ pub struct Config {
     /// (`CAIRN_TREND_MINUTE_RETENTION_DAYS`); older days keep hour and day counters only.
     /// Unset: every minute is kept.
     pub trend_minute_retention_days: Option<i64>,
+    /// The SMTP server emails are sent through (`CAIRN_SMTP_URL`): `smtp://host:25`,
+    /// `smtp://host:587?tls=required` (STARTTLS), `smtps://host:465`, credentials as
+    /// `user:password@`. Unset: emails are written as `.eml` files to `outbox/` in the data
+    /// directory and their links logged.
+    pub smtp_url: Option<String>,
+    /// The sender of Cairn's emails (`CAIRN_SMTP_FROM`).
+    pub smtp_from: String,
+    /// Seconds a capsule's send time must be ahead of its submission
+    /// (`CAIRN_CAPSULE_MIN_LEAD`); 0 allows any future time.
+    pub capsule_min_lead: u64,
+    /// Sender addresses whose capsules are refused (`CAIRN_BLOCKED_SENDERS`, comma-separated).
+    pub blocked_senders: Vec<String>,
 }
 
 impl Default for Config {
@@ -75,6 +87,10 @@ impl Default for Config {
             trending_threshold: 5,
             trending_half_life_minutes: 240,
             trend_minute_retention_days: None,
+            smtp_url: None,
+            smtp_from: "Cairn <cairn@localhost>".into(),
+            capsule_min_lead: 0,
+            blocked_senders: Vec::new(),
         }
     }
 }
@@ -162,6 +178,25 @@ impl Config {
             self.trend_minute_retention_days = Some(v.parse().with_context(|| {
                 format!("CAIRN_TREND_MINUTE_RETENTION_DAYS={v:?} is not a number of days")
             })?);
+        }
+        if let Some(v) = var("CAIRN_SMTP_URL") {
+            self.smtp_url = Some(v);
+        }
+        if let Some(v) = var("CAIRN_SMTP_FROM") {
+            self.smtp_from = v;
+        }
+        if let Some(v) = var("CAIRN_CAPSULE_MIN_LEAD") {
+            self.capsule_min_lead = v.parse().with_context(|| {
+                format!("CAIRN_CAPSULE_MIN_LEAD={v:?} is not a number of seconds")
+            })?;
+        }
+        if let Some(v) = var("CAIRN_BLOCKED_SENDERS") {
+            self.blocked_senders = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
         }
         if let Some(v) = var("CAIRN_TRUSTED_PROXIES") {
             self.trusted_proxies = v

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod capsules;
 pub mod error;
 pub mod messages;
 pub mod users;
@@ -29,8 +30,10 @@ pub struct CommandState {
     pub read_your_writes: Arc<dyn ReadYourWrites>,
     /// How long a write waits for that at most before answering anyway.
     pub read_your_writes_timeout: Duration,
+    pub capsules: capsules::Capsules,
 }
 
 pub fn router(state: CommandState) -> Router {
-    messages::router().with_state(state)
+    let capsules = capsules::chronoria::router().with_state(state.capsules.clone());
+    messages::router().with_state(state).merge(capsules)
 }

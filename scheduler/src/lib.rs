@@ -1,4 +1,5 @@
-//! Timers: the sleeper that carries out due items when their time comes.
+//! Timers and side effects: the sleeper that carries out due items when their time
+//! comes, and the outbox workers (email) that send what commands queued.
 //!
 //! Commands put due items in the due index in the same transaction as their events (a
 //! capsule's release at its send time, the expiry of an unconfirmed one). The sleeper
@@ -10,6 +11,8 @@
 //! looked at again within a minute.
 #![forbid(unsafe_code)]
 
+pub mod email;
 pub mod sleeper;
 
+pub use email::{EmailWorker, FileMailer, Mailer, SendError, SmtpMailer};
 pub use sleeper::{Clock, DueAction, Handled, Sleeper};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use cairn::{Application, Config, Role};
 use cairn_command::TokenRegistry;
 use cairn_command::users;
-use cairn_events::EventStore;
+use cairn_events::{EventStore, Store};
 use cairn_query::ReadStore;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -70,6 +70,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub config: Config,
     pub events: Arc<dyn EventStore>,
+    pub store: Arc<dyn Store>,
     pub read: Arc<dyn ReadStore>,
     tokens: Arc<TokenRegistry>,
     shutdown: CancellationToken,
@@ -103,7 +104,7 @@ pub async fn spawn_role(config: Config, role: Role) -> TestApp {
         .await
         .unwrap();
     let address = format!("http://{}", app.address());
-    let (events, read, tokens) = (app.events(), app.read_store(), app.tokens());
+    let (events, store, read, tokens) = (app.events(), app.store(), app.read_store(), app.tokens());
     tokio::spawn(app.run());
     TestApp {
         address,
@@ -114,6 +115,7 @@ pub async fn spawn_role(config: Config, role: Role) -> TestApp {
             .unwrap(),
         config,
         events,
+        store,
         read,
         tokens,
         shutdown,

@@ -1,12 +1,14 @@
 //! Cairn's HTTP behaviour, spoken to as `curl` would, on both backends.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+mod capsules;
 mod cli;
 mod durability;
 mod helpers;
 mod messages;
 mod roles;
 mod service;
+mod smtp;
 mod trends;
 
 /// Generate one test per scenario and backend (embedded; Postgres + Redis; Postgres +

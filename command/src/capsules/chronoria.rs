@@ -1,0 +1,182 @@
+//! The Chronoria-compatible capsule API under `/api` (and, as its README lists them,
+//! `/confirm?id=`, `/cancel?id=…`, `/downloadlink?id=…` without the prefix), so its web
+//! client works unchanged: JSON in camelCase with field names matched in any case,
+//! `200` with an empty body on success, and `400` with a plain-text code as the whole body
+//! on failure. These GETs act, because that client calls them; the pages emailed to people
+//! are elsewhere and never act on GET.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use cairn_events::domain::capsule::{self, EmailAddress, Party, PersonName, Refusal};
+use chrono::DateTime;
+
+use super::{CapsuleError, Capsules, Submission};
+
+pub fn router() -> Router<Capsules> {
+    let mut router = Router::new();
+    for prefix in ["/api", ""] {
+        for (path, route) in [
+            ("/confirm", get(confirm)),
+            ("/cancel", get(cancel)),
+            ("/downloadlink", get(download_link)),
+        ] {
+            router = router
+                .route(&format!("{prefix}{path}"), route.clone())
+                .route(&format!("{prefix}{path}/"), route);
+        }
+    }
+    router
+        .route("/api/submit/text", post(submit_text))
+        .route("/api/submit/text/", post(submit_text))
+        .route("/api/ping", get(ping))
+        .route("/api/ping/", get(ping))
+}
+
+/// A Chronoria answer: `200` with an empty body, or a plain-text code.
+struct Answer(Result<(), CapsuleError>);
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        match self.0 {
+            Ok(()) => StatusCode::OK.into_response(),
+            Err(CapsuleError::Store(error)) => {
+                tracing::error!(%error, "capsule request failed on the event store");
+                (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE").into_response()
+            }
+            Err(CapsuleError::Template(error)) => {
+                tracing::error!(%error, "capsule email could not be rendered");
+                (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR").into_response()
+            }
+            Err(refused) => (StatusCode::BAD_REQUEST, refused.to_string()).into_response(),
+        }
+    }
+}
+
+async fn ping() -> &'static str {
+    "Pong"
+}
+
+/// Query parameters by lower-cased name, as Chronoria's ASP.NET binding matched them.
+fn params(query: HashMap<String, String>) -> HashMap<String, String> {
+    query
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect()
+}
+
+fn capsule_id(params: &HashMap<String, String>) -> Result<uuid::Uuid, CapsuleError> {
+    let raw = params.get("id").ok_or(Refusal::InvalidId)?;
+    Ok(capsule::parse_id(raw)?)
+}
+
+async fn confirm(
+    State(capsules): State<Capsules>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Answer {
+    let params = params(query);
+    Answer(async { capsules.confirm(capsule_id(&params)?).await }.await)
+}
+
+async fn cancel(
+    State(capsules): State<Capsules>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Answer {
+    let params = params(query);
+    Answer(
+        async {
+            let id = capsule_id(&params)?;
+            let recipient = params.get("recipientemail").map_or("", String::as_str);
+            capsules.cancel(id, recipient).await
+        }
+        .await,
+    )
+}
+
+/// `200` with the bare download URL as text; text capsules have none.
+async fn download_link(
+    State(capsules): State<Capsules>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let params = params(query);
+    let outcome = async {
+        let id = capsule_id(&params)?;
+        let state = capsules
+            .load(id)
+            .await?
+            .ok_or(CapsuleError::NotCancellable)?;
+        let recipient = params.get("recipientemail").map_or("", String::as_str);
+        let matches = EmailAddress::parse(recipient)
+            .is_ok_and(|e| e.key() == state.submitted.recipient.email.key());
+        if !matches {
+            return Err(CapsuleError::NotCancellable);
+        }
+        Err::<(), _>(CapsuleError::NoFile)
+    }
+    .await;
+    Answer(outcome).into_response()
+}
+
+async fn submit_text(
+    State(capsules): State<Capsules>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    Answer(
+        async {
+            let body = body.map_err(|_| Refusal::InvalidText)?;
+            let submission = parse_submission(&capsules, &body)?;
+            capsules.submit(submission).await.map(|_| ())
+        }
+        .await,
+    )
+}
+
+/// The JSON body of a text capsule, fields matched in any case, checked in Chronoria's
+/// order: emails, names, time, text.
+fn parse_submission(capsules: &Capsules, body: &[u8]) -> Result<Submission, CapsuleError> {
+    let object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(body).map_err(|_| Refusal::InvalidText)?;
+    let fields: HashMap<String, serde_json::Value> = object
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect();
+    let text_of = |name: &str| {
+        fields
+            .get(name)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+    };
+    let sender_email = EmailAddress::parse(text_of("senderemail"))?;
+    let recipient_email = EmailAddress::parse(text_of("recipientemail"))?;
+    let sender_name = PersonName::parse(text_of("sendername"))?;
+    let recipient_name = PersonName::parse(text_of("recipientname"))?;
+    let send_ms = match fields.get("sendtime") {
+        Some(serde_json::Value::Number(n)) => n.as_i64(),
+        Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .ok_or(Refusal::InvalidFutureTime)?;
+    let send_at = DateTime::from_timestamp_millis(send_ms).ok_or(Refusal::InvalidFutureTime)?;
+    capsules.check_send_time(send_at)?;
+    let text = text_of("text").to_owned();
+    capsule::validate_text(&text, false)?;
+    Ok(Submission {
+        sender: Party {
+            email: sender_email,
+            name: sender_name,
+        },
+        recipient: Party {
+            email: recipient_email,
+            name: recipient_name,
+        },
+        send_at,
+        text,
+        attachment: None,
+    })
+}

@@ -1,0 +1,288 @@
+//! The emails a capsule causes, rendered from the template files in `templates/email/`
+//! (a subject, a plain-text and an HTML part each; user content is escaped in the HTML).
+//!
+//! Each email's outbox id and Message-ID are derived from the capsule and the kind of
+//! email, so the same cause never queues twice and a resend after a crash carries the same
+//! Message-ID.
+
+use cairn_events::OutboxMessage;
+use cairn_events::domain::capsule::CapsuleState;
+use cairn_events::domain::email::Email;
+use chrono::{DateTime, Datelike, Utc};
+use minijinja::{Environment, context};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::CapsuleError;
+
+/// The emails of a capsule's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmailKind {
+    /// To the sender: confirm the capsule.
+    Confirm,
+    /// To the sender: confirmed, with a cancel link.
+    Active,
+    /// To the sender: cancelled.
+    Cancelled,
+    /// To the sender: not confirmed in time.
+    Expired,
+    /// To the recipient: the capsule itself.
+    Delivery,
+}
+
+impl EmailKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EmailKind::Confirm => "confirm",
+            EmailKind::Active => "active",
+            EmailKind::Cancelled => "cancelled",
+            EmailKind::Expired => "expired",
+            EmailKind::Delivery => "delivery",
+        }
+    }
+
+    const ALL: [EmailKind; 5] = [
+        EmailKind::Confirm,
+        EmailKind::Active,
+        EmailKind::Cancelled,
+        EmailKind::Expired,
+        EmailKind::Delivery,
+    ];
+}
+
+/// Where the links in the emails point: the pages behind `CAIRN_PUBLIC_URL`.
+#[derive(Clone, Debug)]
+pub struct Links {
+    pub public_url: String,
+}
+
+impl Links {
+    fn page(&self, page: &str, capsule_id: Uuid) -> String {
+        format!(
+            "{}/{page}/{capsule_id}",
+            self.public_url.trim_end_matches('/')
+        )
+    }
+
+    /// The host part of the public URL, for Message-IDs.
+    fn host(&self) -> &str {
+        let rest = self
+            .public_url
+            .split_once("://")
+            .map_or(self.public_url.as_str(), |(_, r)| r);
+        let host = rest.split(['/', ':']).next().unwrap_or_default();
+        if host.is_empty() {
+            "cairn.localhost"
+        } else {
+            host
+        }
+    }
+}
+
+/// The templates, parsed once.
+pub(super) struct Emails {
+    env: Environment<'static>,
+    links: Links,
+}
+
+macro_rules! templates {
+    ($env:ident, $($name:literal),*) => {
+        $(
+            $env.add_template(
+                concat!($name, ".subject.txt"),
+                include_str!(concat!("../../templates/email/", $name, ".subject.txt")),
+            )?;
+            $env.add_template(
+                concat!($name, ".txt"),
+                include_str!(concat!("../../templates/email/", $name, ".txt")),
+            )?;
+            $env.add_template(
+                concat!($name, ".html"),
+                include_str!(concat!("../../templates/email/", $name, ".html")),
+            )?;
+        )*
+    };
+}
+
+impl Emails {
+    pub(super) fn new(links: Links) -> Result<Self, CapsuleError> {
+        let mut env = Environment::new();
+        // `.html` templates escape what they are given; the others do not.
+        let add = |env: &mut Environment<'static>| -> Result<(), minijinja::Error> {
+            templates!(env, "confirm", "active", "cancelled", "expired", "delivery");
+            Ok(())
+        };
+        add(&mut env).map_err(|e| CapsuleError::Template(e.to_string()))?;
+        debug_assert_eq!(EmailKind::ALL.len() * 3, env.templates().count());
+        Ok(Emails { env, links })
+    }
+
+    /// The outbox message sending `kind` for the capsule in `state`, as of `now`.
+    pub(super) fn render(
+        &self,
+        state: &CapsuleState,
+        kind: EmailKind,
+        now: DateTime<Utc>,
+    ) -> Result<OutboxMessage, CapsuleError> {
+        let capsule = &state.submitted;
+        let to_self = capsule.sender.email.key() == capsule.recipient.email.key();
+        let attachment = capsule.attachment.as_ref();
+        let values = context! {
+            sender_name => capsule.sender.name.as_str(),
+            sender_email => capsule.sender.email.as_str(),
+            recipient_name => capsule.recipient.name.as_str(),
+            recipient_email => capsule.recipient.email.as_str(),
+            to_self,
+            send_at => long_date(capsule.send_at),
+            created_at => long_date(state.submitted_at),
+            sent_at => long_date(now),
+            waited => waited(state.submitted_at, now),
+            text => capsule.text.as_str(),
+            confirm_url => self.links.page("confirm", capsule.capsule_id),
+            cancel_url => self.links.page("cancel", capsule.capsule_id),
+            download_url => attachment.map(|_| self.links.page("download", capsule.capsule_id)),
+            file_name => attachment.map(|a| a.file_name.as_str()),
+            text_first => attachment.is_some_and(|a| a.text_location == cairn_events::domain::capsule::TextLocation::Before),
+        };
+        let render = |part: &str| {
+            self.env
+                .get_template(&format!("{}.{part}", kind.name()))
+                .and_then(|t| t.render(&values))
+                .map_err(|e| CapsuleError::Template(e.to_string()))
+        };
+        let (to, to_name) = match kind {
+            EmailKind::Delivery => (&capsule.recipient.email, &capsule.recipient.name),
+            _ => (&capsule.sender.email, &capsule.sender.name),
+        };
+        let email = Email {
+            to: to.as_str().to_owned(),
+            to_name: Some(to_name.as_str().to_owned()),
+            subject: render("subject.txt")?.trim().to_owned(),
+            text: render("txt")?,
+            html: render("html")?,
+            message_id: format!(
+                "<{}.{}@{}>",
+                capsule.capsule_id,
+                kind.name(),
+                self.links.host()
+            ),
+        };
+        Ok(email.into_outbox(outbox_id(capsule.capsule_id, kind)))
+    }
+}
+
+/// The outbox id of a capsule's email of one kind: the same every time it is asked for.
+fn outbox_id(capsule_id: Uuid, kind: EmailKind) -> Uuid {
+    let digest = Sha256::digest(format!("{capsule_id}:{}", kind.name()).as_bytes());
+    let mut bytes = [0_u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// `2 December 2026 at 14:05 UTC`.
+fn long_date(t: DateTime<Utc>) -> String {
+    t.format("%-d %B %Y at %H:%M UTC").to_string()
+}
+
+/// How long a capsule waited, in words: `2 years and 17 days`, `3 days`, `5 hours and 2
+/// minutes`, `less than a minute`.
+pub fn waited(from: DateTime<Utc>, to: DateTime<Utc>) -> String {
+    let plural = |n: i64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    let join = |parts: Vec<String>| match parts.as_slice() {
+        [] => "less than a minute".to_owned(),
+        [one] => one.clone(),
+        [first, second] => format!("{first} and {second}"),
+        _ => parts.join(", "),
+    };
+    if to <= from {
+        return "less than a minute".to_owned();
+    }
+    // Whole years by the calendar (a year from 29 February ends on 28 February).
+    let mut years = i64::from(to.year() - from.year());
+    let anniversary = |years: i64| {
+        let year = from.year() + i32::try_from(years).unwrap_or(0);
+        from.with_year(year)
+            .or_else(|| from.with_day(28).and_then(|d| d.with_year(year)))
+    };
+    while years > 0 && anniversary(years).is_none_or(|a| a > to) {
+        years -= 1;
+    }
+    let start = anniversary(years).unwrap_or(from);
+    let rest = to - start;
+    let days = rest.num_days();
+    if years > 0 || days > 0 {
+        let mut parts = Vec::new();
+        if years > 0 {
+            parts.push(plural(years, "year"));
+        }
+        if days > 0 {
+            parts.push(plural(days, "day"));
+        }
+        return join(parts);
+    }
+    let hours = rest.num_hours();
+    let minutes = rest.num_minutes() - hours * 60;
+    let mut parts = Vec::new();
+    if hours > 0 {
+        parts.push(plural(hours, "hour"));
+    }
+    if minutes > 0 {
+        parts.push(plural(minutes, "minute"));
+    }
+    join(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, m, d, h, min, 0)
+            .single()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn waits_in_words() {
+        assert_eq!(
+            waited(at(2024, 1, 1, 0, 0), at(2026, 1, 18, 0, 0)),
+            "2 years and 17 days"
+        );
+        assert_eq!(waited(at(2024, 1, 1, 0, 0), at(2025, 1, 1, 0, 0)), "1 year");
+        assert_eq!(
+            waited(at(2024, 2, 29, 0, 0), at(2025, 2, 28, 0, 0)),
+            "1 year"
+        );
+        assert_eq!(waited(at(2024, 3, 1, 0, 0), at(2024, 3, 4, 5, 0)), "3 days");
+        assert_eq!(
+            waited(at(2024, 3, 1, 0, 0), at(2024, 3, 1, 5, 2)),
+            "5 hours and 2 minutes"
+        );
+        assert_eq!(
+            waited(at(2024, 3, 1, 0, 0), at(2024, 3, 1, 0, 1)),
+            "1 minute"
+        );
+        assert_eq!(
+            waited(at(2024, 3, 1, 0, 0), at(2024, 3, 1, 0, 0)),
+            "less than a minute"
+        );
+        assert_eq!(
+            waited(at(2024, 12, 31, 0, 0), at(2025, 1, 2, 0, 0)),
+            "2 days"
+        );
+    }
+
+    #[test]
+    fn outbox_ids_are_stable_per_kind() {
+        let capsule = Uuid::from_u128(7);
+        assert_eq!(
+            outbox_id(capsule, EmailKind::Confirm),
+            outbox_id(capsule, EmailKind::Confirm)
+        );
+        assert_ne!(
+            outbox_id(capsule, EmailKind::Confirm),
+            outbox_id(capsule, EmailKind::Active)
+        );
+    }
+}

@@ -1,0 +1,362 @@
+//! Time capsules, the write side: submit, confirm, cancel, and the scheduler's release and
+//! expire.
+//!
+//! Each use case loads the capsule's stream, decides, and appends with the version it
+//! read, together with the work the decision leaves: due items (the expiry of an
+//! unconfirmed capsule, the release of a confirmed one) and the emails it causes, so an
+//! email is queued exactly when its cause is committed. A conflicting writer (a confirm
+//! racing the expiry) makes the loser read again and decide anew.
+
+pub mod chronoria;
+pub mod emails;
+
+use std::sync::Arc;
+
+use cairn_events::domain::capsule::{
+    self, CapsuleCancelled, CapsuleConfirmed, CapsuleExpired, CapsuleReleased, CapsuleState,
+    CapsuleSubmitted, EmailAddress, Refusal, Status,
+};
+use cairn_events::{
+    AppendRequest, DueItem, Effects, EventStore, ExpectedVersion, Metadata, NewEvent,
+    OutboxMessage, StoreError,
+};
+use chrono::{DateTime, Duration, Utc};
+use uuid::Uuid;
+
+pub use emails::{EmailKind, Links};
+
+/// How long a sender has to confirm.
+pub const CONFIRM_WITHIN: Duration = Duration::hours(24);
+/// Due-item actions.
+pub const RELEASE: &str = "release";
+pub const EXPIRE: &str = "expire";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CapsuleError {
+    #[error("{0}")]
+    Refused(Refusal),
+    /// Confirm of an unknown, expired, cancelled or already confirmed capsule.
+    #[error("CAPSULE_NA_OR_EXPIRED")]
+    NotPending,
+    /// Cancel of an unknown, released or cancelled capsule, or with the wrong recipient.
+    #[error("CAPSULE_NA_OR_RELEASED")]
+    NotCancellable,
+    #[error("NO_FILE_AVAILABLE_FOR_THIS_CAPSULE")]
+    NoFile,
+    #[error("BLOCKED_SENDER_EMAIL")]
+    BlockedSender,
+    #[error("the capsule's emails could not be written: {0}")]
+    Template(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<Refusal> for CapsuleError {
+    fn from(refusal: Refusal) -> Self {
+        CapsuleError::Refused(refusal)
+    }
+}
+
+/// Now, injectable for tests.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// What a new capsule needs, parsed.
+#[derive(Clone, Debug)]
+pub struct Submission {
+    pub sender: capsule::Party,
+    pub recipient: capsule::Party,
+    pub send_at: DateTime<Utc>,
+    pub text: String,
+    pub attachment: Option<capsule::Attachment>,
+}
+
+/// The capsule use cases, over one event store.
+#[derive(Clone)]
+pub struct Capsules {
+    events: Arc<dyn EventStore>,
+    emails: Arc<emails::Emails>,
+    clock: Clock,
+    /// The least time between submitting and the send time.
+    pub min_lead: Duration,
+    /// Sender addresses refused, case-folded.
+    pub blocked_senders: Arc<Vec<String>>,
+}
+
+/// A decision: the event to append and the work it leaves.
+struct Decision {
+    event: NewEvent,
+    effects: Effects,
+}
+
+impl Capsules {
+    pub fn new(
+        events: Arc<dyn EventStore>,
+        links: Links,
+        clock: Clock,
+    ) -> Result<Self, CapsuleError> {
+        Ok(Capsules {
+            events,
+            emails: Arc::new(emails::Emails::new(links)?),
+            clock,
+            min_lead: Duration::zero(),
+            blocked_senders: Arc::new(Vec::new()),
+        })
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        (self.clock)()
+    }
+
+    fn metadata(actor: &str) -> Metadata {
+        Metadata {
+            actor: Some(actor.to_owned()),
+            correlation_id: Some(Uuid::now_v7()),
+            causation_id: None,
+        }
+    }
+
+    /// Check a send time against now and the minimum lead time.
+    pub fn check_send_time(&self, send_at: DateTime<Utc>) -> Result<(), Refusal> {
+        if send_at <= self.now() + self.min_lead {
+            Err(Refusal::InvalidFutureTime)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Write a new capsule; it waits for confirmation. Returns its id.
+    pub async fn submit(&self, submission: Submission) -> Result<Uuid, CapsuleError> {
+        if self.is_blocked(&submission.sender.email) {
+            return Err(CapsuleError::BlockedSender);
+        }
+        self.check_send_time(submission.send_at)?;
+        capsule::validate_text(&submission.text, submission.attachment.is_some())?;
+        let capsule_id = new_capsule_id();
+        let now = self.now();
+        let submitted = CapsuleSubmitted {
+            capsule_id,
+            sender: submission.sender,
+            recipient: submission.recipient,
+            send_at: submission.send_at,
+            text: submission.text,
+            attachment: submission.attachment,
+        };
+        let state = CapsuleState {
+            submitted: submitted.clone(),
+            submitted_at: now,
+            status: Status::Pending,
+            since: now,
+            version: 0,
+        };
+        let effects = Effects {
+            schedule: vec![due(capsule_id, EXPIRE, now + CONFIRM_WITHIN)],
+            outbox: vec![self.email(&state, EmailKind::Confirm, now)?],
+            ..Effects::default()
+        };
+        let request = AppendRequest::new(
+            capsule::stream_id(capsule_id),
+            ExpectedVersion::NoStream,
+            vec![NewEvent::at(&submitted, Self::metadata("sender"), now)],
+        )
+        .with_effects(effects);
+        self.events.append(request).await?;
+        Ok(capsule_id)
+    }
+
+    /// The sender confirms: the capsule is scheduled for release (at once if its time has
+    /// passed).
+    pub async fn confirm(&self, capsule_id: Uuid) -> Result<(), CapsuleError> {
+        self.decide(capsule_id, |state, now| {
+            let expired = now >= state.submitted_at + CONFIRM_WITHIN;
+            if state.status != Status::Pending || expired {
+                return Err(CapsuleError::NotPending);
+            }
+            Ok(Decision {
+                event: NewEvent::at(
+                    &CapsuleConfirmed { capsule_id },
+                    Self::metadata("sender"),
+                    now,
+                ),
+                effects: Effects {
+                    unschedule: vec![key(capsule_id, EXPIRE)],
+                    schedule: vec![due(capsule_id, RELEASE, state.submitted.send_at.max(now))],
+                    outbox: vec![self.email(state, EmailKind::Active, now)?],
+                },
+            })
+        })
+        .await?
+        .ok_or(CapsuleError::NotPending)
+    }
+
+    /// Cancel a capsule not yet released; `recipient_email` must be its recipient's.
+    pub async fn cancel(
+        &self,
+        capsule_id: Uuid,
+        recipient_email: &str,
+    ) -> Result<(), CapsuleError> {
+        let given =
+            EmailAddress::parse(recipient_email).map_err(|_| CapsuleError::NotCancellable)?;
+        self.decide(capsule_id, |state, now| {
+            let open = matches!(state.status, Status::Pending | Status::Active);
+            if !open || state.submitted.recipient.email.key() != given.key() {
+                return Err(CapsuleError::NotCancellable);
+            }
+            Ok(Decision {
+                event: NewEvent::at(
+                    &CapsuleCancelled { capsule_id },
+                    Self::metadata("sender"),
+                    now,
+                ),
+                effects: Effects {
+                    unschedule: vec![key(capsule_id, EXPIRE), key(capsule_id, RELEASE)],
+                    outbox: vec![self.email(state, EmailKind::Cancelled, now)?],
+                    ..Effects::default()
+                },
+            })
+        })
+        .await?
+        .ok_or(CapsuleError::NotCancellable)
+    }
+
+    /// Release a confirmed capsule: its delivery email is queued. `false` when there is
+    /// nothing to release (cancelled since, or released already).
+    pub async fn release(&self, capsule_id: Uuid) -> Result<bool, CapsuleError> {
+        let released = self
+            .decide(capsule_id, |state, now| {
+                if state.status != Status::Active {
+                    return Err(CapsuleError::NotCancellable);
+                }
+                Ok(Decision {
+                    event: NewEvent::at(
+                        &CapsuleReleased { capsule_id },
+                        Self::metadata("scheduler"),
+                        now,
+                    ),
+                    effects: Effects {
+                        unschedule: vec![key(capsule_id, RELEASE)],
+                        outbox: vec![self.email(state, EmailKind::Delivery, now)?],
+                        ..Effects::default()
+                    },
+                })
+            })
+            .await;
+        nothing_is_false(released)
+    }
+
+    /// Expire a capsule nobody confirmed. `false` when there is nothing to expire.
+    pub async fn expire(&self, capsule_id: Uuid) -> Result<bool, CapsuleError> {
+        let expired = self
+            .decide(capsule_id, |state, now| {
+                if state.status != Status::Pending {
+                    return Err(CapsuleError::NotPending);
+                }
+                Ok(Decision {
+                    event: NewEvent::at(
+                        &CapsuleExpired { capsule_id },
+                        Self::metadata("scheduler"),
+                        now,
+                    ),
+                    effects: Effects {
+                        unschedule: vec![key(capsule_id, EXPIRE)],
+                        outbox: vec![self.email(state, EmailKind::Expired, now)?],
+                        ..Effects::default()
+                    },
+                })
+            })
+            .await;
+        nothing_is_false(expired)
+    }
+
+    /// The capsule as its events tell it.
+    pub async fn load(&self, capsule_id: Uuid) -> Result<Option<CapsuleState>, CapsuleError> {
+        let events = self
+            .events
+            .read_stream(&capsule::stream_id(capsule_id))
+            .await?;
+        CapsuleState::of(&events)
+            .map_err(|e| CapsuleError::Store(StoreError::Corrupt(e.to_string())))
+    }
+
+    /// Load, decide, append; on a conflict, load and decide again. `Ok(None)` for an
+    /// unknown capsule.
+    async fn decide(
+        &self,
+        capsule_id: Uuid,
+        decide: impl Fn(&CapsuleState, DateTime<Utc>) -> Result<Decision, CapsuleError>,
+    ) -> Result<Option<()>, CapsuleError> {
+        for _ in 0..3 {
+            let Some(state) = self.load(capsule_id).await? else {
+                return Ok(None);
+            };
+            let decision = decide(&state, self.now())?;
+            let request = AppendRequest::new(
+                capsule::stream_id(capsule_id),
+                ExpectedVersion::Exact(state.version),
+                vec![decision.event],
+            )
+            .with_effects(decision.effects);
+            match self.events.append(request).await {
+                Ok(_) => return Ok(Some(())),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Conflict {
+            stream_id: capsule::stream_id(capsule_id),
+            expected: ExpectedVersion::Any,
+            actual: -1,
+        }
+        .into())
+    }
+
+    fn is_blocked(&self, sender: &EmailAddress) -> bool {
+        let key = sender.key();
+        self.blocked_senders.contains(&key)
+    }
+
+    fn email(
+        &self,
+        state: &CapsuleState,
+        kind: EmailKind,
+        now: DateTime<Utc>,
+    ) -> Result<OutboxMessage, CapsuleError> {
+        self.emails.render(state, kind, now)
+    }
+}
+
+/// For the scheduler: a refusal means the capsule moved on, so there is nothing to do.
+fn nothing_is_false(outcome: Result<Option<()>, CapsuleError>) -> Result<bool, CapsuleError> {
+    match outcome {
+        Ok(Some(())) => Ok(true),
+        Ok(None) | Err(CapsuleError::NotPending | CapsuleError::NotCancellable) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Capsule ids are in the links emailed to people: 122 random bits, so they cannot be
+/// guessed (a time-ordered id would give part of itself away).
+fn new_capsule_id() -> Uuid {
+    let bytes: [u8; 16] = rand::random();
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
+fn key(capsule_id: Uuid, action: &str) -> String {
+    format!("{}:{action}", capsule::stream_id(capsule_id))
+}
+
+fn due(capsule_id: Uuid, action: &str, due_at: DateTime<Utc>) -> DueItem {
+    DueItem {
+        key: key(capsule_id, action),
+        stream_id: capsule::stream_id(capsule_id),
+        action: action.to_owned(),
+        due_at,
+    }
+}
+
+/// The capsule a due item is about.
+pub fn capsule_of(item: &DueItem) -> Option<Uuid> {
+    item.stream_id
+        .strip_prefix(capsule::CATEGORY)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|id| Uuid::parse_str(id).ok())
+}

@@ -1,0 +1,411 @@
+//! Time capsules: a message (and perhaps a file) emailed at a chosen time.
+//!
+//! A capsule is one stream, `capsule-<id>`, for its whole life: submitted (pending the
+//! sender's confirmation), confirmed (active), then released, or cancelled, or expired if
+//! never confirmed. Nothing moves between tables or databases when its state changes: the
+//! state is the fold of its events ([`CapsuleState::of`]).
+//!
+//! The input types below are the only way in ("parse, don't validate"); each refusal
+//! carries the plain-text code the Chronoria client knows.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{DecodeError, DomainEvent, Envelope};
+
+/// The stream category of capsules.
+pub const CATEGORY: &str = "capsule";
+/// Longest email address, in characters.
+pub const MAX_EMAIL_CHARS: usize = 255;
+/// Longest name, in characters.
+pub const MAX_NAME_CHARS: usize = 255;
+/// Longest capsule text, in characters.
+pub const MAX_TEXT_CHARS: usize = 10_000;
+/// Largest attached file, in bytes.
+pub const MAX_FILE_BYTES: u64 = 200_000_000;
+
+/// Why an input was refused: the Chronoria error codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Refusal {
+    InvalidEmail,
+    InvalidName,
+    InvalidFutureTime,
+    InvalidText,
+    InvalidTextLoc,
+    InvalidFile,
+    InvalidId,
+}
+
+impl Refusal {
+    /// The code as Chronoria spells it.
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::InvalidEmail => "INVALID_EMAIL",
+            Refusal::InvalidName => "INVALID_NAME",
+            Refusal::InvalidFutureTime => "INVALID_FUTURE_TIME",
+            Refusal::InvalidText => "INVALID_TEXT",
+            Refusal::InvalidTextLoc => "INVALID_TEXT_LOC",
+            Refusal::InvalidFile => "INVALID_FILE",
+            Refusal::InvalidId => "INVALID_ID",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// An email address: at most 255 characters, one `@` between a local part of 1-64
+/// printable characters (no spaces, quotes or angle brackets) and a domain of dot-separated
+/// labels of letters, digits and `-` with at least one dot. Kept as written; compared
+/// case-insensitively ([`EmailAddress::key`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EmailAddress(String);
+
+impl EmailAddress {
+    pub fn parse(raw: &str) -> Result<Self, Refusal> {
+        let raw = raw.trim();
+        if raw.is_empty() || raw.chars().count() > MAX_EMAIL_CHARS {
+            return Err(Refusal::InvalidEmail);
+        }
+        let (local, domain) = raw.rsplit_once('@').ok_or(Refusal::InvalidEmail)?;
+        let local_ok = (1..=64).contains(&local.len())
+            && local.chars().all(|c| {
+                c.is_ascii_graphic()
+                    && !matches!(
+                        c,
+                        '@' | '"' | '<' | '>' | '(' | ')' | ',' | ';' | ':' | '\\' | '[' | ']'
+                    )
+            })
+            && !local.starts_with('.')
+            && !local.ends_with('.')
+            && !local.contains("..");
+        let labels: Vec<&str> = domain.split('.').collect();
+        let domain_ok = labels.len() >= 2
+            && domain.len() <= 253
+            && labels.iter().all(|label| {
+                (1..=63).contains(&label.len())
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            });
+        if local_ok && domain_ok {
+            Ok(EmailAddress(raw.to_owned()))
+        } else {
+            Err(Refusal::InvalidEmail)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The case-folded form addresses are compared by.
+    pub fn key(&self) -> String {
+        self.0.to_ascii_lowercase()
+    }
+}
+
+impl TryFrom<String> for EmailAddress {
+    type Error = Refusal;
+    fn try_from(value: String) -> Result<Self, Refusal> {
+        EmailAddress::parse(&value)
+    }
+}
+
+impl From<EmailAddress> for String {
+    fn from(value: EmailAddress) -> String {
+        value.0
+    }
+}
+
+impl fmt::Display for EmailAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A person's name: 1-255 characters once trimmed, no control characters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PersonName(String);
+
+impl PersonName {
+    pub fn parse(raw: &str) -> Result<Self, Refusal> {
+        let name = raw.trim();
+        if name.is_empty()
+            || name.chars().count() > MAX_NAME_CHARS
+            || name.chars().any(char::is_control)
+        {
+            return Err(Refusal::InvalidName);
+        }
+        Ok(PersonName(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for PersonName {
+    type Error = Refusal;
+    fn try_from(value: String) -> Result<Self, Refusal> {
+        PersonName::parse(&value)
+    }
+}
+
+impl From<PersonName> for String {
+    fn from(value: PersonName) -> String {
+        value.0
+    }
+}
+
+/// A capsule's text: at most 10,000 characters, no control characters but line breaks
+/// and tabs; a capsule without a file needs some text.
+pub fn validate_text(text: &str, has_file: bool) -> Result<(), Refusal> {
+    let too_long = text.chars().count() > MAX_TEXT_CHARS;
+    let controls = text
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'));
+    let empty = text.trim().is_empty() && !has_file;
+    if too_long || controls || empty {
+        Err(Refusal::InvalidText)
+    } else {
+        Ok(())
+    }
+}
+
+/// Where a file capsule's text goes in the delivered email, around the download link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TextLocation {
+    Before,
+    After,
+}
+
+impl TextLocation {
+    /// `Before` or `After`, in any case.
+    pub fn parse(raw: &str) -> Result<Self, Refusal> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "before" => Ok(TextLocation::Before),
+            "after" => Ok(TextLocation::After),
+            _ => Err(Refusal::InvalidTextLoc),
+        }
+    }
+}
+
+/// A capsule id as it appears in links: a UUID.
+pub fn parse_id(raw: &str) -> Result<Uuid, Refusal> {
+    Uuid::parse_str(raw.trim()).map_err(|_| Refusal::InvalidId)
+}
+
+pub fn stream_id(capsule_id: Uuid) -> String {
+    format!("{CATEGORY}-{capsule_id}")
+}
+
+/// Someone a capsule is from or to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Party {
+    pub email: EmailAddress,
+    pub name: PersonName,
+}
+
+/// A file attached to a capsule, kept in blob storage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Where the blob store keeps it.
+    pub blob: String,
+    /// The name it downloads as.
+    pub file_name: String,
+    pub bytes: u64,
+    pub text_location: TextLocation,
+}
+
+/// A capsule was written; it waits for the sender's confirmation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CapsuleSubmitted {
+    pub capsule_id: Uuid,
+    pub sender: Party,
+    pub recipient: Party,
+    pub send_at: DateTime<Utc>,
+    pub text: String,
+    pub attachment: Option<Attachment>,
+}
+
+impl DomainEvent for CapsuleSubmitted {
+    const TYPE: &'static str = "capsule.submitted";
+    const SCHEMA_VERSION: i32 = 1;
+}
+
+/// The sender confirmed the capsule: it will be released at its time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapsuleConfirmed {
+    pub capsule_id: Uuid,
+}
+
+impl DomainEvent for CapsuleConfirmed {
+    const TYPE: &'static str = "capsule.confirmed";
+    const SCHEMA_VERSION: i32 = 1;
+}
+
+/// The capsule was cancelled before its release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapsuleCancelled {
+    pub capsule_id: Uuid,
+}
+
+impl DomainEvent for CapsuleCancelled {
+    const TYPE: &'static str = "capsule.cancelled";
+    const SCHEMA_VERSION: i32 = 1;
+}
+
+/// Nobody confirmed the capsule in time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapsuleExpired {
+    pub capsule_id: Uuid,
+}
+
+impl DomainEvent for CapsuleExpired {
+    const TYPE: &'static str = "capsule.expired";
+    const SCHEMA_VERSION: i32 = 1;
+}
+
+/// The capsule was released: its delivery email is queued.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapsuleReleased {
+    pub capsule_id: Uuid,
+}
+
+impl DomainEvent for CapsuleReleased {
+    const TYPE: &'static str = "capsule.released";
+    const SCHEMA_VERSION: i32 = 1;
+}
+
+/// Where a capsule is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Waiting for the sender's confirmation.
+    Pending,
+    /// Confirmed; waiting for its time.
+    Active,
+    Released,
+    Cancelled,
+    Expired,
+}
+
+/// A capsule as its events tell it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CapsuleState {
+    pub submitted: CapsuleSubmitted,
+    pub submitted_at: DateTime<Utc>,
+    pub status: Status,
+    /// When it reached its current status.
+    pub since: DateTime<Utc>,
+    /// The stream version, for the next append's expectation.
+    pub version: i64,
+}
+
+impl CapsuleState {
+    /// Fold a capsule's stream; `None` for an empty stream.
+    pub fn of(events: &[Envelope]) -> Result<Option<Self>, DecodeError> {
+        let Some((first, rest)) = events.split_first() else {
+            return Ok(None);
+        };
+        let mut state = CapsuleState {
+            submitted: CapsuleSubmitted::decode(first)?,
+            submitted_at: first.occurred_at,
+            status: Status::Pending,
+            since: first.occurred_at,
+            version: first.version,
+        };
+        for event in rest {
+            let status = match event.event_type.as_str() {
+                CapsuleConfirmed::TYPE => Status::Active,
+                CapsuleCancelled::TYPE => Status::Cancelled,
+                CapsuleExpired::TYPE => Status::Expired,
+                CapsuleReleased::TYPE => Status::Released,
+                _ => state.status,
+            };
+            state.status = status;
+            state.since = event.occurred_at;
+            state.version = event.version;
+        }
+        Ok(Some(state))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails() {
+        for good in [
+            "a@b.co",
+            "first.last+tag@mail.example.org",
+            " Kim@Example.COM ",
+        ] {
+            assert!(EmailAddress::parse(good).is_ok(), "{good}");
+        }
+        let long = format!("{}@example.com", "a".repeat(250));
+        for bad in [
+            "",
+            "plain",
+            "a@b",
+            "@b.co",
+            "a@",
+            "a b@c.co",
+            "a@b..co",
+            "a@-b.co",
+            ".a@b.co",
+            "a..b@c.co",
+            "a@b.c_o",
+            "<a@b.co>",
+            long.as_str(),
+        ] {
+            assert_eq!(
+                EmailAddress::parse(bad),
+                Err(Refusal::InvalidEmail),
+                "{bad:?}"
+            );
+        }
+        let kim = EmailAddress::parse("Kim@Example.COM").unwrap_or_else(|_| unreachable!());
+        assert_eq!(kim.key(), "kim@example.com");
+    }
+
+    #[test]
+    fn names_texts_and_locations() {
+        assert!(PersonName::parse("Ada Lovelace").is_ok());
+        assert_eq!(PersonName::parse("  "), Err(Refusal::InvalidName));
+        assert_eq!(
+            PersonName::parse(&"n".repeat(256)),
+            Err(Refusal::InvalidName)
+        );
+        assert_eq!(PersonName::parse("a\u{7}b"), Err(Refusal::InvalidName));
+        assert!(validate_text("dear future me\n", false).is_ok());
+        assert!(
+            validate_text("", true).is_ok(),
+            "a file capsule may have no text"
+        );
+        assert_eq!(validate_text(" ", false), Err(Refusal::InvalidText));
+        assert_eq!(
+            validate_text(&"x".repeat(10_001), false),
+            Err(Refusal::InvalidText)
+        );
+        assert!(
+            validate_text(&"é".repeat(10_000), false).is_ok(),
+            "characters, not bytes"
+        );
+        assert_eq!(TextLocation::parse("before"), Ok(TextLocation::Before));
+        assert_eq!(TextLocation::parse("After"), Ok(TextLocation::After));
+        assert_eq!(TextLocation::parse("middle"), Err(Refusal::InvalidTextLoc));
+        assert_eq!(parse_id("nope"), Err(Refusal::InvalidId));
+    }
+}

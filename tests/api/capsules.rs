@@ -1,0 +1,270 @@
+//! Time capsules through the Chronoria-compatible API, with a real SMTP listener: submit,
+//! the confirmation email, confirm, the receipt, the release at the due time and the
+//! delivery email; cancellation; every error code.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp, spawn_with, test_config};
+use crate::smtp::{Received, SmtpSink};
+
+crate::on_both_backends!(
+    capsules: a_capsule_is_confirmed_and_delivered,
+    a_capsule_is_cancelled,
+    submission_errors,
+    confirm_and_cancel_errors
+);
+
+async fn spawn(backend: Backend) -> (TestApp, SmtpSink) {
+    let sink = SmtpSink::start().await;
+    let mut config = test_config(backend).await;
+    config.smtp_url = Some(sink.url.clone());
+    config.public_url = "https://capsules.example".into();
+    config.blocked_senders = vec!["Spam@Example.com".into()];
+    (spawn_with(config).await, sink)
+}
+
+fn in_ms(delay: Duration) -> i64 {
+    (chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap()).timestamp_millis()
+}
+
+fn capsule(send_time: i64) -> Value {
+    json!({
+        "senderEmail": "ada@example.com",
+        "senderName": "Ada",
+        "recipientEmail": "Grace@Example.com",
+        "recipientName": "Grace",
+        "sendTime": send_time,
+        "text": "Hello from the past <b>bold</b>",
+    })
+}
+
+async fn call(app: &TestApp, request: reqwest::RequestBuilder) -> (u16, String) {
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let _ = app;
+    (status, response.text().await.unwrap())
+}
+
+async fn submit(app: &TestApp, body: &Value) -> (u16, String) {
+    call(
+        app,
+        app.client
+            .post(format!("{}/api/submit/text", app.address))
+            .json(body),
+    )
+    .await
+}
+
+async fn get(app: &TestApp, path: &str) -> (u16, String) {
+    call(app, app.client.get(format!("{}{path}", app.address))).await
+}
+
+/// The capsule id in a link of `email` to `page` (`https://capsules.example/confirm/<id>`).
+fn id_in(email: &Received, page: &str) -> String {
+    let text = email.decoded();
+    let marker = format!("https://capsules.example/{page}/");
+    let start = text.find(&marker).expect("the link") + marker.len();
+    text[start..start + 36].to_owned()
+}
+
+pub async fn a_capsule_is_confirmed_and_delivered(backend: Backend) {
+    let (app, sink) = spawn(backend).await;
+    assert_eq!(get(&app, "/api/ping").await, (200, "Pong".into()));
+    assert_eq!(
+        submit(&app, &capsule(in_ms(Duration::from_secs(2)))).await,
+        (200, String::new())
+    );
+
+    let confirmation = sink
+        .wait_for("ada@example.com", "Confirm your time capsule")
+        .await;
+    let id = id_in(&confirmation, "confirm");
+    assert!(confirmation.decoded().contains("within 24 hours"));
+    assert_eq!(
+        confirmation.header("Message-ID").as_deref(),
+        Some(format!("<{id}.confirm@capsules.example>").as_str())
+    );
+
+    assert_eq!(
+        get(&app, &format!("/api/confirm?id={id}")).await,
+        (200, String::new())
+    );
+    let receipt = sink.wait_for("ada@example.com", "is scheduled").await;
+    assert_eq!(id_in(&receipt, "cancel"), id);
+    // Confirming twice is refused.
+    assert_eq!(
+        get(&app, &format!("/confirm?id={id}")).await,
+        (400, "CAPSULE_NA_OR_EXPIRED".into())
+    );
+
+    let delivery = sink
+        .wait_for("Grace@Example.com", "A time capsule from Ada")
+        .await;
+    let text = delivery.decoded();
+    assert!(
+        text.contains("Hello from the past <b>bold</b>"),
+        "the plain text part"
+    );
+    assert!(
+        text.contains("Hello from the past &lt;b&gt;bold&lt;"),
+        "escaped in the HTML part"
+    );
+    assert_eq!(
+        delivery.header("Message-ID").as_deref(),
+        Some(format!("<{id}.delivery@capsules.example>").as_str())
+    );
+    // Released: it can no longer be cancelled, and it was delivered once.
+    assert_eq!(
+        get(
+            &app,
+            &format!("/api/cancel?id={id}&recipientEmail=grace@example.com")
+        )
+        .await,
+        (400, "CAPSULE_NA_OR_RELEASED".into())
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deliveries = sink
+        .received()
+        .iter()
+        .filter(|m| m.header("Message-ID") == delivery.header("Message-ID"))
+        .count();
+    assert_eq!(deliveries, 1);
+}
+
+pub async fn a_capsule_is_cancelled(backend: Backend) {
+    let (app, sink) = spawn(backend).await;
+    assert_eq!(
+        submit(&app, &capsule(in_ms(Duration::from_secs(3600))))
+            .await
+            .0,
+        200
+    );
+    let id = id_in(
+        &sink.wait_for("ada@example.com", "Confirm").await,
+        "confirm",
+    );
+    assert_eq!(get(&app, &format!("/api/confirm/?id={id}")).await.0, 200);
+    sink.wait_for("ada@example.com", "is scheduled").await;
+
+    // Only the recipient's address (in any case) cancels.
+    assert_eq!(
+        get(
+            &app,
+            &format!("/api/cancel?id={id}&recipientEmail=ada@example.com")
+        )
+        .await,
+        (400, "CAPSULE_NA_OR_RELEASED".into())
+    );
+    assert_eq!(
+        get(
+            &app,
+            &format!("/cancel?id={id}&RecipientEmail=GRACE@example.com")
+        )
+        .await,
+        (200, String::new())
+    );
+    sink.wait_for("ada@example.com", "is cancelled").await;
+    assert_eq!(
+        get(
+            &app,
+            &format!("/api/cancel?id={id}&recipientEmail=grace@example.com")
+        )
+        .await,
+        (400, "CAPSULE_NA_OR_RELEASED".into())
+    );
+    assert_eq!(
+        get(&app, &format!("/api/confirm?id={id}")).await,
+        (400, "CAPSULE_NA_OR_EXPIRED".into())
+    );
+    assert_eq!(
+        app.store.next_due().await.unwrap(),
+        None,
+        "nothing left to release"
+    );
+}
+
+pub async fn submission_errors(backend: Backend) {
+    let (app, _sink) = spawn(backend).await;
+    let later = in_ms(Duration::from_secs(3600));
+    let with = |field: &str, value: Value| {
+        let mut body = capsule(later);
+        body[field] = value;
+        body
+    };
+    let long = "x".repeat(10_001);
+    for (body, code) in [
+        (with("senderEmail", json!("not an email")), "INVALID_EMAIL"),
+        (
+            with(
+                "recipientEmail",
+                json!(format!("{}@example.com", "a".repeat(250))),
+            ),
+            "INVALID_EMAIL",
+        ),
+        (with("senderName", json!("")), "INVALID_NAME"),
+        (
+            with("recipientName", json!("n".repeat(256))),
+            "INVALID_NAME",
+        ),
+        (
+            with("sendTime", json!(in_ms(Duration::ZERO) - 1000)),
+            "INVALID_FUTURE_TIME",
+        ),
+        (with("sendTime", json!("soon")), "INVALID_FUTURE_TIME"),
+        (with("text", json!("")), "INVALID_TEXT"),
+        (with("text", json!(long)), "INVALID_TEXT"),
+        (
+            with("senderEmail", json!("spam@example.COM")),
+            "BLOCKED_SENDER_EMAIL",
+        ),
+    ] {
+        assert_eq!(submit(&app, &body).await, (400, code.to_owned()), "{body}");
+    }
+    // Field names match in any case; the route works with a trailing slash.
+    let shouted = json!({
+        "SENDEREMAIL": "ada@example.com", "sendername": "Ada",
+        "RecipientEmail": "ada@example.com", "RECIPIENTNAME": "Ada",
+        "SendTime": later, "TEXT": "to myself",
+    });
+    let (status, _) = call(
+        &app,
+        app.client
+            .post(format!("{}/api/submit/text/", app.address))
+            .json(&shouted),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+pub async fn confirm_and_cancel_errors(backend: Backend) {
+    let (app, _sink) = spawn(backend).await;
+    let unknown = uuid::Uuid::now_v7();
+    for (path, expected) in [
+        ("/api/confirm".to_owned(), "INVALID_ID"),
+        ("/api/confirm?id=nope".to_owned(), "INVALID_ID"),
+        (
+            format!("/api/confirm?id={unknown}"),
+            "CAPSULE_NA_OR_EXPIRED",
+        ),
+        (
+            format!("/api/cancel?id={unknown}&recipientEmail=a@b.co"),
+            "CAPSULE_NA_OR_RELEASED",
+        ),
+        ("/api/cancel?id=nope".to_owned(), "INVALID_ID"),
+        (
+            format!("/api/downloadlink?id={unknown}&recipientEmail=a@b.co"),
+            "CAPSULE_NA_OR_RELEASED",
+        ),
+    ] {
+        assert_eq!(get(&app, &path).await, (400, expected.to_owned()), "{path}");
+    }
+    assert_eq!(
+        submit(&app, &capsule(in_ms(Duration::from_secs(3600))))
+            .await
+            .0,
+        200
+    );
+    let _ = &app;
+}

@@ -1,0 +1,163 @@
+//! A real SMTP listener for the tests: accepts every message over a socket, as a mail
+//! server would, and keeps what it received.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// One received message: the envelope recipient and the raw message (headers and body).
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub to: String,
+    pub raw: String,
+}
+
+impl Received {
+    /// A header's value (the first of that name), unfolded.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let head = self.raw.split("\r\n\r\n").next()?;
+        let mut value: Option<String> = None;
+        for line in head.split("\r\n") {
+            if let Some(v) = value.as_mut() {
+                if line.starts_with([' ', '\t']) {
+                    v.push_str(line.trim_start());
+                    continue;
+                }
+                break;
+            }
+            if let Some((n, v)) = line.split_once(':')
+                && n.eq_ignore_ascii_case(name)
+            {
+                value = Some(v.trim().to_owned());
+            }
+        }
+        value
+    }
+
+    /// The message with quoted-printable soft breaks and `=XX` escapes undone, enough to
+    /// search its text for links and words.
+    pub fn decoded(&self) -> String {
+        let joined = self.raw.replace("=\r\n", "");
+        let mut out = Vec::with_capacity(joined.len());
+        let bytes = joined.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'='
+                && i + 2 < bytes.len()
+                && let Ok(b) = u8::from_str_radix(&joined[i + 1..i + 3], 16)
+            {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+            out.push(bytes[i]);
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+#[derive(Clone)]
+pub struct SmtpSink {
+    pub url: String,
+    received: Arc<Mutex<Vec<Received>>>,
+    arrived: Arc<Notify>,
+}
+
+impl SmtpSink {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("smtp://{}", listener.local_addr().unwrap());
+        let sink = SmtpSink {
+            url,
+            received: Arc::default(),
+            arrived: Arc::default(),
+        };
+        let accepting = sink.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let session = accepting.clone();
+                tokio::spawn(async move { session.serve(socket).await });
+            }
+        });
+        sink
+    }
+
+    async fn serve(&self, socket: tokio::net::TcpStream) -> std::io::Result<()> {
+        let (read, mut write) = socket.into_split();
+        let mut lines = BufReader::new(read);
+        write.write_all(b"220 sink ESMTP\r\n").await?;
+        let mut to = String::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if lines.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
+            match verb.as_str() {
+                "EHLO" => write.write_all(b"250-sink\r\n250 8BITMIME\r\n").await?,
+                "RCPT" => {
+                    to = line
+                        .split_once(':')
+                        .map(|(_, a)| a.trim().trim_matches(['<', '>']).to_owned())
+                        .unwrap_or_default();
+                    write.write_all(b"250 ok\r\n").await?;
+                }
+                "DATA" => {
+                    write.write_all(b"354 go on\r\n").await?;
+                    let mut raw = String::new();
+                    loop {
+                        line.clear();
+                        if lines.read_line(&mut line).await? == 0 {
+                            return Ok(());
+                        }
+                        if line == ".\r\n" {
+                            break;
+                        }
+                        raw.push_str(line.strip_prefix('.').unwrap_or(&line));
+                    }
+                    self.received.lock().unwrap().push(Received {
+                        to: to.clone(),
+                        raw,
+                    });
+                    self.arrived.notify_waiters();
+                    write.write_all(b"250 queued\r\n").await?;
+                }
+                "QUIT" => {
+                    write.write_all(b"221 bye\r\n").await?;
+                    return Ok(());
+                }
+                _ => write.write_all(b"250 ok\r\n").await?,
+            }
+        }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Wait (bounded) for a message to `to` whose subject contains `subject`.
+    pub async fn wait_for(&self, to: &str, subject: &str) -> Received {
+        for _ in 0..300 {
+            let arrived = self.arrived.notified();
+            if let Some(found) = self.received().into_iter().find(|m| {
+                m.to.eq_ignore_ascii_case(to)
+                    && m.header("Subject").is_some_and(|s| s.contains(subject))
+            }) {
+                return found;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), arrived).await;
+        }
+        panic!(
+            "no email to {to} about {subject:?}; received: {:?}",
+            self.received()
+                .iter()
+                .map(|m| (m.to.clone(), m.header("Subject")))
+                .collect::<Vec<_>>()
+        );
+    }
+}
