@@ -264,13 +264,16 @@ impl Application {
             .with_state(ops.clone())
             .merge(SwaggerUi::new("/docs").url("/openapi.json", ops::openapi()));
         if matches!(role, Role::All | Role::Command) {
-            router = router.merge(cairn_command::router(CommandState {
-                events: events.clone(),
-                tokens: tokens.clone(),
-                read_your_writes,
-                read_your_writes_timeout: Duration::from_millis(config.read_your_writes_ms),
-                capsules,
-            }));
+            router = router.merge(
+                cairn_command::router(CommandState {
+                    events: events.clone(),
+                    tokens: tokens.clone(),
+                    read_your_writes,
+                    read_your_writes_timeout: Duration::from_millis(config.read_your_writes_ms),
+                    capsules,
+                })
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+            );
         }
         if matches!(role, Role::All | Role::Query) {
             router = router.merge(cairn_query::router(QueryState {

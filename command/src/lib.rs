@@ -33,7 +33,11 @@ pub struct CommandState {
     pub capsules: capsules::Capsules,
 }
 
-pub fn router(state: CommandState) -> Router {
-    let capsules = capsules::chronoria::router().with_state(state.capsules.clone());
-    messages::router().with_state(state).merge(capsules)
+pub fn router(state: CommandState) -> Result<Router, capsules::CapsuleError> {
+    let chronoria = capsules::chronoria::router().with_state(state.capsules.clone());
+    let pages = capsules::pages::router(state.capsules.clone())?;
+    Ok(messages::router()
+        .with_state(state)
+        .merge(chronoria)
+        .merge(pages))
 }

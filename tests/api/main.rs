@@ -1,11 +1,13 @@
 //! Cairn's HTTP behaviour, spoken to as `curl` would, on both backends.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+mod browser;
 mod capsules;
 mod cli;
 mod durability;
 mod helpers;
 mod messages;
+mod pages;
 mod roles;
 mod service;
 mod smtp;

@@ -9,6 +9,7 @@
 
 pub mod chronoria;
 pub mod emails;
+pub mod pages;
 
 use std::sync::Arc;
 
