@@ -307,6 +307,10 @@ impl Application {
                 Arc::<[client_ip::IpRange]>::from(config.trusted_proxies.clone()),
                 client_ip::layer,
             ))
+            .layer(middleware::from_fn_with_state(
+                crate::cors::Origins::new(&config.cors_origins),
+                crate::cors::layer,
+            ))
             .layer(DefaultBodyLimit::max(config.body_limit))
             .layer(middleware::from_fn_with_state(
                 Duration::from_secs(config.request_timeout),

@@ -67,6 +67,9 @@ pub struct Config {
     pub capsule_min_lead: u64,
     /// Sender addresses whose capsules are refused (`CAIRN_BLOCKED_SENDERS`, comma-separated).
     pub blocked_senders: Vec<String>,
+    /// Web origins allowed to call Cairn from a browser (`CAIRN_CORS_ORIGINS`,
+    /// comma-separated, e.g. the Chronoria client's `https://app.example`; `*` for any).
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for Config {
@@ -91,6 +94,7 @@ impl Default for Config {
             smtp_from: "Cairn <cairn@localhost>".into(),
             capsule_min_lead: 0,
             blocked_senders: Vec::new(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -192,6 +196,14 @@ impl Config {
         }
         if let Some(v) = var("CAIRN_BLOCKED_SENDERS") {
             self.blocked_senders = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        if let Some(v) = var("CAIRN_CORS_ORIGINS") {
+            self.cors_origins = v
                 .split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())

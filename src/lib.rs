@@ -6,6 +6,7 @@ pub mod app;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
+pub mod cors;
 pub mod ops;
 pub mod telemetry;
 

@@ -13,7 +13,8 @@ crate::on_both_backends!(
     capsules: a_capsule_is_confirmed_and_delivered,
     a_capsule_is_cancelled,
     submission_errors,
-    confirm_and_cancel_errors
+    confirm_and_cancel_errors,
+    the_web_client_may_call_from_its_origin
 );
 
 async fn spawn(backend: Backend) -> (TestApp, SmtpSink) {
@@ -22,6 +23,7 @@ async fn spawn(backend: Backend) -> (TestApp, SmtpSink) {
     config.smtp_url = Some(sink.url.clone());
     config.public_url = "https://capsules.example".into();
     config.blocked_senders = vec!["Spam@Example.com".into()];
+    config.cors_origins = vec!["https://app.example".into()];
     (spawn_with(config).await, sink)
 }
 
@@ -267,4 +269,56 @@ pub async fn confirm_and_cancel_errors(backend: Backend) {
         200
     );
     let _ = &app;
+}
+
+/// The Chronoria client is served from its own origin: its browser's preflight is
+/// answered, and answers carry `Access-Control-Allow-Origin` for it and for no other.
+pub async fn the_web_client_may_call_from_its_origin(backend: Backend) {
+    let (app, _sink) = spawn(backend).await;
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/api/submit/text", app.address),
+            )
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header("Access-Control-Request-Headers", "content-type")
+            .send()
+    };
+    let allowed = preflight("https://app.example").await.unwrap();
+    assert_eq!(allowed.status(), 204);
+    let headers = allowed.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert!(
+        headers["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    assert!(
+        headers["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("content-type")
+    );
+    let other = preflight("https://elsewhere.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+
+    let response = app
+        .client
+        .post(format!("{}/api/submit/text", app.address))
+        .header("Origin", "https://app.example")
+        .json(&capsule(in_ms(Duration::from_secs(3600))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
 }
