@@ -13,6 +13,7 @@ use axum::middleware;
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
+use cairn_command::capsules::limits::SlidingLog;
 use cairn_command::capsules::{self, Capsules, Links};
 use cairn_command::{CommandState, TokenRegistry};
 use cairn_events::{DueItem, EventStore, NoWait, ReadYourWrites, Store};
@@ -190,6 +191,11 @@ impl Application {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         capsules.min_lead =
             chrono::Duration::seconds(i64::try_from(config.capsule_min_lead).unwrap_or(i64::MAX));
+        let window = Duration::from_secs(config.capsule_limit_window);
+        capsules.limits = Arc::new(capsules::Limits {
+            per_client: SlidingLog::new(config.capsule_limit_per_client, window),
+            per_sender: SlidingLog::new(config.capsule_limit_per_sender, window),
+        });
         capsules.blocked_senders = Arc::new(
             config
                 .blocked_senders

@@ -86,9 +86,9 @@ impl fmt::Display for IpRange {
     }
 }
 
-/// The resolved client address, put in every request's extensions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ClientIp(pub IpAddr);
+/// The resolved client address, put in every request's extensions (defined with the
+/// command side, whose routes read it).
+pub use cairn_command::ClientIp;
 
 /// Resolve the client of a request that arrived from `peer`.
 pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpRange]) -> IpAddr {

@@ -70,6 +70,14 @@ pub struct Config {
     /// Web origins allowed to call Cairn from a browser (`CAIRN_CORS_ORIGINS`,
     /// comma-separated, e.g. the Chronoria client's `https://app.example`; `*` for any).
     pub cors_origins: Vec<String>,
+    /// Capsule submissions allowed per client address in a window
+    /// (`CAIRN_CAPSULE_LIMIT_PER_CLIENT`); 0: no limit.
+    pub capsule_limit_per_client: usize,
+    /// Capsule submissions allowed per sender address in a window
+    /// (`CAIRN_CAPSULE_LIMIT_PER_SENDER`); 0: no limit.
+    pub capsule_limit_per_sender: usize,
+    /// The window of those limits, in seconds (`CAIRN_CAPSULE_LIMIT_WINDOW`).
+    pub capsule_limit_window: u64,
 }
 
 impl Default for Config {
@@ -95,6 +103,9 @@ impl Default for Config {
             capsule_min_lead: 0,
             blocked_senders: Vec::new(),
             cors_origins: Vec::new(),
+            capsule_limit_per_client: 30,
+            capsule_limit_per_sender: 10,
+            capsule_limit_window: 3600,
         }
     }
 }
@@ -202,6 +213,27 @@ impl Config {
                 .map(str::to_owned)
                 .collect();
         }
+        for (name, field) in [
+            (
+                "CAIRN_CAPSULE_LIMIT_PER_CLIENT",
+                &mut self.capsule_limit_per_client,
+            ),
+            (
+                "CAIRN_CAPSULE_LIMIT_PER_SENDER",
+                &mut self.capsule_limit_per_sender,
+            ),
+        ] {
+            if let Some(v) = var(name) {
+                *field = v
+                    .parse()
+                    .with_context(|| format!("{name}={v:?} is not a number of submissions"))?;
+            }
+        }
+        if let Some(v) = var("CAIRN_CAPSULE_LIMIT_WINDOW") {
+            self.capsule_limit_window = v.parse().with_context(|| {
+                format!("CAIRN_CAPSULE_LIMIT_WINDOW={v:?} is not a number of seconds")
+            })?;
+        }
         if let Some(v) = var("CAIRN_CORS_ORIGINS") {
             self.cors_origins = v
                 .split(',')
@@ -272,6 +304,9 @@ impl Config {
         }
         if self.trending_half_life_minutes < 1 {
             bail!("CAIRN_TRENDING_HALF_LIFE_MINUTES must be at least 1");
+        }
+        if self.capsule_limit_window == 0 {
+            bail!("CAIRN_CAPSULE_LIMIT_WINDOW must be at least 1 second");
         }
         if self.trend_minute_retention_days.is_some_and(|d| d < 1) {
             bail!(

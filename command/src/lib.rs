@@ -18,6 +18,11 @@ use axum::Router;
 use cairn_events::{EventStore, ReadYourWrites};
 
 pub use auth::TokenRegistry;
+
+/// The client's address as the binary's client-IP layer resolved it (the peer, or what a
+/// trusted proxy said in `X-Forwarded-For`), in every request's extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientIp(pub std::net::IpAddr);
 pub use error::ApiError;
 pub use messages::CommandApi;
 

@@ -14,7 +14,8 @@ crate::on_both_backends!(
     a_capsule_is_cancelled,
     submission_errors,
     confirm_and_cancel_errors,
-    the_web_client_may_call_from_its_origin
+    the_web_client_may_call_from_its_origin,
+    submissions_are_rate_limited
 );
 
 async fn spawn(backend: Backend) -> (TestApp, SmtpSink) {
@@ -321,4 +322,41 @@ pub async fn the_web_client_may_call_from_its_origin(backend: Backend) {
         response.headers()["access-control-allow-origin"],
         "https://app.example"
     );
+}
+
+/// Per sender and per client address, a sliding window of submissions; past it, 429 with
+/// how long to wait.
+pub async fn submissions_are_rate_limited(backend: Backend) {
+    let sink = SmtpSink::start().await;
+    let mut config = test_config(backend).await;
+    config.smtp_url = Some(sink.url.clone());
+    config.capsule_limit_per_sender = 2;
+    config.capsule_limit_per_client = 3;
+    let app = spawn_with(config).await;
+    let from = |sender: &str| {
+        let mut body = capsule(in_ms(Duration::from_secs(3600)));
+        body["senderEmail"] = json!(sender);
+        body
+    };
+    let post = |body: Value| {
+        app.client
+            .post(format!("{}/api/submit/text", app.address))
+            .json(&body)
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(post(from("ada@example.com")).await.unwrap().status(), 200);
+    }
+    let refused = post(from("ADA@example.com")).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let wait: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3600).contains(&wait), "Retry-After {wait}");
+    assert_eq!(refused.text().await.unwrap(), "TOO_MANY_REQUESTS");
+    // Another sender from the same address: one more, then the address is at its limit.
+    assert_eq!(post(from("bob@example.com")).await.unwrap().status(), 200);
+    assert_eq!(post(from("carol@example.com")).await.unwrap().status(), 429);
 }

@@ -7,17 +7,19 @@
 
 use std::collections::HashMap;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cairn_events::domain::capsule::{self, EmailAddress, Party, PersonName, Refusal};
 use chrono::DateTime;
 
 use super::{CapsuleError, Capsules, Submission};
+use crate::ClientIp;
 
 pub fn router() -> Router<Capsules> {
     let mut router = Router::new();
@@ -49,6 +51,15 @@ impl IntoResponse for Answer {
             Err(CapsuleError::Store(error)) => {
                 tracing::error!(%error, "capsule request failed on the event store");
                 (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE").into_response()
+            }
+            Err(CapsuleError::RateLimited(wait)) => {
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, seconds.max(1).to_string())],
+                    "TOO_MANY_REQUESTS",
+                )
+                    .into_response()
             }
             Err(CapsuleError::Template(error)) => {
                 tracing::error!(%error, "capsule email could not be rendered");
@@ -125,13 +136,15 @@ async fn download_link(
 
 async fn submit_text(
     State(capsules): State<Capsules>,
+    client: Option<Extension<ClientIp>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     Answer(
         async {
             let body = body.map_err(|_| Refusal::InvalidText)?;
             let submission = parse_submission(&capsules, &body)?;
-            capsules.submit(submission).await.map(|_| ())
+            let client = client.map(|Extension(ClientIp(ip))| ip);
+            capsules.submit(submission, client).await.map(|_| ())
         }
         .await,
     )

@@ -9,6 +9,7 @@
 
 pub mod chronoria;
 pub mod emails;
+pub mod limits;
 pub mod pages;
 
 use std::sync::Arc;
@@ -46,6 +47,9 @@ pub enum CapsuleError {
     NoFile,
     #[error("BLOCKED_SENDER_EMAIL")]
     BlockedSender,
+    /// Too many submissions from this address or sender; try again after the wait.
+    #[error("TOO_MANY_REQUESTS")]
+    RateLimited(std::time::Duration),
     #[error("the capsule's emails could not be written: {0}")]
     Template(String),
     #[error(transparent)]
@@ -81,6 +85,26 @@ pub struct Capsules {
     pub min_lead: Duration,
     /// Sender addresses refused, case-folded.
     pub blocked_senders: Arc<Vec<String>>,
+    /// Submissions per client address and per sender.
+    pub limits: Arc<Limits>,
+}
+
+/// The submission rate limits.
+#[derive(Debug)]
+pub struct Limits {
+    pub per_client: limits::SlidingLog,
+    pub per_sender: limits::SlidingLog,
+}
+
+impl Default for Limits {
+    /// 30 submissions an hour from one address, 10 from one sender.
+    fn default() -> Self {
+        let hour = std::time::Duration::from_secs(3600);
+        Limits {
+            per_client: limits::SlidingLog::new(30, hour),
+            per_sender: limits::SlidingLog::new(10, hour),
+        }
+    }
 }
 
 /// A decision: the event to append and the work it leaves.
@@ -101,6 +125,7 @@ impl Capsules {
             clock,
             min_lead: Duration::zero(),
             blocked_senders: Arc::new(Vec::new()),
+            limits: Arc::new(Limits::default()),
         })
     }
 
@@ -125,13 +150,27 @@ impl Capsules {
         }
     }
 
-    /// Write a new capsule; it waits for confirmation. Returns its id.
-    pub async fn submit(&self, submission: Submission) -> Result<Uuid, CapsuleError> {
+    /// Write a new capsule, sent from `client`; it waits for confirmation. Returns its id.
+    pub async fn submit(
+        &self,
+        submission: Submission,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Uuid, CapsuleError> {
         if self.is_blocked(&submission.sender.email) {
             return Err(CapsuleError::BlockedSender);
         }
         self.check_send_time(submission.send_at)?;
         capsule::validate_text(&submission.text, submission.attachment.is_some())?;
+        let client = client.map(|ip| ip.to_string()).unwrap_or_default();
+        let sender = submission.sender.email.key();
+        limits::admit(
+            &[
+                (&self.limits.per_client, client.as_str()),
+                (&self.limits.per_sender, sender.as_str()),
+            ],
+            std::time::Instant::now(),
+        )
+        .map_err(CapsuleError::RateLimited)?;
         let capsule_id = new_capsule_id();
         let now = self.now();
         let submitted = CapsuleSubmitted {

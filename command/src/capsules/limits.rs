@@ -1,0 +1,122 @@
+//! Sliding-log rate limits on capsule submission, per client address and per sender:
+//! at most `limit` submissions in any `window`. A refused request is told how long until
+//! its oldest counted submission leaves the window (`Retry-After`).
+//!
+//! The log is kept in this process: with several command processes behind a load
+//! balancer, each counts its own share, so the effective limit is per process.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Keys are dropped from memory once this many are held and theirs have all aged out.
+const PRUNE_ABOVE: usize = 10_000;
+
+#[derive(Debug)]
+pub struct SlidingLog {
+    pub limit: usize,
+    pub window: Duration,
+    hits: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+impl SlidingLog {
+    pub fn new(limit: usize, window: Duration) -> Self {
+        SlidingLog {
+            limit,
+            window,
+            hits: Mutex::default(),
+        }
+    }
+
+    /// How long `key` must wait at `now`, or `None` if it may go ahead.
+    fn wait(
+        &self,
+        hits: &mut HashMap<String, VecDeque<Instant>>,
+        key: &str,
+        now: Instant,
+    ) -> Option<Duration> {
+        let log = hits.get_mut(key)?;
+        while log
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.window)
+        {
+            log.pop_front();
+        }
+        if log.len() < self.limit {
+            return None;
+        }
+        let oldest = *log.front()?;
+        Some(self.window.saturating_sub(now.duration_since(oldest)))
+    }
+
+    fn record(&self, hits: &mut HashMap<String, VecDeque<Instant>>, key: &str, now: Instant) {
+        if hits.len() > PRUNE_ABOVE {
+            let window = self.window;
+            hits.retain(|_, log| log.back().is_some_and(|t| now.duration_since(*t) < window));
+        }
+        hits.entry(key.to_owned()).or_default().push_back(now);
+    }
+}
+
+/// Check every (log, key) pair and, only if all allow it, count the request in each.
+/// On refusal, the longest wait.
+pub fn admit(checks: &[(&SlidingLog, &str)], now: Instant) -> Result<(), Duration> {
+    let mut guards: Vec<_> = checks
+        .iter()
+        .map(|(log, _)| log.hits.lock().unwrap_or_else(|p| p.into_inner()))
+        .collect();
+    let mut longest: Option<Duration> = None;
+    for ((log, key), hits) in checks.iter().zip(guards.iter_mut()) {
+        if log.limit == 0 {
+            continue;
+        }
+        if let Some(wait) = log.wait(hits, key, now) {
+            longest = Some(longest.map_or(wait, |l| l.max(wait)));
+        }
+    }
+    if let Some(wait) = longest {
+        return Err(wait);
+    }
+    for ((log, key), hits) in checks.iter().zip(guards.iter_mut()) {
+        if log.limit > 0 {
+            log.record(hits, key, now);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_admits_its_limit_then_says_how_long_to_wait() {
+        let ips = SlidingLog::new(3, Duration::from_secs(60));
+        let senders = SlidingLog::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert!(admit(&[(&ips, "1.2.3.4"), (&senders, "a@b.co")], at(0)).is_ok());
+        assert!(admit(&[(&ips, "1.2.3.4"), (&senders, "a@b.co")], at(10)).is_ok());
+        // The sender is at its limit; the refusal is not counted against the address.
+        assert_eq!(
+            admit(&[(&ips, "1.2.3.4"), (&senders, "a@b.co")], at(20)),
+            Err(Duration::from_secs(40))
+        );
+        assert!(admit(&[(&ips, "1.2.3.4"), (&senders, "c@d.co")], at(20)).is_ok());
+        assert_eq!(
+            admit(&[(&ips, "1.2.3.4"), (&senders, "e@f.co")], at(30)),
+            Err(Duration::from_secs(30))
+        );
+        // The window slides: the first submission ages out at 60 s.
+        assert!(admit(&[(&ips, "1.2.3.4"), (&senders, "a@b.co")], at(60)).is_ok());
+    }
+
+    #[test]
+    fn a_zero_limit_is_no_limit() {
+        let off = SlidingLog::new(0, Duration::from_secs(60));
+        let now = Instant::now();
+        for _ in 0..100 {
+            assert!(admit(&[(&off, "k")], now).is_ok());
+        }
+    }
+}
