@@ -9,6 +9,8 @@
 //! - `cold`: embedded start to the first 200, with an empty data dir and with the messages.
 //! - `trends`: hashtag trends over 10,000,000 messages against SQL `GROUP BY` (see
 //!   `support/trends.rs`).
+//! - `capsules`: release lateness of capsules and their submission rate (see
+//!   `support/capsules.rs`).
 //!
 //! Every figure is printed as it is measured and again in a summary at the end.
 
@@ -28,6 +30,8 @@ use tokio::task::JoinSet;
 use ulid::Ulid;
 use uuid::Uuid;
 
+#[path = "support/capsules.rs"]
+mod capsules;
 #[path = "support/trends.rs"]
 mod trends;
 
@@ -701,7 +705,8 @@ fn temp_dir(what: &str) -> PathBuf {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "write,read,rss,cold,trends".into());
+    let only = std::env::var("BENCH_ONLY")
+        .unwrap_or_else(|_| "write,read,rss,cold,trends,capsules".into());
     let wants = |s: &str| {
         only.split(',')
             .any(|o| o.trim() == s || (s == "read" && o.trim() == "lag"))
@@ -727,6 +732,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("trends") {
         trends::bench_trends(&mut summary).await?;
+    }
+    if wants("capsules") {
+        capsules::bench_capsules(&mut summary).await?;
     }
     println!("\n| measure | figure | target |\n|---|---|---|");
     for (what, figure, target) in &summary.0 {

@@ -240,7 +240,8 @@ impl Application {
             });
             let sleeper = Sleeper::new(store.clone(), actions).with_clock(clock.clone());
             tasks.push(tokio::spawn(sleeper.run(shutdown.clone())));
-            let worker = EmailWorker::new(store.clone(), mailer(config)?);
+            let mut worker = EmailWorker::new(store.clone(), mailer(config)?);
+            worker.policy.hold = Duration::from_secs(config.outbox_claim_seconds);
             tasks.push(tokio::spawn(worker.run(shutdown.clone())));
         }
         let read_your_writes: Arc<dyn ReadYourWrites> = match (&runner, &config.redis_url) {

@@ -50,6 +50,25 @@ pub enum Command {
         #[command(subcommand)]
         command: ProjectionCommand,
     },
+    /// Look at the outbox's dead letters (emails that could not be sent) and retry them.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum OutboxCommand {
+    /// List dead letters, oldest first: id, kind, tries, queued, last error, recipient.
+    Dead {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Queue dead letters again, with their tries reset (`all` for every one).
+    Retry {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -180,6 +199,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("revoked token {} of {}", written.value.1, written.value.0);
             Ok(())
         }
+        Command::Outbox { command } => outbox(&config, command).await,
         Command::Projections {
             command: ProjectionCommand::Rebuild { name },
         } => {
@@ -204,6 +224,50 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn outbox(config: &Config, command: OutboxCommand) -> anyhow::Result<()> {
+    let store = app::open_store(config).await?;
+    match command {
+        OutboxCommand::Dead { limit } => {
+            for dead in store.dead_letters(limit).await? {
+                let to = dead.message.payload["to"].as_str().unwrap_or("-");
+                println!(
+                    "{}\t{}\t{} tries\tqueued {}\t{}\tto {to}",
+                    dead.message.id,
+                    dead.message.kind,
+                    dead.attempts,
+                    dead.queued_at.to_rfc3339(),
+                    dead.last_error.as_deref().unwrap_or("-"),
+                );
+            }
+        }
+        OutboxCommand::Retry { ids } => {
+            let ids: Vec<uuid::Uuid> = if ids.iter().any(|i| i == "all") {
+                store
+                    .dead_letters(usize::MAX)
+                    .await?
+                    .into_iter()
+                    .map(|d| d.message.id)
+                    .collect()
+            } else {
+                ids.iter()
+                    .map(|i| {
+                        i.parse()
+                            .with_context(|| format!("{i:?} is not an outbox id"))
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            };
+            for id in ids {
+                if store.revive(id).await? {
+                    println!("{id}: queued again");
+                } else {
+                    println!("{id}: not a dead letter");
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn serve(config: &Config, role: Role) -> anyhow::Result<()> {

@@ -27,7 +27,7 @@ pub struct Config {
     /// Prefix of every Redis key, so several deployments can share a server
     /// (`CAIRN_REDIS_PREFIX`).
     pub redis_prefix: String,
-    /// The URL people reach Cairn at, for links in the emails of later features
+    /// The URL people reach Cairn at, for the links in emails
     /// (`CAIRN_PUBLIC_URL`).
     pub public_url: String,
     /// `text` or `json` (`CAIRN_LOG_FORMAT`); the level comes from `RUST_LOG`.
@@ -78,6 +78,10 @@ pub struct Config {
     pub capsule_limit_per_sender: usize,
     /// The window of those limits, in seconds (`CAIRN_CAPSULE_LIMIT_WINDOW`).
     pub capsule_limit_window: u64,
+    /// How long an email worker's claim on a message lasts, in seconds
+    /// (`CAIRN_OUTBOX_CLAIM_SECONDS`): a worker that dies mid-send delays the resend by
+    /// at most this.
+    pub outbox_claim_seconds: u64,
 }
 
 impl Default for Config {
@@ -106,6 +110,7 @@ impl Default for Config {
             capsule_limit_per_client: 30,
             capsule_limit_per_sender: 10,
             capsule_limit_window: 3600,
+            outbox_claim_seconds: 120,
         }
     }
 }
@@ -234,6 +239,11 @@ impl Config {
                 format!("CAIRN_CAPSULE_LIMIT_WINDOW={v:?} is not a number of seconds")
             })?;
         }
+        if let Some(v) = var("CAIRN_OUTBOX_CLAIM_SECONDS") {
+            self.outbox_claim_seconds = v.parse().with_context(|| {
+                format!("CAIRN_OUTBOX_CLAIM_SECONDS={v:?} is not a number of seconds")
+            })?;
+        }
         if let Some(v) = var("CAIRN_CORS_ORIGINS") {
             self.cors_origins = v
                 .split(',')
@@ -304,6 +314,9 @@ impl Config {
         }
         if self.trending_half_life_minutes < 1 {
             bail!("CAIRN_TRENDING_HALF_LIFE_MINUTES must be at least 1");
+        }
+        if self.outbox_claim_seconds == 0 {
+            bail!("CAIRN_OUTBOX_CLAIM_SECONDS must be at least 1");
         }
         if self.capsule_limit_window == 0 {
             bail!("CAIRN_CAPSULE_LIMIT_WINDOW must be at least 1 second");

@@ -171,6 +171,8 @@ pub struct EmailWorker {
 
 /// The longest an idle worker sleeps before looking for retries that fell due.
 const IDLE: Duration = Duration::from_secs(5);
+/// Messages claimed (and sent concurrently) at once.
+const BATCH: usize = 16;
 
 impl EmailWorker {
     pub fn new(outbox: Arc<dyn Outbox>, mailer: Arc<dyn Mailer>) -> Self {
@@ -189,12 +191,25 @@ impl EmailWorker {
             queued.borrow_and_update();
             let claimed = self
                 .outbox
-                .claim_outbox(OUTBOX_KIND, Utc::now(), 10, self.policy.hold)
+                .claim_outbox(OUTBOX_KIND, Utc::now(), BATCH, self.policy.hold)
                 .await;
             let wait = match claimed {
                 Ok(messages) if !messages.is_empty() => {
+                    // A claimed batch is sent at once, over the transport's pool.
+                    let mut sending = tokio::task::JoinSet::new();
                     for message in messages {
-                        self.deliver(message).await;
+                        let (outbox, mailer, policy) = (
+                            self.outbox.clone(),
+                            self.mailer.clone(),
+                            self.policy.clone(),
+                        );
+                        sending.spawn(deliver(outbox, mailer, policy, message));
+                    }
+                    while let Some(done) = sending.join_next().await {
+                        if let Err(panicked) = done {
+                            // Its claim runs out and the message is tried again.
+                            tracing::error!(%panicked, "sending an email panicked");
+                        }
                     }
                     continue;
                 }
@@ -216,41 +231,6 @@ impl EmailWorker {
         }
     }
 
-    async fn deliver(&self, queued: QueuedMessage) {
-        let id = queued.message.id;
-        let outcome = match serde_json::from_value::<Email>(queued.message.payload.clone()) {
-            Err(e) => Outcome::Dead {
-                error: format!("unreadable email: {e}"),
-            },
-            Ok(email) => match self.mailer.send(&email).await {
-                Ok(()) => Outcome::Sent,
-                Err(SendError::Permanent(error)) => Outcome::Dead { error },
-                Err(SendError::Transient(error))
-                    if queued.attempts + 1 >= self.policy.max_attempts =>
-                {
-                    Outcome::Dead { error }
-                }
-                Err(SendError::Transient(error)) => {
-                    let delay = self.policy.delay(queued.attempts);
-                    let at = Utc::now()
-                        + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(1));
-                    Outcome::Retry { error, at }
-                }
-            },
-        };
-        match &outcome {
-            Outcome::Sent => tracing::debug!(%id, "email sent"),
-            Outcome::Retry { error, at } => {
-                tracing::warn!(%id, %error, %at, "email failed; will retry")
-            }
-            Outcome::Dead { error } => tracing::error!(%id, %error, "email is a dead letter"),
-        }
-        if let Err(error) = self.outbox.settle(id, outcome).await {
-            // The claim runs out and the message is sent again, with the same Message-ID.
-            tracing::warn!(%id, %error, "could not settle an email");
-        }
-    }
-
     async fn purge(&self) {
         let before = Utc::now()
             - chrono::Duration::from_std(self.policy.keep_sent)
@@ -260,5 +240,44 @@ impl EmailWorker {
             Ok(n) => tracing::info!(n, "sent emails past their retention deleted"),
             Err(error) => tracing::warn!(%error, "could not delete old sent emails"),
         }
+    }
+}
+
+/// Send one claimed message and settle it.
+async fn deliver(
+    outbox: Arc<dyn Outbox>,
+    mailer: Arc<dyn Mailer>,
+    policy: Policy,
+    queued: QueuedMessage,
+) {
+    let id = queued.message.id;
+    let outcome = match serde_json::from_value::<Email>(queued.message.payload.clone()) {
+        Err(e) => Outcome::Dead {
+            error: format!("unreadable email: {e}"),
+        },
+        Ok(email) => match mailer.send(&email).await {
+            Ok(()) => Outcome::Sent,
+            Err(SendError::Permanent(error)) => Outcome::Dead { error },
+            Err(SendError::Transient(error)) if queued.attempts + 1 >= policy.max_attempts => {
+                Outcome::Dead { error }
+            }
+            Err(SendError::Transient(error)) => {
+                let delay = policy.delay(queued.attempts);
+                let at = Utc::now()
+                    + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(1));
+                Outcome::Retry { error, at }
+            }
+        },
+    };
+    match &outcome {
+        Outcome::Sent => tracing::debug!(%id, "email sent"),
+        Outcome::Retry { error, at } => {
+            tracing::warn!(%id, %error, %at, "email failed; will retry")
+        }
+        Outcome::Dead { error } => tracing::error!(%id, %error, "email is a dead letter"),
+    }
+    if let Err(error) = outbox.settle(id, outcome).await {
+        // The claim runs out and the message is sent again, with the same Message-ID.
+        tracing::warn!(%id, %error, "could not settle an email");
     }
 }

@@ -15,7 +15,9 @@ crate::on_both_backends!(
     submission_errors,
     confirm_and_cancel_errors,
     the_web_client_may_call_from_its_origin,
-    submissions_are_rate_limited
+    submissions_are_rate_limited,
+    restarts_between_steps_lose_nothing,
+    kill_9_during_delivery_loses_no_email
 );
 
 async fn spawn(backend: Backend) -> (TestApp, SmtpSink) {
@@ -75,8 +77,9 @@ fn id_in(email: &Received, page: &str) -> String {
 pub async fn a_capsule_is_confirmed_and_delivered(backend: Backend) {
     let (app, sink) = spawn(backend).await;
     assert_eq!(get(&app, "/api/ping").await, (200, "Pong".into()));
+    let send_time = in_ms(Duration::from_secs(2));
     assert_eq!(
-        submit(&app, &capsule(in_ms(Duration::from_secs(2)))).await,
+        submit(&app, &capsule(send_time)).await,
         (200, String::new())
     );
 
@@ -105,6 +108,12 @@ pub async fn a_capsule_is_confirmed_and_delivered(backend: Backend) {
     let delivery = sink
         .wait_for("Grace@Example.com", "A time capsule from Ada")
         .await;
+    let sent_ms = delivery
+        .at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    assert!(sent_ms >= send_time as u128, "delivered before its time");
     let text = delivery.decoded();
     assert!(
         text.contains("Hello from the past <b>bold</b>"),
@@ -359,4 +368,116 @@ pub async fn submissions_are_rate_limited(backend: Backend) {
     // Another sender from the same address: one more, then the address is at its limit.
     assert_eq!(post(from("bob@example.com")).await.unwrap().status(), 200);
     assert_eq!(post(from("carol@example.com")).await.unwrap().status(), 429);
+}
+
+/// A capsule survives its server: submitted, the server is killed (SIGKILL); confirmed
+/// by the next one, which is stopped (SIGTERM); the third delivers it.
+pub async fn restarts_between_steps_lose_nothing(backend: Backend) {
+    use crate::durability::{backend_env, start_server};
+    let sink = SmtpSink::start().await;
+    let mut env = backend_env(backend).await;
+    env.push(("CAIRN_SMTP_URL".into(), sink.url.clone()));
+    env.push(("CAIRN_PUBLIC_URL".into(), "https://capsules.example".into()));
+    // An email the killed server had claimed is sent by the next once the claim runs out.
+    env.push(("CAIRN_OUTBOX_CLAIM_SECONDS".into(), "1".into()));
+    let client = reqwest::Client::new();
+    let send_time = in_ms(Duration::from_secs(6));
+
+    let (mut first, base) = start_server(&env).await;
+    let submitted = client
+        .post(format!("{base}/api/submit/text"))
+        .json(&capsule(send_time))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(submitted.status(), 200);
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+
+    let (mut second, base) = start_server(&env).await;
+    // The confirmation email was committed with the capsule: sent before or after the kill.
+    let id = id_in(
+        &sink.wait_for("ada@example.com", "Confirm").await,
+        "confirm",
+    );
+    let confirmed = client
+        .get(format!("{base}/api/confirm?id={id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirmed.status(), 200);
+    sink.wait_for("ada@example.com", "is scheduled").await;
+    let pid = second.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    second.wait().await.unwrap();
+
+    let (_third, _) = start_server(&env).await;
+    let delivery = sink
+        .wait_for("Grace@Example.com", "A time capsule from Ada")
+        .await;
+    assert_eq!(
+        delivery.header("Message-ID").as_deref(),
+        Some(format!("<{id}.delivery@capsules.example>").as_str())
+    );
+}
+
+/// SIGKILL while the delivery email is being sent (the mail server has it, Cairn has not
+/// heard its `250`): after the restart the email is sent again, with the same Message-ID,
+/// and nothing is lost.
+pub async fn kill_9_during_delivery_loses_no_email(backend: Backend) {
+    use crate::durability::{backend_env, start_server};
+    let sink = SmtpSink::stalling("A time capsule from").await;
+    let mut env = backend_env(backend).await;
+    env.push(("CAIRN_SMTP_URL".into(), sink.url.clone()));
+    env.push(("CAIRN_PUBLIC_URL".into(), "https://capsules.example".into()));
+    env.push(("CAIRN_OUTBOX_CLAIM_SECONDS".into(), "1".into()));
+    let client = reqwest::Client::new();
+
+    let (mut server, base) = start_server(&env).await;
+    let submitted = client
+        .post(format!("{base}/api/submit/text"))
+        .json(&capsule(in_ms(Duration::from_secs(2))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(submitted.status(), 200);
+    let id = id_in(
+        &sink.wait_for("ada@example.com", "Confirm").await,
+        "confirm",
+    );
+    let confirmed = client
+        .get(format!("{base}/api/confirm?id={id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirmed.status(), 200);
+    // The delivery reached the mail server, which holds back its answer: kill now.
+    let first = sink
+        .wait_for("Grace@Example.com", "A time capsule from")
+        .await;
+    server.start_kill().unwrap();
+    server.wait().await.unwrap();
+
+    let (_server, _) = start_server(&env).await;
+    let message_id = first.header("Message-ID");
+    assert_eq!(
+        message_id.as_deref(),
+        Some(format!("<{id}.delivery@capsules.example>").as_str())
+    );
+    for _ in 0..300 {
+        let copies: Vec<_> = sink
+            .received()
+            .into_iter()
+            .filter(|m| m.to == "Grace@Example.com")
+            .collect();
+        if copies.len() >= 2 {
+            assert!(copies.iter().all(|m| m.header("Message-ID") == message_id));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the delivery was not sent again after the restart");
 }

@@ -5,7 +5,8 @@ use crate::helpers::Backend;
 
 crate::on_both_backends!(
     cli: users_and_tokens_from_the_command_line,
-    rebuild_from_the_command_line_while_serving
+    rebuild_from_the_command_line_while_serving,
+    dead_letters_from_the_command_line
 );
 
 pub async fn users_and_tokens_from_the_command_line(backend: Backend) {
@@ -138,4 +139,48 @@ pub async fn rebuild_from_the_command_line_while_serving(backend: Backend) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(seen, 5, "the rebuilt read model lacks messages");
+}
+
+/// An email the mail server refuses for good becomes a dead letter at once; the CLI lists
+/// it and queues it again.
+pub async fn dead_letters_from_the_command_line(backend: Backend) {
+    let sink = crate::smtp::SmtpSink::refusing().await;
+    let mut env = backend_env(backend).await;
+    env.push(("CAIRN_SMTP_URL".into(), sink.url.clone()));
+    let (_server, base) = start_server(&env).await;
+    let capsule = serde_json::json!({
+        "senderEmail": "nobody@example.com", "senderName": "No One",
+        "recipientEmail": "nobody@example.com", "recipientName": "No One",
+        "sendTime": (chrono::Utc::now() + chrono::Duration::hours(1)).timestamp_millis(),
+        "text": "lost in the mail",
+    });
+    let status = reqwest::Client::new()
+        .post(format!("{base}/api/submit/text"))
+        .json(&capsule)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    let mut listed = String::new();
+    for _ in 0..100 {
+        listed = cairn(&env, &["outbox", "dead"]).await;
+        if !listed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(listed.contains("550"), "{listed}");
+    assert!(listed.contains("to nobody@example.com"), "{listed}");
+    let id = listed.split('\t').next().unwrap().to_owned();
+    let retried = cairn(&env, &["outbox", "retry", &id]).await;
+    assert_eq!(retried.trim(), format!("{id}: queued again"));
+    // Refused again, it is a dead letter again; a retry of something else says so.
+    let unknown = uuid::Uuid::now_v7();
+    assert_eq!(
+        cairn(&env, &["outbox", "retry", &unknown.to_string()])
+            .await
+            .trim(),
+        format!("{unknown}: not a dead letter")
+    );
 }

@@ -13,6 +13,8 @@ use tokio::sync::Notify;
 pub struct Received {
     pub to: String,
     pub raw: String,
+    /// When the message was received (its final `.`).
+    pub at: std::time::SystemTime,
 }
 
 impl Received {
@@ -65,16 +67,40 @@ pub struct SmtpSink {
     pub url: String,
     received: Arc<Mutex<Vec<Received>>>,
     arrived: Arc<Notify>,
+    /// Refuse every recipient with a permanent `550`, as a server does for an unknown user.
+    refuse: bool,
+    /// Messages whose subject contains this are received but not answered, the first time:
+    /// the sender is left waiting for the `250`.
+    stall: Option<String>,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SmtpSink {
     pub async fn start() -> Self {
+        Self::listen(false, None).await
+    }
+
+    /// A server that refuses every recipient (`550`).
+    pub async fn refusing() -> Self {
+        Self::listen(true, None).await
+    }
+
+    /// A server that keeps the first message about `subject` without answering it, as
+    /// a server would whose sender crashed before the `250` arrived.
+    pub async fn stalling(subject: &str) -> Self {
+        Self::listen(false, Some(subject.to_owned())).await
+    }
+
+    async fn listen(refuse: bool, stall: Option<String>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("smtp://{}", listener.local_addr().unwrap());
         let sink = SmtpSink {
             url,
             received: Arc::default(),
             arrived: Arc::default(),
+            refuse,
+            stall,
+            stalled: Arc::default(),
         };
         let accepting = sink.clone();
         tokio::spawn(async move {
@@ -100,6 +126,7 @@ impl SmtpSink {
             let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
             match verb.as_str() {
                 "EHLO" => write.write_all(b"250-sink\r\n250 8BITMIME\r\n").await?,
+                "RCPT" if self.refuse => write.write_all(b"550 no such user\r\n").await?,
                 "RCPT" => {
                     to = line
                         .split_once(':')
@@ -120,11 +147,24 @@ impl SmtpSink {
                         }
                         raw.push_str(line.strip_prefix('.').unwrap_or(&line));
                     }
+                    let stall = self.stall.as_ref().is_some_and(|s| {
+                        raw.contains(&format!("Subject: {s}"))
+                            && !self.stalled.swap(true, std::sync::atomic::Ordering::SeqCst)
+                    });
                     self.received.lock().unwrap().push(Received {
                         to: to.clone(),
                         raw,
+                        at: std::time::SystemTime::now(),
                     });
                     self.arrived.notify_waiters();
+                    if stall {
+                        // Never answered: hold the connection until the sender goes away.
+                        let mut rest = String::new();
+                        while lines.read_line(&mut rest).await? > 0 {
+                            rest.clear();
+                        }
+                        return Ok(());
+                    }
                     write.write_all(b"250 queued\r\n").await?;
                 }
                 "QUIT" => {
