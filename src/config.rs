@@ -321,10 +321,16 @@ impl Config {
         if self.capsule_limit_window == 0 {
             bail!("CAIRN_CAPSULE_LIMIT_WINDOW must be at least 1 second");
         }
-        if self.trend_minute_retention_days.is_some_and(|d| d < 1) {
+        if self
+            .trend_minute_retention_days
+            .is_some_and(|d| !(1..=36_500).contains(&d))
+        {
             bail!(
-                "CAIRN_TREND_MINUTE_RETENTION_DAYS must be at least 1 (unset keeps every minute)"
+                "CAIRN_TREND_MINUTE_RETENTION_DAYS must be 1 to 36500 days (unset keeps every minute)"
             );
+        }
+        if self.capsule_min_lead > 100 * 365 * 24 * 3600 {
+            bail!("CAIRN_CAPSULE_MIN_LEAD must be at most 100 years");
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!("CAIRN_LOG_FORMAT must be text or json");

@@ -56,12 +56,6 @@ pub struct Effects {
     pub outbox: Vec<OutboxMessage>,
 }
 
-impl Effects {
-    pub fn is_empty(&self) -> bool {
-        self.schedule.is_empty() && self.unschedule.is_empty() && self.outbox.is_empty()
-    }
-}
-
 /// An outbox message as a worker claims it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueuedMessage {

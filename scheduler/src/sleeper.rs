@@ -72,6 +72,9 @@ impl Sleeper {
             // ends the sleep below.
             scheduled.borrow_and_update();
             let now = (self.clock)();
+            if shutdown.is_cancelled() {
+                return;
+            }
             let wait = match self.round(now).await {
                 Ok(true) => continue,
                 Ok(false) => self.until_next(now).await,

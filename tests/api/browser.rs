@@ -67,12 +67,22 @@ impl Browser {
             .as_str()
             .unwrap_or_else(|| panic!("no browser session: {created}"))
             .to_owned();
-        Browser {
+        let browser = Browser {
             driver,
             base,
             session,
             http,
-        }
+        };
+        // Finding an element waits for it (up to 10 s): a click that submits a form
+        // returns before the next page is there.
+        browser
+            .call(
+                reqwest::Method::POST,
+                "/timeouts",
+                json!({ "implicit": 10_000 }),
+            )
+            .await;
+        browser
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
@@ -141,7 +151,7 @@ impl Browser {
         .to_owned()
     }
 
-    /// Whether an element matching `css` is on the page.
+    /// Whether an element matching `css` is on the page (waiting for it a while).
     pub async fn has(&self, css: &str) -> bool {
         let found = self
             .call(

@@ -179,8 +179,8 @@ fn outbox_id(capsule_id: Uuid, kind: EmailKind) -> Uuid {
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
-/// `2 December 2026 at 14:05 UTC`.
-fn long_date(t: DateTime<Utc>) -> String {
+/// `2 December 2026 at 14:05 UTC`: how emails and pages write a time.
+pub(super) fn long_date(t: DateTime<Utc>) -> String {
     t.format("%-d %B %Y at %H:%M UTC").to_string()
 }
 

@@ -3,20 +3,41 @@
 //! its oldest counted submission leaves the window (`Retry-After`).
 //!
 //! The log is kept in this process: with several command processes behind a load
-//! balancer, each counts its own share, so the effective limit is per process.
+//! balancer, each counts its own share, so the effective limit is per process. An IPv6
+//! client counts by its /64, the block one subscriber is usually given.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Keys are dropped from memory once this many are held and theirs have all aged out.
+/// Keys whose submissions have all aged out are dropped once this many are held, at
+/// most once a minute (a sweep walks them all).
 const PRUNE_ABOVE: usize = 10_000;
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default)]
+struct Hits {
+    logs: HashMap<String, VecDeque<Instant>>,
+    pruned: Option<Instant>,
+}
 
 #[derive(Debug)]
 pub struct SlidingLog {
     pub limit: usize,
     pub window: Duration,
-    hits: Mutex<HashMap<String, VecDeque<Instant>>>,
+    hits: Mutex<Hits>,
+}
+
+/// The key a client address counts under: the address, or its /64 for IPv6.
+pub fn client_key(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1_u128 << 64) - 1);
+            format!("{}/64", Ipv6Addr::from(prefix))
+        }
+        v4 => v4.to_string(),
+    }
 }
 
 impl SlidingLog {
@@ -29,13 +50,8 @@ impl SlidingLog {
     }
 
     /// How long `key` must wait at `now`, or `None` if it may go ahead.
-    fn wait(
-        &self,
-        hits: &mut HashMap<String, VecDeque<Instant>>,
-        key: &str,
-        now: Instant,
-    ) -> Option<Duration> {
-        let log = hits.get_mut(key)?;
+    fn wait(&self, hits: &mut Hits, key: &str, now: Instant) -> Option<Duration> {
+        let log = hits.logs.get_mut(key)?;
         while log
             .front()
             .is_some_and(|t| now.duration_since(*t) >= self.window)
@@ -49,12 +65,17 @@ impl SlidingLog {
         Some(self.window.saturating_sub(now.duration_since(oldest)))
     }
 
-    fn record(&self, hits: &mut HashMap<String, VecDeque<Instant>>, key: &str, now: Instant) {
-        if hits.len() > PRUNE_ABOVE {
+    fn record(&self, hits: &mut Hits, key: &str, now: Instant) {
+        let due = hits
+            .pruned
+            .is_none_or(|at| now.duration_since(at) >= PRUNE_EVERY);
+        if hits.logs.len() > PRUNE_ABOVE && due {
             let window = self.window;
-            hits.retain(|_, log| log.back().is_some_and(|t| now.duration_since(*t) < window));
+            hits.logs
+                .retain(|_, log| log.back().is_some_and(|t| now.duration_since(*t) < window));
+            hits.pruned = Some(now);
         }
-        hits.entry(key.to_owned()).or_default().push_back(now);
+        hits.logs.entry(key.to_owned()).or_default().push_back(now);
     }
 }
 
@@ -109,6 +130,23 @@ mod tests {
         );
         // The window slides: the first submission ages out at 60 s.
         assert!(admit(&[(&ips, "1.2.3.4"), (&senders, "a@b.co")], at(60)).is_ok());
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1"
+            .parse()
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let b: IpAddr = "2001:db8:1:2:bbbb::9"
+            .parse()
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(client_key(a), client_key(b));
+        assert_eq!(client_key(a), "2001:db8:1:2::/64");
+        assert_eq!(client_key(IpAddr::from([192, 0, 2, 7])), "192.0.2.7");
+        let mapped: IpAddr = "::ffff:192.0.2.7"
+            .parse()
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(client_key(mapped), "192.0.2.7");
     }
 
     #[test]

@@ -161,7 +161,7 @@ impl Capsules {
         }
         self.check_send_time(submission.send_at)?;
         capsule::validate_text(&submission.text, submission.attachment.is_some())?;
-        let client = client.map(|ip| ip.to_string()).unwrap_or_default();
+        let client = client.map(limits::client_key).unwrap_or_default();
         let sender = submission.sender.email.key();
         limits::admit(
             &[

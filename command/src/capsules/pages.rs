@@ -17,6 +17,7 @@ use minijinja::{Environment, Value, context};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::emails::long_date;
 use super::{CapsuleError, Capsules};
 
 #[derive(Clone)]
@@ -86,44 +87,44 @@ impl PagesState {
         }
     }
 
-    /// The capsule named in the path, if the id is one.
-    async fn load(&self, raw: &str) -> Result<(Uuid, Option<CapsuleState>), Response> {
-        let Ok(id) = capsule::parse_id(raw) else {
-            return Err(self.render(
+    /// The capsule named in the path, for `page`; the page to answer with when there is
+    /// none (a link cut short, an unknown or expired capsule) or it cannot be read.
+    async fn load(&self, page: &str, raw: &str) -> Result<(Uuid, CapsuleState), Response> {
+        let missing = |words: &str| {
+            self.render(
                 StatusCode::NOT_FOUND,
-                "confirm.html",
-                context! { unavailable => "This link is not valid: check that it was copied whole." },
+                page,
+                context! { unavailable => words, outcome => words },
+            )
+        };
+        let Ok(id) = capsule::parse_id(raw) else {
+            return Err(missing(
+                "This link is not valid: check that it was copied whole.",
             ));
         };
         match self.capsules.load(id).await {
-            Ok(state) => Ok((id, state)),
-            Err(error) => Err(self.unavailable(error)),
+            Ok(Some(state)) => Ok((id, state)),
+            Ok(None) => Err(missing(NOT_FOUND)),
+            Err(error) => Err(self.unavailable(page, error)),
         }
     }
 
-    fn unavailable(&self, error: CapsuleError) -> Response {
+    fn unavailable(&self, page: &str, error: CapsuleError) -> Response {
         tracing::error!(%error, "capsule page failed");
+        let words = "The service is unavailable just now; please try again in a moment.";
         self.render(
             StatusCode::SERVICE_UNAVAILABLE,
-            "download.html",
-            context! { outcome => "The service is unavailable just now; please try again in a moment." },
+            page,
+            context! { unavailable => words, outcome => words },
         )
     }
-}
-
-fn long_date(state: &CapsuleState) -> String {
-    state
-        .submitted
-        .send_at
-        .format("%-d %B %Y at %H:%M UTC")
-        .to_string()
 }
 
 fn describe(state: &CapsuleState) -> Value {
     context! {
         sender => state.submitted.sender.name.as_str(),
         recipient => state.submitted.recipient.name.as_str(),
-        send_at => long_date(state),
+        send_at => long_date(state.submitted.send_at),
     }
 }
 
@@ -141,15 +142,8 @@ fn status_words(status: Status) -> &'static str {
 const NOT_FOUND: &str = "There is no such capsule: it may have expired, or the link is incomplete.";
 
 async fn show_confirm(State(pages): State<PagesState>, Path(id): Path<String>) -> Response {
-    let state = match pages.load(&id).await {
-        Ok((_, Some(state))) => state,
-        Ok((_, None)) => {
-            return pages.render(
-                StatusCode::NOT_FOUND,
-                "confirm.html",
-                context! { unavailable => NOT_FOUND },
-            );
-        }
+    let (_, state) = match pages.load("confirm.html", &id).await {
+        Ok(found) => found,
         Err(page) => return page,
     };
     let pending = state.status == Status::Pending;
@@ -166,15 +160,8 @@ async fn show_confirm(State(pages): State<PagesState>, Path(id): Path<String>) -
 }
 
 async fn confirm(State(pages): State<PagesState>, Path(id): Path<String>) -> Response {
-    let (id, state) = match pages.load(&id).await {
-        Ok((id, Some(state))) => (id, state),
-        Ok((_, None)) => {
-            return pages.render(
-                StatusCode::NOT_FOUND,
-                "confirm.html",
-                context! { unavailable => NOT_FOUND },
-            );
-        }
+    let (id, state) = match pages.load("confirm.html", &id).await {
+        Ok(found) => found,
         Err(page) => return page,
     };
     match pages.capsules.confirm(id).await {
@@ -203,20 +190,13 @@ async fn confirm(State(pages): State<PagesState>, Path(id): Path<String>) -> Res
                 context! { outcome => words },
             )
         }
-        Err(error) => pages.unavailable(error),
+        Err(error) => pages.unavailable("confirm.html", error),
     }
 }
 
 async fn show_cancel(State(pages): State<PagesState>, Path(id): Path<String>) -> Response {
-    let state = match pages.load(&id).await {
-        Ok((_, Some(state))) => state,
-        Ok((_, None)) => {
-            return pages.render(
-                StatusCode::NOT_FOUND,
-                "cancel.html",
-                context! { unavailable => NOT_FOUND },
-            );
-        }
+    let (_, state) = match pages.load("cancel.html", &id).await {
+        Ok(found) => found,
         Err(page) => return page,
     };
     let open = matches!(state.status, Status::Pending | Status::Active);
@@ -239,15 +219,8 @@ async fn cancel(
     Path(id): Path<String>,
     form: Result<Form<CancelForm>, FormRejection>,
 ) -> Response {
-    let (id, state) = match pages.load(&id).await {
-        Ok((id, Some(state))) => (id, state),
-        Ok((_, None)) => {
-            return pages.render(
-                StatusCode::NOT_FOUND,
-                "cancel.html",
-                context! { unavailable => NOT_FOUND },
-            );
-        }
+    let (id, state) = match pages.load("cancel.html", &id).await {
+        Ok(found) => found,
         Err(page) => return page,
     };
     let recipient = form.map(|Form(f)| f.recipient_email).unwrap_or_default();
@@ -277,19 +250,17 @@ async fn cancel(
                 context! { outcome => words, open, ..describe(&now) },
             )
         }
-        Err(error) => pages.unavailable(error),
+        Err(error) => pages.unavailable("cancel.html", error),
     }
 }
 
 async fn show_download(State(pages): State<PagesState>, Path(id): Path<String>) -> Response {
-    let words = match pages.load(&id).await {
-        Ok((_, Some(_))) => "This capsule has no file attached.",
-        Ok((_, None)) => NOT_FOUND,
-        Err(page) => return page,
-    };
+    if let Err(page) = pages.load("download.html", &id).await {
+        return page;
+    }
     pages.render(
         StatusCode::NOT_FOUND,
         "download.html",
-        context! { outcome => words },
+        context! { outcome => "This capsule has no file attached." },
     )
 }

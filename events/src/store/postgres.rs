@@ -335,9 +335,11 @@ async fn write_work(tx: &mut PgConnection, work: &BatchWork<'_>) -> Result<(), s
         let kinds: Vec<&str> = work.outbox.iter().map(|m| m.kind.as_str()).collect();
         let payloads: Vec<String> = work.outbox.iter().map(|m| m.payload.to_string()).collect();
         sqlx::query(
+            // Times from the application's clock, as the workers' claims compare them.
             "WITH queued AS (
-                 INSERT INTO outbox (id, kind, payload)
-                 SELECT i, k, p::jsonb FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(i, k, p)
+                 INSERT INTO outbox (id, kind, payload, queued_at, ready_at)
+                 SELECT i, k, p::jsonb, $5, $5
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(i, k, p)
                  ON CONFLICT (id) DO NOTHING
              )
              SELECT pg_notify($4, '')",
@@ -346,6 +348,7 @@ async fn write_work(tx: &mut PgConnection, work: &BatchWork<'_>) -> Result<(), s
         .bind(&kinds)
         .bind(&payloads)
         .bind(OUTBOX_CHANNEL)
+        .bind(Utc::now())
         .execute(&mut *tx)
         .await?;
     }
@@ -494,10 +497,11 @@ impl Outbox for PostgresStore {
 
     async fn revive(&self, id: Uuid) -> Result<bool, StoreError> {
         let revived = sqlx::query(
-            "UPDATE outbox SET state = 'queued', attempts = 0, ready_at = now()
+            "UPDATE outbox SET state = 'queued', attempts = 0, ready_at = $2
              WHERE id = $1 AND state = 'dead'",
         )
         .bind(id)
+        .bind(Utc::now())
         .execute(&self.pool)
         .await?
         .rows_affected()
