@@ -30,6 +30,13 @@ pub trait Projection: Send + Sync + 'static {
         1000
     }
 
+    /// How long to wait after a batch that caught up before reading the next, so that
+    /// events arriving meanwhile are applied together. Zero (the default) follows every
+    /// commit at once, which read-your-writes needs.
+    fn pace(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// Apply `events` (all after `from`, the last at `to`) and move the checkpoint from
     /// `from` to `to`, idempotently: applying the same events twice gives the same state.
     async fn apply(

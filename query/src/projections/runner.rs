@@ -196,7 +196,16 @@ impl Runner {
                 .apply(&*self.read, &batch, from, last)
                 .await?
             {
-                Applied::Done if batch.len() < batch_size => self.publish(last.max(head)),
+                Applied::Done if batch.len() < batch_size => {
+                    self.publish(last.max(head));
+                    let pace = self.projection.pace();
+                    if !pace.is_zero() {
+                        tokio::select! {
+                            () = shutdown.cancelled() => return Ok(()),
+                            () = tokio::time::sleep(pace) => {}
+                        }
+                    }
+                }
                 Applied::Done => self.publish(last),
                 Applied::Moved => {
                     tracing::info!(

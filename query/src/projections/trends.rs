@@ -31,6 +31,13 @@ impl Projection for Trends {
         5000
     }
 
+    /// Nobody waits for trends to show their own post, and a batch's counters cost about
+    /// the same whether it holds one message or hundreds: under a stream of posts, a
+    /// quarter second between batches cuts the Redis work per message many times over.
+    fn pace(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(250)
+    }
+
     async fn apply(
         &self,
         read: &dyn ReadStore,
