@@ -17,7 +17,8 @@ crate::on_both_backends!(
     the_web_client_may_call_from_its_origin,
     submissions_are_rate_limited,
     restarts_between_steps_lose_nothing,
-    kill_9_during_delivery_loses_no_email
+    kill_9_during_delivery_loses_no_email,
+    an_unconfirmed_capsule_expires
 );
 
 async fn spawn(backend: Backend) -> (TestApp, SmtpSink) {
@@ -480,4 +481,32 @@ pub async fn kill_9_during_delivery_loses_no_email(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the delivery was not sent again after the restart");
+}
+
+/// An unconfirmed capsule expires 24 hours after it was written: the sender is told, and
+/// it can no longer be confirmed. (The clock is moved; a later submission wakes the
+/// scheduler, as any new schedule does.)
+pub async fn an_unconfirmed_capsule_expires(backend: Backend) {
+    let (app, sink) = spawn(backend).await;
+    assert_eq!(
+        submit(&app, &capsule(in_ms(Duration::from_secs(3 * 86_400))))
+            .await
+            .0,
+        200
+    );
+    let id = id_in(
+        &sink.wait_for("ada@example.com", "Confirm").await,
+        "confirm",
+    );
+
+    *app.now.lock().unwrap() = Some(chrono::Utc::now() + chrono::Duration::hours(25));
+    let mut later = capsule(in_ms(Duration::from_secs(4 * 86_400)));
+    later["senderEmail"] = json!("bob@example.com");
+    assert_eq!(submit(&app, &later).await.0, 200);
+
+    sink.wait_for("ada@example.com", "expired").await;
+    assert_eq!(
+        get(&app, &format!("/api/confirm?id={id}")).await,
+        (400, "CAPSULE_NA_OR_EXPIRED".into())
+    );
 }
