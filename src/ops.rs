@@ -196,6 +196,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     // The message routes first; the title, description and tags are the operations doc's.
     let mut doc = cairn_command::CommandApi::openapi();
     doc.merge(cairn_query::QueryApi::openapi());
+    doc.merge(cairn_command::ChronoriaApi::openapi());
+    doc.merge(cairn_command::PagesApi::openapi());
     let ops = OpsApi::openapi();
     doc.info = ops.info.clone();
     doc.merge(ops);

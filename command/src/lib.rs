@@ -18,6 +18,8 @@ use axum::Router;
 use cairn_events::{EventStore, ReadYourWrites};
 
 pub use auth::TokenRegistry;
+pub use capsules::chronoria::ChronoriaApi;
+pub use capsules::pages::PagesApi;
 
 /// The client's address as the binary's client-IP layer resolved it (the peer, or what a
 /// trusted proxy said in `X-Forwarded-For`), in every request's extensions.

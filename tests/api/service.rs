@@ -23,6 +23,18 @@ pub async fn openapi_covers_every_route(backend: Backend) {
         ("/health/live", "get"),
         ("/health/ready", "get"),
         ("/metrics", "get"),
+        ("/trend", "get"),
+        ("/trends/hashtags", "get"),
+        ("/api/submit/text", "post"),
+        ("/api/confirm", "get"),
+        ("/api/cancel", "get"),
+        ("/api/downloadlink", "get"),
+        ("/api/ping", "get"),
+        ("/confirm/{id}", "get"),
+        ("/confirm/{id}", "post"),
+        ("/cancel/{id}", "get"),
+        ("/cancel/{id}", "post"),
+        ("/download/{id}", "get"),
     ] {
         assert!(
             paths[path][method].is_object(),
@@ -31,6 +43,11 @@ pub async fn openapi_covers_every_route(backend: Backend) {
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     assert!(doc["components"]["schemas"]["MessageView"].is_object());
+    let capsule = &doc["components"]["schemas"]["TextCapsule"]["properties"];
+    assert!(
+        capsule["senderEmail"].is_object() && capsule["sendTime"].is_object(),
+        "{capsule}"
+    );
 
     // The docs page and its assets come from the binary, not from a CDN.
     let page = app

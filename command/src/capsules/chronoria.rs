@@ -17,9 +17,58 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cairn_events::domain::capsule::{self, EmailAddress, Party, PersonName, Refusal};
 use chrono::DateTime;
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::{CapsuleError, Capsules, Submission};
 use crate::ClientIp;
+
+/// The body of `POST /api/submit/text`. Field names match in any case.
+#[derive(ToSchema)]
+#[schema(as = TextCapsule, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct TextCapsule {
+    #[schema(example = "ada@example.com")]
+    sender_email: String,
+    #[schema(example = "Ada")]
+    sender_name: String,
+    #[schema(example = "grace@example.com")]
+    recipient_email: String,
+    #[schema(example = "Grace")]
+    recipient_name: String,
+    /// When to deliver it, in milliseconds since the Unix epoch.
+    #[schema(example = 1893456000000_i64)]
+    send_time: i64,
+    /// 1 to 10,000 characters.
+    text: String,
+}
+
+/// The query of the confirm route.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ById {
+    /// The capsule's id, from the confirmation email.
+    id: String,
+}
+
+/// The query of the cancel and download-link routes.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct ByIdAndRecipient {
+    /// The capsule's id.
+    id: String,
+    /// The address the capsule is to be delivered to.
+    recipient_email: String,
+}
+
+/// The Chronoria-compatible capsule routes, for the OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    paths(submit_text, confirm, cancel, download_link, ping),
+    components(schemas(TextCapsule))
+)]
+pub struct ChronoriaApi;
 
 pub fn router() -> Router<Capsules> {
     let mut router = Router::new();
@@ -70,6 +119,9 @@ impl IntoResponse for Answer {
     }
 }
 
+/// Liveness for the Chronoria client.
+#[utoipa::path(get, path = "/api/ping", tag = "capsules",
+    responses((status = 200, description = "`Pong`", body = String, content_type = "text/plain")))]
 async fn ping() -> &'static str {
     "Pong"
 }
@@ -87,6 +139,12 @@ fn capsule_id(params: &HashMap<String, String>) -> Result<uuid::Uuid, CapsuleErr
     Ok(capsule::parse_id(raw)?)
 }
 
+/// Confirm a capsule (also `GET /confirm?id=`; the Chronoria client calls it).
+#[utoipa::path(get, path = "/api/confirm", tag = "capsules", params(ById),
+    responses(
+        (status = 200, description = "Confirmed; a receipt with a cancel link goes to the sender"),
+        (status = 400, description = "`INVALID_ID` or `CAPSULE_NA_OR_EXPIRED`", body = String, content_type = "text/plain"),
+    ))]
 async fn confirm(
     State(capsules): State<Capsules>,
     Query(query): Query<HashMap<String, String>>,
@@ -95,6 +153,12 @@ async fn confirm(
     Answer(async { capsules.confirm(capsule_id(&params)?).await }.await)
 }
 
+/// Cancel a capsule not yet released (also `GET /cancel?…`).
+#[utoipa::path(get, path = "/api/cancel", tag = "capsules", params(ByIdAndRecipient),
+    responses(
+        (status = 200, description = "Cancelled; the sender is told"),
+        (status = 400, description = "`INVALID_ID` or `CAPSULE_NA_OR_RELEASED`", body = String, content_type = "text/plain"),
+    ))]
 async fn cancel(
     State(capsules): State<Capsules>,
     Query(query): Query<HashMap<String, String>>,
@@ -110,7 +174,13 @@ async fn cancel(
     )
 }
 
-/// `200` with the bare download URL as text; text capsules have none.
+/// The download link of a file capsule (also `GET /downloadlink?…`): `200` with the bare
+/// URL as text; text capsules have none.
+#[utoipa::path(get, path = "/api/downloadlink", tag = "capsules", params(ByIdAndRecipient),
+    responses(
+        (status = 200, description = "The download URL", body = String, content_type = "text/plain"),
+        (status = 400, description = "`INVALID_ID`, `CAPSULE_NA_OR_RELEASED` or `NO_FILE_AVAILABLE_FOR_THIS_CAPSULE`", body = String, content_type = "text/plain"),
+    ))]
 async fn download_link(
     State(capsules): State<Capsules>,
     Query(query): Query<HashMap<String, String>>,
@@ -134,6 +204,14 @@ async fn download_link(
     Answer(outcome).into_response()
 }
 
+/// Write a text capsule; a confirmation email goes to the sender.
+#[utoipa::path(post, path = "/api/submit/text", tag = "capsules",
+    request_body(content = TextCapsule, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Submitted; it waits for the sender's confirmation (24 hours)"),
+        (status = 400, description = "`INVALID_EMAIL`, `INVALID_NAME`, `INVALID_FUTURE_TIME`, `INVALID_TEXT` or `BLOCKED_SENDER_EMAIL`", body = String, content_type = "text/plain"),
+        (status = 429, description = "`TOO_MANY_REQUESTS`: too many submissions from this address or sender; see `Retry-After`", body = String, content_type = "text/plain"),
+    ))]
 async fn submit_text(
     State(capsules): State<Capsules>,
     client: Option<Extension<ClientIp>>,

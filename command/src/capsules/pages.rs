@@ -26,6 +26,11 @@ pub struct PagesState {
     templates: Arc<Environment<'static>>,
 }
 
+/// The pages, for the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(show_confirm, confirm, show_cancel, cancel, show_download))]
+pub struct PagesApi;
+
 pub fn router(capsules: Capsules) -> Result<Router, CapsuleError> {
     let mut env = Environment::new();
     for (name, source) in [
@@ -141,6 +146,11 @@ fn status_words(status: Status) -> &'static str {
 
 const NOT_FOUND: &str = "There is no such capsule: it may have expired, or the link is incomplete.";
 
+/// The confirm page: what the capsule is, and a button (changes nothing).
+#[utoipa::path(get, path = "/confirm/{id}", tag = "capsule pages",
+    params(("id" = String, Path, description = "The capsule's id, from its email")),
+    responses((status = 200, description = "An HTML page", content_type = "text/html"),
+        (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html")))]
 async fn show_confirm(State(pages): State<PagesState>, Path(id): Path<String>) -> Response {
     let (_, state) = match pages.load("confirm.html", &id).await {
         Ok(found) => found,
@@ -159,6 +169,11 @@ async fn show_confirm(State(pages): State<PagesState>, Path(id): Path<String>) -
     )
 }
 
+/// The confirm button: confirms the capsule and shows the outcome.
+#[utoipa::path(post, path = "/confirm/{id}", tag = "capsule pages",
+    params(("id" = String, Path, description = "The capsule's id, from its email")),
+    responses((status = 200, description = "An HTML page", content_type = "text/html"),
+        (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html")))]
 async fn confirm(State(pages): State<PagesState>, Path(id): Path<String>) -> Response {
     let (id, state) = match pages.load("confirm.html", &id).await {
         Ok(found) => found,
@@ -194,6 +209,11 @@ async fn confirm(State(pages): State<PagesState>, Path(id): Path<String>) -> Res
     }
 }
 
+/// The cancel page: asks for the recipient's address (changes nothing).
+#[utoipa::path(get, path = "/cancel/{id}", tag = "capsule pages",
+    params(("id" = String, Path, description = "The capsule's id, from its email")),
+    responses((status = 200, description = "An HTML page", content_type = "text/html"),
+        (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html")))]
 async fn show_cancel(State(pages): State<PagesState>, Path(id): Path<String>) -> Response {
     let (_, state) = match pages.load("cancel.html", &id).await {
         Ok(found) => found,
@@ -214,6 +234,12 @@ struct CancelForm {
     recipient_email: String,
 }
 
+/// The cancel form: cancels the capsule if the address is its recipient's.
+#[utoipa::path(post, path = "/cancel/{id}", tag = "capsule pages",
+    params(("id" = String, Path, description = "The capsule's id, from its email")),
+    request_body(content_type = "application/x-www-form-urlencoded", description = "`recipientEmail`"),
+    responses((status = 200, description = "An HTML page", content_type = "text/html"),
+        (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html")))]
 async fn cancel(
     State(pages): State<PagesState>,
     Path(id): Path<String>,
@@ -254,6 +280,11 @@ async fn cancel(
     }
 }
 
+/// The download page of a capsule's file.
+#[utoipa::path(get, path = "/download/{id}", tag = "capsule pages",
+    params(("id" = String, Path, description = "The capsule's id, from its email")),
+    responses((status = 200, description = "An HTML page", content_type = "text/html"),
+        (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html")))]
 async fn show_download(State(pages): State<PagesState>, Path(id): Path<String>) -> Response {
     if let Err(page) = pages.load("download.html", &id).await {
         return page;
