@@ -58,6 +58,35 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         .with_context(|| format!("opening the event store at {}", config.database_for_log()))
 }
 
+/// The capsule use cases as configured.
+pub fn capsules(
+    config: &Config,
+    events: Arc<dyn EventStore>,
+    clock: Clock,
+) -> anyhow::Result<Capsules> {
+    let links = Links {
+        public_url: config.public_url.clone(),
+    };
+    let mut capsules = Capsules::new(events, links, clock).map_err(|e| anyhow::anyhow!("{e}"))?;
+    capsules.min_lead = i64::try_from(config.capsule_min_lead)
+        .ok()
+        .and_then(chrono::Duration::try_seconds)
+        .context("CAIRN_CAPSULE_MIN_LEAD is too large")?;
+    let window = Duration::from_secs(config.capsule_limit_window);
+    capsules.limits = Arc::new(capsules::Limits {
+        per_client: SlidingLog::new(config.capsule_limit_per_client, window),
+        per_sender: SlidingLog::new(config.capsule_limit_per_sender, window),
+    });
+    capsules.blocked_senders = Arc::new(
+        config
+            .blocked_senders
+            .iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect(),
+    );
+    Ok(capsules)
+}
+
 /// The scheduler's actions on capsules: its due items are releases and expiries.
 struct CapsuleActions {
     capsules: Capsules,
@@ -181,28 +210,7 @@ impl Application {
         let store = open_store(config).await?;
         let events: Arc<dyn EventStore> = store.clone();
         let read = open_read(config, &*events).await?;
-        let mut capsules = Capsules::new(
-            events.clone(),
-            Links {
-                public_url: config.public_url.clone(),
-            },
-            clock.clone(),
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        capsules.min_lead =
-            chrono::Duration::seconds(i64::try_from(config.capsule_min_lead).unwrap_or(i64::MAX));
-        let window = Duration::from_secs(config.capsule_limit_window);
-        capsules.limits = Arc::new(capsules::Limits {
-            per_client: SlidingLog::new(config.capsule_limit_per_client, window),
-            per_sender: SlidingLog::new(config.capsule_limit_per_sender, window),
-        });
-        capsules.blocked_senders = Arc::new(
-            config
-                .blocked_senders
-                .iter()
-                .map(|s| s.to_ascii_lowercase())
-                .collect(),
-        );
+        let capsules = capsules(config, events.clone(), clock.clone())?;
 
         let mut tasks = Vec::new();
         let tokens = TokenRegistry::new();
@@ -314,14 +322,15 @@ impl Application {
                 Arc::<[client_ip::IpRange]>::from(config.trusted_proxies.clone()),
                 client_ip::layer,
             ))
-            .layer(middleware::from_fn_with_state(
-                crate::cors::Origins::new(&config.cors_origins),
-                crate::cors::layer,
-            ))
             .layer(DefaultBodyLimit::max(config.body_limit))
             .layer(middleware::from_fn_with_state(
                 Duration::from_secs(config.request_timeout),
                 ops::time_limit,
+            ))
+            // Outermost, so every answer (a timeout's too) carries the CORS headers.
+            .layer(middleware::from_fn_with_state(
+                crate::cors::Origins::new(&config.cors_origins),
+                crate::cors::layer,
             ));
 
         let listener = TcpListener::bind(config.listen)

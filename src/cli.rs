@@ -50,11 +50,26 @@ pub enum Command {
         #[command(subcommand)]
         command: ProjectionCommand,
     },
+    /// Block or unblock capsule senders (beside `CAIRN_BLOCKED_SENDERS`).
+    Sender {
+        #[command(subcommand)]
+        command: SenderCommand,
+    },
     /// Look at the outbox's dead letters (emails that could not be sent) and retry them.
     Outbox {
         #[command(subcommand)]
         command: OutboxCommand,
     },
+}
+
+#[derive(Subcommand)]
+pub enum SenderCommand {
+    /// Refuse capsules from this address (`BLOCKED_SENDER_EMAIL`).
+    Block { email: String },
+    /// Take an address off the blocklist kept here.
+    Unblock { email: String },
+    /// The blocked addresses: configured, then blocked here.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -200,6 +215,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Outbox { command } => outbox(&config, command).await,
+        Command::Sender { command } => senders(&config, command).await,
         Command::Projections {
             command: ProjectionCommand::Rebuild { name },
         } => {
@@ -224,6 +240,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn senders(config: &Config, command: SenderCommand) -> anyhow::Result<()> {
+    let clock = cairn_query::routes::system_clock();
+    let capsules = app::capsules(config, app::open_events(config).await?, clock)?;
+    let done = match &command {
+        SenderCommand::Block { email } => capsules.set_blocked(email, true).await,
+        SenderCommand::Unblock { email } => capsules.set_blocked(email, false).await,
+        SenderCommand::List => {
+            for email in capsules.blocked_senders.iter() {
+                println!("{email}\tconfigured (CAIRN_BLOCKED_SENDERS)");
+            }
+            for email in capsules
+                .blocked_by_cli()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+            {
+                println!("{email}\tblocked from the command line");
+            }
+            return Ok(());
+        }
+    };
+    done.map_err(|e| anyhow::anyhow!("{e}"))?;
+    match command {
+        SenderCommand::Block { email } => println!("{email}: blocked"),
+        SenderCommand::Unblock { email } => println!("{email}: no longer blocked here"),
+        SenderCommand::List => {}
+    }
+    Ok(())
 }
 
 async fn outbox(config: &Config, command: OutboxCommand) -> anyhow::Result<()> {

@@ -6,7 +6,8 @@ use crate::helpers::Backend;
 crate::on_both_backends!(
     cli: users_and_tokens_from_the_command_line,
     rebuild_from_the_command_line_while_serving,
-    dead_letters_from_the_command_line
+    dead_letters_from_the_command_line,
+    senders_blocked_from_the_command_line
 );
 
 pub async fn users_and_tokens_from_the_command_line(backend: Backend) {
@@ -183,4 +184,61 @@ pub async fn dead_letters_from_the_command_line(backend: Backend) {
             .trim(),
         format!("{unknown}: not a dead letter")
     );
+}
+
+/// `cairn sender block` refuses an address's capsules while the server runs, beside the
+/// configured blocklist; `unblock` lets it through again.
+pub async fn senders_blocked_from_the_command_line(backend: Backend) {
+    let sink = crate::smtp::SmtpSink::start().await;
+    let mut env = backend_env(backend).await;
+    env.push(("CAIRN_SMTP_URL".into(), sink.url.clone()));
+    env.push((
+        "CAIRN_BLOCKED_SENDERS".into(),
+        "configured@example.com".into(),
+    ));
+    let (_server, base) = start_server(&env).await;
+    let client = reqwest::Client::new();
+    let submit = |sender: &'static str| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let response = client
+                .post(format!("{base}/api/submit/text"))
+                .json(&serde_json::json!({
+                    "senderEmail": sender, "senderName": "S",
+                    "recipientEmail": "r@example.com", "recipientName": "R",
+                    "sendTime": (chrono::Utc::now() + chrono::Duration::hours(1)).timestamp_millis(),
+                    "text": "hello",
+                }))
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    assert_eq!(submit("Spammer@example.com").await.0, 200);
+    assert_eq!(
+        cairn(&env, &["sender", "block", "spammer@EXAMPLE.com"])
+            .await
+            .trim(),
+        "spammer@EXAMPLE.com: blocked"
+    );
+    assert_eq!(
+        submit("Spammer@example.com").await,
+        (400, "BLOCKED_SENDER_EMAIL".into())
+    );
+    assert_eq!(
+        submit("configured@example.com").await,
+        (400, "BLOCKED_SENDER_EMAIL".into())
+    );
+    let list = cairn(&env, &["sender", "list"]).await;
+    assert!(
+        list.contains("configured@example.com\tconfigured"),
+        "{list}"
+    );
+    assert!(
+        list.contains("spammer@example.com\tblocked from the command line"),
+        "{list}"
+    );
+    cairn(&env, &["sender", "unblock", "spammer@example.com"]).await;
+    assert_eq!(submit("Spammer@example.com").await.0, 200);
 }

@@ -143,7 +143,8 @@ impl Capsules {
 
     /// Check a send time against now and the minimum lead time.
     pub fn check_send_time(&self, send_at: DateTime<Utc>) -> Result<(), Refusal> {
-        if send_at <= self.now() + self.min_lead {
+        let earliest = self.now().checked_add_signed(self.min_lead);
+        if earliest.is_none_or(|earliest| send_at <= earliest) {
             Err(Refusal::InvalidFutureTime)
         } else {
             Ok(())
@@ -156,7 +157,7 @@ impl Capsules {
         submission: Submission,
         client: Option<std::net::IpAddr>,
     ) -> Result<Uuid, CapsuleError> {
-        if self.is_blocked(&submission.sender.email) {
+        if self.is_blocked(&submission.sender.email).await? {
             return Err(CapsuleError::BlockedSender);
         }
         self.check_send_time(submission.send_at)?;
@@ -349,9 +350,38 @@ impl Capsules {
         .into())
     }
 
-    fn is_blocked(&self, sender: &EmailAddress) -> bool {
+    /// Whether `sender` is blocked, by the configuration or from the CLI.
+    async fn is_blocked(&self, sender: &EmailAddress) -> Result<bool, CapsuleError> {
         let key = sender.key();
-        self.blocked_senders.contains(&key)
+        if self.blocked_senders.contains(&key) {
+            return Ok(true);
+        }
+        Ok(self.blocked_by_cli().await?.contains(&key))
+    }
+
+    /// The senders blocked from the CLI (`cairn sender block`), case-folded.
+    pub async fn blocked_by_cli(&self) -> Result<Vec<String>, CapsuleError> {
+        let events = self.events.read_stream(capsule::BLOCKLIST_STREAM).await?;
+        Ok(capsule::blocked_senders(&events))
+    }
+
+    /// Block (or, with `blocked` false, unblock) a sender address.
+    pub async fn set_blocked(&self, email: &str, blocked: bool) -> Result<(), CapsuleError> {
+        let email = EmailAddress::parse(email)?;
+        let metadata = Self::metadata("cli");
+        let event = if blocked {
+            NewEvent::new(&capsule::SenderBlocked { email }, metadata)
+        } else {
+            NewEvent::new(&capsule::SenderUnblocked { email }, metadata)
+        };
+        self.events
+            .append(AppendRequest::new(
+                capsule::BLOCKLIST_STREAM,
+                ExpectedVersion::Any,
+                vec![event],
+            ))
+            .await?;
+        Ok(())
     }
 
     fn email(

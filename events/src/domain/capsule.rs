@@ -287,6 +287,44 @@ impl DomainEvent for CapsuleReleased {
     const SCHEMA_VERSION: i32 = 1;
 }
 
+/// The stream of the sender blocklist kept from the CLI (beside the configured one).
+pub const BLOCKLIST_STREAM: &str = "blocklist-senders";
+
+/// A sender address was blocked: its capsules are refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SenderBlocked {
+    pub email: EmailAddress,
+}
+
+impl DomainEvent for SenderBlocked {
+    const TYPE: &'static str = "blocklist.sender_blocked";
+    const SCHEMA_VERSION: i32 = 1;
+}
+
+/// A sender address was unblocked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SenderUnblocked {
+    pub email: EmailAddress,
+}
+
+impl DomainEvent for SenderUnblocked {
+    const TYPE: &'static str = "blocklist.sender_unblocked";
+    const SCHEMA_VERSION: i32 = 1;
+}
+
+/// The blocked addresses (case-folded) the blocklist stream's events leave, sorted.
+pub fn blocked_senders(events: &[Envelope]) -> Vec<String> {
+    let mut blocked = std::collections::BTreeSet::new();
+    for event in events {
+        if let Ok(b) = SenderBlocked::decode(event) {
+            blocked.insert(b.email.key());
+        } else if let Ok(u) = SenderUnblocked::decode(event) {
+            blocked.remove(&u.email.key());
+        }
+    }
+    blocked.into_iter().collect()
+}
+
 /// Where a capsule is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
