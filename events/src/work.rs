@@ -217,6 +217,30 @@ impl WorkSignals {
     }
 }
 
+/// Claimed due items in the order they are to be done: earliest first (a claim's
+/// `RETURNING` gives no order).
+pub(crate) fn earliest_first(
+    rows: impl IntoIterator<Item = (String, String, String, DateTime<Utc>)>,
+) -> Vec<DueItem> {
+    let mut items: Vec<DueItem> = rows
+        .into_iter()
+        .map(|(key, stream_id, action, due_at)| DueItem {
+            key,
+            stream_id,
+            action,
+            due_at,
+        })
+        .collect();
+    items.sort_by(|a, b| a.due_at.cmp(&b.due_at).then_with(|| a.key.cmp(&b.key)));
+    items
+}
+
+/// Claimed messages oldest first.
+pub(crate) fn oldest_first(mut messages: Vec<QueuedMessage>) -> Vec<QueuedMessage> {
+    messages.sort_by_key(|m| (m.queued_at, m.message.id));
+    messages
+}
+
 /// `now + hold`, saturating.
 pub(crate) fn after(now: DateTime<Utc>, hold: Duration) -> DateTime<Utc> {
     chrono::Duration::from_std(hold)

@@ -26,7 +26,7 @@ use uuid::Uuid;
 use super::parse_metadata;
 use crate::group_commit::{BatchWriter, Committer, plan};
 use crate::migrate::POSTGRES as MIGRATIONS;
-use crate::work::{BatchWork, WorkSignals, after};
+use crate::work::{BatchWork, WorkSignals, after, earliest_first, oldest_first};
 use crate::{
     AppendRequest, AppendStats, Appended, DueIndex, DueItem, Envelope, EventStore, Lease, Outbox,
     OutboxMessage, Outcome, Position, QueuedMessage, StoreError,
@@ -406,17 +406,7 @@ impl DueIndex for PostgresStore {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
-        let mut items: Vec<DueItem> = rows
-            .into_iter()
-            .map(|(key, stream_id, action, due_at)| DueItem {
-                key,
-                stream_id,
-                action,
-                due_at,
-            })
-            .collect();
-        items.sort_by(|a, b| a.due_at.cmp(&b.due_at).then_with(|| a.key.cmp(&b.key)));
-        Ok(items)
+        Ok(earliest_first(rows))
     }
 
     async fn finish_due(&self, item: &DueItem) -> Result<(), StoreError> {
@@ -456,9 +446,7 @@ impl Outbox for PostgresStore {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
-        let mut messages: Vec<QueuedMessage> = rows.into_iter().map(queued).collect();
-        messages.sort_by_key(|m| (m.queued_at, m.message.id));
-        Ok(messages)
+        Ok(oldest_first(rows.into_iter().map(queued).collect()))
     }
 
     async fn settle(&self, id: Uuid, outcome: Outcome) -> Result<(), StoreError> {

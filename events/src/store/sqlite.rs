@@ -27,7 +27,7 @@ use uuid::Uuid;
 use super::parse_metadata;
 use crate::group_commit::{BatchWriter, Committer, plan};
 use crate::migrate::SQLITE as MIGRATIONS;
-use crate::work::{BatchWork, WorkSignals, after};
+use crate::work::{BatchWork, WorkSignals, after, earliest_first, oldest_first};
 use crate::{
     AppendRequest, AppendStats, Appended, DueIndex, DueItem, Envelope, EventStore, Lease, Outbox,
     OutboxMessage, Outcome, Position, QueuedMessage, StoreError,
@@ -372,17 +372,9 @@ impl DueIndex for SqliteStore {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.work)
         .await?;
-        let mut items: Vec<DueItem> = rows
-            .into_iter()
-            .map(|(key, stream_id, action, due_at)| DueItem {
-                key,
-                stream_id,
-                action,
-                due_at: from_millis(due_at),
-            })
-            .collect();
-        items.sort_by(|a, b| a.due_at.cmp(&b.due_at).then_with(|| a.key.cmp(&b.key)));
-        Ok(items)
+        Ok(earliest_first(rows.into_iter().map(
+            |(key, stream, action, due_at)| (key, stream, action, from_millis(due_at)),
+        )))
     }
 
     async fn finish_due(&self, item: &DueItem) -> Result<(), StoreError> {
@@ -421,12 +413,11 @@ impl Outbox for SqliteStore {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.work)
         .await?;
-        let mut messages = rows
+        let messages = rows
             .into_iter()
             .map(queued)
             .collect::<Result<Vec<_>, _>>()?;
-        messages.sort_by_key(|m| (m.queued_at, m.message.id));
-        Ok(messages)
+        Ok(oldest_first(messages))
     }
 
     async fn settle(&self, id: Uuid, outcome: Outcome) -> Result<(), StoreError> {
