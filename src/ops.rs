@@ -197,6 +197,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = cairn_command::CommandApi::openapi();
     doc.merge(cairn_query::QueryApi::openapi());
     doc.merge(cairn_command::ChronoriaApi::openapi());
+    doc.merge(cairn_command::CapsuleApi::openapi());
     doc.merge(cairn_command::PagesApi::openapi());
     let ops = OpsApi::openapi();
     doc.info = ops.info.clone();

@@ -18,6 +18,7 @@ use axum::Router;
 use cairn_events::{EventStore, ReadYourWrites};
 
 pub use auth::TokenRegistry;
+pub use capsules::api::CapsuleApi;
 pub use capsules::chronoria::ChronoriaApi;
 pub use capsules::pages::PagesApi;
 
@@ -41,7 +42,9 @@ pub struct CommandState {
 }
 
 pub fn router(state: CommandState) -> Result<Router, capsules::CapsuleError> {
-    let chronoria = capsules::chronoria::router().with_state(state.capsules.clone());
+    let chronoria = capsules::chronoria::router()
+        .merge(capsules::api::router())
+        .with_state(state.capsules.clone());
     let pages = capsules::pages::router(state.capsules.clone())?;
     Ok(messages::router()
         .with_state(state)

@@ -18,7 +18,8 @@ crate::on_both_backends!(
     submissions_are_rate_limited,
     restarts_between_steps_lose_nothing,
     kill_9_during_delivery_loses_no_email,
-    an_unconfirmed_capsule_expires
+    an_unconfirmed_capsule_expires,
+    the_json_api_submits_and_shows_status
 );
 
 async fn spawn(backend: Backend) -> (TestApp, SmtpSink) {
@@ -509,4 +510,94 @@ pub async fn an_unconfirmed_capsule_expires(backend: Backend) {
         get(&app, &format!("/api/confirm?id={id}")).await,
         (400, "CAPSULE_NA_OR_EXPIRED".into())
     );
+}
+
+/// The JSON API in Cairn's conventions: a submission is accepted without giving the id
+/// away (only the sender's mailbox learns it); the status view follows the capsule.
+pub async fn the_json_api_submits_and_shows_status(backend: Backend) {
+    let (app, sink) = spawn(backend).await;
+    let send_at = (chrono::Utc::now() + chrono::Duration::hours(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let body = json!({
+        "sender": {"email": "ada@example.com", "name": "Ada"},
+        "recipient": {"email": "grace@example.com", "name": "Grace"},
+        "send_at": send_at,
+        "text": "from a script",
+    });
+    let post = |body: Value| {
+        app.client
+            .post(format!("{}/capsules", app.address))
+            .json(&body)
+            .send()
+    };
+    let response = post(body.clone()).await.unwrap();
+    assert_eq!(response.status(), 202);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["data"]["status"], "pending");
+    assert!(
+        answer["data"].get("id").is_none(),
+        "the id stays in the sender's mailbox"
+    );
+    let id = id_in(
+        &sink.wait_for("ada@example.com", "Confirm").await,
+        "confirm",
+    );
+
+    let view = |id: String| {
+        let client = app.client.clone();
+        let url = format!("{}/capsules/{id}", app.address);
+        async move {
+            let response = client.get(url).send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, shown) = view(id.clone()).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["data"]["status"], "pending");
+    assert_eq!(shown["data"]["recipient"]["name"], "Grace");
+    assert_eq!(shown["data"]["send_at"], send_at.as_str());
+    assert!(shown["data"].get("text").is_none() && shown["data"]["sender"].get("email").is_none());
+    assert_eq!(get(&app, &format!("/api/confirm?id={id}")).await.0, 200);
+    assert_eq!(view(id.clone()).await.1["data"]["status"], "active");
+
+    for (field, value, code) in [
+        ("send_at", json!("tomorrow"), "invalid_future_time"),
+        (
+            "send_at",
+            json!("2001-01-01T00:00:00Z"),
+            "invalid_future_time",
+        ),
+        ("text", json!(""), "invalid_text"),
+    ] {
+        let mut bad = body.clone();
+        bad[field] = value;
+        let response = post(bad).await.unwrap();
+        assert_eq!(response.status(), 400);
+        assert_eq!(response.json::<Value>().await.unwrap()["code"], code);
+    }
+    let mut bad = body.clone();
+    bad["sender"]["email"] = json!("nope");
+    let response = post(bad).await.unwrap();
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["code"],
+        "invalid_email"
+    );
+    let response = app
+        .client
+        .post(format!("{}/capsules", app.address))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["code"],
+        "invalid_json"
+    );
+    assert_eq!(view("nope".into()).await.1["code"], "invalid_id");
+    let (status, missing) = view(uuid::Uuid::now_v7().to_string()).await;
+    assert_eq!((status, missing["code"].as_str()), (404, Some("not_found")));
 }

@@ -35,6 +35,8 @@ pub async fn openapi_covers_every_route(backend: Backend) {
         ("/cancel/{id}", "get"),
         ("/cancel/{id}", "post"),
         ("/download/{id}", "get"),
+        ("/capsules", "post"),
+        ("/capsules/{id}", "get"),
     ] {
         assert!(
             paths[path][method].is_object(),

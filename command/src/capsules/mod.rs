@@ -7,6 +7,7 @@
 //! email is queued exactly when its cause is committed. A conflicting writer (a confirm
 //! racing the expiry) makes the loser read again and decide anew.
 
+pub mod api;
 pub mod chronoria;
 pub mod emails;
 pub mod limits;
