@@ -90,11 +90,14 @@ struct Direct {
     port: u16,
     starttls: StartTls,
     credentials: Option<Credentials>,
-    idle: std::sync::Mutex<Vec<AsyncSmtpConnection>>,
+    /// Connections kept for the next email, with when each was last used.
+    idle: std::sync::Mutex<Vec<(std::time::Instant, AsyncSmtpConnection)>>,
 }
 
-/// Idle connections kept per mailer.
+/// Idle connections kept per mailer, and for how long (servers close idle sessions,
+/// often after 30 s to a few minutes).
 const IDLE_CONNECTIONS: usize = 8;
+const IDLE_FOR: Duration = Duration::from_secs(20);
 /// The longest one email may take to send, connection included.
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -139,6 +142,11 @@ impl SmtpMailer {
                         decode(parsed.password().unwrap_or_default()),
                     )
                 });
+                if credentials.is_some() && starttls != StartTls::Required {
+                    return Err(
+                        "credentials in an smtp:// URL need ?tls=required (or use smtps://): they would cross the network in clear text".into(),
+                    );
+                }
                 Route::Direct(Direct {
                     host,
                     port: parsed.port().unwrap_or(25),
@@ -154,71 +162,77 @@ impl SmtpMailer {
 }
 
 impl Direct {
+    /// A new session: connect, greet, STARTTLS, AUTH. Its failures are the session's, not
+    /// the message's (a wrong password, a server refusing us): they are all worth a
+    /// retry, so one misconfiguration does not dead-letter every email at once.
     async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
-        let unreachable = |e: std::io::Error| {
-            SendError::Transient(format!("connecting to {}:{}: {e}", self.host, self.port))
+        let failed = |e: &dyn std::fmt::Display| {
+            SendError::Transient(format!(
+                "SMTP session with {}:{}: {e}",
+                self.host, self.port
+            ))
         };
         let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
-            .map_err(unreachable)?;
-        stream.set_nodelay(true).map_err(unreachable)?;
+            .map_err(|e| failed(&e))?;
+        stream.set_nodelay(true).map_err(|e| failed(&e))?;
         let hello = ClientId::default();
         let mut connection = AsyncSmtpConnection::connect_with_transport(Box::new(stream), &hello)
             .await
-            .map_err(classify)?;
+            .map_err(|e| failed(&e))?;
         let tls = match self.starttls {
             StartTls::Required => true,
             StartTls::IfOffered => connection.can_starttls(),
             StartTls::Never => false,
         };
         if tls {
-            let parameters = TlsParameters::new(self.host.clone()).map_err(classify)?;
+            let parameters = TlsParameters::new(self.host.clone()).map_err(|e| failed(&e))?;
             connection
                 .starttls(parameters, &hello)
                 .await
-                .map_err(classify)?;
+                .map_err(|e| failed(&e))?;
         }
         if let Some(credentials) = &self.credentials {
             connection
                 .auth(&[Mechanism::Plain, Mechanism::Login], credentials)
                 .await
-                .map_err(classify)?;
+                .map_err(|e| failed(&e))?;
         }
         Ok(connection)
     }
 
-    fn reuse(&self) -> Option<AsyncSmtpConnection> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(connection) = idle.pop() {
-            if !connection.has_broken() {
+    /// An idle connection that is still fresh and still answers (a `NOOP`).
+    async fn reuse(&self) -> Option<AsyncSmtpConnection> {
+        loop {
+            let (used, mut connection) = {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                idle.pop()?
+            };
+            if used.elapsed() < IDLE_FOR
+                && !connection.has_broken()
+                && connection.test_connected().await
+            {
                 return Some(connection);
             }
+            connection.abort().await;
         }
-        None
     }
 
     fn keep(&self, connection: AsyncSmtpConnection) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < IDLE_CONNECTIONS && !connection.has_broken() {
-            idle.push(connection);
+            idle.push((std::time::Instant::now(), connection));
         }
     }
 
     async fn send(&self, message: &Message) -> Result<(), SendError> {
         let bytes = message.formatted();
-        // An idle connection may have been closed by the server meanwhile: on a failure
-        // that is not the server's answer, try once more on a fresh one.
-        if let Some(mut connection) = self.reuse() {
-            match connection.send(message.envelope(), &bytes).await {
-                Ok(_) => {
-                    self.keep(connection);
-                    return Ok(());
-                }
-                Err(e) if e.is_permanent() || e.is_transient() => return Err(classify(e)),
-                Err(_) => {}
-            }
-        }
-        let mut connection = self.connect().await?;
+        let mut connection = match self.reuse().await {
+            Some(connection) => connection,
+            None => self.connect().await?,
+        };
+        // No second try here on another connection: the server may have taken the
+        // message before the failure. The outbox retries, with the same Message-ID.
         connection
             .send(message.envelope(), &bytes)
             .await
@@ -498,5 +512,10 @@ mod tests {
         assert!(direct("smtp://mail.example?tls=sometimes").is_err());
         assert!(direct("http://mail.example").is_err());
         assert!(direct("smtp://").is_err());
+        assert!(
+            direct("smtp://ann:pw@mail.example").is_err(),
+            "no password without TLS"
+        );
+        assert!(direct("smtp://ann:pw@mail.example?tls=opportunistic").is_err());
     }
 }

@@ -90,9 +90,11 @@ pub async fn a_capsule_is_confirmed_and_delivered(backend: Backend) {
         .await;
     let id = id_in(&confirmation, "confirm");
     assert!(confirmation.decoded().contains("within 24 hours"));
-    assert_eq!(
-        confirmation.header("Message-ID").as_deref(),
-        Some(format!("<{id}.confirm@capsules.example>").as_str())
+    let message_id = confirmation.header("Message-ID").unwrap();
+    assert!(message_id.ends_with("@capsules.example>"), "{message_id}");
+    assert!(
+        !message_id.contains(&id),
+        "the capsule id stays out of mail logs"
     );
 
     assert_eq!(
@@ -125,9 +127,9 @@ pub async fn a_capsule_is_confirmed_and_delivered(backend: Backend) {
         text.contains("Hello from the past &lt;b&gt;bold&lt;"),
         "escaped in the HTML part"
     );
-    assert_eq!(
-        delivery.header("Message-ID").as_deref(),
-        Some(format!("<{id}.delivery@capsules.example>").as_str())
+    assert_ne!(
+        delivery.header("Message-ID"),
+        confirmation.header("Message-ID")
     );
     // Released: it can no longer be cancelled, and it was delivered once.
     assert_eq!(
@@ -420,9 +422,10 @@ pub async fn restarts_between_steps_lose_nothing(backend: Backend) {
     let delivery = sink
         .wait_for("Grace@Example.com", "A time capsule from Ada")
         .await;
-    assert_eq!(
-        delivery.header("Message-ID").as_deref(),
-        Some(format!("<{id}.delivery@capsules.example>").as_str())
+    assert!(delivery.decoded().contains("Hello from the past"));
+    assert!(
+        !delivery.raw.contains(&id),
+        "the capsule id stays out of the delivery"
     );
 }
 
@@ -465,10 +468,7 @@ pub async fn kill_9_during_delivery_loses_no_email(backend: Backend) {
 
     let (_server, _) = start_server(&env).await;
     let message_id = first.header("Message-ID");
-    assert_eq!(
-        message_id.as_deref(),
-        Some(format!("<{id}.delivery@capsules.example>").as_str())
-    );
+    assert!(message_id.is_some());
     for _ in 0..300 {
         let copies: Vec<_> = sink
             .received()
@@ -588,6 +588,7 @@ pub async fn the_json_api_submits_and_shows_status(backend: Backend) {
     let response = app
         .client
         .post(format!("{}/capsules", app.address))
+        .header("Content-Type", "application/json")
         .body("not json")
         .send()
         .await
@@ -597,6 +598,18 @@ pub async fn the_json_api_submits_and_shows_status(backend: Backend) {
         response.json::<Value>().await.unwrap()["code"],
         "invalid_json"
     );
+    // What any web page can make a browser send unasked is refused.
+    for path in ["/capsules", "/api/submit/text"] {
+        let response = app
+            .client
+            .post(format!("{}{path}", app.address))
+            .header("Content-Type", "text/plain")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 415, "{path}");
+    }
     assert_eq!(view("nope".into()).await.1["code"], "invalid_id");
     let (status, missing) = view(uuid::Uuid::now_v7().to_string()).await;
     assert_eq!((status, missing["code"].as_str()), (404, Some("not_found")));

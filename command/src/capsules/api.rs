@@ -182,14 +182,26 @@ fn failure(error: CapsuleError) -> Response {
     responses(
         (status = 202, description = "Written; waiting for the sender's confirmation", body = Submitted),
         (status = 400, description = "Bad JSON, address, name, time or text; a blocked sender", body = JsonError),
+        (status = 415, description = "The body was not sent as `application/json`", body = JsonError),
         (status = 429, description = "Too many submissions; see `Retry-After`", body = JsonError),
         (status = 503, description = "The event store is unavailable", body = JsonError),
     ))]
 async fn submit(
     State(capsules): State<Capsules>,
     client: Option<Extension<ClientIp>>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if !super::chronoria::is_json(&headers) {
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Json(JsonError {
+                error: "send the capsule as application/json".into(),
+                code: "unsupported_media_type".into(),
+            }),
+        )
+            .into_response();
+    }
     let bad = |code: &str, error: String| {
         (
             StatusCode::BAD_REQUEST,

@@ -12,10 +12,10 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use cairn_events::domain::capsule::{self, EmailAddress, Party, PersonName, Refusal};
+use cairn_events::domain::capsule::{self, EmailAddress, Party, PersonName, Refusal, Status};
 use chrono::DateTime;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
@@ -126,6 +126,18 @@ async fn ping() -> &'static str {
     "Pong"
 }
 
+/// Whether a request says its body is JSON. A submission must: a form or `text/plain`
+/// POST is what any web page can make a visitor's browser send elsewhere unasked (no CORS
+/// preflight), and the Chronoria client sends JSON.
+pub(super) fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .is_some_and(|v| v == "application/json" || v.ends_with("+json"))
+}
+
 /// Query parameters by lower-cased name, as Chronoria's ASP.NET binding matched them.
 fn params(query: HashMap<String, String>) -> HashMap<String, String> {
     query
@@ -195,7 +207,8 @@ async fn download_link(
         let recipient = params.get("recipientemail").map_or("", String::as_str);
         let matches = EmailAddress::parse(recipient)
             .is_ok_and(|e| e.key() == state.submitted.recipient.email.key());
-        if !matches {
+        let delivered_or_due = matches!(state.status, Status::Active | Status::Released);
+        if !matches || !delivered_or_due {
             return Err(CapsuleError::NotCancellable);
         }
         Err::<(), _>(CapsuleError::NoFile)
@@ -210,13 +223,18 @@ async fn download_link(
     responses(
         (status = 200, description = "Submitted; it waits for the sender's confirmation (24 hours)"),
         (status = 400, description = "`INVALID_EMAIL`, `INVALID_NAME`, `INVALID_FUTURE_TIME`, `INVALID_TEXT` or `BLOCKED_SENDER_EMAIL`", body = String, content_type = "text/plain"),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: the body must be sent as `application/json`", body = String, content_type = "text/plain"),
         (status = 429, description = "`TOO_MANY_REQUESTS`: too many submissions from this address or sender; see `Retry-After`", body = String, content_type = "text/plain"),
     ))]
 async fn submit_text(
     State(capsules): State<Capsules>,
     client: Option<Extension<ClientIp>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Answer {
+) -> Response {
+    if !is_json(&headers) {
+        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE").into_response();
+    }
     Answer(
         async {
             let body = body.map_err(|_| Refusal::InvalidText)?;
@@ -226,6 +244,7 @@ async fn submit_text(
         }
         .await,
     )
+    .into_response()
 }
 
 /// The JSON body of a text capsule, fields matched in any case, checked in Chronoria's

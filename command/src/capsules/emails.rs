@@ -2,8 +2,8 @@
 //! (a subject, a plain-text and an HTML part each; user content is escaped in the HTML).
 //!
 //! Each email's outbox id and Message-ID are derived from the capsule and the kind of
-//! email, so the same cause never queues twice and a resend after a crash carries the same
-//! Message-ID.
+//! email (a hash: the capsule id itself is the secret in the links), so the same cause
+//! never queues twice and a resend after a crash carries the same Message-ID.
 
 use cairn_events::OutboxMessage;
 use cairn_events::domain::capsule::CapsuleState;
@@ -150,6 +150,7 @@ impl Emails {
                 .and_then(|t| t.render(&values))
                 .map_err(|e| CapsuleError::Template(e.to_string()))
         };
+        let id = outbox_id(capsule.capsule_id, kind);
         let (to, to_name) = match kind {
             EmailKind::Delivery => (&capsule.recipient.email, &capsule.recipient.name),
             _ => (&capsule.sender.email, &capsule.sender.name),
@@ -160,14 +161,11 @@ impl Emails {
             subject: render("subject.txt")?.trim().to_owned(),
             text: render("txt")?,
             html: render("html")?,
-            message_id: format!(
-                "<{}.{}@{}>",
-                capsule.capsule_id,
-                kind.name(),
-                self.links.host()
-            ),
+            // From the outbox id, not the capsule id: Message-IDs end up in mail logs and
+            // replies, and the capsule id is what confirms.
+            message_id: format!("<{}@{}>", id.simple(), self.links.host()),
         };
-        Ok(email.into_outbox(outbox_id(capsule.capsule_id, kind)))
+        Ok(email.into_outbox(id))
     }
 }
 

@@ -23,7 +23,7 @@ use cairn_events::{
     AppendRequest, DueItem, Effects, EventStore, ExpectedVersion, Metadata, NewEvent,
     OutboxMessage, StoreError,
 };
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Datelike, Duration, Utc};
 use uuid::Uuid;
 
 pub use emails::{EmailKind, Links};
@@ -130,7 +130,8 @@ impl Capsules {
         })
     }
 
-    fn now(&self) -> DateTime<Utc> {
+    /// Now, by the clock these use cases were given.
+    pub fn now(&self) -> DateTime<Utc> {
         (self.clock)()
     }
 
@@ -145,7 +146,8 @@ impl Capsules {
     /// Check a send time against now and the minimum lead time.
     pub fn check_send_time(&self, send_at: DateTime<Utc>) -> Result<(), Refusal> {
         let earliest = self.now().checked_add_signed(self.min_lead);
-        if earliest.is_none_or(|earliest| send_at <= earliest) {
+        // Four-digit years: times must stay RFC 3339 in every view of the capsule.
+        if earliest.is_none_or(|earliest| send_at <= earliest) || send_at.year() > 9999 {
             Err(Refusal::InvalidFutureTime)
         } else {
             Ok(())

@@ -156,11 +156,12 @@ async fn show_confirm(State(pages): State<PagesState>, Path(id): Path<String>) -
         Ok(found) => found,
         Err(page) => return page,
     };
-    let pending = state.status == Status::Pending;
-    let unavailable = if pending {
-        ""
-    } else {
-        status_words(state.status)
+    let expired = pages.capsules.now() >= state.submitted_at + super::CONFIRM_WITHIN;
+    let pending = state.status == Status::Pending && !expired;
+    let unavailable = match state.status {
+        _ if pending => "",
+        Status::Pending => "This capsule expired: it was not confirmed within 24 hours.",
+        other => status_words(other),
     };
     pages.render(
         StatusCode::OK,
