@@ -187,7 +187,8 @@ impl Application {
         Self::build_with_clock(config, role, shutdown, system_clock()).await
     }
 
-    /// As [`Application::build`], with the read routes' idea of "now" given (for tests).
+    /// As [`Application::build`], with "now" given (for tests): for the read routes, the
+    /// capsule use cases and the scheduler.
     pub async fn build_with_clock(
         config: &Config,
         role: Role,
