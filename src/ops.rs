@@ -39,8 +39,9 @@ pub async fn time_limit(State(limit): State<Duration>, request: Request, next: N
         Ok(response) => response,
         Err(_) => {
             let body = json!({
-                "error": "the request took too long; a write may still have been applied, \
-                          so retry it with the same Idempotency-Key",
+                "error": "the request took too long; a write may still have been applied: \
+                          check before retrying (POST /message retries safely with the same \
+                          Idempotency-Key)",
                 "code": "timeout",
             });
             (
