@@ -170,7 +170,6 @@ pub struct Application {
     router: Router,
     shutdown: CancellationToken,
     tokens: Arc<TokenRegistry>,
-    events: Arc<dyn EventStore>,
     store: Arc<dyn Store>,
     read: Arc<dyn ReadStore>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -342,7 +341,6 @@ impl Application {
             router,
             shutdown,
             tokens,
-            events,
             store,
             read,
             tasks,
@@ -370,7 +368,7 @@ impl Application {
     }
 
     pub fn events(&self) -> Arc<dyn EventStore> {
-        self.events.clone()
+        self.store.clone()
     }
 
     pub fn read_store(&self) -> Arc<dyn ReadStore> {
