@@ -15,7 +15,7 @@ use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use cairn_command::capsules::limits::SlidingLog;
 use cairn_command::capsules::{self, Capsules, Links};
-use cairn_command::{CommandState, TokenRegistry};
+use cairn_command::{CommandState, TokenRegistry, UploadState};
 use cairn_events::{DueItem, EventStore, NoWait, ReadYourWrites, Store};
 use cairn_query::projections::{CheckpointPoller, Messages, Projection, Trends};
 use cairn_query::read_store::{LogIdentity, RedisStore, SqliteStore};
@@ -58,8 +58,31 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         .with_context(|| format!("opening the event store at {}", config.database_for_log()))
 }
 
+/// The configured blob store: a local directory (`blobs/` in the data directory unless
+/// `CAIRN_BLOB_URL` names another).
+pub fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn object_store::ObjectStore>> {
+    let dir = match config.blob_url.as_deref() {
+        None => config.data_dir.join("blobs"),
+        Some(url) if url.starts_with("file://") => {
+            std::path::PathBuf::from(url.trim_start_matches("file://"))
+        }
+        Some(url) if url.contains("://") => {
+            bail!(
+                "CAIRN_BLOB_URL={url:?}: only local directories (a path or file:///…) are supported"
+            )
+        }
+        Some(path) => std::path::PathBuf::from(path),
+    };
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating the blob directory {}", dir.display()))?;
+    let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+        .with_context(|| format!("opening the blob directory {}", dir.display()))?
+        .with_automatic_cleanup(true);
+    Ok(Arc::new(store))
+}
+
 /// The capsule use cases as configured.
-pub fn capsules(
+pub async fn capsules(
     config: &Config,
     events: Arc<dyn EventStore>,
     clock: Clock,
@@ -67,7 +90,14 @@ pub fn capsules(
     let links = Links {
         public_url: config.public_url.clone(),
     };
-    let mut capsules = Capsules::new(events, links, clock).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let key = capsules::files::link_key(&*events, config.link_key.as_ref().map(|k| k.0.as_str()))
+        .await
+        .context("reading the download-link key")?;
+    let mut files = capsules::Files::new(open_blobs(config)?, &key);
+    files.link_ttl = chrono::Duration::hours(i64::try_from(config.capsule_link_hours)?);
+    files.retention = chrono::Duration::days(i64::try_from(config.capsule_file_retention_days)?);
+    let mut capsules =
+        Capsules::new(events, links, files, clock).map_err(|e| anyhow::anyhow!("{e}"))?;
     capsules.min_lead = i64::try_from(config.capsule_min_lead)
         .ok()
         .and_then(chrono::Duration::try_seconds)
@@ -87,7 +117,8 @@ pub fn capsules(
     Ok(capsules)
 }
 
-/// The scheduler's actions on capsules: its due items are releases and expiries.
+/// The scheduler's actions on capsules: its due items are releases, expiries and the
+/// deletion of files.
 struct CapsuleActions {
     capsules: Capsules,
 }
@@ -102,6 +133,7 @@ impl DueAction for CapsuleActions {
         let acted = match item.action.as_str() {
             capsules::RELEASE => self.capsules.release(id).await,
             capsules::EXPIRE => self.capsules.expire(id).await,
+            capsules::PURGE => self.capsules.purge_file(id).await,
             other => {
                 tracing::warn!(key = %item.key, action = other, "an unknown due action; dropped");
                 return Ok(Handled::Nothing);
@@ -210,7 +242,7 @@ impl Application {
         let store = open_store(config).await?;
         let events: Arc<dyn EventStore> = store.clone();
         let read = open_read(config, &*events).await?;
-        let capsules = capsules(config, events.clone(), clock.clone())?;
+        let capsules = capsules(config, events.clone(), clock.clone()).await?;
 
         let mut tasks = Vec::new();
         let tokens = TokenRegistry::new();
@@ -285,7 +317,7 @@ impl Application {
                     tokens: tokens.clone(),
                     read_your_writes,
                     read_your_writes_timeout: Duration::from_millis(config.read_your_writes_ms),
-                    capsules,
+                    capsules: capsules.clone(),
                 })
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
             );
@@ -296,6 +328,20 @@ impl Application {
                 gate: gate.clone(),
                 rules: config.trend_rules(),
                 clock,
+            }));
+        }
+        // Every route but the uploads answers within the request time limit and takes
+        // bodies up to the body limit; uploads have their own (`upload_idle_timeout`).
+        let mut router = router
+            .layer(DefaultBodyLimit::max(config.body_limit))
+            .layer(middleware::from_fn_with_state(
+                Duration::from_secs(config.request_timeout),
+                ops::time_limit,
+            ));
+        if matches!(role, Role::All | Role::Command) {
+            router = router.merge(cairn_command::upload_router(UploadState {
+                capsules,
+                idle_timeout: Duration::from_secs(config.upload_idle_timeout),
             }));
         }
         let router = router
@@ -321,11 +367,6 @@ impl Application {
             .layer(middleware::from_fn_with_state(
                 Arc::<[client_ip::IpRange]>::from(config.trusted_proxies.clone()),
                 client_ip::layer,
-            ))
-            .layer(DefaultBodyLimit::max(config.body_limit))
-            .layer(middleware::from_fn_with_state(
-                Duration::from_secs(config.request_timeout),
-                ops::time_limit,
             ))
             // Outermost, so every answer (a timeout's too) carries the CORS headers.
             .layer(middleware::from_fn_with_state(

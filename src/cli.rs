@@ -244,7 +244,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn senders(config: &Config, command: SenderCommand) -> anyhow::Result<()> {
     let clock = cairn_query::routes::system_clock();
-    let capsules = app::capsules(config, app::open_events(config).await?, clock)?;
+    let capsules = app::capsules(config, app::open_events(config).await?, clock).await?;
     let done = match &command {
         SenderCommand::Block { email } => capsules.set_blocked(email, true).await,
         SenderCommand::Unblock { email } => capsules.set_blocked(email, false).await,

@@ -82,6 +82,33 @@ pub struct Config {
     /// (`CAIRN_OUTBOX_CLAIM_SECONDS`): a worker that dies mid-send delays the resend by
     /// at most this.
     pub outbox_claim_seconds: u64,
+    /// Where capsule files are kept (`CAIRN_BLOB_URL`): a directory path or `file:///…`.
+    /// Unset: `blobs/` in the data directory.
+    pub blob_url: Option<String>,
+    /// The key download links are signed with (`CAIRN_LINK_KEY`), at least 32 characters;
+    /// processes serving the same links need the same key. Unset: a random key, made once
+    /// and kept in the event store.
+    pub link_key: Option<Secret>,
+    /// How long a capsule file's download link works, in hours
+    /// (`CAIRN_CAPSULE_LINK_HOURS`).
+    pub capsule_link_hours: u64,
+    /// How long a delivered capsule's file is kept, in days
+    /// (`CAIRN_CAPSULE_FILE_RETENTION_DAYS`).
+    pub capsule_file_retention_days: u64,
+    /// Longest an upload may send nothing, in seconds (`CAIRN_UPLOAD_IDLE_TIMEOUT`).
+    /// Uploads are not under `request_timeout`: a large file takes its time.
+    pub upload_idle_timeout: u64,
+}
+
+/// A configured secret: never shown in logs or `Debug` output.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 impl Default for Config {
@@ -111,6 +138,11 @@ impl Default for Config {
             capsule_limit_per_sender: 10,
             capsule_limit_window: 3600,
             outbox_claim_seconds: 120,
+            blob_url: None,
+            link_key: None,
+            capsule_link_hours: 12,
+            capsule_file_retention_days: 30,
+            upload_idle_timeout: 30,
         }
     }
 }
@@ -234,6 +266,35 @@ impl Config {
                     .with_context(|| format!("{name}={v:?} is not a number of submissions"))?;
             }
         }
+        if let Some(v) = var("CAIRN_BLOB_URL") {
+            self.blob_url = Some(v);
+        }
+        if let Some(v) = var("CAIRN_LINK_KEY") {
+            self.link_key = Some(Secret(v));
+        }
+        for (name, field, unit) in [
+            (
+                "CAIRN_CAPSULE_LINK_HOURS",
+                &mut self.capsule_link_hours,
+                "hours",
+            ),
+            (
+                "CAIRN_CAPSULE_FILE_RETENTION_DAYS",
+                &mut self.capsule_file_retention_days,
+                "days",
+            ),
+            (
+                "CAIRN_UPLOAD_IDLE_TIMEOUT",
+                &mut self.upload_idle_timeout,
+                "seconds",
+            ),
+        ] {
+            if let Some(v) = var(name) {
+                *field = v
+                    .parse()
+                    .with_context(|| format!("{name}={v:?} is not a number of {unit}"))?;
+            }
+        }
         if let Some(v) = var("CAIRN_CAPSULE_LIMIT_WINDOW") {
             self.capsule_limit_window = v.parse().with_context(|| {
                 format!("CAIRN_CAPSULE_LIMIT_WINDOW={v:?} is not a number of seconds")
@@ -317,6 +378,22 @@ impl Config {
         }
         if self.outbox_claim_seconds == 0 {
             bail!("CAIRN_OUTBOX_CLAIM_SECONDS must be at least 1");
+        }
+        if self
+            .link_key
+            .as_ref()
+            .is_some_and(|k| k.0.chars().count() < 32)
+        {
+            bail!("CAIRN_LINK_KEY must be at least 32 characters");
+        }
+        if !(1..=24 * 365).contains(&self.capsule_link_hours) {
+            bail!("CAIRN_CAPSULE_LINK_HOURS must be 1 to 8760 hours");
+        }
+        if !(1..=36_500).contains(&self.capsule_file_retention_days) {
+            bail!("CAIRN_CAPSULE_FILE_RETENTION_DAYS must be 1 to 36500 days");
+        }
+        if !(1..=3600).contains(&self.upload_idle_timeout) {
+            bail!("CAIRN_UPLOAD_IDLE_TIMEOUT must be 1 to 3600 seconds");
         }
         if self.capsule_limit_window == 0 {
             bail!("CAIRN_CAPSULE_LIMIT_WINDOW must be at least 1 second");

@@ -199,7 +199,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc.merge(cairn_query::QueryApi::openapi());
     doc.merge(cairn_command::ChronoriaApi::openapi());
     doc.merge(cairn_command::CapsuleApi::openapi());
+    doc.merge(cairn_command::UploadApi::openapi());
     doc.merge(cairn_command::PagesApi::openapi());
+    doc.merge(cairn_command::FilesApi::openapi());
     let ops = OpsApi::openapi();
     doc.info = ops.info.clone();
     doc.merge(ops);

@@ -20,7 +20,9 @@ use cairn_events::{EventStore, ReadYourWrites};
 pub use auth::TokenRegistry;
 pub use capsules::api::CapsuleApi;
 pub use capsules::chronoria::ChronoriaApi;
+pub use capsules::files::FilesApi;
 pub use capsules::pages::PagesApi;
+pub use capsules::upload::{UploadApi, UploadState};
 
 /// The client's address as the binary's client-IP layer resolved it (the peer, or what a
 /// trusted proxy said in `X-Forwarded-For`), in every request's extensions.
@@ -45,9 +47,16 @@ pub fn router(state: CommandState) -> Result<Router, capsules::CapsuleError> {
     let chronoria = capsules::chronoria::router()
         .merge(capsules::api::router())
         .with_state(state.capsules.clone());
-    let pages = capsules::pages::router(state.capsules.clone())?;
+    let pages = capsules::pages::router(state.capsules.clone())?
+        .merge(capsules::files::router().with_state(state.capsules.clone()));
     Ok(messages::router()
         .with_state(state)
         .merge(chronoria)
         .merge(pages))
+}
+
+/// The routes that take uploads: outside the server's request time limit and body limit,
+/// with their own (see [`capsules::upload`]).
+pub fn upload_router(state: UploadState) -> Router {
+    capsules::upload::router(state)
 }

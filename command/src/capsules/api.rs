@@ -145,6 +145,14 @@ fn failure(error: CapsuleError) -> Response {
                 "the service is temporarily unavailable; try again shortly".into(),
             )
         }
+        CapsuleError::Blob(e) => {
+            tracing::error!(error = %e, "capsule request failed on blob storage");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "blobs_unavailable".into(),
+                "the service is temporarily unavailable; try again shortly".into(),
+            )
+        }
         CapsuleError::Template(e) => {
             tracing::error!(error = %e, "capsule email could not be rendered");
             (

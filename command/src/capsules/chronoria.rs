@@ -91,7 +91,7 @@ pub fn router() -> Router<Capsules> {
 }
 
 /// A Chronoria answer: `200` with an empty body, or a plain-text code.
-struct Answer(Result<(), CapsuleError>);
+pub(super) struct Answer(pub(super) Result<(), CapsuleError>);
 
 impl IntoResponse for Answer {
     fn into_response(self) -> Response {
@@ -109,6 +109,10 @@ impl IntoResponse for Answer {
                     "TOO_MANY_REQUESTS",
                 )
                     .into_response()
+            }
+            Err(CapsuleError::Blob(error)) => {
+                tracing::error!(%error, "capsule request failed on blob storage");
+                (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE").into_response()
             }
             Err(CapsuleError::Template(error)) => {
                 tracing::error!(%error, "capsule email could not be rendered");
@@ -211,10 +215,20 @@ async fn download_link(
         if !matches || !delivered_or_due {
             return Err(CapsuleError::NotCancellable);
         }
-        Err::<(), _>(CapsuleError::NoFile)
+        capsules.download_link(&state)
     }
     .await;
-    Answer(outcome).into_response()
+    match outcome {
+        Ok(url) => (
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            url,
+        )
+            .into_response(),
+        Err(e) => Answer(Err(e)).into_response(),
+    }
 }
 
 /// Write a text capsule; a confirmation email goes to the sender.
@@ -238,7 +252,7 @@ async fn submit_text(
     Answer(
         async {
             let body = body.map_err(|_| Refusal::InvalidText)?;
-            let submission = parse_submission(&capsules, &body)?;
+            let submission = parse_submission(&capsules, &json_fields(&body)?, None)?;
             let client = client.map(|Extension(ClientIp(ip))| ip);
             capsules.submit(submission, client).await.map(|_| ())
         }
@@ -247,35 +261,43 @@ async fn submit_text(
     .into_response()
 }
 
-/// The JSON body of a text capsule, fields matched in any case, checked in Chronoria's
-/// order: emails, names, time, text.
-fn parse_submission(capsules: &Capsules, body: &[u8]) -> Result<Submission, CapsuleError> {
+/// The fields of a JSON body by lower-cased name, numbers as their text.
+fn json_fields(body: &[u8]) -> Result<HashMap<String, String>, CapsuleError> {
     let object: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(body).map_err(|_| Refusal::InvalidText)?;
-    let fields: HashMap<String, serde_json::Value> = object
+    Ok(object
         .into_iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v))
-        .collect();
-    let text_of = |name: &str| {
-        fields
-            .get(name)
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-    };
+        .filter_map(|(k, v)| {
+            let v = match v {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => n.to_string(),
+                _ => return None,
+            };
+            Some((k.to_ascii_lowercase(), v))
+        })
+        .collect())
+}
+
+/// A submission from its fields (lower-cased names), checked in Chronoria's order:
+/// emails, names, time, text.
+pub(super) fn parse_submission(
+    capsules: &Capsules,
+    fields: &HashMap<String, String>,
+    attachment: Option<capsule::Attachment>,
+) -> Result<Submission, CapsuleError> {
+    let text_of = |name: &str| fields.get(name).map_or("", String::as_str);
     let sender_email = EmailAddress::parse(text_of("senderemail"))?;
     let recipient_email = EmailAddress::parse(text_of("recipientemail"))?;
     let sender_name = PersonName::parse(text_of("sendername"))?;
     let recipient_name = PersonName::parse(text_of("recipientname"))?;
-    let send_ms = match fields.get("sendtime") {
-        Some(serde_json::Value::Number(n)) => n.as_i64(),
-        Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
-        _ => None,
-    }
-    .ok_or(Refusal::InvalidFutureTime)?;
+    let send_ms: i64 = text_of("sendtime")
+        .trim()
+        .parse()
+        .map_err(|_| Refusal::InvalidFutureTime)?;
     let send_at = DateTime::from_timestamp_millis(send_ms).ok_or(Refusal::InvalidFutureTime)?;
     capsules.check_send_time(send_at)?;
     let text = text_of("text").to_owned();
-    capsule::validate_text(&text, false)?;
+    capsule::validate_text(&text, attachment.is_some())?;
     Ok(Submission {
         sender: Party {
             email: sender_email,
@@ -287,6 +309,6 @@ fn parse_submission(capsules: &Capsules, body: &[u8]) -> Result<Submission, Caps
         },
         send_at,
         text,
-        attachment: None,
+        attachment,
     })
 }

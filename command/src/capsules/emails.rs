@@ -117,6 +117,10 @@ impl Emails {
         Ok(Emails { env, links })
     }
 
+    pub(super) fn links(&self) -> &Links {
+        &self.links
+    }
+
     /// The outbox message sending `kind` for the capsule in `state`, as of `now`.
     pub(super) fn render(
         &self,

@@ -10,8 +10,10 @@
 pub mod api;
 pub mod chronoria;
 pub mod emails;
+pub mod files;
 pub mod limits;
 pub mod pages;
+pub mod upload;
 
 use std::sync::Arc;
 
@@ -27,12 +29,15 @@ use chrono::{DateTime, Datelike, Duration, Utc};
 use uuid::Uuid;
 
 pub use emails::{EmailKind, Links};
+pub use files::Files;
 
 /// How long a sender has to confirm.
 pub const CONFIRM_WITHIN: Duration = Duration::hours(24);
 /// Due-item actions.
 pub const RELEASE: &str = "release";
 pub const EXPIRE: &str = "expire";
+/// Delete a capsule's file from blob storage.
+pub const PURGE: &str = "purge-file";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CapsuleError {
@@ -51,6 +56,8 @@ pub enum CapsuleError {
     /// Too many submissions from this address or sender; try again after the wait.
     #[error("TOO_MANY_REQUESTS")]
     RateLimited(std::time::Duration),
+    #[error("blob storage failed: {0}")]
+    Blob(String),
     #[error("the capsule's emails could not be written: {0}")]
     Template(String),
     #[error(transparent)]
@@ -82,6 +89,8 @@ pub struct Capsules {
     events: Arc<dyn EventStore>,
     emails: Arc<emails::Emails>,
     clock: Clock,
+    /// Where attached files are kept.
+    pub files: Files,
     /// The least time between submitting and the send time.
     pub min_lead: Duration,
     /// Sender addresses refused, case-folded.
@@ -118,12 +127,14 @@ impl Capsules {
     pub fn new(
         events: Arc<dyn EventStore>,
         links: Links,
+        files: Files,
         clock: Clock,
     ) -> Result<Self, CapsuleError> {
         Ok(Capsules {
             events,
             emails: Arc::new(emails::Emails::new(links)?),
             clock,
+            files,
             min_lead: Duration::zero(),
             blocked_senders: Arc::new(Vec::new()),
             limits: Arc::new(Limits::default()),
@@ -133,6 +144,11 @@ impl Capsules {
     /// Now, by the clock these use cases were given.
     pub fn now(&self) -> DateTime<Utc> {
         (self.clock)()
+    }
+
+    /// Where the links in emails and answers point.
+    pub fn links(&self) -> &Links {
+        self.emails.links()
     }
 
     fn metadata(actor: &str) -> Metadata {
@@ -160,6 +176,24 @@ impl Capsules {
         submission: Submission,
         client: Option<std::net::IpAddr>,
     ) -> Result<Uuid, CapsuleError> {
+        let capsule_id = new_capsule_id();
+        self.submit_as(capsule_id, submission, client).await?;
+        Ok(capsule_id)
+    }
+
+    /// An id for a new capsule, for a submission whose file is stored before it is
+    /// submitted.
+    pub fn new_id(&self) -> Uuid {
+        new_capsule_id()
+    }
+
+    /// As [`Capsules::submit`], under an id from [`Capsules::new_id`].
+    pub async fn submit_as(
+        &self,
+        capsule_id: Uuid,
+        submission: Submission,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<(), CapsuleError> {
         if self.is_blocked(&submission.sender.email).await? {
             return Err(CapsuleError::BlockedSender);
         }
@@ -175,7 +209,6 @@ impl Capsules {
             std::time::Instant::now(),
         )
         .map_err(CapsuleError::RateLimited)?;
-        let capsule_id = new_capsule_id();
         let now = self.now();
         let submitted = CapsuleSubmitted {
             capsule_id,
@@ -191,6 +224,7 @@ impl Capsules {
             status: Status::Pending,
             since: now,
             version: 0,
+            file_purged: false,
         };
         let effects = Effects {
             schedule: vec![due(capsule_id, EXPIRE, now + CONFIRM_WITHIN)],
@@ -204,7 +238,7 @@ impl Capsules {
         )
         .with_effects(effects);
         self.events.append(request).await?;
-        Ok(capsule_id)
+        Ok(())
     }
 
     /// The sender confirms: the capsule is scheduled for release (at once if its time has
@@ -253,8 +287,8 @@ impl Capsules {
                 ),
                 effects: Effects {
                     unschedule: vec![key(capsule_id, EXPIRE), key(capsule_id, RELEASE)],
+                    schedule: purge_file(state, now),
                     outbox: vec![self.email(state, EmailKind::Cancelled, now)?],
-                    ..Effects::default()
                 },
             })
         })
@@ -278,8 +312,8 @@ impl Capsules {
                     ),
                     effects: Effects {
                         unschedule: vec![key(capsule_id, RELEASE)],
+                        schedule: purge_file(state, now + self.files.retention),
                         outbox: vec![self.email(state, EmailKind::Delivery, now)?],
-                        ..Effects::default()
                     },
                 })
             })
@@ -302,13 +336,64 @@ impl Capsules {
                     ),
                     effects: Effects {
                         unschedule: vec![key(capsule_id, EXPIRE)],
+                        schedule: purge_file(state, now),
                         outbox: vec![self.email(state, EmailKind::Expired, now)?],
-                        ..Effects::default()
                     },
                 })
             })
             .await;
         nothing_is_false(expired)
+    }
+
+    /// Delete the file of a capsule that is over (cancelled, expired, or delivered and
+    /// kept its time). `false` when there is nothing to delete.
+    pub async fn purge_file(&self, capsule_id: Uuid) -> Result<bool, CapsuleError> {
+        let Some(state) = self.load(capsule_id).await? else {
+            return Ok(false);
+        };
+        let over = matches!(
+            state.status,
+            Status::Cancelled | Status::Expired | Status::Released
+        );
+        let Some(attachment) = state.kept_file().filter(|_| over) else {
+            return Ok(false);
+        };
+        // Deleting first: if the event is not written, the due item runs again, and
+        // deleting a file already gone is no error.
+        self.files.delete(&attachment.blob).await?;
+        let purged = self
+            .decide(capsule_id, |state, now| {
+                if state.file_purged {
+                    return Err(CapsuleError::NotCancellable);
+                }
+                Ok(Decision {
+                    event: NewEvent::at(
+                        &capsule::CapsuleFilePurged { capsule_id },
+                        Self::metadata("scheduler"),
+                        now,
+                    ),
+                    effects: Effects {
+                        unschedule: vec![key(capsule_id, PURGE)],
+                        ..Effects::default()
+                    },
+                })
+            })
+            .await;
+        nothing_is_false(purged)
+    }
+
+    /// A fresh download link for the file of the capsule in `state`, if it may be
+    /// downloaded: confirmed or delivered, and still kept.
+    pub fn download_link(&self, state: &CapsuleState) -> Result<String, CapsuleError> {
+        let available = matches!(state.status, Status::Active | Status::Released);
+        match state.kept_file() {
+            Some(file) if available => {
+                Ok(self
+                    .files
+                    .link(&self.links().public_url, state, file, self.now()))
+            }
+            _ => Err(CapsuleError::NoFile),
+        }
     }
 
     /// The capsule as its events tell it.
@@ -411,6 +496,15 @@ fn nothing_is_false(outcome: Result<Option<()>, CapsuleError>) -> Result<bool, C
 fn new_capsule_id() -> Uuid {
     let bytes: [u8; 16] = rand::random();
     uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
+/// The due item deleting the file of the capsule in `state` at `at`, if it has one.
+fn purge_file(state: &CapsuleState, at: DateTime<Utc>) -> Vec<DueItem> {
+    state
+        .kept_file()
+        .map(|_| due(state.submitted.capsule_id, PURGE, at))
+        .into_iter()
+        .collect()
 }
 
 fn key(capsule_id: Uuid, action: &str) -> String {

@@ -28,7 +28,7 @@ pub struct PagesState {
 
 /// The pages, for the OpenAPI document.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(show_confirm, confirm, show_cancel, cancel, show_download))]
+#[openapi(paths(show_confirm, confirm, show_cancel, cancel, show_download, download))]
 pub struct PagesApi;
 
 pub fn router(capsules: Capsules) -> Result<Router, CapsuleError> {
@@ -61,7 +61,7 @@ pub fn router(capsules: Capsules) -> Result<Router, CapsuleError> {
     Ok(Router::new()
         .route("/confirm/{id}", get(show_confirm).post(confirm))
         .route("/cancel/{id}", get(show_cancel).post(cancel))
-        .route("/download/{id}", get(show_download))
+        .route("/download/{id}", get(show_download).post(download))
         .with_state(state))
 }
 
@@ -281,18 +281,127 @@ async fn cancel(
     }
 }
 
-/// The download page of a capsule's file.
+/// Whether the file of the capsule in `state` may be downloaded, or why not, in words.
+fn file_words(state: &CapsuleState) -> Result<(), &'static str> {
+    if state.submitted.attachment.is_none() {
+        return Err("This capsule has no file attached.");
+    }
+    match state.status {
+        Status::Active | Status::Released if state.kept_file().is_some() => Ok(()),
+        Status::Active | Status::Released => {
+            Err("This file is no longer kept: files are deleted some time after delivery.")
+        }
+        other => Err(status_words(other)),
+    }
+}
+
+fn describe_file(state: &CapsuleState) -> Value {
+    let file = state.submitted.attachment.as_ref();
+    context! {
+        file_name => file.map(|f| f.file_name.as_str()),
+        size => file.map(|f| size_in_words(f.bytes)),
+        ..describe(state)
+    }
+}
+
+/// `1 byte`, `512 bytes`, `2.4 MB`: a file's size as people read it (SI units).
+fn size_in_words(bytes: u64) -> String {
+    match bytes {
+        1 => "1 byte".to_owned(),
+        0..1_000 => format!("{bytes} bytes"),
+        _ => {
+            let mut value = bytes as f64;
+            let mut unit = "bytes";
+            for next in ["kB", "MB", "GB", "TB"] {
+                if value < 1_000.0 {
+                    break;
+                }
+                value /= 1_000.0;
+                unit = next;
+            }
+            format!("{value:.1} {unit}")
+        }
+    }
+}
+
+/// The download page: what the file is, and a form asking for the recipient's address
+/// (changes nothing).
 #[utoipa::path(get, path = "/download/{id}", tag = "capsule pages",
     params(("id" = String, Path, description = "The capsule's id, from its email")),
     responses((status = 200, description = "An HTML page", content_type = "text/html"),
         (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html")))]
 async fn show_download(State(pages): State<PagesState>, Path(id): Path<String>) -> Response {
-    if let Err(page) = pages.load("download.html", &id).await {
-        return page;
-    }
+    let (_, state) = match pages.load("download.html", &id).await {
+        Ok(found) => found,
+        Err(page) => return page,
+    };
+    let (open, unavailable) = match file_words(&state) {
+        Ok(()) => (true, ""),
+        Err(words) => (false, words),
+    };
+    let status = if state.submitted.attachment.is_none() {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::OK
+    };
     pages.render(
-        StatusCode::NOT_FOUND,
+        status,
         "download.html",
-        context! { outcome => "This capsule has no file attached." },
+        context! { open, unavailable, ..describe_file(&state) },
     )
+}
+
+/// The download form: a fresh signed link to the file, if the address is the recipient's.
+#[utoipa::path(post, path = "/download/{id}", tag = "capsule pages",
+    params(("id" = String, Path, description = "The capsule's id, from its email")),
+    request_body(content_type = "application/x-www-form-urlencoded", description = "`recipientEmail`"),
+    responses((status = 200, description = "An HTML page with the link", content_type = "text/html"),
+        (status = 400, description = "Not the recipient's address: an HTML page saying so", content_type = "text/html"),
+        (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html")))]
+async fn download(
+    State(pages): State<PagesState>,
+    Path(id): Path<String>,
+    form: Result<Form<CancelForm>, FormRejection>,
+) -> Response {
+    let (_, state) = match pages.load("download.html", &id).await {
+        Ok(found) => found,
+        Err(page) => return page,
+    };
+    if let Err(words) = file_words(&state) {
+        return pages.render(
+            StatusCode::GONE,
+            "download.html",
+            context! { outcome => words },
+        );
+    }
+    let given = form.map(|Form(f)| f.recipient_email).unwrap_or_default();
+    let recipient = capsule::EmailAddress::parse(&given)
+        .is_ok_and(|e| e.key() == state.submitted.recipient.email.key());
+    if !recipient {
+        return pages.render(
+            StatusCode::BAD_REQUEST,
+            "download.html",
+            context! {
+                outcome => "That is not the address this capsule is for.",
+                open => true,
+                ..describe_file(&state)
+            },
+        );
+    }
+    match pages.capsules.download_link(&state) {
+        Ok(link) => pages.render(
+            StatusCode::OK,
+            "download.html",
+            context! {
+                link,
+                link_until => long_date(pages.capsules.now() + pages.capsules.files.link_ttl),
+                ..describe_file(&state)
+            },
+        ),
+        Err(_) => pages.render(
+            StatusCode::GONE,
+            "download.html",
+            context! { outcome => "This file is no longer kept." },
+        ),
+    }
 }

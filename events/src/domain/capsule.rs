@@ -287,6 +287,34 @@ impl DomainEvent for CapsuleReleased {
     const SCHEMA_VERSION: i32 = 1;
 }
 
+/// A capsule's file was deleted from blob storage: cancelled or expired, or delivered and
+/// kept as long as it was to be.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapsuleFilePurged {
+    pub capsule_id: Uuid,
+}
+
+impl DomainEvent for CapsuleFilePurged {
+    const TYPE: &'static str = "capsule.file_purged";
+    const SCHEMA_VERSION: i32 = 1;
+}
+
+/// The stream holding the key download links are signed with, when none is configured:
+/// its first event wins, so every process signs and checks with the same key.
+pub const LINK_KEY_STREAM: &str = "settings-link-key";
+
+/// The download-link key was made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkKeyCreated {
+    /// 32 random bytes, base64url.
+    pub key: String,
+}
+
+impl DomainEvent for LinkKeyCreated {
+    const TYPE: &'static str = "settings.link_key_created";
+    const SCHEMA_VERSION: i32 = 1;
+}
+
 /// The stream of the sender blocklist kept from the CLI (beside the configured one).
 pub const BLOCKLIST_STREAM: &str = "blocklist-senders";
 
@@ -348,6 +376,8 @@ pub struct CapsuleState {
     pub since: DateTime<Utc>,
     /// The stream version, for the next append's expectation.
     pub version: i64,
+    /// Whether its file was deleted from blob storage.
+    pub file_purged: bool,
 }
 
 impl CapsuleState {
@@ -362,8 +392,14 @@ impl CapsuleState {
             status: Status::Pending,
             since: first.occurred_at,
             version: first.version,
+            file_purged: false,
         };
         for event in rest {
+            state.version = event.version;
+            if event.event_type == CapsuleFilePurged::TYPE {
+                state.file_purged = true;
+                continue;
+            }
             let status = match event.event_type.as_str() {
                 CapsuleConfirmed::TYPE => Status::Active,
                 CapsuleCancelled::TYPE => Status::Cancelled,
@@ -373,9 +409,16 @@ impl CapsuleState {
             };
             state.status = status;
             state.since = event.occurred_at;
-            state.version = event.version;
         }
         Ok(Some(state))
+    }
+
+    /// The capsule's file, while blob storage keeps it.
+    pub fn kept_file(&self) -> Option<&Attachment> {
+        self.submitted
+            .attachment
+            .as_ref()
+            .filter(|_| !self.file_purged)
     }
 }
 
