@@ -5,6 +5,7 @@ mod browser;
 mod capsules;
 mod cli;
 mod durability;
+mod files;
 mod helpers;
 mod messages;
 mod pages;

@@ -76,7 +76,7 @@ impl Files {
 
     /// Where the file of `capsule_id` is kept.
     pub fn blob_of(capsule_id: Uuid) -> String {
-        format!("capsules/{capsule_id}/file")
+        format!("capsules/{capsule_id}")
     }
 
     /// Start writing the file of `capsule_id`.

@@ -1,0 +1,381 @@
+//! File capsules: `POST /api/submit/file` as the Chronoria client sends it (multipart,
+//! names in any case, fields after the file), the delivery email's download page, the
+//! signed links it mints, and the file's deletion when the capsule is over.
+
+use std::time::Duration;
+
+use reqwest::multipart::{Form, Part};
+
+use crate::helpers::{Backend, TestApp, spawn_with, test_config};
+use crate::smtp::{Received, SmtpSink};
+
+crate::on_both_backends!(
+    files: a_file_capsule_is_delivered_with_working_links,
+    file_submission_errors,
+    a_cancelled_capsules_file_is_deleted,
+    a_delivered_file_is_deleted_after_its_retention
+);
+
+const PUBLIC: &str = "https://capsules.example";
+
+async fn spawn(backend: Backend) -> (TestApp, SmtpSink) {
+    let sink = SmtpSink::start().await;
+    let mut config = test_config(backend).await;
+    config.smtp_url = Some(sink.url.clone());
+    config.public_url = PUBLIC.into();
+    (spawn_with(config).await, sink)
+}
+
+fn in_ms(delay: Duration) -> i64 {
+    (chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap()).timestamp_millis()
+}
+
+/// A file of `len` bytes that is not all the same byte.
+fn contents(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+/// The form the Chronoria client sends, with the file first and the fields after it.
+fn form(send_time: i64, file: Vec<u8>) -> Form {
+    Form::new()
+        .part(
+            "FormFile",
+            Part::bytes(file).file_name("C:\\fakepath\\draft.bin"),
+        )
+        .text("FILENAME", "Résumé \"final\".txt")
+        .text("senderEmail", "ada@example.com")
+        .text("sendername", "Ada")
+        .text("RecipientEmail", "grace@example.com")
+        .text("recipientName", "Grace")
+        .text("sendTime", send_time.to_string())
+        .text("text", "Open this one first")
+        .text("textLocation", "before")
+}
+
+async fn submit(app: &TestApp, form: Form) -> (u16, String) {
+    let response = app
+        .client
+        .post(format!("{}/api/submit/file", app.address))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// The capsule id in a link of `email` to `page`.
+fn id_in(email: &Received, page: &str) -> String {
+    let text = email.decoded();
+    let marker = format!("{PUBLIC}/{page}/");
+    let start = text.find(&marker).expect("the link") + marker.len();
+    text[start..start + 36].to_owned()
+}
+
+/// A link Cairn made (under the public URL), fetched from the test server.
+fn local(app: &TestApp, url: &str) -> String {
+    url.replace(PUBLIC, &app.address)
+}
+
+/// The download link on a download page.
+fn link_on(page: &str) -> String {
+    let start = page.find("href=\"").expect("a link") + 6;
+    let end = start + page[start..].find('"').unwrap();
+    page[start..end]
+        .replace("&#x2f;", "/")
+        .replace("&amp;", "&")
+}
+
+fn blob_of(app: &TestApp, id: &str) -> std::path::PathBuf {
+    app.config.data_dir.join("blobs/capsules").join(id)
+}
+
+/// Submit a file capsule and confirm it; its id.
+async fn confirmed(app: &TestApp, sink: &SmtpSink, send_time: i64, file: Vec<u8>) -> String {
+    assert_eq!(
+        submit(app, form(send_time, file)).await,
+        (200, String::new())
+    );
+    let id = id_in(
+        &sink.wait_for("ada@example.com", "Confirm").await,
+        "confirm",
+    );
+    let confirm = app
+        .client
+        .get(format!("{}/api/confirm?id={id}", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirm.status(), 200);
+    sink.wait_for("ada@example.com", "is scheduled").await;
+    id
+}
+
+async fn wait_until_gone(path: &std::path::Path) {
+    for _ in 0..500 {
+        if !path.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{} was not deleted", path.display());
+}
+
+pub async fn a_file_capsule_is_delivered_with_working_links(backend: Backend) {
+    let (app, sink) = spawn(backend).await;
+    let file = contents(3 * 1024 * 1024 + 17);
+    let id = confirmed(&app, &sink, in_ms(Duration::from_secs(2)), file.clone()).await;
+    assert_eq!(
+        std::fs::read(blob_of(&app, &id)).unwrap(),
+        file,
+        "kept whole"
+    );
+
+    let delivery = sink.wait_for("grace@example.com", "A time capsule").await;
+    let text = delivery.decoded();
+    let page_url = format!("{PUBLIC}/download/{id}");
+    let (said, linked) = (
+        text.find("Open this one first").unwrap(),
+        text.find(&page_url).expect("the download page"),
+    );
+    assert!(said < linked, "textLocation Before puts the text first");
+    assert!(text.contains("Résumé \"final\".txt"), "{text}");
+
+    // The page asks for the recipient's address and mints a link for it alone.
+    let page = app.client.get(local(&app, &page_url)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("Résumé &quot;final&quot;.txt"), "{page}");
+    assert!(page.contains("3.1 MB"), "{page}");
+    let ask = |email: &'static str| {
+        app.client
+            .post(local(&app, &page_url))
+            .form(&[("recipientEmail", email)])
+            .send()
+    };
+    assert_eq!(ask("ada@example.com").await.unwrap().status(), 400);
+    let answered = ask("Grace@Example.com").await.unwrap();
+    assert_eq!(answered.status(), 200);
+    let link = link_on(&answered.text().await.unwrap());
+    assert!(
+        link.starts_with(&format!("{PUBLIC}/capsules/{id}/file/R%C3%A9sum%C3%A9")),
+        "{link}"
+    );
+
+    let download = app.client.get(local(&app, &link)).send().await.unwrap();
+    assert_eq!(download.status(), 200);
+    assert_eq!(
+        download.headers()["content-disposition"],
+        "attachment; filename=\"R_sum_ _final_.txt\"; filename*=UTF-8''R%C3%A9sum%C3%A9%20%22final%22.txt"
+    );
+    assert_eq!(
+        download.headers()["content-type"],
+        "application/octet-stream"
+    );
+    assert_eq!(download.bytes().await.unwrap().as_ref(), file.as_slice());
+
+    // A large download can be resumed.
+    let rest = app
+        .client
+        .get(local(&app, &link))
+        .header("Range", "bytes=1000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.status(), 206);
+    assert_eq!(
+        rest.headers()["content-range"],
+        format!("bytes 1000-{}/{}", file.len() - 1, file.len()).as_str()
+    );
+    assert_eq!(rest.bytes().await.unwrap().as_ref(), &file[1000..]);
+
+    // The Chronoria client's route answers the bare URL.
+    let api = app
+        .client
+        .get(format!(
+            "{}/api/downloadlink?id={id}&recipientEmail=grace@example.com",
+            app.address
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 200);
+    let bare = api.text().await.unwrap();
+    assert!(
+        bare.starts_with(&format!("{PUBLIC}/capsules/{id}/file/")),
+        "{bare}"
+    );
+    let fetched = app.client.get(local(&app, &bare)).send().await.unwrap();
+    assert_eq!(fetched.bytes().await.unwrap().len(), file.len());
+
+    // A link changed in any way does not work; nor does one past its time.
+    let tampered = link.replace("expires=", "expires=9");
+    let status = |url: String| {
+        let client = app.client.clone();
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(local(&app, &tampered)).await, 403);
+    let other = link.replace(&id, "00000000-0000-4000-8000-000000000000");
+    assert_eq!(status(local(&app, &other)).await, 403);
+    *app.now.lock().unwrap() = Some(chrono::Utc::now() + chrono::Duration::hours(13));
+    let expired = app.client.get(local(&app, &link)).send().await.unwrap();
+    assert_eq!(expired.status(), 410);
+    assert!(
+        expired
+            .text()
+            .await
+            .unwrap()
+            .contains(&format!("{PUBLIC}/download/{id}")),
+        "says where to get a new one"
+    );
+}
+
+pub async fn file_submission_errors(backend: Backend) {
+    let (app, _sink) = spawn(backend).await;
+    let later = in_ms(Duration::from_secs(3600));
+    let blobs = app.config.data_dir.join("blobs");
+    let with = |name: &str, value: &str| {
+        let base = [
+            ("senderEmail", "ada@example.com"),
+            ("senderName", "Ada"),
+            ("recipientEmail", "grace@example.com"),
+            ("recipientName", "Grace"),
+            ("text", "hi"),
+            ("textLocation", "After"),
+        ];
+        let mut form = Form::new()
+            .part("FormFile", Part::bytes(contents(1000)).file_name("a.bin"))
+            .text("sendTime", later.to_string());
+        for (field, v) in base {
+            form = form.text(
+                field,
+                if field == name {
+                    value.to_owned()
+                } else {
+                    v.to_owned()
+                },
+            );
+        }
+        form
+    };
+    for (form, code) in [
+        (with("senderEmail", "nope"), "INVALID_EMAIL"),
+        (with("recipientName", " "), "INVALID_NAME"),
+        (with("textLocation", "Middle"), "INVALID_TEXT_LOC"),
+        (with("text", &"x".repeat(10_001)), "INVALID_TEXT"),
+    ] {
+        assert_eq!(submit(&app, form).await, (400, code.to_owned()));
+    }
+    // Empty text is fine with a file; a missing or empty file is not.
+    assert_eq!(submit(&app, with("text", "")).await.0, 200);
+    let no_file = Form::new()
+        .text("senderEmail", "ada@example.com")
+        .text("senderName", "Ada")
+        .text("recipientEmail", "grace@example.com")
+        .text("recipientName", "Grace")
+        .text("sendTime", later.to_string())
+        .text("text", "hi")
+        .text("textLocation", "After");
+    assert_eq!(submit(&app, no_file).await, (400, "INVALID_FILE".into()));
+    let empty = with("x", "").part("FormFile", Part::bytes(Vec::new()).file_name("e"));
+    assert_eq!(
+        submit(&app, empty).await,
+        (400, "INVALID_FILE".into()),
+        "two files"
+    );
+    let response = app
+        .client
+        .post(format!("{}/api/submit/file", app.address))
+        .json(&serde_json::json!({"text": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+
+    // Refused uploads leave nothing behind: only the one accepted capsule's file.
+    let kept: Vec<_> = std::fs::read_dir(blobs.join("capsules"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+}
+
+pub async fn a_cancelled_capsules_file_is_deleted(backend: Backend) {
+    let (app, sink) = spawn(backend).await;
+    let id = confirmed(
+        &app,
+        &sink,
+        in_ms(Duration::from_secs(3600)),
+        contents(5000),
+    )
+    .await;
+    let blob = blob_of(&app, &id);
+    assert!(blob.exists());
+    // Before its time, the sender may fetch the file back (the link needs the id).
+    let link = app
+        .client
+        .get(format!(
+            "{}/downloadlink?id={id}&recipientEmail=grace@example.com",
+            app.address
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let cancel = app
+        .client
+        .get(format!(
+            "{}/api/cancel?id={id}&recipientEmail=grace@example.com",
+            app.address
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 200);
+    wait_until_gone(&blob).await;
+    let after = app.client.get(local(&app, &link)).send().await.unwrap();
+    assert_eq!(after.status(), 410);
+    let page = app
+        .client
+        .get(format!("{}/download/{id}", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("This capsule was cancelled."), "{page}");
+    for _ in 0..500 {
+        if app.store.next_due().await.unwrap().is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the purge stayed in the due index");
+}
+
+/// A delivered capsule's file is kept for the retention period (30 days by default),
+/// then deleted; the page says so. (The clock is moved; a new schedule wakes the
+/// scheduler.)
+pub async fn a_delivered_file_is_deleted_after_its_retention(backend: Backend) {
+    let (app, sink) = spawn(backend).await;
+    let id = confirmed(&app, &sink, in_ms(Duration::from_secs(1)), contents(5000)).await;
+    sink.wait_for("grace@example.com", "A time capsule").await;
+    let blob = blob_of(&app, &id);
+    assert!(blob.exists(), "kept after delivery");
+
+    *app.now.lock().unwrap() = Some(chrono::Utc::now() + chrono::Duration::days(31));
+    let later = in_ms(Duration::from_secs(40 * 86_400));
+    assert_eq!(submit(&app, form(later, contents(10))).await.0, 200);
+    wait_until_gone(&blob).await;
+    let page = app
+        .client
+        .post(format!("{}/download/{id}", app.address))
+        .form(&[("recipientEmail", "grace@example.com")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 410);
+    assert!(page.text().await.unwrap().contains("no longer kept"));
+}
