@@ -379,3 +379,77 @@ pub async fn a_delivered_file_is_deleted_after_its_retention(backend: Backend) {
     assert_eq!(page.status(), 410);
     assert!(page.text().await.unwrap().contains("no longer kept"));
 }
+
+/// The 200,000,000-byte limit, when the client gives no length: the upload stops at the
+/// first byte past it, is refused, and leaves nothing behind. (The same on every
+/// backend: run on the embedded one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_file_past_the_limit_is_refused() {
+    let (app, _sink) = spawn(Backend::Embedded).await;
+    const MIB: usize = 1 << 20;
+    let total: usize = 200_000_001;
+    let chunks = futures_util::stream::iter((0..total.div_ceil(MIB)).map(move |i| {
+        let len = (total - i * MIB).min(MIB);
+        Ok::<_, std::io::Error>(vec![7_u8; len])
+    }));
+    let streamed = Form::new()
+        .part(
+            "FormFile",
+            Part::stream(reqwest::Body::wrap_stream(chunks)).file_name("big.bin"),
+        )
+        .text("senderEmail", "ada@example.com")
+        .text("senderName", "Ada")
+        .text("recipientEmail", "grace@example.com")
+        .text("recipientName", "Grace")
+        .text("sendTime", in_ms(Duration::from_secs(3600)).to_string())
+        .text("textLocation", "After");
+    assert_eq!(submit(&app, streamed).await, (400, "INVALID_FILE".into()));
+    let left: Vec<_> = std::fs::read_dir(app.config.data_dir.join("blobs/capsules"))
+        .map(|dir| dir.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    for _ in 0..200 {
+        if left.iter().all(|p| !p.exists()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the refused upload left {left:?}");
+}
+
+/// A `Content-Length` past the limit is refused before the body is read; a body that
+/// stops arriving is answered 408 after the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_refused_by_length_and_by_idleness() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = test_config(Backend::Embedded).await;
+    config.upload_idle_timeout = 1;
+    let app = spawn_with(config).await;
+    let host = app.address.trim_start_matches("http://").to_owned();
+    let ask = |length: u64, body: &'static str| {
+        let host = host.clone();
+        async move {
+            let mut tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
+            let head = format!(
+                "POST /api/submit/file HTTP/1.1\r\nHost: {host}\r\n\
+                 Content-Type: multipart/form-data; boundary=XyZ\r\n\
+                 Content-Length: {length}\r\n\r\n{body}"
+            );
+            tcp.write_all(head.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
+                .await
+                .expect("an answer")
+                .unwrap();
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+    let too_long = ask(300_000_000, "").await;
+    assert!(too_long.starts_with("HTTP/1.1 400"), "{too_long}");
+    assert!(too_long.ends_with("INVALID_FILE"), "{too_long}");
+    let stalled = ask(
+        10_000,
+        "--XyZ\r\nContent-Disposition: form-data; name=\"FormFile\"; filename=\"a\"\r\n\r\nabc",
+    )
+    .await;
+    assert!(stalled.starts_with("HTTP/1.1 408"), "{stalled}");
+}

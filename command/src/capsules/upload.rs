@@ -133,7 +133,10 @@ async fn submit_file(
     .await;
     match received {
         Ok(()) => {}
-        Err(Stop::Refused(error)) => return Answer(Err(error)).into_response(),
+        Err(Stop::Refused(error)) => {
+            drain(&mut multipart).await;
+            return Answer(Err(error)).into_response();
+        }
         Err(Stop::Idle) => {
             return (StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT").into_response();
         }
@@ -239,6 +242,24 @@ fn too_large(name: &str) -> Refusal {
         "filename" => Refusal::InvalidFile,
         _ => Refusal::InvalidText,
     }
+}
+
+/// Read a little of what is left of a refused body, so that a client that sent slightly
+/// too much reads the refusal instead of a reset connection. Bounded in bytes and time.
+async fn drain(multipart: &mut Multipart) {
+    const DRAIN_BYTES: usize = 1024 * 1024;
+    let mut drained = 0;
+    let read = async {
+        while let Ok(Some(mut field)) = multipart.next_field().await {
+            while let Ok(Some(chunk)) = field.chunk().await {
+                drained += chunk.len();
+                if drained > DRAIN_BYTES {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), read).await;
 }
 
 /// Wait for a read of the body, at most `timeout`.
