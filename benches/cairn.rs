@@ -11,6 +11,8 @@
 //!   `support/trends.rs`).
 //! - `capsules`: release lateness of capsules and their submission rate (see
 //!   `support/capsules.rs`).
+//! - `upload`: a 200 MB file capsule up and down, the server's memory sampled throughout
+//!   (see `support/upload.rs`).
 //!
 //! Every figure is printed as it is measured and again in a summary at the end.
 
@@ -34,6 +36,8 @@ use uuid::Uuid;
 mod capsules;
 #[path = "support/trends.rs"]
 mod trends;
+#[path = "support/upload.rs"]
+mod upload;
 
 const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
 const TAGS: usize = 200;
@@ -706,7 +710,7 @@ fn temp_dir(what: &str) -> PathBuf {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let only = std::env::var("BENCH_ONLY")
-        .unwrap_or_else(|_| "write,read,rss,cold,trends,capsules".into());
+        .unwrap_or_else(|_| "write,read,rss,cold,trends,capsules,upload".into());
     let wants = |s: &str| {
         only.split(',')
             .any(|o| o.trim() == s || (s == "read" && o.trim() == "lag"))
@@ -735,6 +739,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("capsules") {
         capsules::bench_capsules(&mut summary).await?;
+    }
+    if wants("upload") {
+        upload::bench_upload(&mut summary).await?;
     }
     println!("\n| measure | figure | target |\n|---|---|---|");
     for (what, figure, target) in &summary.0 {

@@ -58,9 +58,9 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         .with_context(|| format!("opening the event store at {}", config.database_for_log()))
 }
 
-/// The configured blob store: a local directory (`blobs/` in the data directory unless
-/// `CAIRN_BLOB_URL` names another).
-pub fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn object_store::ObjectStore>> {
+/// The configured blob store for capsule files, signing links with `key`: a local
+/// directory (`blobs/` in the data directory unless `CAIRN_BLOB_URL` names another).
+pub fn open_files(config: &Config, key: &[u8]) -> anyhow::Result<capsules::Files> {
     let dir = match config.blob_url.as_deref() {
         None => config.data_dir.join("blobs"),
         Some(url) if url.starts_with("file://") => {
@@ -78,7 +78,7 @@ pub fn open_blobs(config: &Config) -> anyhow::Result<Arc<dyn object_store::Objec
     let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
         .with_context(|| format!("opening the blob directory {}", dir.display()))?
         .with_automatic_cleanup(true);
-    Ok(Arc::new(store))
+    Ok(capsules::Files::local(Arc::new(store), &dir, key))
 }
 
 /// The capsule use cases as configured.
@@ -93,7 +93,7 @@ pub async fn capsules(
     let key = capsules::files::link_key(&*events, config.link_key.as_ref().map(|k| k.0.as_str()))
         .await
         .context("reading the download-link key")?;
-    let mut files = capsules::Files::new(open_blobs(config)?, &key);
+    let mut files = open_files(config, &key)?;
     files.link_ttl = chrono::Duration::hours(i64::try_from(config.capsule_link_hours)?);
     files.retention = chrono::Duration::days(i64::try_from(config.capsule_file_retention_days)?);
     let mut capsules =

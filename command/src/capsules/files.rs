@@ -40,6 +40,9 @@ const MAX_FILE_NAME_CHARS: usize = 255;
 #[derive(Clone)]
 pub struct Files {
     store: Arc<dyn ObjectStore>,
+    /// The directory `store` keeps files in, when it is a local one: a finished upload is
+    /// flushed to disk before it is acknowledged.
+    local_dir: Option<Arc<std::path::Path>>,
     key: Arc<[u8]>,
     /// How long a download link works.
     pub link_ttl: Duration,
@@ -68,9 +71,18 @@ impl Files {
     pub fn new(store: Arc<dyn ObjectStore>, key: &[u8]) -> Self {
         Files {
             store,
+            local_dir: None,
             key: key.into(),
             link_ttl: Duration::hours(12),
             retention: Duration::days(30),
+        }
+    }
+
+    /// Files in a local directory, `store` being a `LocalFileSystem` over `dir`.
+    pub fn local(store: Arc<dyn ObjectStore>, dir: &std::path::Path, key: &[u8]) -> Self {
+        Files {
+            local_dir: Some(dir.into()),
+            ..Files::new(store, key)
         }
     }
 
@@ -89,6 +101,7 @@ impl Files {
             .map_err(blob_error)?;
         Ok(Upload {
             writer: Some(WriteMultipart::new_with_chunk_size(upload, PART_BYTES)),
+            sync: self.local_dir.as_ref().map(|dir| dir.join(&blob)),
             blob,
             bytes: 0,
         })
@@ -145,6 +158,8 @@ impl Files {
 /// upload), it is aborted and what was written deleted.
 pub struct Upload {
     writer: Option<WriteMultipart>,
+    /// The local file to flush to disk once written.
+    sync: Option<std::path::PathBuf>,
     blob: String,
     bytes: u64,
 }
@@ -171,6 +186,11 @@ impl Upload {
         if let Some(writer) = self.writer.take() {
             writer.finish().await.map_err(blob_error)?;
         }
+        if let Some(path) = self.sync.take() {
+            flush_to_disk(path)
+                .await
+                .map_err(|e| CapsuleError::Blob(format!("flushing the file to disk: {e}")))?;
+        }
         Ok(std::mem::take(&mut self.blob))
     }
 
@@ -196,6 +216,39 @@ impl Drop for Upload {
                 });
             }
         }
+    }
+}
+
+/// Flush a local file and its directory entry to disk: an upload acknowledged is kept
+/// through a power cut, as the event naming it is.
+async fn flush_to_disk(path: std::path::PathBuf) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        std::fs::File::open(&path)?.sync_all()?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// The body of a download: a local file is read in large chunks (object_store's own
+/// stream reads 8 KiB at a time), any other store's stream is passed on.
+async fn body_of(found: object_store::GetResult) -> std::io::Result<Body> {
+    const READ_BYTES: usize = 256 * 1024;
+    match found.payload {
+        object_store::GetResultPayload::File(file, _) => {
+            use tokio::io::{AsyncReadExt, AsyncSeekExt};
+            let range = found.range;
+            let mut file = tokio::fs::File::from_std(file);
+            file.seek(std::io::SeekFrom::Start(range.start)).await?;
+            let reader = file.take(range.end - range.start);
+            Ok(Body::from_stream(
+                tokio_util::io::ReaderStream::with_capacity(reader, READ_BYTES),
+            ))
+        }
+        object_store::GetResultPayload::Stream(stream) => Ok(Body::from_stream(stream)),
     }
 }
 
@@ -416,7 +469,14 @@ async fn download(
         }
     };
     let length = found.range.end - found.range.start;
-    let mut response = Response::new(Body::from_stream(found.into_stream()));
+    let body = match body_of(found).await {
+        Ok(body) => body,
+        Err(error) => {
+            tracing::error!(%error, "capsule file could not be read");
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "Try again in a moment.");
+        }
+    };
+    let mut response = Response::new(body);
     let headers = response.headers_mut();
     let mut set = |name, value: String| {
         if let Ok(value) = HeaderValue::from_str(&value) {
