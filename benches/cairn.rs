@@ -709,6 +709,7 @@ fn temp_dir(what: &str) -> PathBuf {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    cairn::install_tls_provider();
     let only = std::env::var("BENCH_ONLY")
         .unwrap_or_else(|_| "write,read,rss,cold,trends,capsules,upload".into());
     let wants = |s: &str| {

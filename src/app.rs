@@ -66,9 +66,10 @@ pub fn open_files(config: &Config, key: &[u8]) -> anyhow::Result<capsules::Files
         Some(url) if url.starts_with("file://") => {
             std::path::PathBuf::from(url.trim_start_matches("file://"))
         }
+        Some(url) if url.starts_with("s3://") => return open_s3(url, key),
         Some(url) if url.contains("://") => {
             bail!(
-                "CAIRN_BLOB_URL={url:?}: only local directories (a path or file:///…) are supported"
+                "CAIRN_BLOB_URL={url:?}: give a directory, file:///a/directory or s3://bucket/prefix"
             )
         }
         Some(path) => std::path::PathBuf::from(path),
@@ -79,6 +80,42 @@ pub fn open_files(config: &Config, key: &[u8]) -> anyhow::Result<capsules::Files
         .with_context(|| format!("opening the blob directory {}", dir.display()))?
         .with_automatic_cleanup(true);
     Ok(capsules::Files::local(Arc::new(store), &dir, key))
+}
+
+/// Capsule files in S3 or an S3-compatible store: `s3://bucket/optional/prefix`, options
+/// from the usual `AWS_*` variables (`AWS_REGION`, `AWS_ACCESS_KEY_ID`, …), or given in the
+/// URL's query, which wins: `?endpoint=http://minio:9000&allow_http=true&region=…`.
+#[cfg(feature = "s3")]
+fn open_s3(url: &str, key: &[u8]) -> anyhow::Result<capsules::Files> {
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+    crate::install_tls_provider();
+    let (location, query) = url.split_once('?').unwrap_or((url, ""));
+    let rest = location.trim_start_matches("s3://");
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    // Only the bucket is shown: the query may hold credentials.
+    let shown = format!("CAIRN_BLOB_URL=s3://{bucket}/…");
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let option: AmazonS3ConfigKey = name
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{shown}: no such S3 option {name:?}"))?;
+        let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+        builder = builder.with_config(option, value);
+    }
+    let store = builder.build().with_context(|| shown.clone())?;
+    let prefix = prefix.trim_matches('/');
+    Ok(if prefix.is_empty() {
+        capsules::Files::new(Arc::new(store), key)
+    } else {
+        let prefixed = object_store::prefix::PrefixStore::new(store, prefix);
+        capsules::Files::new(Arc::new(prefixed), key)
+    })
+}
+
+#[cfg(not(feature = "s3"))]
+fn open_s3(url: &str, _key: &[u8]) -> anyhow::Result<capsules::Files> {
+    bail!("CAIRN_BLOB_URL={url:?}: this build has no S3 support (build with the `s3` feature)")
 }
 
 /// The capsule use cases as configured.

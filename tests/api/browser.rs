@@ -34,7 +34,7 @@ impl Browser {
                 .spawn()
                 .expect("chromedriver is installed (apt-get install chromium-driver)");
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        let http = crate::helpers::http();
         for _ in 0..200 {
             if http.get(format!("{base}/status")).send().await.is_ok() {
                 break;

@@ -384,7 +384,7 @@ pub async fn restarts_between_steps_lose_nothing(backend: Backend) {
     env.push(("CAIRN_PUBLIC_URL".into(), "https://capsules.example".into()));
     // An email the killed server had claimed is sent by the next once the claim runs out.
     env.push(("CAIRN_OUTBOX_CLAIM_SECONDS".into(), "1".into()));
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http();
     let send_time = in_ms(Duration::from_secs(6));
 
     let (mut first, base) = start_server(&env).await;
@@ -439,7 +439,7 @@ pub async fn kill_9_during_delivery_loses_no_email(backend: Backend) {
     env.push(("CAIRN_SMTP_URL".into(), sink.url.clone()));
     env.push(("CAIRN_PUBLIC_URL".into(), "https://capsules.example".into()));
     env.push(("CAIRN_OUTBOX_CLAIM_SECONDS".into(), "1".into()));
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http();
 
     let (mut server, base) = start_server(&env).await;
     let submitted = client

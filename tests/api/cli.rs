@@ -13,7 +13,7 @@ crate::on_both_backends!(
 pub async fn users_and_tokens_from_the_command_line(backend: Backend) {
     let env = backend_env(backend).await;
     let (_server, base) = start_server(&env).await;
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http();
     let post = |token: String| {
         let (client, base) = (client.clone(), base.clone());
         async move {
@@ -94,7 +94,7 @@ pub async fn rebuild_from_the_command_line_while_serving(backend: Backend) {
     let (_server, base) = start_server(&env).await;
     let token = cairn(&env, &["user", "add", "rae"]).await;
     let token = token.lines().last().unwrap().to_owned();
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http();
     let list = || async {
         let page: serde_json::Value = client
             .get(format!("{base}/message?hashtag=kept"))
@@ -155,7 +155,7 @@ pub async fn dead_letters_from_the_command_line(backend: Backend) {
         "sendTime": (chrono::Utc::now() + chrono::Duration::hours(1)).timestamp_millis(),
         "text": "lost in the mail",
     });
-    let status = reqwest::Client::new()
+    let status = crate::helpers::http()
         .post(format!("{base}/api/submit/text"))
         .json(&capsule)
         .send()
@@ -197,7 +197,7 @@ pub async fn senders_blocked_from_the_command_line(backend: Backend) {
         "configured@example.com".into(),
     ));
     let (_server, base) = start_server(&env).await;
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http();
     let submit = |sender: &'static str| {
         let (client, base) = (client.clone(), base.clone());
         async move {

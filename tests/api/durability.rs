@@ -91,7 +91,7 @@ pub async fn kill_9_loses_no_acknowledged_message(backend: Backend) {
         .to_owned();
     let (mut server, base) = start_server(&env).await;
 
-    let client = reqwest::Client::builder()
+    let client = crate::helpers::http_builder()
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();

@@ -44,6 +44,17 @@ pub fn redis_url() -> String {
     std::env::var("CAIRN_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// An HTTP client for talking to Cairn (see [`cairn::install_tls_provider`]).
+pub fn http() -> reqwest::Client {
+    cairn::install_tls_provider();
+    reqwest::Client::new()
+}
+
+pub fn http_builder() -> reqwest::ClientBuilder {
+    cairn::install_tls_provider();
+    reqwest::Client::builder()
+}
+
 pub fn temp_dir() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("cairn-test-{}", uuid::Uuid::now_v7().simple()))
 }
@@ -109,7 +120,7 @@ pub async fn spawn_role(config: Config, role: Role) -> TestApp {
     TestApp {
         address,
         now,
-        client: reqwest::Client::builder()
+        client: http_builder()
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap(),
