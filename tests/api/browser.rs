@@ -151,6 +151,20 @@ impl Browser {
         .to_owned()
     }
 
+    /// An attribute of the first element matching `css`, as the page has it.
+    pub async fn attribute(&self, css: &str, name: &str) -> String {
+        let id = self.element(css).await;
+        self.call(
+            reqwest::Method::GET,
+            &format!("/element/{id}/attribute/{name}"),
+            Value::Null,
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+    }
+
     /// Whether an element matching `css` is on the page (waiting for it a while).
     pub async fn has(&self, css: &str) -> bool {
         let found = self

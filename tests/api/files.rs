@@ -461,6 +461,45 @@ async fn uploads_are_refused_by_length_and_by_idleness() {
     assert!(stalled.starts_with("HTTP/1.1 408"), "{stalled}");
 }
 
+/// A recipient in a browser: the download page asks for their address and then shows a
+/// fresh link, which downloads the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_downloads_in_a_browser() {
+    let (app, sink) = spawn(Backend::Embedded).await;
+    let file = contents(20_000);
+    let id = confirmed(&app, &sink, in_ms(Duration::from_secs(1)), file.clone()).await;
+    sink.wait_for("grace@example.com", "A time capsule").await;
+    let browser = crate::browser::Browser::start().await;
+
+    browser
+        .open(&format!("{}/download/{id}", app.address))
+        .await;
+    assert!(browser.text("main").await.contains("Résumé \"final\".txt"));
+    browser
+        .type_into("#recipientEmail", "someone@example.com")
+        .await;
+    browser.click("#get-link").await;
+    assert_eq!(
+        browser.text("#outcome").await,
+        "That is not the address this capsule is for."
+    );
+    browser
+        .type_into("#recipientEmail", "grace@example.com")
+        .await;
+    browser.click("#get-link").await;
+    assert_eq!(
+        browser.text("#outcome").await,
+        "Your download link is ready."
+    );
+    let link = browser.attribute("#download", "href").await;
+    assert!(
+        link.starts_with(&format!("{PUBLIC}/capsules/{id}/file/")),
+        "{link}"
+    );
+    let fetched = app.client.get(local(&app, &link)).send().await.unwrap();
+    assert_eq!(fetched.bytes().await.unwrap().as_ref(), file.as_slice());
+}
+
 /// The S3-compatible store the tests use (`scripts/test` starts one on port 5105).
 fn s3_endpoint() -> String {
     std::env::var("CAIRN_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5105".into())
