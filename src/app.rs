@@ -184,6 +184,25 @@ impl DueAction for CapsuleActions {
     }
 }
 
+/// Now and then, delete stored files no capsule keeps (an upload cut off by a crash, or
+/// stored but never submitted), once they are a day old.
+async fn sweep_files(capsules: Capsules, shutdown: CancellationToken) {
+    let mut wait = Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        let cutoff = chrono::Utc::now() - chrono::Duration::days(1);
+        match capsules.sweep_files(cutoff).await {
+            Ok(0) => {}
+            Ok(swept) => tracing::info!(swept, "deleted files no capsule keeps"),
+            Err(error) => tracing::warn!(%error, "sweeping capsule files failed; trying later"),
+        }
+        wait = Duration::from_secs(6 * 3600);
+    }
+}
+
 /// Where emails go: SMTP when configured, else `.eml` files in the data directory.
 fn mailer(config: &Config) -> anyhow::Result<Arc<dyn Mailer>> {
     let from = config
@@ -317,6 +336,10 @@ impl Application {
             });
             let sleeper = Sleeper::new(store.clone(), actions).with_clock(clock.clone());
             tasks.push(tokio::spawn(sleeper.run(shutdown.clone())));
+            tasks.push(tokio::spawn(sweep_files(
+                capsules.clone(),
+                shutdown.clone(),
+            )));
             let mut worker = EmailWorker::new(store.clone(), mailer(config)?);
             worker.policy.hold = Duration::from_secs(config.outbox_claim_seconds);
             tasks.push(tokio::spawn(worker.run(shutdown.clone())));

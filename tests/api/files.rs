@@ -500,6 +500,46 @@ async fn a_recipient_downloads_in_a_browser() {
     assert_eq!(fetched.bytes().await.unwrap().as_ref(), file.as_slice());
 }
 
+/// Files no capsule keeps (an upload cut off by a crash, a file stored but never
+/// submitted) are swept once old enough; a capsule's file stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_no_capsule_keeps_are_swept() {
+    let (app, sink) = spawn(Backend::Embedded).await;
+    let id = confirmed(&app, &sink, in_ms(Duration::from_secs(3600)), contents(100)).await;
+    let dir = app.config.data_dir.join("blobs/capsules");
+    let stray = dir.join(uuid::Uuid::now_v7().to_string());
+    let partial = dir.join(format!("{}#3", uuid::Uuid::now_v7()));
+    let fresh = dir.join(uuid::Uuid::now_v7().to_string());
+    let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 86_400);
+    for (path, written) in [
+        (&stray, Some(two_days_ago)),
+        (&partial, Some(two_days_ago)),
+        (&fresh, None),
+        (&blob_of(&app, &id), Some(two_days_ago)),
+    ] {
+        if !path.exists() {
+            std::fs::write(path, b"left behind").unwrap();
+        }
+        if let Some(at) = written {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(at)
+                .unwrap();
+        }
+    }
+    let clock = cairn_query::routes::system_clock();
+    let capsules = cairn::app::capsules(&app.config, app.events.clone(), clock)
+        .await
+        .unwrap();
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(1);
+    assert_eq!(capsules.sweep_files(cutoff).await.unwrap(), 2);
+    assert!(!stray.exists() && !partial.exists());
+    assert!(fresh.exists(), "too new to tell");
+    assert!(blob_of(&app, &id).exists(), "its capsule keeps it");
+}
+
 /// The S3-compatible store the tests use (`scripts/test` starts one on port 5105).
 fn s3_endpoint() -> String {
     std::env::var("CAIRN_TEST_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5105".into())

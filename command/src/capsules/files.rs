@@ -20,6 +20,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cairn_events::domain::capsule::{self, Attachment, CapsuleState, LinkKeyCreated, Status};
 use cairn_events::{AppendRequest, DomainEvent, EventStore, ExpectedVersion, NewEvent, StoreError};
 use chrono::{DateTime, Duration, Utc};
+use futures_util::StreamExt;
 use hmac::{KeyInit, Mac};
 use object_store::WriteMultipart;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
@@ -116,6 +117,52 @@ impl Files {
         {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(blob_error(e)),
+        }
+    }
+
+    /// Files under `capsules/` last written before `cutoff`: where each is kept and the
+    /// capsule its name says it belongs to. With a local directory, also the partial files
+    /// of uploads cut off by a crash (`<name>#<n>`, which listing skips), as `None`.
+    pub async fn written_before(
+        &self,
+        cutoff: DateTime<Utc>,
+    ) -> Result<Vec<(String, Option<Uuid>)>, CapsuleError> {
+        let prefix = object_store::path::Path::from("capsules");
+        let mut listed = self.store.list(Some(&prefix));
+        let mut stale = Vec::new();
+        while let Some(meta) = listed.next().await {
+            let meta = meta.map_err(blob_error)?;
+            if meta.last_modified < cutoff {
+                let id = meta
+                    .location
+                    .filename()
+                    .and_then(|n| Uuid::parse_str(n).ok());
+                stale.push((meta.location.to_string(), id));
+            }
+        }
+        if let Some(dir) = &self.local_dir {
+            let dir = dir.join("capsules");
+            let partial = tokio::task::spawn_blocking(move || partial_uploads(&dir, cutoff))
+                .await
+                .map_err(|e| CapsuleError::Blob(e.to_string()))?;
+            stale.extend(
+                partial
+                    .into_iter()
+                    .map(|name| (format!("capsules/{name}"), None)),
+            );
+        }
+        Ok(stale)
+    }
+
+    /// Delete what [`Files::written_before`] listed, partial uploads included.
+    pub async fn delete_stale(&self, blob: &str) -> Result<(), CapsuleError> {
+        match (&self.local_dir, blob.contains('#')) {
+            (Some(dir), true) => match tokio::fs::remove_file(dir.join(blob)).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(CapsuleError::Blob(e.to_string())),
+            },
+            _ => self.delete(blob).await,
         }
     }
 
@@ -217,6 +264,24 @@ impl Drop for Upload {
             }
         }
     }
+}
+
+/// The names of partial upload files (`<name>#<digits>`) in `dir` last written before
+/// `cutoff`.
+fn partial_uploads(dir: &std::path::Path, cutoff: DateTime<Utc>) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let (_, suffix) = name.split_once('#')?;
+            let partial = !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit());
+            let written: DateTime<Utc> = entry.metadata().ok()?.modified().ok()?.into();
+            (partial && written < cutoff).then_some(name)
+        })
+        .collect()
 }
 
 /// Flush a local file and its directory entry to disk: an upload acknowledged is kept

@@ -382,6 +382,31 @@ impl Capsules {
         nothing_is_false(purged)
     }
 
+    /// Delete stored files no capsule keeps, last written before `cutoff`: uploads
+    /// whose capsule was never written (the process died between storing the file and
+    /// submitting it, or mid-upload), and files of capsules that have deleted theirs. A file
+    /// a capsule still keeps is left to its own due deletion. `cutoff` is by the blob
+    /// store's clock (the wall clock): give uploads in progress a wide margin. Returns how
+    /// many went.
+    pub async fn sweep_files(&self, cutoff: DateTime<Utc>) -> Result<usize, CapsuleError> {
+        let mut swept = 0;
+        for (blob, capsule_id) in self.files.written_before(cutoff).await? {
+            let kept = match capsule_id {
+                Some(id) => self
+                    .load(id)
+                    .await?
+                    .is_some_and(|state| state.kept_file().is_some_and(|f| f.blob == blob)),
+                None => false,
+            };
+            if !kept {
+                self.files.delete_stale(&blob).await?;
+                tracing::info!(%blob, "deleted a file no capsule keeps");
+                swept += 1;
+            }
+        }
+        Ok(swept)
+    }
+
     /// A fresh download link for the file of the capsule in `state`, if it may be
     /// downloaded: confirmed or delivered, and still kept.
     pub fn download_link(&self, state: &CapsuleState) -> Result<String, CapsuleError> {
