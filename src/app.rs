@@ -144,13 +144,13 @@ pub async fn capsules(
         per_client: SlidingLog::new(config.capsule_limit_per_client, window),
         per_sender: SlidingLog::new(config.capsule_limit_per_sender, window),
     });
-    capsules.blocked_senders = Arc::new(
-        config
-            .blocked_senders
-            .iter()
-            .map(|s| s.to_ascii_lowercase())
-            .collect(),
-    );
+    let mut blocked = Vec::new();
+    for sender in &config.blocked_senders {
+        let email = cairn_events::domain::capsule::EmailAddress::parse(sender)
+            .map_err(|_| anyhow::anyhow!("CAIRN_BLOCKED_SENDERS: {sender:?} is not an address"))?;
+        blocked.push(email.sender_key());
+    }
+    capsules.blocked_senders = Arc::new(blocked);
     Ok(capsules)
 }
 

@@ -235,6 +235,10 @@ pub async fn submission_errors(backend: Backend) {
             with("senderEmail", json!("spam@example.COM")),
             "BLOCKED_SENDER_EMAIL",
         ),
+        (
+            with("senderEmail", json!("spam+1@example.com")),
+            "BLOCKED_SENDER_EMAIL",
+        ),
     ] {
         assert_eq!(submit(&app, &body).await, (400, code.to_owned()), "{body}");
     }
@@ -360,7 +364,8 @@ pub async fn submissions_are_rate_limited(backend: Backend) {
     for _ in 0..2 {
         assert_eq!(post(from("ada@example.com")).await.unwrap().status(), 200);
     }
-    let refused = post(from("ADA@example.com")).await.unwrap();
+    // A `+tag` is the same sender.
+    let refused = post(from("ADA+again@example.com")).await.unwrap();
     assert_eq!(refused.status(), 429);
     let wait: u64 = refused.headers()["retry-after"]
         .to_str()

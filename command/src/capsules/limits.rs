@@ -4,7 +4,8 @@
 //!
 //! The log is kept in this process: with several command processes behind a load
 //! balancer, each counts its own share, so the effective limit is per process. An IPv6
-//! client counts by its /64, the block one subscriber is usually given.
+//! client counts by its /56: one subscriber is usually given a /64 to a /56 (some a /48),
+//! and can pick any address in it.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
@@ -29,12 +30,12 @@ pub struct SlidingLog {
     hits: Mutex<Hits>,
 }
 
-/// The key a client address counts under: the address, or its /64 for IPv6.
+/// The key a client address counts under: the address, or its /56 for IPv6.
 pub fn client_key(ip: IpAddr) -> String {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1_u128 << 64) - 1);
-            format!("{}/64", Ipv6Addr::from(prefix))
+            let prefix = u128::from(v6) & !((1_u128 << 72) - 1);
+            format!("{}/56", Ipv6Addr::from(prefix))
         }
         v4 => v4.to_string(),
     }
@@ -133,15 +134,12 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_clients_count_by_their_64() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1"
-            .parse()
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let b: IpAddr = "2001:db8:1:2:bbbb::9"
-            .parse()
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    fn ipv6_clients_count_by_their_56() {
+        let ip = |s: &str| s.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let (a, b) = (ip("2001:db8:1:2:aaaa::1"), ip("2001:db8:1:ff:bbbb::9"));
         assert_eq!(client_key(a), client_key(b));
-        assert_eq!(client_key(a), "2001:db8:1:2::/64");
+        assert_eq!(client_key(a), "2001:db8:1::/56");
+        assert_ne!(client_key(a), client_key(ip("2001:db8:1:100::1")));
         assert_eq!(client_key(IpAddr::from([192, 0, 2, 7])), "192.0.2.7");
         let mapped: IpAddr = "::ffff:192.0.2.7"
             .parse()

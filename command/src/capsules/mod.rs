@@ -93,7 +93,7 @@ pub struct Capsules {
     pub files: Files,
     /// The least time between submitting and the send time.
     pub min_lead: Duration,
-    /// Sender addresses refused, case-folded.
+    /// Sender addresses refused, as [`EmailAddress::sender_key`]s.
     pub blocked_senders: Arc<Vec<String>>,
     /// Submissions per client address and per sender.
     pub limits: Arc<Limits>,
@@ -200,7 +200,7 @@ impl Capsules {
         self.check_send_time(submission.send_at)?;
         capsule::validate_text(&submission.text, submission.attachment.is_some())?;
         let client = client.map(limits::client_key).unwrap_or_default();
-        let sender = submission.sender.email.key();
+        let sender = submission.sender.email.sender_key();
         limits::admit(
             &[
                 (&self.limits.per_client, client.as_str()),
@@ -465,7 +465,7 @@ impl Capsules {
 
     /// Whether `sender` is blocked, by the configuration or from the CLI.
     async fn is_blocked(&self, sender: &EmailAddress) -> Result<bool, CapsuleError> {
-        let key = sender.key();
+        let key = sender.sender_key();
         if self.blocked_senders.contains(&key) {
             return Ok(true);
         }

@@ -111,6 +111,21 @@ impl EmailAddress {
     pub fn key(&self) -> String {
         self.0.to_ascii_lowercase()
     }
+
+    /// The mailbox a sender is counted and blocked by: case-folded, without a `+tag`
+    /// after the local part (`Ada+1@x.org` and `ada@x.org` are one sender), so neither
+    /// the blocklist nor the rate limit is escaped by tagging the address.
+    pub fn sender_key(&self) -> String {
+        let key = self.key();
+        match key.rsplit_once('@') {
+            Some((local, domain)) => {
+                let base = local.split_once('+').map_or(local, |(base, _)| base);
+                let base = if base.is_empty() { local } else { base };
+                format!("{base}@{domain}")
+            }
+            None => key,
+        }
+    }
 }
 
 impl TryFrom<String> for EmailAddress {
@@ -340,14 +355,15 @@ impl DomainEvent for SenderUnblocked {
     const SCHEMA_VERSION: i32 = 1;
 }
 
-/// The blocked addresses (case-folded) the blocklist stream's events leave, sorted.
+/// The blocked senders ([`EmailAddress::sender_key`]) the blocklist stream's events
+/// leave, sorted.
 pub fn blocked_senders(events: &[Envelope]) -> Vec<String> {
     let mut blocked = std::collections::BTreeSet::new();
     for event in events {
         if let Ok(b) = SenderBlocked::decode(event) {
-            blocked.insert(b.email.key());
+            blocked.insert(b.email.sender_key());
         } else if let Ok(u) = SenderUnblocked::decode(event) {
-            blocked.remove(&u.email.key());
+            blocked.remove(&u.email.sender_key());
         }
     }
     blocked.into_iter().collect()
@@ -459,6 +475,10 @@ mod tests {
         }
         let kim = EmailAddress::parse("Kim@Example.COM").unwrap_or_else(|_| unreachable!());
         assert_eq!(kim.key(), "kim@example.com");
+        let tagged = EmailAddress::parse("Kim+News@Example.com").unwrap_or_else(|_| unreachable!());
+        assert_eq!(tagged.sender_key(), "kim@example.com");
+        let odd = EmailAddress::parse("+only@example.com").unwrap_or_else(|_| unreachable!());
+        assert_eq!(odd.sender_key(), "+only@example.com");
     }
 
     #[test]
