@@ -125,6 +125,7 @@ pub async fn pages_refuse_what_cannot_be_done(backend: Backend) {
         format!("/cancel/{unknown}"),
         format!("/download/{unknown}"),
         "/confirm/not-an-id".to_owned(),
+        "/cancel/%FF%FE".to_owned(),
     ] {
         let (status, html) = page(&app, reqwest::Method::GET, &path, &[]).await;
         assert_eq!(status, 404, "{path}: {html}");

@@ -466,11 +466,12 @@ fn refuse(status: StatusCode, words: &str) -> Response {
     ))]
 async fn download(
     State(capsules): State<Capsules>,
-    Path((id, _name)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
     Query(signed): Query<Signed>,
     headers: HeaderMap,
 ) -> Response {
     let files = &capsules.files;
+    let id = path.map(|Path((id, _))| id).unwrap_or_default();
     let (Ok(capsule_id), Ok(expires)) = (capsule::parse_id(&id), signed.expires.parse::<i64>())
     else {
         return refuse(StatusCode::FORBIDDEN, "This download link is not valid.");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::Form;
 use axum::Router;
-use axum::extract::rejection::FormRejection;
+use axum::extract::rejection::{FormRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -125,6 +125,12 @@ impl PagesState {
     }
 }
 
+/// The id segment of a page's path; a malformed one (bad percent-encoding) is shown the
+/// page for an invalid link, like any other id that does not parse.
+fn path_id(path: Result<Path<String>, PathRejection>) -> String {
+    path.map(|Path(id)| id).unwrap_or_default()
+}
+
 fn describe(state: &CapsuleState) -> Value {
     context! {
         sender => state.submitted.sender.name.as_str(),
@@ -151,8 +157,11 @@ const NOT_FOUND: &str = "There is no such capsule: it may have expired, or the l
     params(("id" = String, Path, description = "The capsule's id, from its email")),
     responses((status = 200, description = "An HTML page", content_type = "text/html"),
         (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html")))]
-async fn show_confirm(State(pages): State<PagesState>, Path(id): Path<String>) -> Response {
-    let (_, state) = match pages.load("confirm.html", &id).await {
+async fn show_confirm(
+    State(pages): State<PagesState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let (_, state) = match pages.load("confirm.html", &path_id(id)).await {
         Ok(found) => found,
         Err(page) => return page,
     };
@@ -175,8 +184,11 @@ async fn show_confirm(State(pages): State<PagesState>, Path(id): Path<String>) -
     params(("id" = String, Path, description = "The capsule's id, from its email")),
     responses((status = 200, description = "An HTML page", content_type = "text/html"),
         (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html")))]
-async fn confirm(State(pages): State<PagesState>, Path(id): Path<String>) -> Response {
-    let (id, state) = match pages.load("confirm.html", &id).await {
+async fn confirm(
+    State(pages): State<PagesState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let (id, state) = match pages.load("confirm.html", &path_id(id)).await {
         Ok(found) => found,
         Err(page) => return page,
     };
@@ -215,8 +227,11 @@ async fn confirm(State(pages): State<PagesState>, Path(id): Path<String>) -> Res
     params(("id" = String, Path, description = "The capsule's id, from its email")),
     responses((status = 200, description = "An HTML page", content_type = "text/html"),
         (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html")))]
-async fn show_cancel(State(pages): State<PagesState>, Path(id): Path<String>) -> Response {
-    let (_, state) = match pages.load("cancel.html", &id).await {
+async fn show_cancel(
+    State(pages): State<PagesState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let (_, state) = match pages.load("cancel.html", &path_id(id)).await {
         Ok(found) => found,
         Err(page) => return page,
     };
@@ -243,10 +258,10 @@ struct CancelForm {
         (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html")))]
 async fn cancel(
     State(pages): State<PagesState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     form: Result<Form<CancelForm>, FormRejection>,
 ) -> Response {
-    let (id, state) = match pages.load("cancel.html", &id).await {
+    let (id, state) = match pages.load("cancel.html", &path_id(id)).await {
         Ok(found) => found,
         Err(page) => return page,
     };
@@ -330,8 +345,11 @@ fn size_in_words(bytes: u64) -> String {
     params(("id" = String, Path, description = "The capsule's id, from its email")),
     responses((status = 200, description = "An HTML page", content_type = "text/html"),
         (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html")))]
-async fn show_download(State(pages): State<PagesState>, Path(id): Path<String>) -> Response {
-    let (_, state) = match pages.load("download.html", &id).await {
+async fn show_download(
+    State(pages): State<PagesState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let (_, state) = match pages.load("download.html", &path_id(id)).await {
         Ok(found) => found,
         Err(page) => return page,
     };
@@ -360,10 +378,10 @@ async fn show_download(State(pages): State<PagesState>, Path(id): Path<String>) 
         (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html")))]
 async fn download(
     State(pages): State<PagesState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     form: Result<Form<CancelForm>, FormRejection>,
 ) -> Response {
-    let (_, state) = match pages.load("download.html", &id).await {
+    let (_, state) = match pages.load("download.html", &path_id(id)).await {
         Ok(found) => found,
         Err(page) => return page,
     };
