@@ -19,7 +19,8 @@ crate::on_both_backends!(
     restarts_between_steps_lose_nothing,
     kill_9_during_delivery_loses_no_email,
     an_unconfirmed_capsule_expires,
-    the_json_api_submits_and_shows_status
+    the_json_api_submits_and_shows_status,
+    a_retried_submission_writes_one_capsule
 );
 
 async fn spawn(backend: Backend) -> (TestApp, SmtpSink) {
@@ -618,4 +619,81 @@ pub async fn the_json_api_submits_and_shows_status(backend: Backend) {
     assert_eq!(view("nope".into()).await.1["code"], "invalid_id");
     let (status, missing) = view(uuid::Uuid::now_v7().to_string()).await;
     assert_eq!((status, missing["code"].as_str()), (404, Some("not_found")));
+}
+
+/// With an `Idempotency-Key`, a retried submission answers as the first did and writes
+/// nothing more; the same key for another capsule is refused.
+pub async fn a_retried_submission_writes_one_capsule(backend: Backend) {
+    let (app, _sink) = spawn(backend).await;
+    let send_at = (chrono::Utc::now() + chrono::Duration::hours(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let scripted = |text: &str| {
+        json!({
+            "sender": {"email": "ada@example.com", "name": "Ada"},
+            "recipient": {"email": "grace@example.com", "name": "Grace"},
+            "send_at": send_at,
+            "text": text,
+        })
+    };
+    let post = |path: &str, key: &str, body: Value| {
+        app.client
+            .post(format!("{}{path}", app.address))
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+    };
+    let chronoria = capsule(in_ms(Duration::from_secs(3600)));
+    for _ in 0..2 {
+        let answer = post("/capsules", "retry-1", scripted("once"))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 202);
+        let answer = post("/api/submit/text", "retry-2", chronoria.clone())
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    let reused = post("/capsules", "retry-1", scripted("another"))
+        .await
+        .unwrap();
+    assert_eq!(reused.status(), 422);
+    let body: Value = reused.json().await.unwrap();
+    assert_eq!(body["code"], "idempotency_key_reused");
+    let reused = post(
+        "/api/submit/text",
+        "retry-1",
+        capsule(in_ms(Duration::from_secs(60))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reused.status(), 422);
+    assert_eq!(reused.text().await.unwrap(), "IDEMPOTENCY_KEY_REUSED");
+    let bad = post(
+        "/api/submit/text",
+        "has space",
+        capsule(in_ms(Duration::from_secs(60))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (bad.status().as_u16(), bad.text().await.unwrap()),
+        (400, "INVALID_IDEMPOTENCY_KEY".to_owned())
+    );
+
+    let written = app
+        .events
+        .read_all(0, 1000, &["capsule"])
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.event_type == "capsule.submitted")
+        .count();
+    assert_eq!(written, 2, "one capsule per key");
+    let emails = app
+        .events
+        .read_all(0, 1000, &["capsule"])
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(emails, 2, "and nothing else written");
 }

@@ -85,8 +85,19 @@ fn link_on(page: &str) -> String {
         .replace("&amp;", "&")
 }
 
+/// Where the capsule `id` keeps its file: `capsules/<id>.<upload>` in the blob directory.
 fn blob_of(app: &TestApp, id: &str) -> std::path::PathBuf {
-    app.config.data_dir.join("blobs/capsules").join(id)
+    let dir = app.config.data_dir.join("blobs/capsules");
+    let mut found: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with(&format!("{id}.")) && !name.contains('#')
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "one file for {id}: {found:?}");
+    found.remove(0)
 }
 
 /// Submit a file capsule and confirm it; its id.
@@ -265,8 +276,19 @@ pub async fn file_submission_errors(backend: Backend) {
     ] {
         assert_eq!(submit(&app, form).await, (400, code.to_owned()));
     }
-    // Empty text is fine with a file; a missing or empty file is not.
-    assert_eq!(submit(&app, with("text", "")).await.0, 200);
+    // Empty text is fine with a file; a missing or empty file is not. Sent again with
+    // the same Idempotency-Key, it is the same capsule, and its second upload is dropped.
+    for _ in 0..2 {
+        let retried = app
+            .client
+            .post(format!("{}/api/submit/file", app.address))
+            .header("Idempotency-Key", "upload-1")
+            .multipart(with("text", ""))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(retried.status(), 200);
+    }
     let no_file = Form::new()
         .text("senderEmail", "ada@example.com")
         .text("senderName", "Ada")
@@ -574,7 +596,19 @@ async fn files_are_kept_in_an_s3_compatible_store() {
     let app = spawn_with(config).await;
     let file = contents(11 * 1024 * 1024 + 3);
     let id = confirmed(&app, &sink, in_ms(Duration::from_secs(3600)), file.clone()).await;
-    let object = format!("{endpoint}/{bucket}/kept/here/capsules/{id}");
+    let listing = http
+        .get(format!(
+            "{endpoint}/{bucket}?prefix=kept/here/capsules/{id}."
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let start = listing.find("<Key>").expect("the file is stored") + 5;
+    let end = start + listing[start..].find("</Key>").unwrap();
+    let object = format!("{endpoint}/{bucket}/{}", &listing[start..end]);
     let stored = http.get(&object).send().await.unwrap();
     assert_eq!(stored.status(), 200);
     assert_eq!(stored.bytes().await.unwrap().as_ref(), file.as_slice());

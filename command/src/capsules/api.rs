@@ -145,6 +145,16 @@ fn failure(error: CapsuleError) -> Response {
                 "the service is temporarily unavailable; try again shortly".into(),
             )
         }
+        CapsuleError::KeyReused => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused".into(),
+            "this Idempotency-Key was used for a different capsule".into(),
+        ),
+        CapsuleError::InvalidKey => (
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key".into(),
+            "Idempotency-Key must be 1-255 visible ASCII characters".into(),
+        ),
         CapsuleError::Blob(e) => {
             tracing::error!(error = %e, "capsule request failed on blob storage");
             (
@@ -186,11 +196,14 @@ fn failure(error: CapsuleError) -> Response {
 
 /// Submit a text capsule; the sender gets an email to confirm it.
 #[utoipa::path(post, path = "/capsules", tag = "capsules",
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Makes a retry safe: the same key and capsule answer as the first time and write nothing more")),
     request_body(content = NewCapsule, content_type = "application/json"),
     responses(
         (status = 202, description = "Written; waiting for the sender's confirmation", body = Submitted),
         (status = 400, description = "Bad JSON, address, name, time or text; a blocked sender", body = JsonError),
         (status = 415, description = "The body was not sent as `application/json`", body = JsonError),
+        (status = 422, description = "`idempotency_key_reused`: the key was sent before with another capsule", body = JsonError),
         (status = 429, description = "Too many submissions; see `Retry-After`", body = JsonError),
         (status = 503, description = "The event store is unavailable", body = JsonError),
     ))]
@@ -234,6 +247,7 @@ async fn submit(
     };
     let client: Option<IpAddr> = client.map(|Extension(ClientIp(ip))| ip);
     let outcome = async {
+        let key = super::idempotency_key(&headers)?;
         let party = |p: &PartyInput| -> Result<Party, Refusal> {
             Ok(Party {
                 email: EmailAddress::parse(&p.email)?,
@@ -252,7 +266,8 @@ async fn submit(
             text: input.text,
             attachment: None,
         };
-        capsules.submit(submission, client).await
+        let id = capsules.new_id(key.as_deref());
+        capsules.submit_as(id, submission, client).await
     }
     .await;
     match outcome {

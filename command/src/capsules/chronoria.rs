@@ -110,6 +110,9 @@ impl IntoResponse for Answer {
                 )
                     .into_response()
             }
+            Err(CapsuleError::KeyReused) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED").into_response()
+            }
             Err(CapsuleError::Blob(error)) => {
                 tracing::error!(%error, "capsule request failed on blob storage");
                 (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE").into_response()
@@ -233,11 +236,14 @@ async fn download_link(
 
 /// Write a text capsule; a confirmation email goes to the sender.
 #[utoipa::path(post, path = "/api/submit/text", tag = "capsules",
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Makes a retry safe: the same key and capsule answer as the first time and write nothing more")),
     request_body(content = TextCapsule, content_type = "application/json"),
     responses(
         (status = 200, description = "Submitted; it waits for the sender's confirmation (24 hours)"),
         (status = 400, description = "`INVALID_EMAIL`, `INVALID_NAME`, `INVALID_FUTURE_TIME`, `INVALID_TEXT` or `BLOCKED_SENDER_EMAIL`", body = String, content_type = "text/plain"),
         (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: the body must be sent as `application/json`", body = String, content_type = "text/plain"),
+        (status = 422, description = "`IDEMPOTENCY_KEY_REUSED`: the key was sent before with another capsule", body = String, content_type = "text/plain"),
         (status = 429, description = "`TOO_MANY_REQUESTS`: too many submissions from this address or sender; see `Retry-After`", body = String, content_type = "text/plain"),
     ))]
 async fn submit_text(
@@ -251,10 +257,12 @@ async fn submit_text(
     }
     Answer(
         async {
+            let key = super::idempotency_key(&headers)?;
             let body = body.map_err(|_| Refusal::InvalidText)?;
             let submission = parse_submission(&capsules, &json_fields(&body)?, None)?;
             let client = client.map(|Extension(ClientIp(ip))| ip);
-            capsules.submit(submission, client).await.map(|_| ())
+            let id = capsules.new_id(key.as_deref());
+            capsules.submit_as(id, submission, client).await.map(|_| ())
         }
         .await,
     )

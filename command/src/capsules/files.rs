@@ -87,14 +87,28 @@ impl Files {
         }
     }
 
-    /// Where the file of `capsule_id` is kept.
-    pub fn blob_of(capsule_id: Uuid) -> String {
-        format!("capsules/{capsule_id}")
+    /// Where a new upload for `capsule_id` is written: named by the capsule (the sweep
+    /// reads it back) and by the upload, so a retried submission never writes over the
+    /// first one's file.
+    fn new_blob(capsule_id: Uuid) -> String {
+        format!("capsules/{capsule_id}.{:08x}", rand::random::<u32>())
+    }
+
+    /// The capsule id a submission with Idempotency-Key `key` gets: the same for every
+    /// retry, and as unguessable as a random one to anyone without the server's key.
+    pub fn keyed_id(&self, key: &str) -> Uuid {
+        let mut mac = HmacSha256::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        mac.update(format!("capsule-idempotency:{key}").as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut bytes = [0_u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        uuid::Builder::from_random_bytes(bytes).into_uuid()
     }
 
     /// Start writing the file of `capsule_id`.
     pub async fn upload(&self, capsule_id: Uuid) -> Result<Upload, CapsuleError> {
-        let blob = Self::blob_of(capsule_id);
+        let blob = Self::new_blob(capsule_id);
         let upload = self
             .store
             .put_multipart(&object_store::path::Path::from(blob.as_str()))
@@ -106,6 +120,13 @@ impl Files {
             blob,
             bytes: 0,
         })
+    }
+
+    /// Delete a file no capsule keeps, logging a failure (the sweep gets it later).
+    pub async fn delete_quietly(&self, blob: &str) {
+        if let Err(error) = self.delete(blob).await {
+            tracing::warn!(%error, %blob, "a file no capsule keeps could not be deleted; the sweep will");
+        }
     }
 
     /// Delete a kept file; one already gone is not an error.
@@ -136,6 +157,7 @@ impl Files {
                 let id = meta
                     .location
                     .filename()
+                    .and_then(|n| n.split('.').next())
                     .and_then(|n| Uuid::parse_str(n).ok());
                 stale.push((meta.location.to_string(), id));
             }
@@ -145,11 +167,12 @@ impl Files {
             let partial = tokio::task::spawn_blocking(move || partial_uploads(&dir, cutoff))
                 .await
                 .map_err(|e| CapsuleError::Blob(e.to_string()))?;
-            stale.extend(
-                partial
-                    .into_iter()
-                    .map(|name| (format!("capsules/{name}"), None)),
-            );
+            for name in partial {
+                let blob = format!("capsules/{name}");
+                if !stale.iter().any(|(listed, _)| *listed == blob) {
+                    stale.push((blob, None));
+                }
+            }
         }
         Ok(stale)
     }

@@ -56,6 +56,11 @@ pub enum CapsuleError {
     /// Too many submissions from this address or sender; try again after the wait.
     #[error("TOO_MANY_REQUESTS")]
     RateLimited(std::time::Duration),
+    /// An Idempotency-Key sent before with a different capsule.
+    #[error("IDEMPOTENCY_KEY_REUSED")]
+    KeyReused,
+    #[error("INVALID_IDEMPOTENCY_KEY")]
+    InvalidKey,
     #[error("blob storage failed: {0}")]
     Blob(String),
     #[error("the capsule's emails could not be written: {0}")]
@@ -176,24 +181,27 @@ impl Capsules {
         submission: Submission,
         client: Option<std::net::IpAddr>,
     ) -> Result<Uuid, CapsuleError> {
-        let capsule_id = new_capsule_id();
+        let capsule_id = self.new_id(None);
         self.submit_as(capsule_id, submission, client).await?;
         Ok(capsule_id)
     }
 
-    /// An id for a new capsule, for a submission whose file is stored before it is
-    /// submitted.
-    pub fn new_id(&self) -> Uuid {
-        new_capsule_id()
+    /// The id of a new capsule: random, or, for a submission sent with an
+    /// `Idempotency-Key`, derived from the key, so that a retry names the same capsule.
+    pub fn new_id(&self, idempotency_key: Option<&str>) -> Uuid {
+        idempotency_key.map_or_else(new_capsule_id, |key| self.files.keyed_id(key))
     }
 
-    /// As [`Capsules::submit`], under an id from [`Capsules::new_id`].
+    /// As [`Capsules::submit`], under an id from [`Capsules::new_id`]. If that capsule was
+    /// written already (a retry with the same Idempotency-Key), the same submission
+    /// succeeds again without writing anything, and a different one is
+    /// [`CapsuleError::KeyReused`]. `true` when this call wrote the capsule.
     pub async fn submit_as(
         &self,
         capsule_id: Uuid,
         submission: Submission,
         client: Option<std::net::IpAddr>,
-    ) -> Result<(), CapsuleError> {
+    ) -> Result<bool, CapsuleError> {
         if self.is_blocked(&submission.sender.email).await? {
             return Err(CapsuleError::BlockedSender);
         }
@@ -237,8 +245,21 @@ impl Capsules {
             vec![NewEvent::at(&submitted, Self::metadata("sender"), now)],
         )
         .with_effects(effects);
-        self.events.append(request).await?;
-        Ok(())
+        match self.events.append(request).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict { .. }) => {
+                let first = self
+                    .load(capsule_id)
+                    .await?
+                    .ok_or(CapsuleError::KeyReused)?;
+                if same_capsule(&first.submitted, &state.submitted) {
+                    Ok(false)
+                } else {
+                    Err(CapsuleError::KeyReused)
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The sender confirms: the capsule is scheduled for release (at once if its time has
@@ -505,6 +526,34 @@ impl Capsules {
     ) -> Result<OutboxMessage, CapsuleError> {
         self.emails.render(state, kind, now)
     }
+}
+
+/// Whether a retried submission asks for the capsule `first` was: the same people, time,
+/// text and file (the file's storage aside, which each upload has its own of).
+fn same_capsule(first: &CapsuleSubmitted, again: &CapsuleSubmitted) -> bool {
+    let file = |s: &CapsuleSubmitted| {
+        s.attachment
+            .as_ref()
+            .map(|a| (a.file_name.clone(), a.bytes, a.text_location))
+    };
+    first.sender == again.sender
+        && first.recipient == again.recipient
+        && first.send_at == again.send_at
+        && first.text == again.text
+        && file(first) == file(again)
+}
+
+/// An `Idempotency-Key` header: 1-255 visible ASCII characters, if given.
+pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, CapsuleError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.chars().all(|c| c.is_ascii_graphic()))
+        .map(|k| Some(k.to_owned()))
+        .ok_or(CapsuleError::InvalidKey)
 }
 
 /// For the scheduler: a refusal means the capsule moved on, so there is nothing to do.

@@ -83,12 +83,15 @@ impl From<MultipartError> for Stop {
 
 /// Write a file capsule; a confirmation email goes to the sender.
 #[utoipa::path(post, path = "/api/submit/file", tag = "capsules",
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Makes a retry safe: the same key and capsule answer as the first time, and the retry's upload is dropped")),
     request_body(content_type = "multipart/form-data", description = "The fields of `/api/submit/text` (`senderEmail`, `senderName`, `recipientEmail`, `recipientName`, `sendTime`, `text`, which may be empty), `textLocation` (`Before` or `After`: the text before or after the download link), `FormFile` (the file, at most 200,000,000 bytes) and `FileName` (the name it downloads as; the part's own file name if missing). Names match in any case, in any order."),
     responses(
         (status = 200, description = "Submitted; it waits for the sender's confirmation (24 hours)"),
         (status = 400, description = "`INVALID_EMAIL`, `INVALID_NAME`, `INVALID_FUTURE_TIME`, `INVALID_TEXT`, `INVALID_TEXT_LOC`, `INVALID_FILE` or `BLOCKED_SENDER_EMAIL`", body = String, content_type = "text/plain"),
         (status = 408, description = "`REQUEST_TIMEOUT`: the body stopped arriving", body = String, content_type = "text/plain"),
         (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: the body must be `multipart/form-data`", body = String, content_type = "text/plain"),
+        (status = 422, description = "`IDEMPOTENCY_KEY_REUSED`: the key was sent before with another capsule", body = String, content_type = "text/plain"),
         (status = 429, description = "`TOO_MANY_REQUESTS`: see `Retry-After`", body = String, content_type = "text/plain"),
     ))]
 async fn submit_file(
@@ -108,7 +111,11 @@ async fn submit_file(
         return refuse_unread(Refusal::InvalidFile);
     }
     let capsules = &state.capsules;
-    let capsule_id = capsules.new_id();
+    let key = match super::idempotency_key(&headers) {
+        Ok(key) => key,
+        Err(error) => return Answer(Err(error)).into_response(),
+    };
+    let capsule_id = capsules.new_id(key.as_deref());
     let mut file: Option<(Upload, Option<String>)> = None;
     let mut fields = HashMap::new();
     let received = async {
@@ -185,12 +192,11 @@ async fn submit(
         text_location,
     });
     let submitted = capsules.submit_as(capsule_id, submission, client).await;
-    if submitted.is_err()
-        && let Err(error) = capsules.files.delete(&blob).await
-    {
-        tracing::warn!(%error, %blob, "the file of a refused capsule could not be deleted");
+    // Refused, or a retry of a capsule written before (which keeps its own file).
+    if !matches!(submitted, Ok(true)) {
+        capsules.files.delete_quietly(&blob).await;
     }
-    submitted
+    submitted.map(|_| ())
 }
 
 /// An attachment standing in for the file while the text is checked (a file capsule's
