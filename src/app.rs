@@ -61,15 +61,16 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 /// The configured blob store for capsule files, signing links with `key`: a local
 /// directory (`blobs/` in the data directory unless `CAIRN_BLOB_URL` names another).
 pub fn open_files(config: &Config, key: &[u8]) -> anyhow::Result<capsules::Files> {
-    let dir = match config.blob_url.as_deref() {
+    let dir = match config.blob_url.as_ref().map(|url| url.0.as_str()) {
         None => config.data_dir.join("blobs"),
         Some(url) if url.starts_with("file://") => {
             std::path::PathBuf::from(url.trim_start_matches("file://"))
         }
         Some(url) if url.starts_with("s3://") => return open_s3(url, key),
         Some(url) if url.contains("://") => {
+            let scheme = url.split("://").next().unwrap_or_default();
             bail!(
-                "CAIRN_BLOB_URL={url:?}: give a directory, file:///a/directory or s3://bucket/prefix"
+                "CAIRN_BLOB_URL: {scheme}:// is not a store Cairn knows; give a directory, file:///a/directory or s3://bucket/prefix"
             )
         }
         Some(path) => std::path::PathBuf::from(path),
@@ -114,8 +115,8 @@ fn open_s3(url: &str, key: &[u8]) -> anyhow::Result<capsules::Files> {
 }
 
 #[cfg(not(feature = "s3"))]
-fn open_s3(url: &str, _key: &[u8]) -> anyhow::Result<capsules::Files> {
-    bail!("CAIRN_BLOB_URL={url:?}: this build has no S3 support (build with the `s3` feature)")
+fn open_s3(_url: &str, _key: &[u8]) -> anyhow::Result<capsules::Files> {
+    bail!("CAIRN_BLOB_URL=s3://…: this build has no S3 support (build with the `s3` feature)")
 }
 
 /// The capsule use cases as configured.
@@ -399,10 +400,10 @@ impl Application {
                 ops::time_limit,
             ));
         if matches!(role, Role::All | Role::Command) {
-            router = router.merge(cairn_command::upload_router(UploadState {
+            router = router.merge(cairn_command::upload_router(UploadState::new(
                 capsules,
-                idle_timeout: Duration::from_secs(config.upload_idle_timeout),
-            }));
+                Duration::from_secs(config.upload_idle_timeout),
+            )));
         }
         let router = router
             .fallback(|| async {

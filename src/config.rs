@@ -83,8 +83,9 @@ pub struct Config {
     /// at most this.
     pub outbox_claim_seconds: u64,
     /// Where capsule files are kept (`CAIRN_BLOB_URL`): a directory path or `file:///…`.
-    /// Unset: `blobs/` in the data directory.
-    pub blob_url: Option<String>,
+    /// Unset: `blobs/` in the data directory. Kept out of logs: its query may hold
+    /// credentials.
+    pub blob_url: Option<Secret>,
     /// The key download links are signed with (`CAIRN_LINK_KEY`), at least 32 characters;
     /// processes serving the same links need the same key. Unset: a random key, made once
     /// and kept in the event store.
@@ -267,7 +268,7 @@ impl Config {
             }
         }
         if let Some(v) = var("CAIRN_BLOB_URL") {
-            self.blob_url = Some(v);
+            self.blob_url = Some(Secret(v));
         }
         if let Some(v) = var("CAIRN_LINK_KEY") {
             self.link_key = Some(Secret(v));

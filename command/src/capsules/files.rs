@@ -32,8 +32,10 @@ use super::{CapsuleError, Capsules};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
-/// Bytes buffered before a part goes to the blob store (S3's smallest part is 5 MiB).
+/// Bytes buffered before a part goes to the blob store: S3's smallest part is 5 MiB; a
+/// local file takes smaller writes, which keeps less of each upload in memory.
 const PART_BYTES: usize = 5 * 1024 * 1024;
+const LOCAL_PART_BYTES: usize = 1024 * 1024;
 /// Longest file name kept, in characters.
 const MAX_FILE_NAME_CHARS: usize = 255;
 
@@ -44,6 +46,7 @@ pub struct Files {
     /// The directory `store` keeps files in, when it is a local one: a finished upload is
     /// flushed to disk before it is acknowledged.
     local_dir: Option<Arc<std::path::Path>>,
+    part_bytes: usize,
     key: Arc<[u8]>,
     /// How long a download link works.
     pub link_ttl: Duration,
@@ -73,6 +76,7 @@ impl Files {
         Files {
             store,
             local_dir: None,
+            part_bytes: PART_BYTES,
             key: key.into(),
             link_ttl: Duration::hours(12),
             retention: Duration::days(30),
@@ -83,6 +87,7 @@ impl Files {
     pub fn local(store: Arc<dyn ObjectStore>, dir: &std::path::Path, key: &[u8]) -> Self {
         Files {
             local_dir: Some(dir.into()),
+            part_bytes: LOCAL_PART_BYTES,
             ..Files::new(store, key)
         }
     }
@@ -115,7 +120,7 @@ impl Files {
             .await
             .map_err(blob_error)?;
         Ok(Upload {
-            writer: Some(WriteMultipart::new_with_chunk_size(upload, PART_BYTES)),
+            writer: Some(WriteMultipart::new_with_chunk_size(upload, self.part_bytes)),
             sync: self.local_dir.as_ref().map(|dir| dir.join(&blob)),
             blob,
             bytes: 0,
@@ -341,13 +346,18 @@ async fn body_of(found: object_store::GetResult) -> std::io::Result<Body> {
 }
 
 /// The name a file downloads as, from what the uploader gave: the last path segment (a
-/// browser may send `C:\fakepath\…`), without control characters, at most 255 characters;
-/// `file` when nothing is left.
+/// browser may send `C:\fakepath\…`), without control characters or the invisible ones
+/// that reorder or hide text (`invoice\u{202e}fdp.exe` would show as `invoiceexe.pdf`),
+/// at most 255 characters; `file` when nothing is left.
 pub fn clean_file_name(raw: &str) -> String {
+    let invisible = |c: char| {
+        matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}'
+            | '\u{061c}' | '\u{feff}' | '\u{00ad}')
+    };
     let base = raw.rsplit(['/', '\\']).next().unwrap_or_default();
     let name: String = base
         .chars()
-        .filter(|c| !c.is_control())
+        .filter(|&c| !c.is_control() && !invisible(c))
         .take(MAX_FILE_NAME_CHARS)
         .collect();
     let name = name.trim();
@@ -526,11 +536,11 @@ async fn download(
     };
     let range = match headers
         .get(header::RANGE)
-        .map(|v| parse_range(v, attachment.bytes))
+        .map_or(Ranged::Whole, |v| parse_range(v, attachment.bytes))
     {
-        None => None,
-        Some(Some(range)) => Some(range),
-        Some(None) => {
+        Ranged::Whole => None,
+        Ranged::Part(range) => Some(range),
+        Ranged::Outside => {
             return (
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 [(
@@ -596,28 +606,50 @@ async fn download(
     response
 }
 
-/// One byte range of a file of `size` bytes (`bytes=a-b`, `bytes=a-`, `bytes=-n`), as a
-/// half-open range; `None` when it is malformed, lists several, or misses the file.
-fn parse_range(value: &HeaderValue, size: u64) -> Option<std::ops::Range<u64>> {
-    let spec = value.to_str().ok()?.trim().strip_prefix("bytes=")?;
-    if spec.contains(',') {
-        return None;
-    }
-    let (first, last) = spec.split_once('-')?;
-    let (first, last) = (first.trim(), last.trim());
-    let range = if first.is_empty() {
-        let suffix: u64 = last.parse().ok()?;
-        size.saturating_sub(suffix)..size
-    } else {
-        let start: u64 = first.parse().ok()?;
-        let end = if last.is_empty() {
-            size
+/// What a `Range` header asks of a file.
+#[derive(Debug, PartialEq, Eq)]
+enum Ranged {
+    /// No header, or one that is malformed or lists several ranges: ignored, as HTTP
+    /// allows, and the whole file is sent.
+    Whole,
+    /// One range in the file, half-open.
+    Part(std::ops::Range<u64>),
+    /// One range that misses the file (416).
+    Outside,
+}
+
+/// One byte range of a file of `size` bytes: `bytes=a-b`, `bytes=a-` or `bytes=-n`.
+fn parse_range(value: &HeaderValue, size: u64) -> Ranged {
+    let parsed = || -> Option<Option<std::ops::Range<u64>>> {
+        let spec = value.to_str().ok()?.trim().strip_prefix("bytes=")?;
+        if spec.contains(',') {
+            return None;
+        }
+        let (first, last) = spec.split_once('-')?;
+        let (first, last) = (first.trim(), last.trim());
+        let range = if first.is_empty() {
+            let suffix: u64 = last.parse().ok()?;
+            size.saturating_sub(suffix)..size
         } else {
-            last.parse::<u64>().ok()?.saturating_add(1).min(size)
+            let start: u64 = first.parse().ok()?;
+            let end = if last.is_empty() {
+                size
+            } else {
+                let last: u64 = last.parse().ok()?;
+                if last < start {
+                    return None;
+                }
+                last.saturating_add(1).min(size)
+            };
+            start..end
         };
-        start..end
+        Some((range.start < range.end).then_some(range))
     };
-    (range.start < range.end).then_some(range)
+    match parsed() {
+        None => Ranged::Whole,
+        Some(Some(range)) => Ranged::Part(range),
+        Some(None) => Ranged::Outside,
+    }
 }
 
 #[cfg(test)]
@@ -629,6 +661,7 @@ mod tests {
         assert_eq!(clean_file_name("C:\\fakepath\\report.pdf"), "report.pdf");
         assert_eq!(clean_file_name("../../etc/passwd"), "passwd");
         assert_eq!(clean_file_name("a\u{0}b\nc.txt"), "abc.txt");
+        assert_eq!(clean_file_name("invoice\u{202e}fdp.exe"), "invoicefdp.exe");
         assert_eq!(clean_file_name(""), "file");
         assert_eq!(clean_file_name(".."), "file");
         assert_eq!(clean_file_name(&"é".repeat(300)).chars().count(), 255);
@@ -649,14 +682,20 @@ mod tests {
     #[test]
     fn ranges() {
         let v = |s: &'static str| HeaderValue::from_static(s);
-        assert_eq!(parse_range(&v("bytes=0-9"), 100), Some(0..10));
-        assert_eq!(parse_range(&v("bytes=90-"), 100), Some(90..100));
-        assert_eq!(parse_range(&v("bytes=-10"), 100), Some(90..100));
-        assert_eq!(parse_range(&v("bytes=50-500"), 100), Some(50..100));
-        assert_eq!(parse_range(&v("bytes=100-"), 100), None);
-        assert_eq!(parse_range(&v("bytes=0-1,5-6"), 100), None);
-        assert_eq!(parse_range(&v("items=0-1"), 100), None);
-        assert_eq!(parse_range(&v("bytes=5-1"), 100), None);
+        assert_eq!(parse_range(&v("bytes=0-9"), 100), Ranged::Part(0..10));
+        assert_eq!(parse_range(&v("bytes=0-0"), 100), Ranged::Part(0..1));
+        assert_eq!(parse_range(&v("bytes=90-"), 100), Ranged::Part(90..100));
+        assert_eq!(parse_range(&v("bytes=-10"), 100), Ranged::Part(90..100));
+        assert_eq!(parse_range(&v("bytes=50-500"), 100), Ranged::Part(50..100));
+        assert_eq!(parse_range(&v("bytes=100-"), 100), Ranged::Outside);
+        assert_eq!(parse_range(&v("bytes=-0"), 100), Ranged::Outside);
+        assert_eq!(parse_range(&v("bytes=0-1,5-6"), 100), Ranged::Whole);
+        assert_eq!(parse_range(&v("items=0-1"), 100), Ranged::Whole);
+        assert_eq!(parse_range(&v("bytes=5-1"), 100), Ranged::Whole);
+        assert_eq!(
+            parse_range(&v("bytes=99999999999999999999-"), 100),
+            Ranged::Whole
+        );
     }
 
     #[test]

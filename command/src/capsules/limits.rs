@@ -66,6 +66,15 @@ impl SlidingLog {
         Some(self.window.saturating_sub(now.duration_since(oldest)))
     }
 
+    /// How long `key` must wait at `now`, without counting a submission.
+    pub fn check(&self, key: &str, now: Instant) -> Option<Duration> {
+        if self.limit == 0 {
+            return None;
+        }
+        let mut hits = self.hits.lock().unwrap_or_else(|p| p.into_inner());
+        self.wait(&mut hits, key, now)
+    }
+
     fn record(&self, hits: &mut Hits, key: &str, now: Instant) {
         let due = hits
             .pruned

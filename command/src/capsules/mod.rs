@@ -420,9 +420,16 @@ impl Capsules {
                 None => false,
             };
             if !kept {
-                self.files.delete_stale(&blob).await?;
-                tracing::info!(%blob, "deleted a file no capsule keeps");
-                swept += 1;
+                // One that cannot be deleted must not hold up the rest.
+                match self.files.delete_stale(&blob).await {
+                    Ok(()) => {
+                        tracing::info!(%blob, "deleted a file no capsule keeps");
+                        swept += 1;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, %blob, "a file no capsule keeps could not be deleted")
+                    }
+                }
             }
         }
         Ok(swept)

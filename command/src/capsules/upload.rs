@@ -11,27 +11,47 @@
 //! its time): instead each read of the body must make progress within the idle timeout.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Extension;
 use axum::Router;
-use axum::extract::multipart::{Field, MultipartError};
-use axum::extract::{DefaultBodyLimit, Multipart, State};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use cairn_events::domain::capsule::{Attachment, MAX_FILE_BYTES, Refusal, TextLocation};
+use futures_util::StreamExt;
+use multer::{Field, Multipart};
 
 use super::chronoria::{Answer, parse_submission};
 use super::files::{Upload, clean_file_name};
-use super::{CapsuleError, Capsules};
+use super::{CapsuleError, Capsules, limits};
 use crate::ClientIp;
 
 /// What a body may hold besides the file: the other fields (the text is at most 10,000
 /// characters, 40,000 bytes) and the part headers.
 const FORM_ALLOWANCE: u64 = 256 * 1024;
-/// Largest field other than the file, in bytes.
-const MAX_FIELD_BYTES: usize = 64 * 1024;
+/// The fields read; others are skipped unread (but counted against the allowance).
+const FIELDS: [&str; 9] = [
+    "senderemail",
+    "sendername",
+    "recipientemail",
+    "recipientname",
+    "sendtime",
+    "text",
+    "textlocation",
+    "filename",
+    "formfile",
+];
+/// Most bytes the parser may pull while it looks for the next part's headers: a header
+/// that never ends would otherwise be buffered (and rescanned) to the body limit.
+const HEADER_BYTES: u64 = 1024 * 1024;
+/// Uploads at once, in all and from one client address.
+const UPLOADS: usize = 32;
+const UPLOADS_PER_CLIENT: usize = 4;
 
 /// The upload routes, with their own body limit and idle timeout.
 #[derive(Clone)]
@@ -39,6 +59,82 @@ pub struct UploadState {
     pub capsules: Capsules,
     /// How long a read of the body may wait for bytes.
     pub idle_timeout: Duration,
+    uploads: Arc<Uploads>,
+}
+
+impl UploadState {
+    pub fn new(capsules: Capsules, idle_timeout: Duration) -> Self {
+        UploadState {
+            capsules,
+            idle_timeout,
+            uploads: Arc::new(Uploads::new(UPLOADS, UPLOADS_PER_CLIENT)),
+        }
+    }
+}
+
+/// The uploads in progress, by client address, and how many may be.
+#[derive(Debug)]
+struct Uploads {
+    at_once: usize,
+    per_client: usize,
+    running: Mutex<HashMap<String, usize>>,
+}
+
+/// Why an upload could not start now.
+#[derive(Debug, PartialEq, Eq)]
+enum Busy {
+    /// This client has as many going as it may.
+    Client,
+    /// The server has.
+    Server,
+}
+
+impl Uploads {
+    fn new(at_once: usize, per_client: usize) -> Self {
+        Uploads {
+            at_once,
+            per_client,
+            running: Mutex::default(),
+        }
+    }
+
+    /// A place for an upload from `client`, if there is one.
+    fn slot(self: &Arc<Self>, client: &str) -> Result<Slot, Busy> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if running.get(client).copied().unwrap_or(0) >= self.per_client {
+            return Err(Busy::Client);
+        }
+        if running.values().sum::<usize>() >= self.at_once {
+            return Err(Busy::Server);
+        }
+        *running.entry(client.to_owned()).or_default() += 1;
+        Ok(Slot {
+            uploads: self.clone(),
+            client: client.to_owned(),
+        })
+    }
+}
+
+/// An upload in progress, counted until dropped.
+struct Slot {
+    uploads: Arc<Uploads>,
+    client: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut running = self
+            .uploads
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = running.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(&self.client);
+            }
+        }
+    }
 }
 
 /// The upload route, for the OpenAPI document.
@@ -47,11 +143,9 @@ pub struct UploadState {
 pub struct UploadApi;
 
 pub fn router(state: UploadState) -> Router {
-    let limit = usize::try_from(MAX_FILE_BYTES + FORM_ALLOWANCE).unwrap_or(usize::MAX);
     Router::new()
         .route("/api/submit/file", post(submit_file))
         .route("/api/submit/file/", post(submit_file))
-        .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
@@ -74,33 +168,79 @@ impl From<Refusal> for Stop {
     }
 }
 
-/// A malformed body or one past the limit: the file is what is wrong.
-impl From<MultipartError> for Stop {
-    fn from(_: MultipartError) -> Self {
+/// A malformed body, one past the limit, or headers that never end: the file is what is
+/// wrong.
+impl From<multer::Error> for Stop {
+    fn from(_: multer::Error) -> Self {
         Stop::Refused(Refusal::InvalidFile.into())
     }
+}
+
+/// What the body stream lets through: the whole body up to the limit, and, while the
+/// parser looks for a part's headers, at most [`HEADER_BYTES`].
+#[derive(Default)]
+struct Budget {
+    total: AtomicU64,
+    in_headers: AtomicBool,
+    since_headers: AtomicU64,
+}
+
+impl Budget {
+    fn take(&self, bytes: u64) -> Result<(), std::io::Error> {
+        let total = self.total.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let in_headers = self.in_headers.load(Ordering::Relaxed);
+        let since = self.since_headers.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if total > MAX_FILE_BYTES + FORM_ALLOWANCE || (in_headers && since > HEADER_BYTES) {
+            Err(std::io::Error::other("the body is too large"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The parser is about to look for the next part.
+    fn headers(&self, looking: bool) {
+        self.since_headers.store(0, Ordering::Relaxed);
+        self.in_headers.store(looking, Ordering::Relaxed);
+    }
+}
+
+/// The next part, within the idle timeout and the header budget.
+async fn next_field(
+    multipart: &mut Multipart<'static>,
+    budget: &Budget,
+    idle_timeout: Duration,
+) -> Result<Option<Field<'static>>, Stop> {
+    budget.headers(true);
+    let field = idle(idle_timeout, multipart.next_field()).await??;
+    budget.headers(false);
+    Ok(field)
 }
 
 /// Write a file capsule; a confirmation email goes to the sender.
 #[utoipa::path(post, path = "/api/submit/file", tag = "capsules",
     params(("Idempotency-Key" = Option<String>, Header,
         description = "Makes a retry safe: the same key and capsule answer as the first time, and the retry's upload is dropped")),
-    request_body(content_type = "multipart/form-data", description = "The fields of `/api/submit/text` (`senderEmail`, `senderName`, `recipientEmail`, `recipientName`, `sendTime`, `text`, which may be empty), `textLocation` (`Before` or `After`: the text before or after the download link), `FormFile` (the file, at most 200,000,000 bytes) and `FileName` (the name it downloads as; the part's own file name if missing). Names match in any case, in any order."),
+    request_body(content_type = "multipart/form-data", description = "The fields of `/api/submit/text` (`senderEmail`, `senderName`, `recipientEmail`, `recipientName`, `sendTime`, `text`, which may be empty), `textLocation` (`Before` or `After`: the text before or after the download link), `FormFile` (the file, at most 200,000,000 bytes) and `FileName` (the name it downloads as; the part's own file name if missing). Names match in any case, in any order; other fields are ignored."),
     responses(
         (status = 200, description = "Submitted; it waits for the sender's confirmation (24 hours)"),
-        (status = 400, description = "`INVALID_EMAIL`, `INVALID_NAME`, `INVALID_FUTURE_TIME`, `INVALID_TEXT`, `INVALID_TEXT_LOC`, `INVALID_FILE` or `BLOCKED_SENDER_EMAIL`", body = String, content_type = "text/plain"),
+        (status = 400, description = "`INVALID_EMAIL`, `INVALID_NAME`, `INVALID_FUTURE_TIME`, `INVALID_TEXT`, `INVALID_TEXT_LOC`, `INVALID_FILE`, `INVALID_IDEMPOTENCY_KEY` or `BLOCKED_SENDER_EMAIL`", body = String, content_type = "text/plain"),
         (status = 408, description = "`REQUEST_TIMEOUT`: the body stopped arriving", body = String, content_type = "text/plain"),
         (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: the body must be `multipart/form-data`", body = String, content_type = "text/plain"),
         (status = 422, description = "`IDEMPOTENCY_KEY_REUSED`: the key was sent before with another capsule", body = String, content_type = "text/plain"),
-        (status = 429, description = "`TOO_MANY_REQUESTS`: see `Retry-After`", body = String, content_type = "text/plain"),
+        (status = 429, description = "`TOO_MANY_REQUESTS`: too many submissions, or uploads at once, from this address or sender; see `Retry-After`", body = String, content_type = "text/plain"),
+        (status = 503, description = "`SERVICE_UNAVAILABLE`: too many uploads at once; see `Retry-After`", body = String, content_type = "text/plain"),
     ))]
 async fn submit_file(
     State(state): State<UploadState>,
     client: Option<Extension<ClientIp>>,
     headers: HeaderMap,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    body: Body,
 ) -> Response {
-    let Ok(mut multipart) = multipart else {
+    let boundary = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| multer::parse_boundary(v).ok());
+    let Some(boundary) = boundary else {
         return (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE").into_response();
     };
     let declared = headers
@@ -115,11 +255,38 @@ async fn submit_file(
         Ok(key) => key,
         Err(error) => return Answer(Err(error)).into_response(),
     };
+    // A client over its submission limit is told before it sends 200 MB.
+    let client = client.map(|Extension(ClientIp(ip))| ip);
+    let client_key = client.map(limits::client_key).unwrap_or_default();
+    let now = std::time::Instant::now();
+    if let Some(wait) = capsules.limits.per_client.check(&client_key, now) {
+        return Answer(Err(CapsuleError::RateLimited(wait))).into_response();
+    }
+    let _slot = match state.uploads.slot(&client_key) {
+        Ok(slot) => slot,
+        Err(busy) => {
+            let (status, code) = match busy {
+                Busy::Client => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS"),
+                Busy::Server => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
+            };
+            return (status, [(header::RETRY_AFTER, "5")], code).into_response();
+        }
+    };
+
+    let budget = Arc::new(Budget::default());
+    let counted = budget.clone();
+    let stream = body.into_data_stream().map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        counted.take(chunk.len() as u64)?;
+        Ok::<Bytes, std::io::Error>(chunk)
+    });
+    let mut multipart = Multipart::new(stream, boundary);
     let capsule_id = capsules.new_id(key.as_deref());
     let mut file: Option<(Upload, Option<String>)> = None;
     let mut fields = HashMap::new();
+    let mut form_bytes = 0;
     let received = async {
-        while let Some(field) = idle(state.idle_timeout, multipart.next_field()).await?? {
+        while let Some(field) = next_field(&mut multipart, &budget, state.idle_timeout).await? {
             let name = field.name().unwrap_or_default().to_ascii_lowercase();
             if name == "formfile" {
                 if file.is_some() {
@@ -131,24 +298,30 @@ async fn submit_file(
                 file = Some((upload, part_name));
                 streamed?;
             } else {
-                let value = read_field(field, state.idle_timeout).await?;
-                fields.insert(name, value);
+                let keep = FIELDS.contains(&name.as_str());
+                let value =
+                    read_field(field, &name, keep, &mut form_bytes, state.idle_timeout).await?;
+                if keep {
+                    fields.insert(name, value);
+                }
             }
         }
         Ok(())
     }
     .await;
-    match received {
-        Ok(()) => {}
-        Err(Stop::Refused(error)) => {
-            drain(&mut multipart).await;
-            return Answer(Err(error)).into_response();
+    if let Err(stop) = received {
+        // What was written goes before the answer does.
+        if let Some((upload, _)) = file.take() {
+            upload.abort().await;
         }
-        Err(Stop::Idle) => {
-            return (StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT").into_response();
-        }
+        return match stop {
+            Stop::Refused(error) => {
+                drain(&mut multipart, &budget).await;
+                Answer(Err(error)).into_response()
+            }
+            Stop::Idle => (StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT").into_response(),
+        };
     }
-    let client = client.map(|Extension(ClientIp(ip))| ip);
     let outcome = submit(capsules, capsule_id, fields, file, client).await;
     Answer(outcome).into_response()
 }
@@ -192,8 +365,14 @@ async fn submit(
         text_location,
     });
     let submitted = capsules.submit_as(capsule_id, submission, client).await;
-    // Refused, or a retry of a capsule written before (which keeps its own file).
-    if !matches!(submitted, Ok(true)) {
+    // Refused, or a retry of a capsule written before (which keeps its own file). After a
+    // store failure the capsule may have been written all the same: the sweep decides.
+    let unkept = match &submitted {
+        Ok(written) => !written,
+        Err(CapsuleError::Store(_) | CapsuleError::Blob(_)) => false,
+        Err(_) => true,
+    };
+    if unkept {
         capsules.files.delete_quietly(&blob).await;
     }
     submitted.map(|_| ())
@@ -212,7 +391,7 @@ fn placeholder() -> Attachment {
 
 /// Stream the file part into `upload`, refusing it past the limit.
 async fn receive_file(
-    mut field: Field<'_>,
+    mut field: Field<'static>,
     upload: &mut Upload,
     idle_timeout: Duration,
 ) -> Result<(), Stop> {
@@ -225,17 +404,26 @@ async fn receive_file(
     Ok(())
 }
 
-/// A field other than the file, as text; a large one is refused by what it is.
-async fn read_field(mut field: Field<'_>, idle_timeout: Duration) -> Result<String, Stop> {
-    let name = field.name().unwrap_or_default().to_ascii_lowercase();
+/// A field other than the file, as text (or, when `keep` is false, read past); every
+/// such field counts against [`FORM_ALLOWANCE`], and one past it is refused by what it is.
+async fn read_field(
+    mut field: Field<'static>,
+    name: &str,
+    keep: bool,
+    form_bytes: &mut u64,
+    idle_timeout: Duration,
+) -> Result<String, Stop> {
     let mut bytes = Vec::new();
     while let Some(chunk) = idle(idle_timeout, field.chunk()).await?? {
-        bytes.extend_from_slice(&chunk);
-        if bytes.len() > MAX_FIELD_BYTES {
-            return Err(too_large(&name).into());
+        *form_bytes += chunk.len() as u64;
+        if *form_bytes > FORM_ALLOWANCE {
+            return Err(too_large(name).into());
+        }
+        if keep {
+            bytes.extend_from_slice(&chunk);
         }
     }
-    String::from_utf8(bytes).map_err(|_| too_large(&name).into())
+    String::from_utf8(bytes).map_err(|_| too_large(name).into())
 }
 
 /// The refusal for an unreadable field.
@@ -252,11 +440,16 @@ fn too_large(name: &str) -> Refusal {
 
 /// Read a little of what is left of a refused body, so that a client that sent slightly
 /// too much reads the refusal instead of a reset connection. Bounded in bytes and time.
-async fn drain(multipart: &mut Multipart) {
+async fn drain(multipart: &mut Multipart<'static>, budget: &Budget) {
     const DRAIN_BYTES: usize = 1024 * 1024;
     let mut drained = 0;
     let read = async {
-        while let Ok(Some(mut field)) = multipart.next_field().await {
+        loop {
+            budget.headers(true);
+            let Ok(Some(mut field)) = multipart.next_field().await else {
+                return;
+            };
+            budget.headers(false);
             while let Ok(Some(chunk)) = field.chunk().await {
                 drained += chunk.len();
                 if drained > DRAIN_BYTES {
@@ -271,8 +464,8 @@ async fn drain(multipart: &mut Multipart) {
 /// Wait for a read of the body, at most `timeout`.
 async fn idle<T>(
     timeout: Duration,
-    read: impl Future<Output = Result<T, MultipartError>>,
-) -> Result<Result<T, MultipartError>, Stop> {
+    read: impl Future<Output = Result<T, multer::Error>>,
+) -> Result<Result<T, multer::Error>, Stop> {
     tokio::time::timeout(timeout, read)
         .await
         .map_err(|_| Stop::Idle)
@@ -287,4 +480,52 @@ fn refuse_unread(refusal: Refusal) -> Response {
         refusal.code(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uploads_at_once_are_capped_per_client_and_in_all() {
+        let uploads = Arc::new(Uploads::new(3, 2));
+        let a1 = uploads.slot("a");
+        let a2 = uploads.slot("a");
+        assert!(a1.is_ok() && a2.is_ok());
+        assert_eq!(uploads.slot("a").err(), Some(Busy::Client));
+        let b1 = uploads.slot("b");
+        assert!(b1.is_ok());
+        assert_eq!(uploads.slot("c").err(), Some(Busy::Server));
+        drop(a1);
+        assert!(
+            uploads.slot("c").is_ok(),
+            "a finished upload frees its place"
+        );
+        drop((a2, b1));
+        assert!(
+            uploads
+                .running
+                .lock()
+                .map(|r| r.is_empty())
+                .unwrap_or(false),
+            "nothing is left counted"
+        );
+    }
+
+    #[test]
+    fn the_header_budget_applies_while_looking_for_a_part() {
+        let budget = Budget::default();
+        budget.headers(true);
+        assert!(budget.take(HEADER_BYTES).is_ok());
+        assert!(budget.take(1).is_err(), "a header that never ends");
+        budget.headers(false);
+        assert!(
+            budget.take(50 * 1024 * 1024).is_ok(),
+            "a part's body may be large"
+        );
+        assert!(
+            budget.take(MAX_FILE_BYTES).is_err(),
+            "but not past the body limit"
+        );
+    }
 }
