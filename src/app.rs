@@ -299,7 +299,13 @@ impl Application {
         let store = open_store(config).await?;
         let events: Arc<dyn EventStore> = store.clone();
         let read = open_read(config, &*events).await?;
-        let capsules = capsules(config, events.clone(), clock.clone()).await?;
+        // Only the roles that write capsules or act on them open the blob store and the
+        // link key; query and projector processes need neither.
+        let capsules = if matches!(role, Role::All | Role::Command | Role::Scheduler) {
+            Some(capsules(config, events.clone(), clock.clone()).await?)
+        } else {
+            None
+        };
 
         let mut tasks = Vec::new();
         let tokens = TokenRegistry::new();
@@ -331,7 +337,7 @@ impl Application {
         } else {
             None
         };
-        if matches!(role, Role::All | Role::Scheduler) {
+        if let (Role::All | Role::Scheduler, Some(capsules)) = (role, &capsules) {
             let actions = Arc::new(CapsuleActions {
                 capsules: capsules.clone(),
             });
@@ -371,7 +377,7 @@ impl Application {
             .route("/metrics", get(ops::metrics))
             .with_state(ops.clone())
             .merge(SwaggerUi::new("/docs").url("/openapi.json", ops::openapi()));
-        if matches!(role, Role::All | Role::Command) {
+        if let (Role::All | Role::Command, Some(capsules)) = (role, &capsules) {
             router = router.merge(
                 cairn_command::router(CommandState {
                     events: events.clone(),
@@ -399,7 +405,7 @@ impl Application {
                 Duration::from_secs(config.request_timeout),
                 ops::time_limit,
             ));
-        if matches!(role, Role::All | Role::Command) {
+        if let (Role::All | Role::Command, Some(capsules)) = (role, capsules) {
             router = router.merge(cairn_command::upload_router(UploadState::new(
                 capsules,
                 Duration::from_secs(config.upload_idle_timeout),
