@@ -13,7 +13,8 @@ crate::on_both_backends!(
     files: a_file_capsule_is_delivered_with_working_links,
     file_submission_errors,
     a_cancelled_capsules_file_is_deleted,
-    a_delivered_file_is_deleted_after_its_retention
+    a_delivered_file_is_deleted_after_its_retention,
+    an_expired_capsules_file_is_deleted
 );
 
 const PUBLIC: &str = "https://capsules.example";
@@ -376,6 +377,25 @@ pub async fn a_cancelled_capsules_file_is_deleted(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("the purge stayed in the due index");
+}
+
+/// A capsule nobody confirmed takes its file with it when it expires. (The clock is
+/// moved; a new schedule wakes the scheduler.)
+pub async fn an_expired_capsules_file_is_deleted(backend: Backend) {
+    let (app, sink) = spawn(backend).await;
+    let week = in_ms(Duration::from_secs(7 * 86_400));
+    assert_eq!(submit(&app, form(week, contents(5000))).await.0, 200);
+    let id = id_in(
+        &sink.wait_for("ada@example.com", "Confirm").await,
+        "confirm",
+    );
+    let blob = blob_of(&app, &id);
+
+    *app.now.lock().unwrap() = Some(chrono::Utc::now() + chrono::Duration::hours(25));
+    let later = in_ms(Duration::from_secs(8 * 86_400));
+    assert_eq!(submit(&app, form(later, contents(10))).await.0, 200);
+    sink.wait_for("ada@example.com", "expired").await;
+    wait_until_gone(&blob).await;
 }
 
 /// A delivered capsule's file is kept for the retention period (30 days by default),
