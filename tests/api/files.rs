@@ -123,6 +123,21 @@ async fn confirmed(app: &TestApp, sink: &SmtpSink, send_time: i64, file: Vec<u8>
     id
 }
 
+/// `GET {path}` on the app with the recipient's address (`/api/downloadlink`,
+/// `/api/cancel`, …): the status and the body.
+async fn as_recipient(app: &TestApp, path: &str, id: &str) -> (u16, String) {
+    let response = app
+        .client
+        .get(format!(
+            "{}{path}?id={id}&recipientEmail=grace@example.com",
+            app.address
+        ))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
 async fn wait_until_gone(path: &std::path::Path) {
     for _ in 0..3000 {
         if !path.exists() {
@@ -202,17 +217,8 @@ pub async fn a_file_capsule_is_delivered_with_working_links(backend: Backend) {
     assert_eq!(rest.bytes().await.unwrap().as_ref(), &file[1000..]);
 
     // The Chronoria client's route answers the bare URL.
-    let api = app
-        .client
-        .get(format!(
-            "{}/api/downloadlink?id={id}&recipientEmail=grace@example.com",
-            app.address
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(api.status(), 200);
-    let bare = api.text().await.unwrap();
+    let (status, bare) = as_recipient(&app, "/api/downloadlink", &id).await;
+    assert_eq!(status, 200);
     assert!(
         bare.starts_with(&format!("{PUBLIC}/capsules/{id}/file/")),
         "{bare}"
@@ -335,28 +341,8 @@ pub async fn a_cancelled_capsules_file_is_deleted(backend: Backend) {
     let blob = blob_of(&app, &id);
     assert!(blob.exists());
     // Before its time, the sender may fetch the file back (the link needs the id).
-    let link = app
-        .client
-        .get(format!(
-            "{}/downloadlink?id={id}&recipientEmail=grace@example.com",
-            app.address
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let cancel = app
-        .client
-        .get(format!(
-            "{}/api/cancel?id={id}&recipientEmail=grace@example.com",
-            app.address
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cancel.status(), 200);
+    let (_, link) = as_recipient(&app, "/downloadlink", &id).await;
+    assert_eq!(as_recipient(&app, "/api/cancel", &id).await.0, 200);
     wait_until_gone(&blob).await;
     let after = app.client.get(local(&app, &link)).send().await.unwrap();
     assert_eq!(after.status(), 410);
@@ -647,18 +633,7 @@ async fn files_are_kept_in_an_s3_compatible_store() {
     assert_eq!(stored.status(), 200);
     assert_eq!(stored.bytes().await.unwrap().as_ref(), file.as_slice());
 
-    let link = app
-        .client
-        .get(format!(
-            "{}/api/downloadlink?id={id}&recipientEmail=grace@example.com",
-            app.address
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, link) = as_recipient(&app, "/api/downloadlink", &id).await;
     let whole = app.client.get(local(&app, &link)).send().await.unwrap();
     assert_eq!(whole.status(), 200);
     assert_eq!(whole.bytes().await.unwrap().as_ref(), file.as_slice());
@@ -675,16 +650,7 @@ async fn files_are_kept_in_an_s3_compatible_store() {
         &file[file.len() - 100..]
     );
 
-    let cancel = app
-        .client
-        .get(format!(
-            "{}/api/cancel?id={id}&recipientEmail=grace@example.com",
-            app.address
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cancel.status(), 200);
+    assert_eq!(as_recipient(&app, "/api/cancel", &id).await.0, 200);
     for _ in 0..3000 {
         if http.get(&object).send().await.unwrap().status() == 404 {
             return;
