@@ -102,6 +102,10 @@ pub trait DueIndex: Send + Sync + 'static {
     /// moved since it was claimed (a later `due_at`) stays.
     async fn finish_due(&self, item: &DueItem) -> Result<(), StoreError>;
 
+    /// Keep a claimed item hidden until `at`: the next try of an action that failed. An
+    /// item moved since it was claimed is left as it is.
+    async fn retry_due(&self, item: &DueItem, at: DateTime<Utc>) -> Result<(), StoreError>;
+
     /// Changes when an item is scheduled (by this process or, on Postgres, any other),
     /// so a sleeping scheduler can look again at the earliest due time.
     fn due_changed(&self) -> watch::Receiver<u64>;

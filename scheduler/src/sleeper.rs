@@ -3,9 +3,12 @@
 //! Each round claims up to [`BATCH`] due items for [`Sleeper::hold`] and runs their
 //! actions one after another. An action that succeeds has dropped its item itself (its
 //! command's append carries the unschedule), or says there was nothing to do, and the
-//! sleeper drops it. An action that fails or panics leaves the item claimed: the claim
-//! runs out and the item is tried again, also by another scheduler process if this one
-//! died. Several sleepers (in one process or many) never run one item at the same time.
+//! sleeper drops it. An action that fails or panics keeps the item claimed, and it is
+//! tried again later: after the claim's hold at first, then after as long as the item
+//! has been overdue (so the waits double), at most an hour apart, never given up: a
+//! release must not be lost to a passing fault. If this process dies, the claim runs out
+//! and another scheduler process takes the item. Several sleepers (in one process or
+//! many) never run one item at the same time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +31,18 @@ pub enum Handled {
     Done,
     /// Nothing to do (the stream had moved on, e.g. a capsule cancelled since): drop it.
     Nothing,
+}
+
+/// The longest wait between two tries of a failing item.
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(3600);
+
+/// How long to wait before trying again an item `overdue` by this much whose action
+/// failed: as long as it has been overdue, at least `hold`, at most [`MAX_RETRY_WAIT`].
+pub fn retry_after(overdue: chrono::Duration, hold: Duration) -> Duration {
+    overdue
+        .to_std()
+        .unwrap_or(Duration::ZERO)
+        .clamp(hold.min(MAX_RETRY_WAIT), MAX_RETRY_WAIT)
 }
 
 /// Carries out a due item: maps its `action` to a command and issues it. Must be
@@ -121,13 +136,20 @@ impl Sleeper {
                 }
             }
             Err(error) => {
+                let now = (self.clock)();
+                let wait = retry_after(now - item.due_at, self.hold);
+                let at = chrono::Duration::from_std(wait).map_or(now, |wait| now + wait);
                 tracing::warn!(
                     key = %item.key,
                     action = %item.action,
                     %error,
-                    retry_in = ?self.hold,
-                    "due item failed; it is tried again when its claim runs out"
+                    retry_in = ?wait,
+                    "due item failed; it is tried again later"
                 );
+                if let Err(error) = self.due.retry_due(item, at).await {
+                    // The claim runs out all the same: it is tried again sooner.
+                    tracing::warn!(key = %item.key, %error, "could not put a due item off");
+                }
             }
         }
     }
@@ -145,5 +167,21 @@ impl Sleeper {
                 Duration::from_secs(1)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_double_up_to_an_hour() {
+        let hold = Duration::from_secs(60);
+        let wait = |minutes| retry_after(chrono::Duration::minutes(minutes), hold);
+        assert_eq!(wait(0), hold);
+        assert_eq!(wait(-5), hold, "not yet due (a clock step back)");
+        assert_eq!(wait(2), Duration::from_secs(120));
+        assert_eq!(wait(16), Duration::from_secs(960));
+        assert_eq!(wait(600), MAX_RETRY_WAIT);
     }
 }

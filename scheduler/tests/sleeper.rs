@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 /// Records when each item ran. Items whose key starts with `fail` fail on their first
-/// try; `noop` items have nothing to do; the rest are done by an append that drops them,
+/// try, `broken` ones always; `noop` items have nothing to do; the rest are done by an append that drops them,
 /// as a real command's would.
 struct Recorder {
     store: Arc<dyn Store>,
@@ -30,7 +30,7 @@ impl DueAction for Recorder {
             entry.push(Utc::now());
             entry.len()
         };
-        if item.key.starts_with("fail") && tries == 1 {
+        if (item.key.starts_with("fail") && tries == 1) || item.key.starts_with("broken") {
             return Err("not yet".into());
         }
         if item.key.starts_with("noop") {
@@ -171,6 +171,30 @@ async fn a_failed_item_is_tried_again(store: Arc<dyn Store>) {
     drained(&*store).await;
 }
 
+/// An item that keeps failing is tried again after as long as it has been overdue (the
+/// waits double), not every claim period.
+async fn a_failing_item_is_put_off(store: Arc<dyn Store>) {
+    let overdue = chrono::Duration::minutes(10);
+    schedule(&*store, "broken", Utc::now() - overdue).await;
+    let (recorder, _stop) = start(&store, 1, Duration::from_millis(300));
+    eventually("a first try", || recorder.runs_of("broken").len() == 1).await;
+    let tried = recorder.runs_of("broken")[0];
+    for _ in 0..400 {
+        // Until then, the claim of the first try still shows (300 ms on).
+        if let Some(next) = store.next_due().await.unwrap()
+            && next > tried + chrono::Duration::seconds(60)
+        {
+            assert!(
+                next >= tried + overdue - chrono::Duration::seconds(5),
+                "put off until {next}"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the failed item was not put off");
+}
+
 /// Wait (bounded) until the due index is empty: the last action's drop can land just
 /// after its run was recorded.
 async fn drained(store: &dyn Store) {
@@ -207,5 +231,6 @@ macro_rules! on_both_stores {
 on_both_stores!(
     woken_by_an_earlier_item,
     catches_up_once_with_several_sleepers,
-    a_failed_item_is_tried_again
+    a_failed_item_is_tried_again,
+    a_failing_item_is_put_off
 );

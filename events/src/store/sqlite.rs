@@ -386,6 +386,16 @@ impl DueIndex for SqliteStore {
         Ok(())
     }
 
+    async fn retry_due(&self, item: &DueItem, at: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE due_items SET claimed_until = ?3 WHERE key = ?1 AND due_at = ?2")
+            .bind(&item.key)
+            .bind(millis(item.due_at))
+            .bind(millis(at))
+            .execute(&self.work)
+            .await?;
+        Ok(())
+    }
+
     fn due_changed(&self) -> watch::Receiver<u64> {
         self.signals.due.subscribe()
     }
