@@ -653,6 +653,17 @@ pub async fn a_retried_submission_writes_one_capsule(backend: Backend) {
             .unwrap();
         assert_eq!(answer.status(), 200);
     }
+    // A retry after the send time is still the capsule written before, not a refusal.
+    *app.now.lock().unwrap() = Some(chrono::Utc::now() + chrono::Duration::hours(3));
+    let late = post("/api/submit/text", "retry-2", chronoria.clone())
+        .await
+        .unwrap();
+    assert_eq!(late.status(), 200);
+    let late = post("/capsules", "retry-1", scripted("once"))
+        .await
+        .unwrap();
+    assert_eq!(late.status(), 202);
+    *app.now.lock().unwrap() = None;
     let reused = post("/capsules", "retry-1", scripted("another"))
         .await
         .unwrap();

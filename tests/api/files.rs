@@ -489,10 +489,10 @@ async fn uploads_are_refused_by_length_and_by_idleness() {
     )
     .await;
     assert!(stalled.starts_with("HTTP/1.1 408"), "{stalled}");
-    // Part headers that never end are refused once they pass 1 MiB, not buffered on.
+    // Part headers that never end are refused once they pass 4 MiB, not buffered on.
     let endless = format!(
         "--XyZ\r\nContent-Disposition: form-data; name=\"{}",
-        "x".repeat(3 * 1024 * 1024 / 2)
+        "x".repeat(9 * 1024 * 1024 / 2)
     );
     let endless = ask(endless.len() as u64, endless).await;
     assert!(

@@ -259,9 +259,14 @@ async fn submit_text(
         async {
             let key = super::idempotency_key(&headers)?;
             let body = body.map_err(|_| Refusal::InvalidText)?;
-            let submission = parse_submission(&capsules, &json_fields(&body)?, None)?;
-            let client = client.map(|Extension(ClientIp(ip))| ip);
             let id = capsules.new_id(key.as_deref());
+            let first = capsules.written_before(id, key.as_deref()).await?;
+            let fields = json_fields(&body)?;
+            let submission = parse_submission(&capsules, &fields, None, first.is_none())?;
+            if let Some(first) = first {
+                return Capsules::repeat(&first, &submission).map(|_| ());
+            }
+            let client = client.map(|Extension(ClientIp(ip))| ip);
             capsules.submit_as(id, submission, client).await.map(|_| ())
         }
         .await,
@@ -287,11 +292,13 @@ fn json_fields(body: &[u8]) -> Result<HashMap<String, String>, CapsuleError> {
 }
 
 /// A submission from its fields (lower-cased names), checked in Chronoria's order:
-/// emails, names, time, text.
+/// emails, names, time (unless `new` is false: a retry of a capsule written before, whose
+/// time may have come since), text.
 pub(super) fn parse_submission(
     capsules: &Capsules,
     fields: &HashMap<String, String>,
     attachment: Option<capsule::Attachment>,
+    new: bool,
 ) -> Result<Submission, CapsuleError> {
     let text_of = |name: &str| fields.get(name).map_or("", String::as_str);
     let sender_email = EmailAddress::parse(text_of("senderemail"))?;
@@ -303,7 +310,9 @@ pub(super) fn parse_submission(
         .parse()
         .map_err(|_| Refusal::InvalidFutureTime)?;
     let send_at = DateTime::from_timestamp_millis(send_ms).ok_or(Refusal::InvalidFutureTime)?;
-    capsules.check_send_time(send_at)?;
+    if new {
+        capsules.check_send_time(send_at)?;
+    }
     let text = text_of("text").to_owned();
     capsule::validate_text(&text, attachment.is_some())?;
     Ok(Submission {

@@ -96,7 +96,7 @@ impl Files {
     /// reads it back) and by the upload, so a retried submission never writes over the
     /// first one's file.
     fn new_blob(capsule_id: Uuid) -> String {
-        format!("capsules/{capsule_id}.{:08x}", rand::random::<u32>())
+        format!("capsules/{capsule_id}.{:032x}", rand::random::<u128>())
     }
 
     /// The capsule id a submission with Idempotency-Key `key` gets: the same for every

@@ -192,6 +192,39 @@ impl Capsules {
         idempotency_key.map_or_else(new_capsule_id, |key| self.files.keyed_id(key))
     }
 
+    /// The capsule a submission sent with Idempotency-Key `key` (under the id
+    /// [`Capsules::new_id`] gave) names, if it was written before: the submission is a
+    /// retry, answered by [`Capsules::repeat`] without the checks a new one goes through
+    /// (the send time may have passed since, the sender been blocked, the limit reached).
+    pub async fn written_before(
+        &self,
+        capsule_id: Uuid,
+        key: Option<&str>,
+    ) -> Result<Option<CapsuleSubmitted>, CapsuleError> {
+        if key.is_none() {
+            return Ok(None);
+        }
+        Ok(self.load(capsule_id).await?.map(|state| state.submitted))
+    }
+
+    /// The answer to a retry of `first`: `Ok(false)` (nothing written) for the same
+    /// capsule, [`CapsuleError::KeyReused`] for another.
+    pub fn repeat(first: &CapsuleSubmitted, again: &Submission) -> Result<bool, CapsuleError> {
+        let again = CapsuleSubmitted {
+            capsule_id: first.capsule_id,
+            sender: again.sender.clone(),
+            recipient: again.recipient.clone(),
+            send_at: again.send_at,
+            text: again.text.clone(),
+            attachment: again.attachment.clone(),
+        };
+        if same_capsule(first, &again) {
+            Ok(false)
+        } else {
+            Err(CapsuleError::KeyReused)
+        }
+    }
+
     /// As [`Capsules::submit`], under an id from [`Capsules::new_id`]. If that capsule was
     /// written already (a retry with the same Idempotency-Key), the same submission
     /// succeeds again without writing anything, and a different one is

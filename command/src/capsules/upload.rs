@@ -22,7 +22,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use cairn_events::domain::capsule::{Attachment, MAX_FILE_BYTES, Refusal, TextLocation};
+use cairn_events::domain::capsule::{
+    Attachment, CapsuleSubmitted, MAX_FILE_BYTES, Refusal, TextLocation,
+};
 use futures_util::StreamExt;
 use multer::{Field, Multipart};
 
@@ -47,8 +49,10 @@ const FIELDS: [&str; 9] = [
     "formfile",
 ];
 /// Most bytes the parser may pull while it looks for the next part's headers: a header
-/// that never ends would otherwise be buffered (and rescanned) to the body limit.
-const HEADER_BYTES: u64 = 1024 * 1024;
+/// that never ends would otherwise be buffered (and rescanned) to the body limit. The
+/// parser also pulls whatever body is already there, up to an HTTP/2 window (1 MiB by
+/// default): hence the margin.
+const HEADER_BYTES: u64 = 4 * 1024 * 1024;
 /// Uploads at once, in all and from one client address.
 const UPLOADS: usize = 32;
 const UPLOADS_PER_CLIENT: usize = 4;
@@ -152,7 +156,7 @@ pub fn router(state: UploadState) -> Router {
 /// Why an upload stopped.
 enum Stop {
     Refused(CapsuleError),
-    /// The client stopped sending.
+    /// The client stopped sending, or sends too slowly.
     Idle,
 }
 
@@ -176,18 +180,41 @@ impl From<multer::Error> for Stop {
     }
 }
 
-/// What the body stream lets through: the whole body up to the limit, and, while the
-/// parser looks for a part's headers, at most [`HEADER_BYTES`].
-#[derive(Default)]
+/// After this long, an upload must have averaged [`MIN_BYTES_PER_SECOND`]: a client
+/// trickling bytes just inside the idle timeout would otherwise hold its place forever.
+const RATE_GRACE: Duration = Duration::from_secs(60);
+const MIN_BYTES_PER_SECOND: u64 = 16 * 1024;
+
+/// What the body stream lets through: the whole body up to the limit, at a least
+/// average rate, and, while the parser looks for a part's headers, at most
+/// [`HEADER_BYTES`].
 struct Budget {
+    started: std::time::Instant,
     total: AtomicU64,
     in_headers: AtomicBool,
     since_headers: AtomicU64,
+    /// Whether the body was cut off for coming too slowly.
+    too_slow: AtomicBool,
 }
 
 impl Budget {
+    fn new() -> Self {
+        Budget {
+            started: std::time::Instant::now(),
+            total: AtomicU64::new(0),
+            in_headers: AtomicBool::new(false),
+            since_headers: AtomicU64::new(0),
+            too_slow: AtomicBool::new(false),
+        }
+    }
+
     fn take(&self, bytes: u64) -> Result<(), std::io::Error> {
         let total = self.total.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let elapsed = self.started.elapsed();
+        if elapsed > RATE_GRACE && total < MIN_BYTES_PER_SECOND * elapsed.as_secs() {
+            self.too_slow.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::other("the body comes too slowly"));
+        }
         let in_headers = self.in_headers.load(Ordering::Relaxed);
         let since = self.since_headers.fetch_add(bytes, Ordering::Relaxed) + bytes;
         if total > MAX_FILE_BYTES + FORM_ALLOWANCE || (in_headers && since > HEADER_BYTES) {
@@ -224,7 +251,7 @@ async fn next_field(
     responses(
         (status = 200, description = "Submitted; it waits for the sender's confirmation (24 hours)"),
         (status = 400, description = "`INVALID_EMAIL`, `INVALID_NAME`, `INVALID_FUTURE_TIME`, `INVALID_TEXT`, `INVALID_TEXT_LOC`, `INVALID_FILE`, `INVALID_IDEMPOTENCY_KEY` or `BLOCKED_SENDER_EMAIL`", body = String, content_type = "text/plain"),
-        (status = 408, description = "`REQUEST_TIMEOUT`: the body stopped arriving", body = String, content_type = "text/plain"),
+        (status = 408, description = "`REQUEST_TIMEOUT`: the body stopped arriving, or came slower than 16 KiB/s on average after the first minute", body = String, content_type = "text/plain"),
         (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: the body must be `multipart/form-data`", body = String, content_type = "text/plain"),
         (status = 422, description = "`IDEMPOTENCY_KEY_REUSED`: the key was sent before with another capsule", body = String, content_type = "text/plain"),
         (status = 429, description = "`TOO_MANY_REQUESTS`: too many submissions, or uploads at once, from this address or sender; see `Retry-After`", body = String, content_type = "text/plain"),
@@ -241,7 +268,9 @@ async fn submit_file(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| multer::parse_boundary(v).ok());
     let Some(boundary) = boundary else {
-        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE").into_response();
+        return early(
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE").into_response(),
+        );
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -253,14 +282,22 @@ async fn submit_file(
     let capsules = &state.capsules;
     let key = match super::idempotency_key(&headers) {
         Ok(key) => key,
-        Err(error) => return Answer(Err(error)).into_response(),
+        Err(error) => return early(Answer(Err(error)).into_response()),
     };
-    // A client over its submission limit is told before it sends 200 MB.
+    let capsule_id = capsules.new_id(key.as_deref());
+    let first = match capsules.written_before(capsule_id, key.as_deref()).await {
+        Ok(first) => first,
+        Err(error) => return early(Answer(Err(error)).into_response()),
+    };
+    // A client over its submission limit is told before it sends 200 MB (a retry of a
+    // capsule written before is answered as the first was).
     let client = client.map(|Extension(ClientIp(ip))| ip);
     let client_key = client.map(limits::client_key).unwrap_or_default();
     let now = std::time::Instant::now();
-    if let Some(wait) = capsules.limits.per_client.check(&client_key, now) {
-        return Answer(Err(CapsuleError::RateLimited(wait))).into_response();
+    if let Some(wait) = capsules.limits.per_client.check(&client_key, now)
+        && first.is_none()
+    {
+        return early(Answer(Err(CapsuleError::RateLimited(wait))).into_response());
     }
     let _slot = match state.uploads.slot(&client_key) {
         Ok(slot) => slot,
@@ -269,11 +306,11 @@ async fn submit_file(
                 Busy::Client => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS"),
                 Busy::Server => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
             };
-            return (status, [(header::RETRY_AFTER, "5")], code).into_response();
+            return early((status, [(header::RETRY_AFTER, "5")], code).into_response());
         }
     };
 
-    let budget = Arc::new(Budget::default());
+    let budget = Arc::new(Budget::new());
     let counted = budget.clone();
     let stream = body.into_data_stream().map(move |chunk| {
         let chunk = chunk.map_err(std::io::Error::other)?;
@@ -281,7 +318,6 @@ async fn submit_file(
         Ok::<Bytes, std::io::Error>(chunk)
     });
     let mut multipart = Multipart::new(stream, boundary);
-    let capsule_id = capsules.new_id(key.as_deref());
     let mut file: Option<(Upload, Option<String>)> = None;
     let mut fields = HashMap::new();
     let mut form_bytes = 0;
@@ -314,6 +350,11 @@ async fn submit_file(
         if let Some((upload, _)) = file.take() {
             upload.abort().await;
         }
+        let stop = if budget.too_slow.load(Ordering::Relaxed) {
+            Stop::Idle
+        } else {
+            stop
+        };
         return match stop {
             Stop::Refused(error) => {
                 drain(&mut multipart, &budget).await;
@@ -322,7 +363,7 @@ async fn submit_file(
             Stop::Idle => (StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT").into_response(),
         };
     }
-    let outcome = submit(capsules, capsule_id, fields, file, client).await;
+    let outcome = submit(capsules, capsule_id, first, fields, file, client).await;
     Answer(outcome).into_response()
 }
 
@@ -330,12 +371,14 @@ async fn submit_file(
 async fn submit(
     capsules: &Capsules,
     capsule_id: uuid::Uuid,
+    first: Option<CapsuleSubmitted>,
     fields: HashMap<String, String>,
     file: Option<(Upload, Option<String>)>,
     client: Option<std::net::IpAddr>,
 ) -> Result<(), CapsuleError> {
     // Chronoria's order: the text's fields, then where the text goes, then the file.
-    let checked = parse_submission(capsules, &fields, Some(placeholder())).and_then(|s| {
+    let new = first.is_none();
+    let checked = parse_submission(capsules, &fields, Some(placeholder()), new).and_then(|s| {
         let location = fields.get("textlocation").map_or("", String::as_str);
         Ok((s, TextLocation::parse(location)?))
     });
@@ -348,9 +391,13 @@ async fn submit(
             return Err(e);
         }
     };
-    let Some((upload, part_name)) = file.filter(|(upload, _)| upload.bytes() > 0) else {
+    let Some((upload, part_name)) = file else {
         return Err(Refusal::InvalidFile.into());
     };
+    if upload.bytes() == 0 {
+        upload.abort().await;
+        return Err(Refusal::InvalidFile.into());
+    }
     let named = fields
         .get("filename")
         .filter(|n| !n.trim().is_empty())
@@ -364,7 +411,10 @@ async fn submit(
         bytes,
         text_location,
     });
-    let submitted = capsules.submit_as(capsule_id, submission, client).await;
+    let submitted = match &first {
+        Some(first) => Capsules::repeat(first, &submission),
+        None => capsules.submit_as(capsule_id, submission, client).await,
+    };
     // Refused, or a retry of a capsule written before (which keeps its own file). After a
     // store failure the capsule may have been written all the same: the sweep decides.
     let unkept = match &submitted {
@@ -471,15 +521,20 @@ async fn idle<T>(
         .map_err(|_| Stop::Idle)
 }
 
+/// An answer given before the body is read, with the connection closed after it: the
+/// client stops sending rather than the server dropping what it sends.
+fn early(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
+}
+
 /// A refusal decided before reading the body. The connection is closed after it, so the
 /// client stops sending rather than the server reading (and dropping) 200 MB.
 fn refuse_unread(refusal: Refusal) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        [(header::CONNECTION, "close")],
-        refusal.code(),
-    )
-        .into_response()
+    early((StatusCode::BAD_REQUEST, refusal.code()).into_response())
 }
 
 #[cfg(test)]
@@ -514,7 +569,7 @@ mod tests {
 
     #[test]
     fn the_header_budget_applies_while_looking_for_a_part() {
-        let budget = Budget::default();
+        let budget = Budget::new();
         budget.headers(true);
         assert!(budget.take(HEADER_BYTES).is_ok());
         assert!(budget.take(1).is_err(), "a header that never ends");
