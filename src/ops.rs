@@ -40,8 +40,8 @@ pub async fn time_limit(State(limit): State<Duration>, request: Request, next: N
         Err(_) => {
             let body = json!({
                 "error": "the request took too long; a write may still have been applied: \
-                          check before retrying (POST /message retries safely with the same \
-                          Idempotency-Key)",
+                          check before retrying (POST /message and capsule submissions retry \
+                          safely with the same Idempotency-Key)",
                 "code": "timeout",
             });
             (

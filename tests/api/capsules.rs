@@ -700,11 +700,11 @@ pub async fn a_retried_submission_writes_one_capsule(backend: Backend) {
         .filter(|e| e.event_type == "capsule.submitted")
         .count();
     assert_eq!(written, 2, "one capsule per key");
-    let emails = app
+    let capsule_events = app
         .events
         .read_all(0, 1000, &["capsule"])
         .await
         .unwrap()
         .len();
-    assert_eq!(emails, 2, "and nothing else written");
+    assert_eq!(capsule_events, 2, "and nothing else written");
 }

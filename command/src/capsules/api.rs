@@ -267,10 +267,10 @@ async fn submit(
             attachment: None,
         };
         let id = capsules.new_id(key.as_deref());
-        match capsules.written_before(id, key.as_deref()).await? {
-            Some(first) => Capsules::repeat(&first, &submission),
-            None => capsules.submit_as(id, submission, client).await,
-        }
+        let first = capsules.written_before(id, key.as_deref()).await?;
+        capsules
+            .submit_as(id, first.as_ref(), submission, client)
+            .await
     }
     .await;
     match outcome {

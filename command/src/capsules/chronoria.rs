@@ -212,13 +212,11 @@ async fn download_link(
             .await?
             .ok_or(CapsuleError::NotCancellable)?;
         let recipient = params.get("recipientemail").map_or("", String::as_str);
-        let matches = EmailAddress::parse(recipient)
-            .is_ok_and(|e| e.key() == state.submitted.recipient.email.key());
         let delivered_or_due = matches!(state.status, Status::Active | Status::Released);
-        if !matches || !delivered_or_due {
+        if !state.is_recipient(recipient) || !delivered_or_due {
             return Err(CapsuleError::NotCancellable);
         }
-        capsules.download_link(&state)
+        capsules.download_link(&state).map(|link| link.url)
     }
     .await;
     match outcome {
@@ -263,11 +261,9 @@ async fn submit_text(
             let first = capsules.written_before(id, key.as_deref()).await?;
             let fields = json_fields(&body)?;
             let submission = parse_submission(&capsules, &fields, None, first.is_none())?;
-            if let Some(first) = first {
-                return Capsules::repeat(&first, &submission).map(|_| ());
-            }
             let client = client.map(|Extension(ClientIp(ip))| ip);
-            capsules.submit_as(id, submission, client).await.map(|_| ())
+            let submitted = capsules.submit_as(id, first.as_ref(), submission, client);
+            submitted.await.map(|_| ())
         }
         .await,
     )

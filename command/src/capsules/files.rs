@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use cairn_events::domain::capsule::{self, Attachment, CapsuleState, LinkKeyCreated, Status};
+use cairn_events::domain::capsule::{self, Attachment, CapsuleState, LinkKeyCreated};
 use cairn_events::{AppendRequest, DomainEvent, EventStore, ExpectedVersion, NewEvent, StoreError};
 use chrono::{DateTime, Duration, Utc};
 use futures_util::StreamExt;
@@ -209,16 +209,18 @@ impl Files {
         state: &CapsuleState,
         attachment: &Attachment,
         now: DateTime<Utc>,
-    ) -> String {
+    ) -> Link {
         let capsule_id = state.submitted.capsule_id;
-        let expires = (now + self.link_ttl).timestamp();
+        let until = now + self.link_ttl;
+        let expires = until.timestamp();
         let signature =
             URL_SAFE_NO_PAD.encode(self.mac(capsule_id, expires).finalize().into_bytes());
-        format!(
+        let url = format!(
             "{}/capsules/{capsule_id}/file/{}?expires={expires}&signature={signature}",
             public_url.trim_end_matches('/'),
             utf8_percent_encode(&attachment.file_name, PATH_SEGMENT),
-        )
+        );
+        Link { url, until }
     }
 
     /// Whether `signature` signs `capsule_id` until `expires`.
@@ -227,6 +229,13 @@ impl Files {
             .decode(signature)
             .is_ok_and(|sig| self.mac(capsule_id, expires).verify_slice(&sig).is_ok())
     }
+}
+
+/// A signed download link and when it stops working.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub url: String,
+    pub until: DateTime<Utc>,
 }
 
 /// A file being written to blob storage. Dropped unfinished (a refused or abandoned
@@ -271,26 +280,25 @@ impl Upload {
 
     /// Give the file up, deleting what was written.
     pub async fn abort(mut self) {
-        if let Some(writer) = self.writer.take()
-            && let Err(error) = writer.abort().await
-        {
-            tracing::warn!(%error, blob = %self.blob, "an abandoned upload could not be aborted");
+        if let Some(writer) = self.writer.take() {
+            abort_writer(writer, std::mem::take(&mut self.blob)).await;
         }
     }
 }
 
 impl Drop for Upload {
     fn drop(&mut self) {
-        if let Some(writer) = self.writer.take() {
-            let blob = std::mem::take(&mut self.blob);
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    if let Err(error) = writer.abort().await {
-                        tracing::warn!(%error, %blob, "an abandoned upload could not be aborted");
-                    }
-                });
-            }
+        if let Some(writer) = self.writer.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(abort_writer(writer, std::mem::take(&mut self.blob)));
         }
+    }
+}
+
+async fn abort_writer(writer: WriteMultipart, blob: String) {
+    if let Err(error) = writer.abort().await {
+        tracing::warn!(%error, %blob, "an abandoned upload could not be aborted");
     }
 }
 
@@ -530,8 +538,7 @@ async fn download(
             return refuse(StatusCode::SERVICE_UNAVAILABLE, "Try again in a moment.");
         }
     };
-    let available = matches!(state.status, Status::Active | Status::Released);
-    let Some(attachment) = state.kept_file().filter(|_| available) else {
+    let Some(attachment) = state.downloadable_file() else {
         return refuse(StatusCode::GONE, "This file is no longer kept.");
     };
     let range = match headers

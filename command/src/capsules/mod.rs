@@ -182,7 +182,7 @@ impl Capsules {
         client: Option<std::net::IpAddr>,
     ) -> Result<Uuid, CapsuleError> {
         let capsule_id = self.new_id(None);
-        self.submit_as(capsule_id, submission, client).await?;
+        self.submit_as(capsule_id, None, submission, client).await?;
         Ok(capsule_id)
     }
 
@@ -194,8 +194,7 @@ impl Capsules {
 
     /// The capsule a submission sent with Idempotency-Key `key` (under the id
     /// [`Capsules::new_id`] gave) names, if it was written before: the submission is a
-    /// retry, answered by [`Capsules::repeat`] without the checks a new one goes through
-    /// (the send time may have passed since, the sender been blocked, the limit reached).
+    /// retry, for [`Capsules::submit_as`] to answer.
     pub async fn written_before(
         &self,
         capsule_id: Uuid,
@@ -207,41 +206,37 @@ impl Capsules {
         Ok(self.load(capsule_id).await?.map(|state| state.submitted))
     }
 
-    /// The answer to a retry of `first`: `Ok(false)` (nothing written) for the same
-    /// capsule, [`CapsuleError::KeyReused`] for another.
-    pub fn repeat(first: &CapsuleSubmitted, again: &Submission) -> Result<bool, CapsuleError> {
-        let again = CapsuleSubmitted {
-            capsule_id: first.capsule_id,
-            sender: again.sender.clone(),
-            recipient: again.recipient.clone(),
-            send_at: again.send_at,
-            text: again.text.clone(),
-            attachment: again.attachment.clone(),
-        };
-        if same_capsule(first, &again) {
-            Ok(false)
-        } else {
-            Err(CapsuleError::KeyReused)
-        }
-    }
-
-    /// As [`Capsules::submit`], under an id from [`Capsules::new_id`]. If that capsule was
-    /// written already (a retry with the same Idempotency-Key), the same submission
-    /// succeeds again without writing anything, and a different one is
+    /// As [`Capsules::submit`], under an id from [`Capsules::new_id`]. A retry (`first`,
+    /// from [`Capsules::written_before`], or a concurrent one the append finds) of the
+    /// same capsule succeeds again without writing anything and without the checks a new
+    /// submission goes through (its send time may have passed since, the sender been
+    /// blocked, the limit reached); another capsule under the key is
     /// [`CapsuleError::KeyReused`]. `true` when this call wrote the capsule.
     pub async fn submit_as(
         &self,
         capsule_id: Uuid,
+        first: Option<&CapsuleSubmitted>,
         submission: Submission,
         client: Option<std::net::IpAddr>,
     ) -> Result<bool, CapsuleError> {
-        if self.is_blocked(&submission.sender.email).await? {
+        let submitted = CapsuleSubmitted {
+            capsule_id,
+            sender: submission.sender,
+            recipient: submission.recipient,
+            send_at: submission.send_at,
+            text: submission.text,
+            attachment: submission.attachment,
+        };
+        if let Some(first) = first {
+            return repeat(first, &submitted);
+        }
+        if self.is_blocked(&submitted.sender.email).await? {
             return Err(CapsuleError::BlockedSender);
         }
-        self.check_send_time(submission.send_at)?;
-        capsule::validate_text(&submission.text, submission.attachment.is_some())?;
+        self.check_send_time(submitted.send_at)?;
+        capsule::validate_text(&submitted.text, submitted.attachment.is_some())?;
         let client = client.map(limits::client_key).unwrap_or_default();
-        let sender = submission.sender.email.sender_key();
+        let sender = submitted.sender.email.sender_key();
         limits::admit(
             &[
                 (&self.limits.per_client, client.as_str()),
@@ -251,14 +246,6 @@ impl Capsules {
         )
         .map_err(CapsuleError::RateLimited)?;
         let now = self.now();
-        let submitted = CapsuleSubmitted {
-            capsule_id,
-            sender: submission.sender,
-            recipient: submission.recipient,
-            send_at: submission.send_at,
-            text: submission.text,
-            attachment: submission.attachment,
-        };
         let state = CapsuleState {
             submitted: submitted.clone(),
             submitted_at: now,
@@ -285,11 +272,7 @@ impl Capsules {
                     .load(capsule_id)
                     .await?
                     .ok_or(CapsuleError::KeyReused)?;
-                if same_capsule(&first.submitted, &state.submitted) {
-                    Ok(false)
-                } else {
-                    Err(CapsuleError::KeyReused)
-                }
+                repeat(&first.submitted, &state.submitted)
             }
             Err(e) => Err(e.into()),
         }
@@ -326,11 +309,9 @@ impl Capsules {
         capsule_id: Uuid,
         recipient_email: &str,
     ) -> Result<(), CapsuleError> {
-        let given =
-            EmailAddress::parse(recipient_email).map_err(|_| CapsuleError::NotCancellable)?;
         self.decide(capsule_id, |state, now| {
             let open = matches!(state.status, Status::Pending | Status::Active);
-            if !open || state.submitted.recipient.email.key() != given.key() {
+            if !open || !state.is_recipient(recipient_email) {
                 return Err(CapsuleError::NotCancellable);
             }
             Ok(Decision {
@@ -469,17 +450,12 @@ impl Capsules {
     }
 
     /// A fresh download link for the file of the capsule in `state`, if it may be
-    /// downloaded: confirmed or delivered, and still kept.
-    pub fn download_link(&self, state: &CapsuleState) -> Result<String, CapsuleError> {
-        let available = matches!(state.status, Status::Active | Status::Released);
-        match state.kept_file() {
-            Some(file) if available => {
-                Ok(self
-                    .files
-                    .link(&self.links().public_url, state, file, self.now()))
-            }
-            _ => Err(CapsuleError::NoFile),
-        }
+    /// downloaded ([`CapsuleState::downloadable_file`]).
+    pub fn download_link(&self, state: &CapsuleState) -> Result<files::Link, CapsuleError> {
+        let file = state.downloadable_file().ok_or(CapsuleError::NoFile)?;
+        Ok(self
+            .files
+            .link(&self.links().public_url, state, file, self.now()))
     }
 
     /// The capsule as its events tell it.
@@ -570,17 +546,24 @@ impl Capsules {
 
 /// Whether a retried submission asks for the capsule `first` was: the same people, time,
 /// text and file (the file's storage aside, which each upload has its own of).
-fn same_capsule(first: &CapsuleSubmitted, again: &CapsuleSubmitted) -> bool {
+/// The answer to a retry: `Ok(false)` (nothing written) for the same capsule,
+/// [`CapsuleError::KeyReused`] for another.
+fn repeat(first: &CapsuleSubmitted, again: &CapsuleSubmitted) -> Result<bool, CapsuleError> {
     let file = |s: &CapsuleSubmitted| {
         s.attachment
             .as_ref()
             .map(|a| (a.file_name.clone(), a.bytes, a.text_location))
     };
-    first.sender == again.sender
+    let same = first.sender == again.sender
         && first.recipient == again.recipient
         && first.send_at == again.send_at
         && first.text == again.text
-        && file(first) == file(again)
+        && file(first) == file(again);
+    if same {
+        Ok(false)
+    } else {
+        Err(CapsuleError::KeyReused)
+    }
 }
 
 /// An `Idempotency-Key` header: 1-255 visible ASCII characters, if given.

@@ -302,7 +302,7 @@ fn file_words(state: &CapsuleState) -> Result<(), &'static str> {
         return Err("This capsule has no file attached.");
     }
     match state.status {
-        Status::Active | Status::Released if state.kept_file().is_some() => Ok(()),
+        _ if state.downloadable_file().is_some() => Ok(()),
         Status::Active | Status::Released => {
             Err("This file is no longer kept: files are deleted some time after delivery.")
         }
@@ -393,9 +393,7 @@ async fn download(
         );
     }
     let given = form.map(|Form(f)| f.recipient_email).unwrap_or_default();
-    let recipient = capsule::EmailAddress::parse(&given)
-        .is_ok_and(|e| e.key() == state.submitted.recipient.email.key());
-    if !recipient {
+    if !state.is_recipient(&given) {
         return pages.render(
             StatusCode::BAD_REQUEST,
             "download.html",
@@ -411,8 +409,8 @@ async fn download(
             StatusCode::OK,
             "download.html",
             context! {
-                link,
-                link_until => long_date(pages.capsules.now() + pages.capsules.files.link_ttl),
+                link => link.url,
+                link_until => long_date(link.until),
                 ..describe_file(&state)
             },
         ),

@@ -411,10 +411,9 @@ async fn submit(
         bytes,
         text_location,
     });
-    let submitted = match &first {
-        Some(first) => Capsules::repeat(first, &submission),
-        None => capsules.submit_as(capsule_id, submission, client).await,
-    };
+    let submitted = capsules
+        .submit_as(capsule_id, first.as_ref(), submission, client)
+        .await;
     // Refused, or a retry of a capsule written before (which keeps its own file). After a
     // store failure the capsule may have been written all the same: the sweep decides.
     let unkept = match &submitted {

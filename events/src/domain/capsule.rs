@@ -436,6 +436,18 @@ impl CapsuleState {
             .as_ref()
             .filter(|_| !self.file_purged)
     }
+
+    /// The file its recipient may download now: the capsule is confirmed or delivered,
+    /// and the file still kept.
+    pub fn downloadable_file(&self) -> Option<&Attachment> {
+        self.kept_file()
+            .filter(|_| matches!(self.status, Status::Active | Status::Released))
+    }
+
+    /// Whether `given` is the recipient's address (compared case-insensitively).
+    pub fn is_recipient(&self, given: &str) -> bool {
+        EmailAddress::parse(given).is_ok_and(|e| e.key() == self.submitted.recipient.email.key())
+    }
 }
 
 #[cfg(test)]
