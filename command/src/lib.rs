@@ -31,6 +31,20 @@ pub struct ClientIp(pub std::net::IpAddr);
 pub use error::ApiError;
 pub use messages::CommandApi;
 
+/// The `Idempotency-Key` header of a write, if sent: `Err(())` unless it is 1-255
+/// visible ASCII characters. Each route answers a bad one in its own conventions.
+pub(crate) fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ()> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.chars().all(|c| c.is_ascii_graphic()))
+        .map(|k| Some(k.to_owned()))
+        .ok_or(())
+}
+
 /// What the command routes need.
 #[derive(Clone)]
 pub struct CommandState {

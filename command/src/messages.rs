@@ -82,20 +82,12 @@ struct CommandError {
 pub struct CommandApi;
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let key = value
-        .to_str()
-        .ok()
-        .filter(|k| !k.is_empty() && k.len() <= 255 && k.chars().all(|c| c.is_ascii_graphic()))
-        .ok_or_else(|| {
-            ApiError::bad(
-                "invalid_idempotency_key",
-                "Idempotency-Key must be 1-255 visible ASCII characters",
-            )
-        })?;
-    Ok(Some(key.to_owned()))
+    crate::idempotency_key(headers).map_err(|()| {
+        ApiError::bad(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1-255 visible ASCII characters",
+        )
+    })
 }
 
 fn created(id: Ulid) -> Response {

@@ -568,15 +568,7 @@ fn repeat(first: &CapsuleSubmitted, again: &CapsuleSubmitted) -> Result<bool, Ca
 
 /// An `Idempotency-Key` header: 1-255 visible ASCII characters, if given.
 pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, CapsuleError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    value
-        .to_str()
-        .ok()
-        .filter(|k| !k.is_empty() && k.len() <= 255 && k.chars().all(|c| c.is_ascii_graphic()))
-        .map(|k| Some(k.to_owned()))
-        .ok_or(CapsuleError::InvalidKey)
+    crate::idempotency_key(headers).map_err(|()| CapsuleError::InvalidKey)
 }
 
 /// For the scheduler: a refusal means the capsule moved on, so there is nothing to do.
