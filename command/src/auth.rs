@@ -23,7 +23,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{ApiError, CommandState};
+use cairn_http::ApiError;
+
+use crate::CommandState;
 
 /// The prefix of tokens Cairn mints, so they are recognisable in logs and secret scanners.
 pub const TOKEN_PREFIX: &str = "cairn_";
@@ -203,17 +205,17 @@ where
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or(ApiError::Unauthorized)?;
+            .ok_or(ApiError::unauthorized())?;
         let (scheme, token) = header
             .trim()
             .split_once(' ')
-            .ok_or(ApiError::Unauthorized)?;
+            .ok_or(ApiError::unauthorized())?;
         if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(ApiError::Unauthorized);
+            return Err(ApiError::unauthorized());
         }
         state
             .tokens
             .authenticate(token.trim(), Utc::now())
-            .ok_or(ApiError::Unauthorized)
+            .ok_or(ApiError::unauthorized())
     }
 }

@@ -7,7 +7,6 @@
 
 pub mod auth;
 pub mod capsules;
-pub mod error;
 pub mod messages;
 pub mod users;
 
@@ -23,27 +22,7 @@ pub use capsules::chronoria::ChronoriaApi;
 pub use capsules::files::FilesApi;
 pub use capsules::pages::PagesApi;
 pub use capsules::upload::{UploadApi, UploadState};
-
-/// The client's address as the binary's client-IP layer resolved it (the peer, or what a
-/// trusted proxy said in `X-Forwarded-For`), in every request's extensions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ClientIp(pub std::net::IpAddr);
-pub use error::ApiError;
 pub use messages::CommandApi;
-
-/// The `Idempotency-Key` header of a write, if sent: `Err(())` unless it is 1-255
-/// visible ASCII characters. Each route answers a bad one in its own conventions.
-pub(crate) fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ()> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    value
-        .to_str()
-        .ok()
-        .filter(|k| !k.is_empty() && k.len() <= 255 && k.chars().all(|c| c.is_ascii_graphic()))
-        .map(|k| Some(k.to_owned()))
-        .ok_or(())
-}
 
 /// What the command routes need.
 #[derive(Clone)]

@@ -9,19 +9,20 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use cairn_events::domain::message::{self, MessagePosted, parse_hashtags, validate_text};
 use cairn_events::{AppendRequest, DomainEvent, ExpectedVersion, Metadata, NewEvent, StoreError};
+use cairn_http::{ApiError, ErrorBody, IdempotencyKey, InvalidIdempotencyKey};
 use serde::{Deserialize, Serialize};
 
 use ulid::Ulid;
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
+use crate::CommandState;
 use crate::auth::AuthUser;
-use crate::{ApiError, CommandState};
 
 /// Message ids from one process increase strictly, even within a millisecond, so "newest
 /// first" and the cursor follow posting order.
@@ -65,30 +66,13 @@ struct CreatedId {
     id: String,
 }
 
-/// An error: a human message and a stable code.
-#[derive(Serialize, ToSchema)]
-#[schema(as = ErrorBody)]
-struct CommandError {
-    error: String,
-    code: String,
-}
-
 /// The OpenAPI description of the write routes.
 #[derive(OpenApi)]
 #[openapi(
     paths(post_message),
-    components(schemas(PostMessage, Created, CreatedId, CommandError))
+    components(schemas(PostMessage, Created, CreatedId, ErrorBody))
 )]
 pub struct CommandApi;
-
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    crate::idempotency_key(headers).map_err(|()| {
-        ApiError::bad(
-            "invalid_idempotency_key",
-            "Idempotency-Key must be 1-255 visible ASCII characters",
-        )
-    })
-}
 
 fn created(id: Ulid) -> Response {
     let mut response = (
@@ -116,36 +100,36 @@ fn created(id: Ulid) -> Response {
     responses(
         (status = 201, description = "Posted; readable at `Location`", body = Created,
             headers(("Location" = String, description = "/message/{id}"))),
-        (status = 400, description = "Bad JSON, text or hashtags", body = CommandError),
-        (status = 401, description = "Missing, unknown, revoked or expired token", body = CommandError),
-        (status = 413, description = "The body is larger than the configured limit", body = CommandError),
-        (status = 422, description = "Idempotency-Key reused for a different message", body = CommandError),
-        (status = 503, description = "The event store is unavailable", body = CommandError),
+        (status = 400, description = "Bad JSON, text or hashtags", body = ErrorBody),
+        (status = 401, description = "Missing, unknown, revoked or expired token", body = ErrorBody),
+        (status = 413, description = "The body is larger than the configured limit", body = ErrorBody),
+        (status = 422, description = "Idempotency-Key reused for a different message", body = ErrorBody),
+        (status = 503, description = "The event store is unavailable", body = ErrorBody),
     )
 )]
 async fn post_message(
     State(state): State<CommandState>,
     user: AuthUser,
-    headers: HeaderMap,
+    key: Result<IdempotencyKey, InvalidIdempotencyKey>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
-        _ => ApiError::bad("invalid_body", e.body_text()),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large("the request body is too large"),
+        _ => ApiError::bad_request("invalid_body", e.body_text()),
     })?;
     let input: PostMessage = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad(
+        ApiError::bad_request(
             "invalid_json",
             format!("the body must be a JSON object: {e}"),
         )
     })?;
     let text = input
         .text
-        .ok_or_else(|| ApiError::bad("invalid_text", "text is required"))?;
-    validate_text(&text).map_err(|e| ApiError::bad("invalid_text", e))?;
+        .ok_or_else(|| ApiError::bad_request("invalid_text", "text is required"))?;
+    validate_text(&text).map_err(|e| ApiError::bad_request("invalid_text", e))?;
     let hashtags = parse_hashtags(&input.hashtags.unwrap_or_default())
-        .map_err(|e| ApiError::bad("invalid_hashtags", e))?;
-    let key = idempotency_key(&headers)?;
+        .map_err(|e| ApiError::bad_request("invalid_hashtags", e))?;
+    let key = key?;
 
     let posted = MessagePosted {
         message_id: next_message_id(),
@@ -184,18 +168,18 @@ async fn post_message(
             }
             Ok(created(posted.message_id))
         }
-        Err(StoreError::Conflict { .. }) if key.is_some() => {
+        Err(StoreError::Conflict { .. }) if key.0.is_some() => {
             // A retry: answer as the first request was answered, if it asked the same.
             let first = state.events.read_stream(&stream).await?;
             let first = first
                 .first()
                 .and_then(|e| MessagePosted::decode(e).ok())
-                .ok_or_else(|| ApiError::Store(StoreError::Corrupt(stream.clone())))?;
+                .ok_or_else(|| ApiError::from(StoreError::Corrupt(stream.clone())))?;
             if first.text != posted.text || first.hashtags != posted.hashtags {
-                return Err(ApiError::Unprocessable {
-                    code: "idempotency_key_reused",
-                    message: "this Idempotency-Key was used for a different message".into(),
-                });
+                return Err(ApiError::unprocessable(
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used for a different message",
+                ));
             }
             Ok(created(first.message_id))
         }

@@ -13,6 +13,7 @@
 //! transaction on SQLite), so a position becomes visible only after all smaller ones.
 #![forbid(unsafe_code)]
 
+mod clock;
 pub mod domain;
 mod envelope;
 mod group_commit;
@@ -28,13 +29,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+pub use clock::Clock;
 pub use envelope::{
     AppendRequest, Appended, DecodeError, DomainEvent, Envelope, ExpectedVersion, Metadata,
     NewEvent, category_of,
 };
 pub use group_commit::AppendStats;
 pub use store::{open, open_postgres, open_sqlite};
-pub use work::{DueIndex, DueItem, Effects, Outbox, OutboxMessage, Outcome, QueuedMessage};
+pub use work::{
+    DueAction, DueIndex, DueItem, Effects, Handled, Outbox, OutboxMessage, Outcome, QueuedMessage,
+};
 
 /// A place in the global log: 1 is the first event ever appended; 0 means "before any".
 pub type Position = i64;

@@ -83,6 +83,24 @@ pub enum Outcome {
 }
 
 /// The due index: what the scheduler sleeps on.
+/// What came of a due item's action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// Done; the append it made dropped the item.
+    Done,
+    /// Nothing to do (the stream had moved on, e.g. a capsule cancelled since): drop it.
+    Nothing,
+}
+
+/// Carries out a due item: maps its `action` to a command and issues it. Each job defines
+/// its own (the capsules' release, expiry and file deletion); the scheduler only runs
+/// them. Must be idempotent: after a crash an item can be handed over again. An `Err` keeps
+/// the item, to be tried again later.
+#[async_trait]
+pub trait DueAction: Send + Sync + 'static {
+    async fn run(&self, item: &DueItem) -> Result<Handled, String>;
+}
+
 #[async_trait]
 pub trait DueIndex: Send + Sync + 'static {
     /// The earliest due time of an item nobody holds a claim on.

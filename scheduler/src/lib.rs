@@ -15,4 +15,4 @@ pub mod email;
 pub mod sleeper;
 
 pub use email::{EmailWorker, FileMailer, Mailer, SendError, SmtpMailer};
-pub use sleeper::{Clock, DueAction, Handled, Sleeper};
+pub use sleeper::Sleeper;

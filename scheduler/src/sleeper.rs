@@ -13,25 +13,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use cairn_events::{DueIndex, DueItem};
+use cairn_events::{Clock, DueAction, DueIndex, DueItem, Handled};
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 /// The most items claimed in one round.
 pub const BATCH: usize = 100;
-
-/// "Now", injectable for tests.
-pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
-
-/// What came of an action.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Handled {
-    /// Done; the append it made dropped the item.
-    Done,
-    /// Nothing to do (the stream had moved on, e.g. a capsule cancelled since): drop it.
-    Nothing,
-}
 
 /// The longest wait between two tries of a failing item.
 pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(3600);
@@ -43,13 +30,6 @@ pub fn retry_after(overdue: chrono::Duration, hold: Duration) -> Duration {
         .to_std()
         .unwrap_or(Duration::ZERO)
         .clamp(hold.min(MAX_RETRY_WAIT), MAX_RETRY_WAIT)
-}
-
-/// Carries out a due item: maps its `action` to a command and issues it. Must be
-/// idempotent: after a crash an item can be handed over again.
-#[async_trait]
-pub trait DueAction: Send + Sync + 'static {
-    async fn run(&self, item: &DueItem) -> Result<Handled, String>;
 }
 
 pub struct Sleeper {
@@ -68,7 +48,7 @@ impl Sleeper {
         Sleeper {
             due,
             action,
-            clock: Arc::new(Utc::now),
+            clock: Clock::system(),
             hold: Duration::from_secs(60),
             max_sleep: Duration::from_secs(60),
         }
@@ -86,7 +66,7 @@ impl Sleeper {
             // Mark the wake-ups seen before looking, so a schedule made after the look
             // ends the sleep below.
             scheduled.borrow_and_update();
-            let now = (self.clock)();
+            let now = self.clock.now();
             if shutdown.is_cancelled() {
                 return;
             }
@@ -136,7 +116,7 @@ impl Sleeper {
                 }
             }
             Err(error) => {
-                let now = (self.clock)();
+                let now = self.clock.now();
                 let wait = retry_after(now - item.due_at, self.hold);
                 let at = chrono::Duration::from_std(wait).map_or(now, |wait| now + wait);
                 tracing::warn!(

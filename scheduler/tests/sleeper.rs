@@ -9,7 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cairn_events::testing::{fresh_postgres, fresh_sqlite};
 use cairn_events::{AppendRequest, DueItem, Effects, ExpectedVersion, Metadata, NewEvent, Store};
-use cairn_scheduler::{DueAction, Handled, Sleeper};
+use cairn_events::{DueAction, Handled};
+use cairn_scheduler::Sleeper;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 

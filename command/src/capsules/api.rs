@@ -10,17 +10,17 @@ use std::net::IpAddr;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
-use cairn_events::domain::capsule::{self, EmailAddress, Party, PersonName, Refusal, Status};
+use axum::{Json, Router};
+use cairn_events::domain::capsule::{self, EmailAddress, InvalidField, Party, PersonName};
+use cairn_http::{ApiError, ClientIp, ErrorBody, IdempotencyKey, InvalidIdempotencyKey};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
-use super::{CONFIRM_WITHIN, CapsuleError, Capsules, Submission};
-use crate::ClientIp;
+use super::{CONFIRM_WITHIN, CapsuleError, Capsules, Refusal, Status, Submission};
 
 pub fn router() -> Router<Capsules> {
     Router::new()
@@ -32,7 +32,7 @@ pub fn router() -> Router<Capsules> {
 #[derive(OpenApi)]
 #[openapi(
     paths(submit, status),
-    components(schemas(NewCapsule, PartyInput, Submitted, CapsuleView, PartyView, JsonError))
+    components(schemas(NewCapsule, PartyInput, Submitted, CapsuleView, PartyView, ErrorBody))
 )]
 pub struct CapsuleApi;
 
@@ -95,103 +95,8 @@ struct CapsuleData {
     has_file: bool,
 }
 
-/// An error: a human message and a stable code.
-#[derive(Serialize, ToSchema)]
-struct JsonError {
-    error: String,
-    code: String,
-}
-
 fn stamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-/// A JSON answer for a refusal or failure.
-fn failure(error: CapsuleError) -> Response {
-    let (status, code, message) = match &error {
-        CapsuleError::Refused(refusal) => (
-            StatusCode::BAD_REQUEST,
-            refusal.code().to_ascii_lowercase(),
-            match refusal {
-                Refusal::InvalidEmail => "an email address is missing or not valid",
-                Refusal::InvalidName => "a name must be 1 to 255 characters",
-                Refusal::InvalidFutureTime => "send_at must be an RFC 3339 time in the future",
-                Refusal::InvalidText => "text must be 1 to 10,000 characters",
-                Refusal::InvalidId => "that is not a capsule id",
-                Refusal::InvalidFile | Refusal::InvalidTextLoc => "the file is not acceptable",
-            }
-            .to_owned(),
-        ),
-        CapsuleError::BlockedSender => (
-            StatusCode::BAD_REQUEST,
-            "blocked_sender".into(),
-            "capsules from this sender are refused".into(),
-        ),
-        CapsuleError::RateLimited(_) => (
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited".into(),
-            "too many capsules from this address or sender; try again later".into(),
-        ),
-        CapsuleError::NotPending | CapsuleError::NotCancellable | CapsuleError::NoFile => (
-            StatusCode::NOT_FOUND,
-            "not_found".into(),
-            "record not found".into(),
-        ),
-        CapsuleError::Store(e) => {
-            tracing::error!(error = %e, "capsule request failed on the event store");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable".into(),
-                "the service is temporarily unavailable; try again shortly".into(),
-            )
-        }
-        CapsuleError::KeyReused => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "idempotency_key_reused".into(),
-            "this Idempotency-Key was used for a different capsule".into(),
-        ),
-        CapsuleError::InvalidKey => (
-            StatusCode::BAD_REQUEST,
-            "invalid_idempotency_key".into(),
-            "Idempotency-Key must be 1-255 visible ASCII characters".into(),
-        ),
-        CapsuleError::Blob(e) => {
-            tracing::error!(error = %e, "capsule request failed on blob storage");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "blobs_unavailable".into(),
-                "the service is temporarily unavailable; try again shortly".into(),
-            )
-        }
-        CapsuleError::Template(e) => {
-            tracing::error!(error = %e, "capsule email could not be rendered");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal".into(),
-                "the capsule could not be written".into(),
-            )
-        }
-    };
-    let mut response = (
-        status,
-        Json(JsonError {
-            error: message,
-            code,
-        }),
-    )
-        .into_response();
-    if let CapsuleError::RateLimited(wait) = error {
-        let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
-        if let Ok(value) = header::HeaderValue::from_str(&seconds.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-    }
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    }
-    response
 }
 
 /// Submit a text capsule; the sender gets an email to confirm it.
@@ -201,54 +106,36 @@ fn failure(error: CapsuleError) -> Response {
     request_body(content = NewCapsule, content_type = "application/json"),
     responses(
         (status = 202, description = "Written; waiting for the sender's confirmation", body = Submitted),
-        (status = 400, description = "Bad JSON, address, name, time or text; a blocked sender", body = JsonError),
-        (status = 415, description = "The body was not sent as `application/json`", body = JsonError),
-        (status = 422, description = "`idempotency_key_reused`: the key was sent before with another capsule", body = JsonError),
-        (status = 429, description = "Too many submissions; see `Retry-After`", body = JsonError),
-        (status = 503, description = "The event store is unavailable", body = JsonError),
+        (status = 400, description = "Bad JSON, address, name, time or text; a blocked sender", body = ErrorBody),
+        (status = 415, description = "The body was not sent as `application/json`", body = ErrorBody),
+        (status = 422, description = "`idempotency_key_reused`: the key was sent before with another capsule", body = ErrorBody),
+        (status = 429, description = "Too many submissions; see `Retry-After`", body = ErrorBody),
+        (status = 503, description = "The event store is unavailable", body = ErrorBody),
     ))]
 async fn submit(
     State(capsules): State<Capsules>,
-    client: Option<Extension<ClientIp>>,
+    client: Option<ClientIp>,
+    key: Result<IdempotencyKey, InvalidIdempotencyKey>,
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
+) -> Result<Response, ApiError> {
     if !super::chronoria::is_json(&headers) {
-        return (
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Json(JsonError {
-                error: "send the capsule as application/json".into(),
-                code: "unsupported_media_type".into(),
-            }),
-        )
-            .into_response();
+        return Err(ApiError::unsupported_media_type(
+            "send the capsule as application/json",
+        ));
     }
-    let bad = |code: &str, error: String| {
-        (
-            StatusCode::BAD_REQUEST,
-            Json(JsonError {
-                error,
-                code: code.into(),
-            }),
+    let body =
+        body.map_err(|_| ApiError::bad_request("invalid_body", "the body could not be read"))?;
+    let input: NewCapsule = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("the body must be a capsule as JSON: {e}"),
         )
-            .into_response()
-    };
-    let Ok(body) = body else {
-        return bad("invalid_body", "the body could not be read".into());
-    };
-    let input: NewCapsule = match serde_json::from_slice(&body) {
-        Ok(input) => input,
-        Err(e) => {
-            return bad(
-                "invalid_json",
-                format!("the body must be a capsule as JSON: {e}"),
-            );
-        }
-    };
-    let client: Option<IpAddr> = client.map(|Extension(ClientIp(ip))| ip);
+    })?;
+    let client: Option<IpAddr> = client.map(|ClientIp(ip)| ip);
     let outcome = async {
-        let key = super::idempotency_key(&headers)?;
-        let party = |p: &PartyInput| -> Result<Party, Refusal> {
+        let key = key.map_err(|_| CapsuleError::InvalidKey)?;
+        let party = |p: &PartyInput| -> Result<Party, InvalidField> {
             Ok(Party {
                 email: EmailAddress::parse(&p.email)?,
                 name: PersonName::parse(&p.name)?,
@@ -273,19 +160,17 @@ async fn submit(
             .await
     }
     .await;
-    match outcome {
-        Ok(_) => (
-            StatusCode::ACCEPTED,
-            Json(Submitted {
-                data: SubmittedData {
-                    status: Status::Pending,
-                    confirm_by: stamp(Utc::now() + CONFIRM_WITHIN),
-                },
-            }),
-        )
-            .into_response(),
-        Err(error) => failure(error),
-    }
+    outcome.map_err(CapsuleError::json)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Submitted {
+            data: SubmittedData {
+                status: Status::Pending,
+                confirm_by: stamp(Utc::now() + CONFIRM_WITHIN),
+            },
+        }),
+    )
+        .into_response())
 }
 
 /// A capsule's status, for whoever has its id (from its emails). Addresses and the text
@@ -294,38 +179,35 @@ async fn submit(
     params(("id" = String, Path, description = "The capsule's id, from its emails")),
     responses(
         (status = 200, description = "The capsule's status", body = CapsuleView),
-        (status = 400, description = "Not a capsule id", body = JsonError),
-        (status = 404, description = "No such capsule", body = JsonError),
+        (status = 400, description = "Not a capsule id", body = ErrorBody),
+        (status = 404, description = "No such capsule", body = ErrorBody),
     ))]
 async fn status(
     State(capsules): State<Capsules>,
     id: Result<Path<String>, PathRejection>,
-) -> Response {
+) -> Result<Json<CapsuleView>, ApiError> {
     let outcome = async {
         let Path(raw) = id.map_err(|_| Refusal::InvalidId)?;
         let id = capsule::parse_id(&raw)?;
-        let state = capsules.load(id).await?.ok_or(CapsuleError::NotPending)?;
+        let state = capsules.load(id).await?.ok_or(CapsuleError::NotFound)?;
         Ok::<_, CapsuleError>((id, state))
     }
     .await;
-    match outcome {
-        Ok((id, state)) => Json(CapsuleView {
-            data: CapsuleData {
-                id: id.to_string(),
-                status: state.status,
-                status_since: stamp(state.since),
-                sender: PartyView {
-                    name: state.submitted.sender.name.as_str().to_owned(),
-                },
-                recipient: PartyView {
-                    name: state.submitted.recipient.name.as_str().to_owned(),
-                },
-                submitted_at: stamp(state.submitted_at),
-                send_at: stamp(state.submitted.send_at),
-                has_file: state.submitted.attachment.is_some(),
+    let (id, state) = outcome.map_err(CapsuleError::json)?;
+    Ok(Json(CapsuleView {
+        data: CapsuleData {
+            id: id.to_string(),
+            status: state.status,
+            status_since: stamp(state.since),
+            sender: PartyView {
+                name: state.submitted.sender.name.as_str().to_owned(),
             },
-        })
-        .into_response(),
-        Err(error) => failure(error),
-    }
+            recipient: PartyView {
+                name: state.submitted.recipient.name.as_str().to_owned(),
+            },
+            submitted_at: stamp(state.submitted_at),
+            send_at: stamp(state.submitted.send_at),
+            has_file: state.submitted.attachment.is_some(),
+        },
+    }))
 }

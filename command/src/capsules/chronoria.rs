@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 
-use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -15,12 +14,12 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use cairn_events::domain::capsule::{self, EmailAddress, Party, PersonName, Refusal, Status};
+use cairn_events::domain::capsule::{self, EmailAddress, Party, PersonName};
+use cairn_http::{ApiError, ClientIp, IdempotencyKey, InvalidIdempotencyKey};
 use chrono::DateTime;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use super::{CapsuleError, Capsules, Submission};
-use crate::ClientIp;
+use super::{CapsuleError, Capsules, Refusal, Refused, Status, Submission};
 
 /// The body of `POST /api/submit/text`. Field names match in any case.
 #[derive(ToSchema)]
@@ -97,31 +96,7 @@ impl IntoResponse for Answer {
     fn into_response(self) -> Response {
         match self.0 {
             Ok(()) => StatusCode::OK.into_response(),
-            Err(CapsuleError::Store(error)) => {
-                tracing::error!(%error, "capsule request failed on the event store");
-                (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE").into_response()
-            }
-            Err(CapsuleError::RateLimited(wait)) => {
-                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    [(header::RETRY_AFTER, seconds.max(1).to_string())],
-                    "TOO_MANY_REQUESTS",
-                )
-                    .into_response()
-            }
-            Err(CapsuleError::KeyReused) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED").into_response()
-            }
-            Err(CapsuleError::Blob(error)) => {
-                tracing::error!(%error, "capsule request failed on blob storage");
-                (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE").into_response()
-            }
-            Err(CapsuleError::Template(error)) => {
-                tracing::error!(%error, "capsule email could not be rendered");
-                (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR").into_response()
-            }
-            Err(refused) => (StatusCode::BAD_REQUEST, refused.to_string()).into_response(),
+            Err(error) => error.plain().into_response(),
         }
     }
 }
@@ -169,7 +144,7 @@ async fn confirm(
     Query(query): Query<HashMap<String, String>>,
 ) -> Answer {
     let params = params(query);
-    Answer(async { capsules.confirm(capsule_id(&params)?).await }.await)
+    Answer(async { capsules.confirm(capsule_id(&params)?).await.map(drop) }.await)
 }
 
 /// Cancel a capsule not yet released (also `GET /cancel?…`).
@@ -187,7 +162,7 @@ async fn cancel(
         async {
             let id = capsule_id(&params)?;
             let recipient = params.get("recipientemail").map_or("", String::as_str);
-            capsules.cancel(id, recipient).await
+            capsules.cancel(id, recipient).await.map(drop)
         }
         .await,
     )
@@ -207,14 +182,11 @@ async fn download_link(
     let params = params(query);
     let outcome = async {
         let id = capsule_id(&params)?;
-        let state = capsules
-            .load(id)
-            .await?
-            .ok_or(CapsuleError::NotCancellable)?;
+        let state = capsules.load(id).await?.ok_or(Refused::NotCancellable)?;
         let recipient = params.get("recipientemail").map_or("", String::as_str);
         let delivered_or_due = matches!(state.status, Status::Active | Status::Released);
         if !state.is_recipient(recipient) || !delivered_or_due {
-            return Err(CapsuleError::NotCancellable);
+            return Err(Refused::NotCancellable.into());
         }
         capsules.download_link(&state).map(|link| link.url)
     }
@@ -246,24 +218,26 @@ async fn download_link(
     ))]
 async fn submit_text(
     State(capsules): State<Capsules>,
-    client: Option<Extension<ClientIp>>,
+    client: Option<ClientIp>,
+    key: Result<IdempotencyKey, InvalidIdempotencyKey>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if !is_json(&headers) {
-        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE").into_response();
+        return ApiError::plain(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
+            .into_response();
     }
     Answer(
         async {
-            let key = super::idempotency_key(&headers)?;
+            let key = key.map_err(|_| CapsuleError::InvalidKey)?;
             let body = body.map_err(|_| Refusal::InvalidText)?;
             let id = capsules.new_id(key.as_deref());
             let first = capsules.written_before(id, key.as_deref()).await?;
             let fields = json_fields(&body)?;
             let submission = parse_submission(&capsules, &fields, None, first.is_none())?;
-            let client = client.map(|Extension(ClientIp(ip))| ip);
+            let client = client.map(|ClientIp(ip)| ip);
             let submitted = capsules.submit_as(id, first.as_ref(), submission, client);
-            submitted.await.map(|_| ())
+            submitted.await.map(drop)
         }
         .await,
     )

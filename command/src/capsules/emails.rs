@@ -6,14 +6,13 @@
 //! never queues twice and a resend after a crash carries the same Message-ID.
 
 use cairn_events::OutboxMessage;
-use cairn_events::domain::capsule::CapsuleState;
 use cairn_events::domain::email::Email;
 use chrono::{DateTime, Datelike, Utc};
 use minijinja::{Environment, context};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::CapsuleError;
+use super::{CapsuleError, CapsuleState};
 
 /// The emails of a capsule's life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,82 +1,54 @@
-//! Time capsules, the write side: submit, confirm, cancel, and the scheduler's release and
-//! expire.
+//! Time capsules, the write side: submit, confirm, cancel, and the scheduler's release,
+//! expiry and file deletion.
 //!
-//! Each use case loads the capsule's stream, decides, and appends with the version it
-//! read, together with the work the decision leaves: due items (the expiry of an
-//! unconfirmed capsule, the release of a confirmed one) and the emails it causes, so an
-//! email is queued exactly when its cause is committed. A conflicting writer (a confirm
-//! racing the expiry) makes the loser read again and decide anew.
+//! Each use case reads as: load the capsule's stream, [`decide`](decide::decide) (pure:
+//! every rule is there), render the email the decision asks for, and append with the
+//! version it read, together with the work the decision leaves: due items (the expiry of
+//! an unconfirmed capsule, the release of a confirmed one) and the email, so an email is
+//! queued exactly when its cause is committed. A conflicting writer (a confirm racing the
+//! expiry) makes the loser read again and decide anew.
+//!
+//! The layout every job follows: `decide.rs` (the rules), `state.rs` (the fold they are
+//! made on), `error.rs` (how failures are answered), one file per way in (`api.rs`,
+//! `chronoria.rs`, `upload.rs`, `pages.rs`), `files/` (blob storage, signed links, the
+//! download route), `emails.rs`, `limits.rs`, and `timers.rs` (what the scheduler runs).
 
 pub mod api;
 pub mod chronoria;
+pub mod decide;
 pub mod emails;
+pub mod error;
 pub mod files;
 pub mod limits;
 pub mod pages;
+pub mod state;
+pub mod timers;
 pub mod upload;
 
 use std::sync::Arc;
 
-use cairn_events::domain::capsule::{
-    self, CapsuleCancelled, CapsuleConfirmed, CapsuleExpired, CapsuleReleased, CapsuleState,
-    CapsuleSubmitted, EmailAddress, Refusal, Status,
-};
+use cairn_events::domain::capsule::{self, CapsuleSubmitted, EmailAddress};
 use cairn_events::{
-    AppendRequest, DueItem, Effects, EventStore, ExpectedVersion, Metadata, NewEvent,
-    OutboxMessage, StoreError,
+    AppendRequest, Clock, Effects, EventStore, ExpectedVersion, Metadata, NewEvent, OutboxMessage,
+    StoreError,
 };
-use chrono::{DateTime, Datelike, Duration, Utc};
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+pub use decide::{CONFIRM_WITHIN, Command, Decision, EXPIRE, PURGE, RELEASE, Refused, Rules};
 pub use emails::{EmailKind, Links};
+pub use error::{CapsuleError, Refusal};
 pub use files::Files;
+pub use state::{CapsuleState, Status};
 
-/// How long a sender has to confirm.
-pub const CONFIRM_WITHIN: Duration = Duration::hours(24);
-/// Due-item actions.
-pub const RELEASE: &str = "release";
-pub const EXPIRE: &str = "expire";
-/// Delete a capsule's file from blob storage.
-pub const PURGE: &str = "purge-file";
-
-#[derive(Debug, thiserror::Error)]
-pub enum CapsuleError {
-    #[error("{0}")]
-    Refused(Refusal),
-    /// Confirm of an unknown, expired, cancelled or already confirmed capsule.
-    #[error("CAPSULE_NA_OR_EXPIRED")]
-    NotPending,
-    /// Cancel of an unknown, released or cancelled capsule, or with the wrong recipient.
-    #[error("CAPSULE_NA_OR_RELEASED")]
-    NotCancellable,
-    #[error("NO_FILE_AVAILABLE_FOR_THIS_CAPSULE")]
-    NoFile,
-    #[error("BLOCKED_SENDER_EMAIL")]
-    BlockedSender,
-    /// Too many submissions from this address or sender; try again after the wait.
-    #[error("TOO_MANY_REQUESTS")]
-    RateLimited(std::time::Duration),
-    /// An Idempotency-Key sent before with a different capsule.
-    #[error("IDEMPOTENCY_KEY_REUSED")]
-    KeyReused,
-    #[error("INVALID_IDEMPOTENCY_KEY")]
-    InvalidKey,
-    #[error("blob storage failed: {0}")]
-    Blob(String),
-    #[error("the capsule's emails could not be written: {0}")]
-    Template(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
+/// What a command came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its event was appended.
+    Written,
+    /// Nothing to write: the capsule had moved on, or the command repeated one written.
+    Nothing,
 }
-
-impl From<Refusal> for CapsuleError {
-    fn from(refusal: Refusal) -> Self {
-        CapsuleError::Refused(refusal)
-    }
-}
-
-/// Now, injectable for tests.
-pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
 /// What a new capsule needs, parsed.
 #[derive(Clone, Debug)]
@@ -96,8 +68,8 @@ pub struct Capsules {
     clock: Clock,
     /// Where attached files are kept.
     pub files: Files,
-    /// The least time between submitting and the send time.
-    pub min_lead: Duration,
+    /// The settings the decisions depend on.
+    pub rules: Rules,
     /// Sender addresses refused, as [`EmailAddress::sender_key`]s.
     pub blocked_senders: Arc<Vec<String>>,
     /// Submissions per client address and per sender.
@@ -122,12 +94,6 @@ impl Default for Limits {
     }
 }
 
-/// A decision: the event to append and the work it leaves.
-struct Decision {
-    event: NewEvent,
-    effects: Effects,
-}
-
 impl Capsules {
     pub fn new(
         events: Arc<dyn EventStore>,
@@ -140,7 +106,7 @@ impl Capsules {
             emails: Arc::new(emails::Emails::new(links)?),
             clock,
             files,
-            min_lead: Duration::zero(),
+            rules: Rules::default(),
             blocked_senders: Arc::new(Vec::new()),
             limits: Arc::new(Limits::default()),
         })
@@ -148,7 +114,7 @@ impl Capsules {
 
     /// Now, by the clock these use cases were given.
     pub fn now(&self) -> DateTime<Utc> {
-        (self.clock)()
+        self.clock.now()
     }
 
     /// Where the links in emails and answers point.
@@ -166,13 +132,7 @@ impl Capsules {
 
     /// Check a send time against now and the minimum lead time.
     pub fn check_send_time(&self, send_at: DateTime<Utc>) -> Result<(), Refusal> {
-        let earliest = self.now().checked_add_signed(self.min_lead);
-        // Four-digit years: times must stay RFC 3339 in every view of the capsule.
-        if earliest.is_none_or(|earliest| send_at <= earliest) || send_at.year() > 9999 {
-            Err(Refusal::InvalidFutureTime)
-        } else {
-            Ok(())
-        }
+        decide::check_send_time(send_at, self.now(), self.rules.min_lead)
     }
 
     /// Write a new capsule, sent from `client`; it waits for confirmation. Returns its id.
@@ -199,26 +159,25 @@ impl Capsules {
         &self,
         capsule_id: Uuid,
         key: Option<&str>,
-    ) -> Result<Option<CapsuleSubmitted>, CapsuleError> {
+    ) -> Result<Option<CapsuleState>, CapsuleError> {
         if key.is_none() {
             return Ok(None);
         }
-        Ok(self.load(capsule_id).await?.map(|state| state.submitted))
+        self.load(capsule_id).await
     }
 
     /// As [`Capsules::submit`], under an id from [`Capsules::new_id`]. A retry (`first`,
     /// from [`Capsules::written_before`], or a concurrent one the append finds) of the
-    /// same capsule succeeds again without writing anything and without the checks a new
-    /// submission goes through (its send time may have passed since, the sender been
-    /// blocked, the limit reached); another capsule under the key is
-    /// [`CapsuleError::KeyReused`]. `true` when this call wrote the capsule.
+    /// same capsule is [`Outcome::Nothing`], without the checks a new submission goes
+    /// through (its send time may have passed since, the sender been blocked, the limit
+    /// reached); another capsule under the key is refused ([`Refused::KeyReused`]).
     pub async fn submit_as(
         &self,
         capsule_id: Uuid,
-        first: Option<&CapsuleSubmitted>,
+        first: Option<&CapsuleState>,
         submission: Submission,
         client: Option<std::net::IpAddr>,
-    ) -> Result<bool, CapsuleError> {
+    ) -> Result<Outcome, CapsuleError> {
         let submitted = CapsuleSubmitted {
             capsule_id,
             sender: submission.sender,
@@ -227,16 +186,18 @@ impl Capsules {
             text: submission.text,
             attachment: submission.attachment,
         };
-        if let Some(first) = first {
-            return repeat(first, &submitted);
-        }
-        if self.is_blocked(&submitted.sender.email).await? {
-            return Err(CapsuleError::BlockedSender);
-        }
-        self.check_send_time(submitted.send_at)?;
-        capsule::validate_text(&submitted.text, submitted.attachment.is_some())?;
-        let client = client.map(limits::client_key).unwrap_or_default();
+        let sender_blocked = first.is_none() && self.is_blocked(&submitted.sender.email).await?;
         let sender = submitted.sender.email.sender_key();
+        let now = self.now();
+        let state = CapsuleState::submitted(submitted.clone(), now);
+        let command = Command::Submit {
+            submitted,
+            sender_blocked,
+        };
+        let Decision::Append(changes) = decide::decide(first, &command, now, &self.rules)? else {
+            return Ok(Outcome::Nothing);
+        };
+        let client = client.map(limits::client_key).unwrap_or_default();
         limits::admit(
             &[
                 (&self.limits.per_client, client.as_str()),
@@ -245,62 +206,27 @@ impl Capsules {
             std::time::Instant::now(),
         )
         .map_err(CapsuleError::RateLimited)?;
-        let now = self.now();
-        let state = CapsuleState {
-            submitted: submitted.clone(),
-            submitted_at: now,
-            status: Status::Pending,
-            since: now,
-            version: 0,
-            file_purged: false,
-        };
-        let effects = Effects {
-            schedule: vec![due(capsule_id, EXPIRE, now + CONFIRM_WITHIN)],
-            outbox: vec![self.email(&state, EmailKind::Confirm, now)?],
-            ..Effects::default()
-        };
-        let request = AppendRequest::new(
-            capsule::stream_id(capsule_id),
-            ExpectedVersion::NoStream,
-            vec![NewEvent::at(&submitted, Self::metadata("sender"), now)],
-        )
-        .with_effects(effects);
-        match self.events.append(request).await {
-            Ok(_) => Ok(true),
-            Err(StoreError::Conflict { .. }) => {
-                let first = self
-                    .load(capsule_id)
-                    .await?
-                    .ok_or(CapsuleError::KeyReused)?;
-                repeat(&first.submitted, &state.submitted)
+        match self
+            .append(&state, changes, ExpectedVersion::NoStream, now)
+            .await
+        {
+            Ok(()) => Ok(Outcome::Written),
+            Err(CapsuleError::Store(StoreError::Conflict { .. })) => {
+                // Written meanwhile by a concurrent retry, or under the key by another.
+                let first = self.load(capsule_id).await?;
+                match decide::decide(first.as_ref(), &command, now, &self.rules)? {
+                    Decision::Nothing => Ok(Outcome::Nothing),
+                    Decision::Append(_) => Err(Refused::KeyReused.into()),
+                }
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         }
     }
 
     /// The sender confirms: the capsule is scheduled for release (at once if its time has
     /// passed).
-    pub async fn confirm(&self, capsule_id: Uuid) -> Result<(), CapsuleError> {
-        self.decide(capsule_id, |state, now| {
-            let expired = now >= state.submitted_at + CONFIRM_WITHIN;
-            if state.status != Status::Pending || expired {
-                return Err(CapsuleError::NotPending);
-            }
-            Ok(Decision {
-                event: NewEvent::at(
-                    &CapsuleConfirmed { capsule_id },
-                    Self::metadata("sender"),
-                    now,
-                ),
-                effects: Effects {
-                    unschedule: vec![key(capsule_id, EXPIRE)],
-                    schedule: vec![due(capsule_id, RELEASE, state.submitted.send_at.max(now))],
-                    outbox: vec![self.email(state, EmailKind::Active, now)?],
-                },
-            })
-        })
-        .await?
-        .ok_or(CapsuleError::NotPending)
+    pub async fn confirm(&self, capsule_id: Uuid) -> Result<Outcome, CapsuleError> {
+        self.execute(capsule_id, &Command::Confirm).await
     }
 
     /// Cancel a capsule not yet released; `recipient_email` must be its recipient's.
@@ -308,113 +234,28 @@ impl Capsules {
         &self,
         capsule_id: Uuid,
         recipient_email: &str,
-    ) -> Result<(), CapsuleError> {
-        self.decide(capsule_id, |state, now| {
-            let open = matches!(state.status, Status::Pending | Status::Active);
-            if !open || !state.is_recipient(recipient_email) {
-                return Err(CapsuleError::NotCancellable);
-            }
-            Ok(Decision {
-                event: NewEvent::at(
-                    &CapsuleCancelled { capsule_id },
-                    Self::metadata("sender"),
-                    now,
-                ),
-                effects: Effects {
-                    unschedule: vec![key(capsule_id, EXPIRE), key(capsule_id, RELEASE)],
-                    schedule: purge_file(state, now),
-                    outbox: vec![self.email(state, EmailKind::Cancelled, now)?],
-                },
-            })
-        })
-        .await?
-        .ok_or(CapsuleError::NotCancellable)
+    ) -> Result<Outcome, CapsuleError> {
+        let command = Command::Cancel {
+            recipient_email: recipient_email.to_owned(),
+        };
+        self.execute(capsule_id, &command).await
     }
 
-    /// Release a confirmed capsule: its delivery email is queued. `false` when there is
-    /// nothing to release (cancelled since, or released already).
-    pub async fn release(&self, capsule_id: Uuid) -> Result<bool, CapsuleError> {
-        let released = self
-            .decide(capsule_id, |state, now| {
-                if state.status != Status::Active {
-                    return Err(CapsuleError::NotCancellable);
-                }
-                Ok(Decision {
-                    event: NewEvent::at(
-                        &CapsuleReleased { capsule_id },
-                        Self::metadata("scheduler"),
-                        now,
-                    ),
-                    effects: Effects {
-                        unschedule: vec![key(capsule_id, RELEASE)],
-                        schedule: purge_file(state, now + self.files.retention),
-                        outbox: vec![self.email(state, EmailKind::Delivery, now)?],
-                    },
-                })
-            })
-            .await;
-        nothing_is_false(released)
+    /// Release a confirmed capsule: its delivery email is queued. [`Outcome::Nothing`]
+    /// when there is nothing to release (cancelled since, or released already).
+    pub async fn release(&self, capsule_id: Uuid) -> Result<Outcome, CapsuleError> {
+        self.execute(capsule_id, &Command::Release).await
     }
 
-    /// Expire a capsule nobody confirmed. `false` when there is nothing to expire.
-    pub async fn expire(&self, capsule_id: Uuid) -> Result<bool, CapsuleError> {
-        let expired = self
-            .decide(capsule_id, |state, now| {
-                if state.status != Status::Pending {
-                    return Err(CapsuleError::NotPending);
-                }
-                Ok(Decision {
-                    event: NewEvent::at(
-                        &CapsuleExpired { capsule_id },
-                        Self::metadata("scheduler"),
-                        now,
-                    ),
-                    effects: Effects {
-                        unschedule: vec![key(capsule_id, EXPIRE)],
-                        schedule: purge_file(state, now),
-                        outbox: vec![self.email(state, EmailKind::Expired, now)?],
-                    },
-                })
-            })
-            .await;
-        nothing_is_false(expired)
+    /// Expire a capsule nobody confirmed.
+    pub async fn expire(&self, capsule_id: Uuid) -> Result<Outcome, CapsuleError> {
+        self.execute(capsule_id, &Command::Expire).await
     }
 
     /// Delete the file of a capsule that is over (cancelled, expired, or delivered and
-    /// kept its time). `false` when there is nothing to delete.
-    pub async fn purge_file(&self, capsule_id: Uuid) -> Result<bool, CapsuleError> {
-        let Some(state) = self.load(capsule_id).await? else {
-            return Ok(false);
-        };
-        let over = matches!(
-            state.status,
-            Status::Cancelled | Status::Expired | Status::Released
-        );
-        let Some(attachment) = state.kept_file().filter(|_| over) else {
-            return Ok(false);
-        };
-        // Deleting first: if the event is not written, the due item runs again, and
-        // deleting a file already gone is no error.
-        self.files.delete(&attachment.blob).await?;
-        let purged = self
-            .decide(capsule_id, |state, now| {
-                if state.file_purged {
-                    return Err(CapsuleError::NotCancellable);
-                }
-                Ok(Decision {
-                    event: NewEvent::at(
-                        &capsule::CapsuleFilePurged { capsule_id },
-                        Self::metadata("scheduler"),
-                        now,
-                    ),
-                    effects: Effects {
-                        unschedule: vec![key(capsule_id, PURGE)],
-                        ..Effects::default()
-                    },
-                })
-            })
-            .await;
-        nothing_is_false(purged)
+    /// kept its time).
+    pub async fn purge_file(&self, capsule_id: Uuid) -> Result<Outcome, CapsuleError> {
+        self.execute(capsule_id, &Command::PurgeFile).await
     }
 
     /// Delete stored files no capsule keeps, last written before `cutoff`: uploads
@@ -468,28 +309,27 @@ impl Capsules {
             .map_err(|e| CapsuleError::Store(StoreError::Corrupt(e.to_string())))
     }
 
-    /// Load, decide, append; on a conflict, load and decide again. `Ok(None)` for an
-    /// unknown capsule.
-    async fn decide(
-        &self,
-        capsule_id: Uuid,
-        decide: impl Fn(&CapsuleState, DateTime<Utc>) -> Result<Decision, CapsuleError>,
-    ) -> Result<Option<()>, CapsuleError> {
+    /// Load, decide, append; on a conflict, load and decide again.
+    async fn execute(&self, capsule_id: Uuid, command: &Command) -> Result<Outcome, CapsuleError> {
         for _ in 0..3 {
-            let Some(state) = self.load(capsule_id).await? else {
-                return Ok(None);
+            let state = self.load(capsule_id).await?;
+            let now = self.now();
+            let decision = decide::decide(state.as_ref(), command, now, &self.rules)?;
+            let (Decision::Append(changes), Some(state)) = (decision, state) else {
+                return Ok(Outcome::Nothing);
             };
-            let decision = decide(&state, self.now())?;
-            let request = AppendRequest::new(
-                capsule::stream_id(capsule_id),
-                ExpectedVersion::Exact(state.version),
-                vec![decision.event],
-            )
-            .with_effects(decision.effects);
-            match self.events.append(request).await {
-                Ok(_) => return Ok(Some(())),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
+            if let Command::PurgeFile = command
+                && let Some(file) = state.kept_file()
+            {
+                // Deleting first: if the event is not written, the due item runs again,
+                // and deleting a file already gone is no error.
+                self.files.delete(&file.blob).await?;
+            }
+            let expected = ExpectedVersion::Exact(state.version);
+            match self.append(&state, changes, expected, now).await {
+                Ok(()) => return Ok(Outcome::Written),
+                Err(CapsuleError::Store(StoreError::Conflict { .. })) => continue,
+                Err(e) => return Err(e),
             }
         }
         Err(StoreError::Conflict {
@@ -498,6 +338,39 @@ impl Capsules {
             actual: -1,
         }
         .into())
+    }
+
+    /// Append a decision's event with the work it leaves; `state` is the capsule it was
+    /// decided on (its email is rendered from it).
+    async fn append(
+        &self,
+        state: &CapsuleState,
+        changes: decide::Changes,
+        expected: ExpectedVersion,
+        now: DateTime<Utc>,
+    ) -> Result<(), CapsuleError> {
+        let actor = match changes.event {
+            decide::CapsuleEvent::Released(_)
+            | decide::CapsuleEvent::Expired(_)
+            | decide::CapsuleEvent::FilePurged(_) => "scheduler",
+            _ => "sender",
+        };
+        let outbox = match changes.email {
+            Some(kind) => vec![self.email(state, kind, now)?],
+            None => Vec::new(),
+        };
+        let request = AppendRequest::new(
+            capsule::stream_id(state.submitted.capsule_id),
+            expected,
+            vec![changes.event.to_new(Self::metadata(actor), now)],
+        )
+        .with_effects(Effects {
+            schedule: changes.schedule,
+            unschedule: changes.unschedule,
+            outbox,
+        });
+        self.events.append(request).await?;
+        Ok(())
     }
 
     /// Whether `sender` is blocked, by the configuration or from the CLI.
@@ -544,75 +417,9 @@ impl Capsules {
     }
 }
 
-/// Whether a retried submission asks for the capsule `first` was: the same people, time,
-/// text and file (the file's storage aside, which each upload has its own of).
-/// The answer to a retry: `Ok(false)` (nothing written) for the same capsule,
-/// [`CapsuleError::KeyReused`] for another.
-fn repeat(first: &CapsuleSubmitted, again: &CapsuleSubmitted) -> Result<bool, CapsuleError> {
-    let file = |s: &CapsuleSubmitted| {
-        s.attachment
-            .as_ref()
-            .map(|a| (a.file_name.clone(), a.bytes, a.text_location))
-    };
-    let same = first.sender == again.sender
-        && first.recipient == again.recipient
-        && first.send_at == again.send_at
-        && first.text == again.text
-        && file(first) == file(again);
-    if same {
-        Ok(false)
-    } else {
-        Err(CapsuleError::KeyReused)
-    }
-}
-
-/// An `Idempotency-Key` header: 1-255 visible ASCII characters, if given.
-pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, CapsuleError> {
-    crate::idempotency_key(headers).map_err(|()| CapsuleError::InvalidKey)
-}
-
-/// For the scheduler: a refusal means the capsule moved on, so there is nothing to do.
-fn nothing_is_false(outcome: Result<Option<()>, CapsuleError>) -> Result<bool, CapsuleError> {
-    match outcome {
-        Ok(Some(())) => Ok(true),
-        Ok(None) | Err(CapsuleError::NotPending | CapsuleError::NotCancellable) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
 /// Capsule ids are in the links emailed to people: 122 random bits, so they cannot be
 /// guessed (a time-ordered id would give part of itself away).
 fn new_capsule_id() -> Uuid {
     let bytes: [u8; 16] = rand::random();
     uuid::Builder::from_random_bytes(bytes).into_uuid()
-}
-
-/// The due item deleting the file of the capsule in `state` at `at`, if it has one.
-fn purge_file(state: &CapsuleState, at: DateTime<Utc>) -> Vec<DueItem> {
-    state
-        .kept_file()
-        .map(|_| due(state.submitted.capsule_id, PURGE, at))
-        .into_iter()
-        .collect()
-}
-
-fn key(capsule_id: Uuid, action: &str) -> String {
-    format!("{}:{action}", capsule::stream_id(capsule_id))
-}
-
-fn due(capsule_id: Uuid, action: &str, due_at: DateTime<Utc>) -> DueItem {
-    DueItem {
-        key: key(capsule_id, action),
-        stream_id: capsule::stream_id(capsule_id),
-        action: action.to_owned(),
-        due_at,
-    }
-}
-
-/// The capsule a due item is about.
-pub fn capsule_of(item: &DueItem) -> Option<Uuid> {
-    item.stream_id
-        .strip_prefix(capsule::CATEGORY)
-        .and_then(|rest| rest.strip_prefix('-'))
-        .and_then(|id| Uuid::parse_str(id).ok())
 }

@@ -12,13 +12,13 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use cairn_events::domain::capsule::{self, CapsuleState, Status};
+use cairn_events::domain::capsule;
 use minijinja::{Environment, Value, context};
 use serde::Deserialize;
 use uuid::Uuid;
 
 use super::emails::long_date;
-use super::{CapsuleError, Capsules};
+use super::{CapsuleError, CapsuleState, Capsules, Refused, Status};
 
 #[derive(Clone)]
 pub struct PagesState {
@@ -193,12 +193,12 @@ async fn confirm(
         Err(page) => return page,
     };
     match pages.capsules.confirm(id).await {
-        Ok(()) => pages.render(
+        Ok(_) => pages.render(
             StatusCode::OK,
             "confirm.html",
             context! { outcome => "confirmed", ..describe(&state) },
         ),
-        Err(CapsuleError::NotPending) => {
+        Err(CapsuleError::Refused(Refused::NotPending)) => {
             // Read again: the refusal may come from a change since the load.
             let now = pages
                 .capsules
@@ -267,12 +267,12 @@ async fn cancel(
     };
     let recipient = form.map(|Form(f)| f.recipient_email).unwrap_or_default();
     match pages.capsules.cancel(id, &recipient).await {
-        Ok(()) => pages.render(
+        Ok(_) => pages.render(
             StatusCode::OK,
             "cancel.html",
             context! { outcome => "cancelled" },
         ),
-        Err(CapsuleError::NotCancellable) => {
+        Err(CapsuleError::Refused(Refused::NotCancellable)) => {
             let now = pages
                 .capsules
                 .load(id)

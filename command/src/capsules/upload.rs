@@ -15,23 +15,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Extension;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use cairn_events::domain::capsule::{
-    Attachment, CapsuleSubmitted, MAX_FILE_BYTES, Refusal, TextLocation,
-};
+use cairn_events::domain::capsule::{Attachment, MAX_FILE_BYTES, TextLocation};
 use futures_util::StreamExt;
 use multer::{Field, Multipart};
 
 use super::chronoria::{Answer, parse_submission};
 use super::files::{Upload, clean_file_name};
-use super::{CapsuleError, Capsules, limits};
-use crate::ClientIp;
+use super::{CapsuleError, CapsuleState, Capsules, Outcome, Refusal, limits};
+use cairn_http::{ApiError, ClientIp, IdempotencyKey, InvalidIdempotencyKey};
 
 /// What a body may hold besides the file: the other fields (the text is at most 10,000
 /// characters, 40,000 bytes) and the part headers.
@@ -259,7 +256,8 @@ async fn next_field(
     ))]
 async fn submit_file(
     State(state): State<UploadState>,
-    client: Option<Extension<ClientIp>>,
+    client: Option<ClientIp>,
+    key: Result<IdempotencyKey, InvalidIdempotencyKey>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -269,7 +267,8 @@ async fn submit_file(
         .and_then(|v| multer::parse_boundary(v).ok());
     let Some(boundary) = boundary else {
         return early(
-            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE").into_response(),
+            ApiError::plain(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
+                .into_response(),
         );
     };
     let declared = headers
@@ -280,9 +279,9 @@ async fn submit_file(
         return refuse_unread(Refusal::InvalidFile);
     }
     let capsules = &state.capsules;
-    let key = match super::idempotency_key(&headers) {
+    let key = match key {
         Ok(key) => key,
-        Err(error) => return early(Answer(Err(error)).into_response()),
+        Err(_) => return early(Answer(Err(CapsuleError::InvalidKey)).into_response()),
     };
     let capsule_id = capsules.new_id(key.as_deref());
     let first = match capsules.written_before(capsule_id, key.as_deref()).await {
@@ -291,7 +290,7 @@ async fn submit_file(
     };
     // A client over its submission limit is told before it sends 200 MB (a retry of a
     // capsule written before is answered as the first was).
-    let client = client.map(|Extension(ClientIp(ip))| ip);
+    let client = client.map(|ClientIp(ip)| ip);
     let client_key = client.map(limits::client_key).unwrap_or_default();
     let now = std::time::Instant::now();
     if let Some(wait) = capsules.limits.per_client.check(&client_key, now)
@@ -306,7 +305,8 @@ async fn submit_file(
                 Busy::Client => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS"),
                 Busy::Server => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
             };
-            return early((status, [(header::RETRY_AFTER, "5")], code).into_response());
+            let busy = ApiError::plain(status, code).retry_after(Duration::from_secs(5));
+            return early(busy.into_response());
         }
     };
 
@@ -360,7 +360,9 @@ async fn submit_file(
                 drain(&mut multipart, &budget).await;
                 Answer(Err(error)).into_response()
             }
-            Stop::Idle => (StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT").into_response(),
+            Stop::Idle => {
+                ApiError::plain(StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT").into_response()
+            }
         };
     }
     let outcome = submit(capsules, capsule_id, first, fields, file, client).await;
@@ -371,7 +373,7 @@ async fn submit_file(
 async fn submit(
     capsules: &Capsules,
     capsule_id: uuid::Uuid,
-    first: Option<CapsuleSubmitted>,
+    first: Option<CapsuleState>,
     fields: HashMap<String, String>,
     file: Option<(Upload, Option<String>)>,
     client: Option<std::net::IpAddr>,
@@ -417,7 +419,7 @@ async fn submit(
     // Refused, or a retry of a capsule written before (which keeps its own file). After a
     // store failure the capsule may have been written all the same: the sweep decides.
     let unkept = match &submitted {
-        Ok(written) => !written,
+        Ok(outcome) => *outcome == Outcome::Nothing,
         Err(CapsuleError::Store(_) | CapsuleError::Blob(_)) => false,
         Err(_) => true,
     };
@@ -533,7 +535,7 @@ fn early(mut response: Response) -> Response {
 /// A refusal decided before reading the body. The connection is closed after it, so the
 /// client stops sending rather than the server reading (and dropping) 200 MB.
 fn refuse_unread(refusal: Refusal) -> Response {
-    early((StatusCode::BAD_REQUEST, refusal.code()).into_response())
+    early(CapsuleError::from(refusal).plain().into_response())
 }
 
 #[cfg(test)]

@@ -3,10 +3,13 @@
 //! A capsule is one stream, `capsule-<id>`, for its whole life: submitted (pending the
 //! sender's confirmation), confirmed (active), then released, or cancelled, or expired if
 //! never confirmed. Nothing moves between tables or databases when its state changes: the
-//! state is the fold of its events ([`CapsuleState::of`]).
+//! state is the fold of its events, which the write side keeps (`cairn-command`'s
+//! `capsules::state`).
 //!
-//! The input types below are the only way in ("parse, don't validate"); each refusal
-//! carries the plain-text code the Chronoria client knows.
+//! These are the payloads (the contract every side reads) and the input types inside them,
+//! which are the only way in ("parse, don't validate"): a value that fails to parse says
+//! which field it was ([`InvalidField`]); how that is answered (Chronoria's plain-text codes,
+//! Cairn's JSON) is the routes' business.
 
 use std::fmt;
 
@@ -14,7 +17,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{DecodeError, DomainEvent, Envelope};
+use crate::{DomainEvent, Envelope};
 
 /// The stream category of capsules.
 pub const CATEGORY: &str = "capsule";
@@ -27,38 +30,19 @@ pub const MAX_TEXT_CHARS: usize = 10_000;
 /// Largest attached file, in bytes.
 pub const MAX_FILE_BYTES: u64 = 200_000_000;
 
-/// Why an input was refused: the Chronoria error codes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Refusal {
-    InvalidEmail,
-    InvalidName,
-    InvalidFutureTime,
-    InvalidText,
-    InvalidTextLoc,
-    InvalidFile,
-    InvalidId,
-}
-
-impl Refusal {
-    /// The code as Chronoria spells it.
-    pub fn code(self) -> &'static str {
-        match self {
-            Refusal::InvalidEmail => "INVALID_EMAIL",
-            Refusal::InvalidName => "INVALID_NAME",
-            Refusal::InvalidFutureTime => "INVALID_FUTURE_TIME",
-            Refusal::InvalidText => "INVALID_TEXT",
-            Refusal::InvalidTextLoc => "INVALID_TEXT_LOC",
-            Refusal::InvalidFile => "INVALID_FILE",
-            Refusal::InvalidId => "INVALID_ID",
-        }
-    }
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
-    }
+/// Which input did not parse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidField {
+    #[error("an email address is missing or not valid")]
+    Email,
+    #[error("a name must be 1 to 255 characters")]
+    Name,
+    #[error("the text must be up to 10,000 characters without control characters")]
+    Text,
+    #[error("the text location must be Before or After")]
+    TextLocation,
+    #[error("that is not a capsule id")]
+    Id,
 }
 
 /// An email address: at most 255 characters, one `@` between a local part of 1-64
@@ -70,12 +54,12 @@ impl fmt::Display for Refusal {
 pub struct EmailAddress(String);
 
 impl EmailAddress {
-    pub fn parse(raw: &str) -> Result<Self, Refusal> {
+    pub fn parse(raw: &str) -> Result<Self, InvalidField> {
         let raw = raw.trim();
         if raw.is_empty() || raw.chars().count() > MAX_EMAIL_CHARS {
-            return Err(Refusal::InvalidEmail);
+            return Err(InvalidField::Email);
         }
-        let (local, domain) = raw.rsplit_once('@').ok_or(Refusal::InvalidEmail)?;
+        let (local, domain) = raw.rsplit_once('@').ok_or(InvalidField::Email)?;
         let local_ok = (1..=64).contains(&local.len())
             && local.chars().all(|c| {
                 c.is_ascii_graphic()
@@ -99,7 +83,7 @@ impl EmailAddress {
         if local_ok && domain_ok {
             Ok(EmailAddress(raw.to_owned()))
         } else {
-            Err(Refusal::InvalidEmail)
+            Err(InvalidField::Email)
         }
     }
 
@@ -129,8 +113,8 @@ impl EmailAddress {
 }
 
 impl TryFrom<String> for EmailAddress {
-    type Error = Refusal;
-    fn try_from(value: String) -> Result<Self, Refusal> {
+    type Error = InvalidField;
+    fn try_from(value: String) -> Result<Self, InvalidField> {
         EmailAddress::parse(&value)
     }
 }
@@ -153,13 +137,13 @@ impl fmt::Display for EmailAddress {
 pub struct PersonName(String);
 
 impl PersonName {
-    pub fn parse(raw: &str) -> Result<Self, Refusal> {
+    pub fn parse(raw: &str) -> Result<Self, InvalidField> {
         let name = raw.trim();
         if name.is_empty()
             || name.chars().count() > MAX_NAME_CHARS
             || name.chars().any(char::is_control)
         {
-            return Err(Refusal::InvalidName);
+            return Err(InvalidField::Name);
         }
         Ok(PersonName(name.to_owned()))
     }
@@ -170,8 +154,8 @@ impl PersonName {
 }
 
 impl TryFrom<String> for PersonName {
-    type Error = Refusal;
-    fn try_from(value: String) -> Result<Self, Refusal> {
+    type Error = InvalidField;
+    fn try_from(value: String) -> Result<Self, InvalidField> {
         PersonName::parse(&value)
     }
 }
@@ -184,14 +168,14 @@ impl From<PersonName> for String {
 
 /// A capsule's text: at most 10,000 characters, no control characters but line breaks
 /// and tabs; a capsule without a file needs some text.
-pub fn validate_text(text: &str, has_file: bool) -> Result<(), Refusal> {
+pub fn validate_text(text: &str, has_file: bool) -> Result<(), InvalidField> {
     let too_long = text.chars().count() > MAX_TEXT_CHARS;
     let controls = text
         .chars()
         .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'));
     let empty = text.trim().is_empty() && !has_file;
     if too_long || controls || empty {
-        Err(Refusal::InvalidText)
+        Err(InvalidField::Text)
     } else {
         Ok(())
     }
@@ -206,18 +190,18 @@ pub enum TextLocation {
 
 impl TextLocation {
     /// `Before` or `After`, in any case.
-    pub fn parse(raw: &str) -> Result<Self, Refusal> {
+    pub fn parse(raw: &str) -> Result<Self, InvalidField> {
         match raw.trim().to_ascii_lowercase().as_str() {
             "before" => Ok(TextLocation::Before),
             "after" => Ok(TextLocation::After),
-            _ => Err(Refusal::InvalidTextLoc),
+            _ => Err(InvalidField::TextLocation),
         }
     }
 }
 
 /// A capsule id as it appears in links: a UUID.
-pub fn parse_id(raw: &str) -> Result<Uuid, Refusal> {
-    Uuid::parse_str(raw.trim()).map_err(|_| Refusal::InvalidId)
+pub fn parse_id(raw: &str) -> Result<Uuid, InvalidField> {
+    Uuid::parse_str(raw.trim()).map_err(|_| InvalidField::Id)
 }
 
 pub fn stream_id(capsule_id: Uuid) -> String {
@@ -369,87 +353,6 @@ pub fn blocked_senders(events: &[Envelope]) -> Vec<String> {
     blocked.into_iter().collect()
 }
 
-/// Where a capsule is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    /// Waiting for the sender's confirmation.
-    Pending,
-    /// Confirmed; waiting for its time.
-    Active,
-    Released,
-    Cancelled,
-    Expired,
-}
-
-/// A capsule as its events tell it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CapsuleState {
-    pub submitted: CapsuleSubmitted,
-    pub submitted_at: DateTime<Utc>,
-    pub status: Status,
-    /// When it reached its current status.
-    pub since: DateTime<Utc>,
-    /// The stream version, for the next append's expectation.
-    pub version: i64,
-    /// Whether its file was deleted from blob storage.
-    pub file_purged: bool,
-}
-
-impl CapsuleState {
-    /// Fold a capsule's stream; `None` for an empty stream.
-    pub fn of(events: &[Envelope]) -> Result<Option<Self>, DecodeError> {
-        let Some((first, rest)) = events.split_first() else {
-            return Ok(None);
-        };
-        let mut state = CapsuleState {
-            submitted: CapsuleSubmitted::decode(first)?,
-            submitted_at: first.occurred_at,
-            status: Status::Pending,
-            since: first.occurred_at,
-            version: first.version,
-            file_purged: false,
-        };
-        for event in rest {
-            state.version = event.version;
-            if event.event_type == CapsuleFilePurged::TYPE {
-                state.file_purged = true;
-                continue;
-            }
-            let status = match event.event_type.as_str() {
-                CapsuleConfirmed::TYPE => Status::Active,
-                CapsuleCancelled::TYPE => Status::Cancelled,
-                CapsuleExpired::TYPE => Status::Expired,
-                CapsuleReleased::TYPE => Status::Released,
-                _ => state.status,
-            };
-            state.status = status;
-            state.since = event.occurred_at;
-        }
-        Ok(Some(state))
-    }
-
-    /// The capsule's file, while blob storage keeps it.
-    pub fn kept_file(&self) -> Option<&Attachment> {
-        self.submitted
-            .attachment
-            .as_ref()
-            .filter(|_| !self.file_purged)
-    }
-
-    /// The file its recipient may download now: the capsule is confirmed or delivered,
-    /// and the file still kept.
-    pub fn downloadable_file(&self) -> Option<&Attachment> {
-        self.kept_file()
-            .filter(|_| matches!(self.status, Status::Active | Status::Released))
-    }
-
-    /// Whether `given` is the recipient's address (compared case-insensitively).
-    pub fn is_recipient(&self, given: &str) -> bool {
-        EmailAddress::parse(given).is_ok_and(|e| e.key() == self.submitted.recipient.email.key())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,7 +384,7 @@ mod tests {
         ] {
             assert_eq!(
                 EmailAddress::parse(bad),
-                Err(Refusal::InvalidEmail),
+                Err(InvalidField::Email),
                 "{bad:?}"
             );
         }
@@ -496,21 +399,18 @@ mod tests {
     #[test]
     fn names_texts_and_locations() {
         assert!(PersonName::parse("Ada Lovelace").is_ok());
-        assert_eq!(PersonName::parse("  "), Err(Refusal::InvalidName));
-        assert_eq!(
-            PersonName::parse(&"n".repeat(256)),
-            Err(Refusal::InvalidName)
-        );
-        assert_eq!(PersonName::parse("a\u{7}b"), Err(Refusal::InvalidName));
+        assert_eq!(PersonName::parse("  "), Err(InvalidField::Name));
+        assert_eq!(PersonName::parse(&"n".repeat(256)), Err(InvalidField::Name));
+        assert_eq!(PersonName::parse("a\u{7}b"), Err(InvalidField::Name));
         assert!(validate_text("dear future me\n", false).is_ok());
         assert!(
             validate_text("", true).is_ok(),
             "a file capsule may have no text"
         );
-        assert_eq!(validate_text(" ", false), Err(Refusal::InvalidText));
+        assert_eq!(validate_text(" ", false), Err(InvalidField::Text));
         assert_eq!(
             validate_text(&"x".repeat(10_001), false),
-            Err(Refusal::InvalidText)
+            Err(InvalidField::Text)
         );
         assert!(
             validate_text(&"é".repeat(10_000), false).is_ok(),
@@ -518,7 +418,10 @@ mod tests {
         );
         assert_eq!(TextLocation::parse("before"), Ok(TextLocation::Before));
         assert_eq!(TextLocation::parse("After"), Ok(TextLocation::After));
-        assert_eq!(TextLocation::parse("middle"), Err(Refusal::InvalidTextLoc));
-        assert_eq!(parse_id("nope"), Err(Refusal::InvalidId));
+        assert_eq!(
+            TextLocation::parse("middle"),
+            Err(InvalidField::TextLocation)
+        );
+        assert_eq!(parse_id("nope"), Err(InvalidField::Id));
     }
 }

@@ -5,13 +5,15 @@
 //! the list is read from the right, skipping trusted proxies: the first untrusted address
 //! is the client. Anything left of it could have been written by the client itself.
 
+use std::convert::Infallible;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, OptionalFromRequestParts, Request, State};
 use axum::http::HeaderMap;
+use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
 use serde::Deserialize;
@@ -86,9 +88,19 @@ impl fmt::Display for IpRange {
     }
 }
 
-/// The resolved client address, put in every request's extensions (defined with the
-/// command side, whose routes read it).
-pub use cairn_command::ClientIp;
+/// The client's address as [`layer`] resolved it (the peer, or what a trusted proxy said
+/// in `X-Forwarded-For`). Routes take it as an extractor: `client: Option<ClientIp>` (it
+/// is absent only when a router is driven without the layer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> OptionalFromRequestParts<S> for ClientIp {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Infallible> {
+        Ok(parts.extensions.get::<ClientIp>().copied())
+    }
+}
 
 /// Resolve the client of a request that arrived from `peer`.
 pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpRange]) -> IpAddr {

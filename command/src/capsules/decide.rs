@@ -1,0 +1,641 @@
+//! Capsule decisions, as one pure function: (state, command, now) → the event to append
+//! and the work it leaves, or nothing to do, or a refusal ([`decide`]).
+//!
+//! Nothing here reads a store, a clock or a template: the use cases around it
+//! ([`super::Capsules`]) load the capsule, call [`decide`], render the email it asks for
+//! and append, so every rule of a capsule's life is here, tested given/when/then without a
+//! database (see the tests below).
+//!
+//! "Nothing to do" is an answer, not an error: the scheduler's commands (release, expire,
+//! file deletion) find the capsule moved on (cancelled, released already) whenever a user
+//! acted first, and that is normal. A person's command that cannot apply is refused.
+
+use cairn_events::DueItem;
+use cairn_events::domain::capsule::{
+    self, CapsuleCancelled, CapsuleConfirmed, CapsuleExpired, CapsuleFilePurged, CapsuleReleased,
+    CapsuleSubmitted,
+};
+use cairn_events::{DecodeError, DomainEvent, Envelope, Metadata, NewEvent};
+use chrono::{DateTime, Datelike, Duration, Utc};
+use uuid::Uuid;
+
+use super::emails::EmailKind;
+use super::error::Refusal;
+use super::state::{CapsuleState, Status};
+
+/// How long a sender has to confirm.
+pub const CONFIRM_WITHIN: Duration = Duration::hours(24);
+/// Due-item actions.
+pub const RELEASE: &str = "release";
+pub const EXPIRE: &str = "expire";
+/// Delete a capsule's file from blob storage.
+pub const PURGE: &str = "purge-file";
+
+/// The settings decisions depend on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rules {
+    /// The least time between submitting and the send time.
+    pub min_lead: Duration,
+    /// How long a delivered capsule's file is kept.
+    pub file_retention: Duration,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            min_lead: Duration::zero(),
+            file_retention: Duration::days(30),
+        }
+    }
+}
+
+/// What someone (or the scheduler) asks of a capsule.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Write a new capsule; under an id written before, a retry of it.
+    Submit {
+        submitted: CapsuleSubmitted,
+        /// Whether the sender is on a blocklist (looked up by the caller).
+        sender_blocked: bool,
+    },
+    /// The sender confirms.
+    Confirm,
+    /// Cancel before the release; only with the recipient's address.
+    Cancel { recipient_email: String },
+    /// The scheduler: the send time has come.
+    Release,
+    /// The scheduler: nobody confirmed in time.
+    Expire,
+    /// The scheduler: the capsule is over; delete its file.
+    PurgeFile,
+}
+
+/// The event a decision appends.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CapsuleEvent {
+    Submitted(CapsuleSubmitted),
+    Confirmed(CapsuleConfirmed),
+    Cancelled(CapsuleCancelled),
+    Released(CapsuleReleased),
+    Expired(CapsuleExpired),
+    FilePurged(CapsuleFilePurged),
+}
+
+impl CapsuleEvent {
+    /// A capsule event from the store; `None` for a type this version does not know.
+    pub fn decode(envelope: &Envelope) -> Result<Option<Self>, DecodeError> {
+        Ok(Some(match envelope.event_type.as_str() {
+            CapsuleSubmitted::TYPE => CapsuleEvent::Submitted(CapsuleSubmitted::decode(envelope)?),
+            CapsuleConfirmed::TYPE => CapsuleEvent::Confirmed(CapsuleConfirmed::decode(envelope)?),
+            CapsuleCancelled::TYPE => CapsuleEvent::Cancelled(CapsuleCancelled::decode(envelope)?),
+            CapsuleReleased::TYPE => CapsuleEvent::Released(CapsuleReleased::decode(envelope)?),
+            CapsuleExpired::TYPE => CapsuleEvent::Expired(CapsuleExpired::decode(envelope)?),
+            CapsuleFilePurged::TYPE => {
+                CapsuleEvent::FilePurged(CapsuleFilePurged::decode(envelope)?)
+            }
+            _ => return Ok(None),
+        }))
+    }
+
+    /// The event as the store takes it.
+    pub fn to_new(&self, metadata: Metadata, at: DateTime<Utc>) -> NewEvent {
+        fn new(payload: &impl DomainEvent, metadata: Metadata, at: DateTime<Utc>) -> NewEvent {
+            NewEvent::at(payload, metadata, at)
+        }
+        match self {
+            CapsuleEvent::Submitted(e) => new(e, metadata, at),
+            CapsuleEvent::Confirmed(e) => new(e, metadata, at),
+            CapsuleEvent::Cancelled(e) => new(e, metadata, at),
+            CapsuleEvent::Released(e) => new(e, metadata, at),
+            CapsuleEvent::Expired(e) => new(e, metadata, at),
+            CapsuleEvent::FilePurged(e) => new(e, metadata, at),
+        }
+    }
+}
+
+/// An event and the work it leaves, all written in one append.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Changes {
+    pub event: CapsuleEvent,
+    /// Due items to add (or move).
+    pub schedule: Vec<DueItem>,
+    /// Due items (by key) to drop.
+    pub unschedule: Vec<String>,
+    /// The email the event causes, rendered by the caller.
+    pub email: Option<EmailKind>,
+}
+
+/// What a command comes to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    Append(Changes),
+    /// Nothing to write: the capsule moved on, or a retry of what is written.
+    Nothing,
+}
+
+/// Why a command is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("{0}")]
+    Invalid(Refusal),
+    #[error("capsules from this sender are refused")]
+    BlockedSender,
+    /// Another capsule was written under this id (the same Idempotency-Key).
+    #[error("the id names another capsule")]
+    KeyReused,
+    /// Confirm of an unknown, expired, cancelled or already confirmed capsule.
+    #[error("the capsule is not waiting for confirmation")]
+    NotPending,
+    /// Cancel of an unknown, released or cancelled capsule, or with the wrong recipient.
+    #[error("the capsule cannot be cancelled")]
+    NotCancellable,
+}
+
+/// Whether `send_at` may be a capsule's send time when submitted at `now`: later than
+/// `now + min_lead`, and with a four-digit year (times stay RFC 3339 in every view).
+pub fn check_send_time(
+    send_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    min_lead: Duration,
+) -> Result<(), Refusal> {
+    let earliest = now.checked_add_signed(min_lead);
+    if earliest.is_none_or(|earliest| send_at <= earliest) || send_at.year() > 9999 {
+        Err(Refusal::InvalidFutureTime)
+    } else {
+        Ok(())
+    }
+}
+
+/// Decide `command` on the capsule in `state` (`None`: no capsule under that id) at `now`.
+pub fn decide(
+    state: Option<&CapsuleState>,
+    command: &Command,
+    now: DateTime<Utc>,
+    rules: &Rules,
+) -> Result<Decision, Refused> {
+    let Some(state) = state else {
+        return match command {
+            Command::Submit {
+                submitted,
+                sender_blocked,
+            } => submit(submitted, *sender_blocked, now, rules),
+            Command::Confirm => Err(Refused::NotPending),
+            Command::Cancel { .. } => Err(Refused::NotCancellable),
+            Command::Release | Command::Expire | Command::PurgeFile => Ok(Decision::Nothing),
+        };
+    };
+    let capsule_id = state.submitted.capsule_id;
+    let changes = match command {
+        Command::Submit { submitted, .. } => {
+            return if same_capsule(&state.submitted, submitted) {
+                Ok(Decision::Nothing)
+            } else {
+                Err(Refused::KeyReused)
+            };
+        }
+        Command::Confirm => {
+            let expired = now >= state.submitted_at + CONFIRM_WITHIN;
+            if state.status != Status::Pending || expired {
+                return Err(Refused::NotPending);
+            }
+            Changes {
+                event: CapsuleEvent::Confirmed(CapsuleConfirmed { capsule_id }),
+                unschedule: vec![key(capsule_id, EXPIRE)],
+                schedule: vec![due(capsule_id, RELEASE, state.submitted.send_at.max(now))],
+                email: Some(EmailKind::Active),
+            }
+        }
+        Command::Cancel { recipient_email } => {
+            let open = matches!(state.status, Status::Pending | Status::Active);
+            if !open || !state.is_recipient(recipient_email) {
+                return Err(Refused::NotCancellable);
+            }
+            Changes {
+                event: CapsuleEvent::Cancelled(CapsuleCancelled { capsule_id }),
+                unschedule: vec![key(capsule_id, EXPIRE), key(capsule_id, RELEASE)],
+                schedule: purge_file(state, now),
+                email: Some(EmailKind::Cancelled),
+            }
+        }
+        Command::Release => {
+            if state.status != Status::Active {
+                return Ok(Decision::Nothing);
+            }
+            Changes {
+                event: CapsuleEvent::Released(CapsuleReleased { capsule_id }),
+                unschedule: vec![key(capsule_id, RELEASE)],
+                schedule: purge_file(state, now + rules.file_retention),
+                email: Some(EmailKind::Delivery),
+            }
+        }
+        Command::Expire => {
+            if state.status != Status::Pending {
+                return Ok(Decision::Nothing);
+            }
+            Changes {
+                event: CapsuleEvent::Expired(CapsuleExpired { capsule_id }),
+                unschedule: vec![key(capsule_id, EXPIRE)],
+                schedule: purge_file(state, now),
+                email: Some(EmailKind::Expired),
+            }
+        }
+        Command::PurgeFile => {
+            let over = matches!(
+                state.status,
+                Status::Cancelled | Status::Expired | Status::Released
+            );
+            if !over || state.kept_file().is_none() {
+                return Ok(Decision::Nothing);
+            }
+            Changes {
+                event: CapsuleEvent::FilePurged(CapsuleFilePurged { capsule_id }),
+                unschedule: vec![key(capsule_id, PURGE)],
+                schedule: Vec::new(),
+                email: None,
+            }
+        }
+    };
+    Ok(Decision::Append(changes))
+}
+
+/// A new capsule, checked in Chronoria's order: the sender, the time, the text.
+fn submit(
+    submitted: &CapsuleSubmitted,
+    sender_blocked: bool,
+    now: DateTime<Utc>,
+    rules: &Rules,
+) -> Result<Decision, Refused> {
+    if sender_blocked {
+        return Err(Refused::BlockedSender);
+    }
+    check_send_time(submitted.send_at, now, rules.min_lead).map_err(Refused::Invalid)?;
+    capsule::validate_text(&submitted.text, submitted.attachment.is_some())
+        .map_err(|invalid| Refused::Invalid(invalid.into()))?;
+    let capsule_id = submitted.capsule_id;
+    Ok(Decision::Append(Changes {
+        event: CapsuleEvent::Submitted(submitted.clone()),
+        schedule: vec![due(capsule_id, EXPIRE, now + CONFIRM_WITHIN)],
+        unschedule: Vec::new(),
+        email: Some(EmailKind::Confirm),
+    }))
+}
+
+/// Whether a retried submission asks for the capsule `first` was: the same people, time,
+/// text and file (the file's storage aside, which each upload has its own of).
+fn same_capsule(first: &CapsuleSubmitted, again: &CapsuleSubmitted) -> bool {
+    let file = |s: &CapsuleSubmitted| {
+        s.attachment
+            .as_ref()
+            .map(|a| (a.file_name.clone(), a.bytes, a.text_location))
+    };
+    first.sender == again.sender
+        && first.recipient == again.recipient
+        && first.send_at == again.send_at
+        && first.text == again.text
+        && file(first) == file(again)
+}
+
+/// The due item deleting the file of the capsule in `state` at `at`, if it keeps one.
+fn purge_file(state: &CapsuleState, at: DateTime<Utc>) -> Vec<DueItem> {
+    state
+        .kept_file()
+        .map(|_| due(state.submitted.capsule_id, PURGE, at))
+        .into_iter()
+        .collect()
+}
+
+/// The key of a capsule's due item for `action`: one of each at most.
+pub fn key(capsule_id: Uuid, action: &str) -> String {
+    format!("{}:{action}", capsule::stream_id(capsule_id))
+}
+
+fn due(capsule_id: Uuid, action: &str, due_at: DateTime<Utc>) -> DueItem {
+    DueItem {
+        key: key(capsule_id, action),
+        stream_id: capsule::stream_id(capsule_id),
+        action: action.to_owned(),
+        due_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Given a capsule's history, when a command comes at a time, then these changes (or
+    //! this refusal). No database: the state is folded from the events given.
+
+    use cairn_events::domain::capsule::{
+        Attachment, EmailAddress, Party, PersonName, TextLocation,
+    };
+
+    use super::*;
+
+    fn at(hour: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_900_000_000 + hour * 3600, 0)
+            .unwrap_or_else(|| unreachable!("a fixed time"))
+    }
+
+    fn party(email: &str, name: &str) -> Party {
+        Party {
+            email: EmailAddress::parse(email).unwrap_or_else(|e| panic!("{e}")),
+            name: PersonName::parse(name).unwrap_or_else(|e| panic!("{e}")),
+        }
+    }
+
+    fn id() -> Uuid {
+        Uuid::from_u128(7)
+    }
+
+    /// A capsule to ada@ from kim@, due at hour 48, submitted at hour 0.
+    fn capsule(file: bool) -> CapsuleSubmitted {
+        CapsuleSubmitted {
+            capsule_id: id(),
+            sender: party("kim@example.com", "Kim"),
+            recipient: party("ada@example.com", "Ada"),
+            send_at: at(48),
+            text: "hello".into(),
+            attachment: file.then(|| Attachment {
+                blob: "capsules/x".into(),
+                file_name: "a.txt".into(),
+                bytes: 3,
+                text_location: TextLocation::Before,
+            }),
+        }
+    }
+
+    /// The state after `history` (events at the given hours), as the use cases fold it.
+    struct Given(Option<CapsuleState>);
+
+    fn given(history: &[(i64, CapsuleEvent)]) -> Given {
+        let mut state: Option<CapsuleState> = None;
+        for (hour, event) in history {
+            state = Some(match (state, event) {
+                (None, CapsuleEvent::Submitted(s)) => CapsuleState::submitted(s.clone(), at(*hour)),
+                (Some(s), event) => s.evolve(event, at(*hour)),
+                (None, other) => panic!("{other:?} before the capsule was submitted"),
+            });
+        }
+        Given(state)
+    }
+
+    impl Given {
+        fn when(&self, command: Command, hour: i64) -> Result<Decision, Refused> {
+            decide(self.0.as_ref(), &command, at(hour), &Rules::default())
+        }
+    }
+
+    fn submitted(file: bool) -> (i64, CapsuleEvent) {
+        (0, CapsuleEvent::Submitted(capsule(file)))
+    }
+
+    fn confirmed(hour: i64) -> (i64, CapsuleEvent) {
+        (
+            hour,
+            CapsuleEvent::Confirmed(CapsuleConfirmed { capsule_id: id() }),
+        )
+    }
+
+    fn changes(decision: Result<Decision, Refused>) -> Changes {
+        match decision {
+            Ok(Decision::Append(changes)) => changes,
+            other => panic!("expected changes, got {other:?}"),
+        }
+    }
+
+    fn submit(submitted: CapsuleSubmitted) -> Command {
+        Command::Submit {
+            submitted,
+            sender_blocked: false,
+        }
+    }
+
+    fn cancel(recipient: &str) -> Command {
+        Command::Cancel {
+            recipient_email: recipient.into(),
+        }
+    }
+
+    #[test]
+    fn a_new_capsule_waits_for_confirmation_and_expires_a_day_later() {
+        let then = changes(given(&[]).when(submit(capsule(false)), 0));
+        assert_eq!(then.event, CapsuleEvent::Submitted(capsule(false)));
+        assert_eq!(then.schedule, vec![due(id(), EXPIRE, at(24))]);
+        assert_eq!(then.email, Some(EmailKind::Confirm));
+    }
+
+    #[test]
+    fn a_submission_is_checked_sender_then_time_then_text() {
+        let blocked = Command::Submit {
+            submitted: CapsuleSubmitted {
+                send_at: at(-1),
+                ..capsule(false)
+            },
+            sender_blocked: true,
+        };
+        assert_eq!(given(&[]).when(blocked, 0), Err(Refused::BlockedSender));
+        let past = CapsuleSubmitted {
+            send_at: at(0),
+            text: String::new(),
+            ..capsule(false)
+        };
+        assert_eq!(
+            given(&[]).when(submit(past), 0),
+            Err(Refused::Invalid(Refusal::InvalidFutureTime))
+        );
+        let empty = CapsuleSubmitted {
+            text: " ".into(),
+            ..capsule(false)
+        };
+        assert_eq!(
+            given(&[]).when(submit(empty), 0),
+            Err(Refused::Invalid(Refusal::InvalidText))
+        );
+        let file_only = CapsuleSubmitted {
+            text: String::new(),
+            ..capsule(true)
+        };
+        assert!(given(&[]).when(submit(file_only), 0).is_ok());
+        let rules = Rules {
+            min_lead: Duration::hours(72),
+            ..Rules::default()
+        };
+        assert_eq!(
+            decide(None, &submit(capsule(false)), at(0), &rules),
+            Err(Refused::Invalid(Refusal::InvalidFutureTime))
+        );
+    }
+
+    #[test]
+    fn a_retry_of_a_written_capsule_writes_nothing_and_another_capsule_is_refused() {
+        let written = given(&[submitted(true)]);
+        // The retry's upload has its own blob; the capsule is the same.
+        let retry = CapsuleSubmitted {
+            attachment: capsule(true).attachment.map(|a| Attachment {
+                blob: "capsules/y".into(),
+                ..a
+            }),
+            ..capsule(true)
+        };
+        // Even past its send time, and with the sender blocked since.
+        let command = Command::Submit {
+            submitted: retry,
+            sender_blocked: true,
+        };
+        assert_eq!(written.when(command, 60), Ok(Decision::Nothing));
+        let other = CapsuleSubmitted {
+            text: "something else".into(),
+            ..capsule(true)
+        };
+        assert_eq!(written.when(submit(other), 1), Err(Refused::KeyReused));
+    }
+
+    #[test]
+    fn confirming_schedules_the_release_at_the_send_time_or_at_once() {
+        let then = changes(given(&[submitted(false)]).when(Command::Confirm, 1));
+        assert_eq!(then.unschedule, vec![key(id(), EXPIRE)]);
+        assert_eq!(then.schedule, vec![due(id(), RELEASE, at(48))]);
+        assert_eq!(then.email, Some(EmailKind::Active));
+        let late = CapsuleSubmitted {
+            send_at: at(2),
+            ..capsule(false)
+        };
+        let then = changes(given(&[(0, CapsuleEvent::Submitted(late))]).when(Command::Confirm, 5));
+        assert_eq!(then.schedule, vec![due(id(), RELEASE, at(5))]);
+    }
+
+    #[test]
+    fn only_a_pending_capsule_within_its_day_can_be_confirmed() {
+        assert_eq!(
+            given(&[]).when(Command::Confirm, 1),
+            Err(Refused::NotPending)
+        );
+        assert_eq!(
+            given(&[submitted(false)]).when(Command::Confirm, 24),
+            Err(Refused::NotPending)
+        );
+        assert_eq!(
+            given(&[submitted(false), confirmed(1)]).when(Command::Confirm, 2),
+            Err(Refused::NotPending)
+        );
+    }
+
+    #[test]
+    fn the_recipient_cancels_until_the_release_and_the_file_goes_at_once() {
+        let then =
+            changes(given(&[submitted(true), confirmed(1)]).when(cancel("ADA@example.com"), 2));
+        assert_eq!(
+            then.event,
+            CapsuleEvent::Cancelled(CapsuleCancelled { capsule_id: id() })
+        );
+        assert_eq!(then.unschedule, vec![key(id(), EXPIRE), key(id(), RELEASE)]);
+        assert_eq!(then.schedule, vec![due(id(), PURGE, at(2))]);
+        assert_eq!(then.email, Some(EmailKind::Cancelled));
+        let released = given(&[
+            submitted(false),
+            confirmed(1),
+            (
+                48,
+                CapsuleEvent::Released(CapsuleReleased { capsule_id: id() }),
+            ),
+        ]);
+        assert_eq!(
+            released.when(cancel("ada@example.com"), 49),
+            Err(Refused::NotCancellable)
+        );
+        assert_eq!(
+            given(&[submitted(false)]).when(cancel("kim@example.com"), 1),
+            Err(Refused::NotCancellable),
+            "only with the recipient's address"
+        );
+        assert_eq!(
+            given(&[]).when(cancel("ada@example.com"), 1),
+            Err(Refused::NotCancellable)
+        );
+    }
+
+    #[test]
+    fn a_release_delivers_and_keeps_the_file_for_its_retention() {
+        let then = changes(given(&[submitted(true), confirmed(1)]).when(Command::Release, 48));
+        assert_eq!(then.unschedule, vec![key(id(), RELEASE)]);
+        assert_eq!(then.schedule, vec![due(id(), PURGE, at(48 + 30 * 24))]);
+        assert_eq!(then.email, Some(EmailKind::Delivery));
+    }
+
+    #[test]
+    fn the_scheduler_finds_nothing_to_do_once_the_capsule_moved_on() {
+        let cancelled = given(&[
+            submitted(false),
+            (
+                1,
+                CapsuleEvent::Cancelled(CapsuleCancelled { capsule_id: id() }),
+            ),
+        ]);
+        assert_eq!(cancelled.when(Command::Release, 48), Ok(Decision::Nothing));
+        assert_eq!(cancelled.when(Command::Expire, 24), Ok(Decision::Nothing));
+        assert_eq!(given(&[]).when(Command::Release, 48), Ok(Decision::Nothing));
+        let active = given(&[submitted(false), confirmed(1)]);
+        assert_eq!(active.when(Command::Expire, 24), Ok(Decision::Nothing));
+        assert_eq!(
+            given(&[submitted(false)]).when(Command::Release, 48),
+            Ok(Decision::Nothing),
+            "an unconfirmed capsule is never released"
+        );
+    }
+
+    #[test]
+    fn an_unconfirmed_capsule_expires_and_its_file_goes() {
+        let then = changes(given(&[submitted(true)]).when(Command::Expire, 24));
+        assert_eq!(
+            then.event,
+            CapsuleEvent::Expired(CapsuleExpired { capsule_id: id() })
+        );
+        assert_eq!(then.schedule, vec![due(id(), PURGE, at(24))]);
+        assert_eq!(then.email, Some(EmailKind::Expired));
+    }
+
+    #[test]
+    fn a_file_is_deleted_once_the_capsule_is_over_and_only_once() {
+        let expired = [
+            submitted(true),
+            (
+                24,
+                CapsuleEvent::Expired(CapsuleExpired { capsule_id: id() }),
+            ),
+        ];
+        let then = changes(given(&expired).when(Command::PurgeFile, 24));
+        assert_eq!(
+            then.event,
+            CapsuleEvent::FilePurged(CapsuleFilePurged { capsule_id: id() })
+        );
+        assert_eq!(then.unschedule, vec![key(id(), PURGE)]);
+        assert_eq!(then.email, None);
+        let purged = [
+            expired[0].clone(),
+            expired[1].clone(),
+            (
+                24,
+                CapsuleEvent::FilePurged(CapsuleFilePurged { capsule_id: id() }),
+            ),
+        ];
+        assert_eq!(
+            given(&purged).when(Command::PurgeFile, 25),
+            Ok(Decision::Nothing)
+        );
+        assert_eq!(
+            given(&[submitted(true), confirmed(1)]).when(Command::PurgeFile, 2),
+            Ok(Decision::Nothing),
+            "a capsule waiting for its time keeps its file"
+        );
+        assert_eq!(
+            given(&[
+                submitted(false),
+                (
+                    24,
+                    CapsuleEvent::Expired(CapsuleExpired { capsule_id: id() })
+                )
+            ])
+            .when(Command::PurgeFile, 24),
+            Ok(Decision::Nothing),
+            "no file, nothing to delete"
+        );
+    }
+}

@@ -1,0 +1,110 @@
+//! A capsule as its events tell it: the fold the decisions are made on.
+//!
+//! The write side's own view, kept beside the decisions rather than with the event
+//! payloads: the payloads are the contract every side reads, while what a capsule's history
+//! adds up to (its status, whether its file is still kept) is this side's concern.
+
+use cairn_events::domain::capsule::{Attachment, CapsuleSubmitted, EmailAddress};
+use cairn_events::{DecodeError, DomainEvent, Envelope};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::decide::CapsuleEvent;
+
+/// Where a capsule is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Waiting for the sender's confirmation.
+    Pending,
+    /// Confirmed; waiting for its time.
+    Active,
+    Released,
+    Cancelled,
+    Expired,
+}
+
+/// A capsule as its events tell it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CapsuleState {
+    pub submitted: CapsuleSubmitted,
+    pub submitted_at: DateTime<Utc>,
+    pub status: Status,
+    /// When it reached its current status.
+    pub since: DateTime<Utc>,
+    /// The stream version, for the next append's expectation.
+    pub version: i64,
+    /// Whether its file was deleted from blob storage.
+    pub file_purged: bool,
+}
+
+impl CapsuleState {
+    /// A capsule just submitted at `at`, before its first event is written (version 0).
+    pub fn submitted(submitted: CapsuleSubmitted, at: DateTime<Utc>) -> Self {
+        CapsuleState {
+            submitted,
+            submitted_at: at,
+            status: Status::Pending,
+            since: at,
+            version: 0,
+            file_purged: false,
+        }
+    }
+
+    /// Fold a capsule's stream; `None` for an empty stream. Its first event must be the
+    /// submission; events of types this version does not know are passed over.
+    pub fn of(events: &[Envelope]) -> Result<Option<Self>, DecodeError> {
+        let Some((first, rest)) = events.split_first() else {
+            return Ok(None);
+        };
+        let mut state =
+            CapsuleState::submitted(CapsuleSubmitted::decode(first)?, first.occurred_at);
+        state.version = first.version;
+        for envelope in rest {
+            if let Some(event) = CapsuleEvent::decode(envelope)? {
+                state = state.evolve(&event, envelope.occurred_at);
+            }
+            state.version = envelope.version;
+        }
+        Ok(Some(state))
+    }
+
+    /// The state after `event`, which happened `at` (the version is the caller's).
+    pub fn evolve(mut self, event: &CapsuleEvent, at: DateTime<Utc>) -> Self {
+        let status = match event {
+            CapsuleEvent::FilePurged(_) => {
+                self.file_purged = true;
+                return self;
+            }
+            // Only ever first, where the fold starts from it.
+            CapsuleEvent::Submitted(_) => return self,
+            CapsuleEvent::Confirmed(_) => Status::Active,
+            CapsuleEvent::Cancelled(_) => Status::Cancelled,
+            CapsuleEvent::Expired(_) => Status::Expired,
+            CapsuleEvent::Released(_) => Status::Released,
+        };
+        self.status = status;
+        self.since = at;
+        self
+    }
+
+    /// The capsule's file, while blob storage keeps it.
+    pub fn kept_file(&self) -> Option<&Attachment> {
+        self.submitted
+            .attachment
+            .as_ref()
+            .filter(|_| !self.file_purged)
+    }
+
+    /// The file its recipient may download now: the capsule is confirmed or delivered,
+    /// and the file still kept.
+    pub fn downloadable_file(&self) -> Option<&Attachment> {
+        self.kept_file()
+            .filter(|_| matches!(self.status, Status::Active | Status::Released))
+    }
+
+    /// Whether `given` is the recipient's address (compared case-insensitively).
+    pub fn is_recipient(&self, given: &str) -> bool {
+        EmailAddress::parse(given).is_ok_and(|e| e.key() == self.submitted.recipient.email.key())
+    }
+}
