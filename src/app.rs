@@ -1,5 +1,5 @@
-//! Composition: picks the backends from the configuration, starts the roles this process
-//! plays, and serves HTTP until the shutdown token fires.
+//! Composition: opens the backends the configuration names ([`crate::backends`]), starts
+//! the roles this process plays, and serves HTTP until the shutdown token fires.
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -7,26 +7,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::routing::get;
 use axum::serve::ListenerExt;
-use axum::{Json, Router};
-use cairn_command::capsules::limits::SlidingLog;
-use cairn_command::capsules::{self, Capsules, Links};
+use cairn_command::capsules::timers::{self, CapsuleTimers};
 use cairn_command::{CommandState, TokenRegistry, UploadState};
-use cairn_events::{DueItem, EventStore, NoWait, ReadYourWrites, Store};
+use cairn_events::{Clock, EventStore, NoWait, ReadYourWrites, Store};
+use cairn_http::ApiError;
 use cairn_query::projections::{CheckpointPoller, Messages, Projection, Trends};
-use cairn_query::read_store::{LogIdentity, RedisStore, SqliteStore};
-use cairn_query::routes::{Clock, QueryState, StartupGate, system_clock};
+use cairn_query::routes::{QueryState, StartupGate};
 use cairn_query::{ReadStore, Runner, RunnerHandle};
-use cairn_scheduler::{DueAction, EmailWorker, FileMailer, Handled, Mailer, Sleeper, SmtpMailer};
-use serde_json::json;
+use cairn_scheduler::{EmailWorker, Sleeper};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::backends::{capsules, lock_data_dir, mailer, open_read, open_store};
 use crate::client_ip;
 use crate::config::Config;
 use crate::ops::{self, OpsState};
@@ -44,213 +43,6 @@ pub enum Role {
     Projector,
     /// The timers (capsule release and expiry) and the outbox workers (email).
     Scheduler,
-}
-
-/// Open the configured event store.
-pub async fn open_events(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> {
-    Ok(open_store(config).await?)
-}
-
-/// Open the configured backend: the event store with its due index and outbox.
-pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    cairn_events::open(config.database_url.as_deref(), &config.data_dir)
-        .await
-        .with_context(|| format!("opening the event store at {}", config.database_for_log()))
-}
-
-/// The configured blob store for capsule files, signing links with `key`: a local
-/// directory (`blobs/` in the data directory unless `CAIRN_BLOB_URL` names another).
-pub fn open_files(config: &Config, key: &[u8]) -> anyhow::Result<capsules::Files> {
-    let dir = match config.blob_url.as_ref().map(|url| url.0.as_str()) {
-        None => config.data_dir.join("blobs"),
-        Some(url) if url.starts_with("file://") => {
-            std::path::PathBuf::from(url.trim_start_matches("file://"))
-        }
-        Some(url) if url.starts_with("s3://") => return open_s3(url, key),
-        Some(url) if url.contains("://") => {
-            let scheme = url.split("://").next().unwrap_or_default();
-            bail!(
-                "CAIRN_BLOB_URL: {scheme}:// is not a store Cairn knows; give a directory, file:///a/directory or s3://bucket/prefix"
-            )
-        }
-        Some(path) => std::path::PathBuf::from(path),
-    };
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("creating the blob directory {}", dir.display()))?;
-    let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-        .with_context(|| format!("opening the blob directory {}", dir.display()))?
-        .with_automatic_cleanup(true);
-    Ok(capsules::Files::local(Arc::new(store), &dir, key))
-}
-
-/// Capsule files in S3 or an S3-compatible store: `s3://bucket/optional/prefix`, options
-/// from the usual `AWS_*` variables (`AWS_REGION`, `AWS_ACCESS_KEY_ID`, …), or given in the
-/// URL's query, which wins: `?endpoint=http://minio:9000&allow_http=true&region=…`.
-#[cfg(feature = "s3")]
-fn open_s3(url: &str, key: &[u8]) -> anyhow::Result<capsules::Files> {
-    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-    crate::install_tls_provider();
-    let (location, query) = url.split_once('?').unwrap_or((url, ""));
-    let rest = location.trim_start_matches("s3://");
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    // Only the bucket is shown: the query may hold credentials.
-    let shown = format!("CAIRN_BLOB_URL=s3://{bucket}/…");
-    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let option: AmazonS3ConfigKey = name
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{shown}: no such S3 option {name:?}"))?;
-        let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
-        builder = builder.with_config(option, value);
-    }
-    let store = builder.build().with_context(|| shown.clone())?;
-    let prefix = prefix.trim_matches('/');
-    Ok(if prefix.is_empty() {
-        capsules::Files::new(Arc::new(store), key)
-    } else {
-        let prefixed = object_store::prefix::PrefixStore::new(store, prefix);
-        capsules::Files::new(Arc::new(prefixed), key)
-    })
-}
-
-#[cfg(not(feature = "s3"))]
-fn open_s3(_url: &str, _key: &[u8]) -> anyhow::Result<capsules::Files> {
-    bail!("CAIRN_BLOB_URL=s3://…: this build has no S3 support (build with the `s3` feature)")
-}
-
-/// The capsule use cases as configured.
-pub async fn capsules(
-    config: &Config,
-    events: Arc<dyn EventStore>,
-    clock: Clock,
-) -> anyhow::Result<Capsules> {
-    let links = Links {
-        public_url: config.public_url.clone(),
-    };
-    let key = capsules::files::link_key(&*events, config.link_key.as_ref().map(|k| k.0.as_str()))
-        .await
-        .context("reading the download-link key")?;
-    let mut files = open_files(config, &key)?;
-    files.link_ttl = chrono::Duration::hours(i64::try_from(config.capsule_link_hours)?);
-    files.retention = chrono::Duration::days(i64::try_from(config.capsule_file_retention_days)?);
-    let mut capsules =
-        Capsules::new(events, links, files, clock).map_err(|e| anyhow::anyhow!("{e}"))?;
-    capsules.min_lead = i64::try_from(config.capsule_min_lead)
-        .ok()
-        .and_then(chrono::Duration::try_seconds)
-        .context("CAIRN_CAPSULE_MIN_LEAD is too large")?;
-    let window = Duration::from_secs(config.capsule_limit_window);
-    capsules.limits = Arc::new(capsules::Limits {
-        per_client: SlidingLog::new(config.capsule_limit_per_client, window),
-        per_sender: SlidingLog::new(config.capsule_limit_per_sender, window),
-    });
-    let mut blocked = Vec::new();
-    for sender in &config.blocked_senders {
-        let email = cairn_events::domain::capsule::EmailAddress::parse(sender)
-            .map_err(|_| anyhow::anyhow!("CAIRN_BLOCKED_SENDERS: {sender:?} is not an address"))?;
-        blocked.push(email.sender_key());
-    }
-    capsules.blocked_senders = Arc::new(blocked);
-    Ok(capsules)
-}
-
-/// The scheduler's actions on capsules: its due items are releases, expiries and the
-/// deletion of files.
-struct CapsuleActions {
-    capsules: Capsules,
-}
-
-#[async_trait::async_trait]
-impl DueAction for CapsuleActions {
-    async fn run(&self, item: &DueItem) -> Result<Handled, String> {
-        let Some(id) = capsules::capsule_of(item) else {
-            tracing::warn!(key = %item.key, "a due item for no capsule; dropped");
-            return Ok(Handled::Nothing);
-        };
-        let acted = match item.action.as_str() {
-            capsules::RELEASE => self.capsules.release(id).await,
-            capsules::EXPIRE => self.capsules.expire(id).await,
-            capsules::PURGE => self.capsules.purge_file(id).await,
-            other => {
-                tracing::warn!(key = %item.key, action = other, "an unknown due action; dropped");
-                return Ok(Handled::Nothing);
-            }
-        };
-        match acted {
-            Ok(true) => Ok(Handled::Done),
-            Ok(false) => Ok(Handled::Nothing),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-}
-
-/// Now and then, delete stored files no capsule keeps (an upload cut off by a crash, or
-/// stored but never submitted), once they are a day old.
-async fn sweep_files(capsules: Capsules, shutdown: CancellationToken) {
-    let mut wait = Duration::from_secs(60);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
-        }
-        let cutoff = chrono::Utc::now() - chrono::Duration::days(1);
-        match capsules.sweep_files(cutoff).await {
-            Ok(0) => {}
-            Ok(swept) => tracing::info!(swept, "deleted files no capsule keeps"),
-            Err(error) => tracing::warn!(%error, "sweeping capsule files failed; trying later"),
-        }
-        wait = Duration::from_secs(6 * 3600);
-    }
-}
-
-/// Where emails go: SMTP when configured, else `.eml` files in the data directory.
-fn mailer(config: &Config) -> anyhow::Result<Arc<dyn Mailer>> {
-    let from = config
-        .smtp_from
-        .parse()
-        .with_context(|| format!("CAIRN_SMTP_FROM={:?} is not an address", config.smtp_from))?;
-    Ok(match &config.smtp_url {
-        Some(url) => {
-            Arc::new(SmtpMailer::new(url, from).map_err(|e| {
-                anyhow::anyhow!("CAIRN_SMTP_URL {}: {e}", crate::config::redact(url))
-            })?)
-        }
-        None => Arc::new(FileMailer::new(config.data_dir.join("outbox"), from)),
-    })
-}
-
-/// Open the configured read store: Redis if configured, else the read-model file in the
-/// data directory (checked against `events`, the log it must have been built from).
-pub async fn open_read(
-    config: &Config,
-    events: &dyn EventStore,
-) -> anyhow::Result<Arc<dyn ReadStore>> {
-    Ok(match &config.redis_url {
-        Some(url) => Arc::new(
-            RedisStore::connect(url, &config.redis_prefix)
-                .await
-                .with_context(|| {
-                    format!("connecting to Redis at {}", crate::config::redact(url))
-                })?,
-        ),
-        None => {
-            let first = events
-                .read_all(0, 1, &[])
-                .await
-                .context("reading the event log")?;
-            let log = LogIdentity {
-                first_event: first.first().map(|e| e.event_id.to_string()),
-                head: events.head().await.context("reading the event log head")?,
-            };
-            let path = config.data_dir.join("read-models.db");
-            Arc::new(
-                SqliteStore::open(&path, &log)
-                    .await
-                    .with_context(|| format!("opening read models at {}", path.display()))?,
-            )
-        }
-    })
 }
 
 /// A running Cairn.
@@ -272,7 +64,7 @@ impl Application {
         role: Role,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        Self::build_with_clock(config, role, shutdown, system_clock()).await
+        Self::build_with_clock(config, role, shutdown, Clock::system()).await
     }
 
     /// As [`Application::build`], with "now" given (for tests): for the read routes, the
@@ -338,12 +130,12 @@ impl Application {
             None
         };
         if let (Role::All | Role::Scheduler, Some(capsules)) = (role, &capsules) {
-            let actions = Arc::new(CapsuleActions {
+            let actions = Arc::new(CapsuleTimers {
                 capsules: capsules.clone(),
             });
             let sleeper = Sleeper::new(store.clone(), actions).with_clock(clock.clone());
             tasks.push(tokio::spawn(sleeper.run(shutdown.clone())));
-            tasks.push(tokio::spawn(sweep_files(
+            tasks.push(tokio::spawn(timers::sweep_files(
                 capsules.clone(),
                 shutdown.clone(),
             )));
@@ -413,18 +205,13 @@ impl Application {
         }
         let router = router
             .fallback(|| async {
-                (
-                    StatusCode::NOT_FOUND,
-                    Json(json!({ "error": "no such route", "code": "not_found" })),
-                )
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
             })
             .method_not_allowed_fallback(|| async {
-                (
+                ApiError::new(
                     StatusCode::METHOD_NOT_ALLOWED,
-                    Json(json!({
-                        "error": "this route does not take that method",
-                        "code": "method_not_allowed",
-                    })),
+                    "method_not_allowed",
+                    "this route does not take that method",
                 )
             })
             .layer(middleware::from_fn_with_state(
@@ -539,24 +326,4 @@ async fn startup_gate(
     // Answer "loading" a little before the request timeout would answer for us.
     let timeout = Duration::from_millis((config.request_timeout * 1000).saturating_sub(250));
     Ok(StartupGate::until(Arc::new(handle.clone()), head, timeout))
-}
-
-/// Only one server may use an embedded data directory at a time.
-fn lock_data_dir(config: &Config) -> anyhow::Result<File> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-    let path = config.data_dir.join("cairn.lock");
-    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            bail!(
-                "another Cairn server is using {}",
-                config.data_dir.display()
-            )
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("locking {}", path.display()))
-        }
-    }
 }

@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{self, Application, Role};
+use crate::app::{Application, Role};
+use crate::backends;
 use crate::config::Config;
 
 #[derive(Parser)]
@@ -134,7 +135,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { role } => serve(&config, role).await,
         Command::Migrate => {
-            let events = app::open_events(&config).await?;
+            let events = backends::open_events(&config).await?;
             println!(
                 "schema of {} is up to date (head position {})",
                 config.database_for_log(),
@@ -151,7 +152,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     expires,
                 },
         } => {
-            let events = app::open_events(&config).await?;
+            let events = backends::open_events(&config).await?;
             let written =
                 users::add_user(&*events, &name, email.as_deref(), token.as_deref(), expires)
                     .await?;
@@ -162,7 +163,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User {
             command: UserCommand::List,
         } => {
-            let events = app::open_events(&config).await?;
+            let events = backends::open_events(&config).await?;
             for user in users::list_users(&*events).await? {
                 println!(
                     "{}\t{}\t{}\tcreated {}",
@@ -200,7 +201,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     expires,
                 },
         } => {
-            let events = app::open_events(&config).await?;
+            let events = backends::open_events(&config).await?;
             let written = users::add_token(&*events, &name, token.as_deref(), expires).await?;
             eprintln!("new token for {name}; keep it, it is not shown again:");
             println!("{}", written.value);
@@ -209,7 +210,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token {
             command: TokenCommand::Revoke { token },
         } => {
-            let events = app::open_events(&config).await?;
+            let events = backends::open_events(&config).await?;
             let written = users::revoke_token(&*events, &token).await?;
             println!("revoked token {} of {}", written.value.1, written.value.0);
             Ok(())
@@ -229,8 +230,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
                 None => cairn_query::projections::NAMES.to_vec(),
             };
-            let events = app::open_events(&config).await?;
-            let read = app::open_read(&config, &*events).await?;
+            let events = backends::open_events(&config).await?;
+            let read = backends::open_read(&config, &*events).await?;
             for n in names {
                 read.reset(n)
                     .await
@@ -243,8 +244,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn senders(config: &Config, command: SenderCommand) -> anyhow::Result<()> {
-    let clock = cairn_query::routes::system_clock();
-    let capsules = app::capsules(config, app::open_events(config).await?, clock).await?;
+    let clock = cairn_events::Clock::system();
+    let capsules = backends::capsules(config, backends::open_events(config).await?, clock).await?;
     let done = match &command {
         SenderCommand::Block { email } => capsules.set_blocked(email, true).await,
         SenderCommand::Unblock { email } => capsules.set_blocked(email, false).await,
@@ -272,7 +273,7 @@ async fn senders(config: &Config, command: SenderCommand) -> anyhow::Result<()> 
 }
 
 async fn outbox(config: &Config, command: OutboxCommand) -> anyhow::Result<()> {
-    let store = app::open_store(config).await?;
+    let store = backends::open_store(config).await?;
     match command {
         OutboxCommand::Dead { limit } => {
             for dead in store.dead_letters(limit).await? {

@@ -3,14 +3,16 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod backends;
 pub mod cli;
-pub mod client_ip;
 pub mod config;
 pub mod cors;
 pub mod ops;
 pub mod telemetry;
 
 pub use app::{Application, Role};
+/// The client-address layer and the ranges of trusted proxies (`CAIRN_TRUSTED_PROXIES`).
+pub use cairn_http::client_ip;
 
 /// Install the TLS provider HTTP clients in this process build on: rustls with ring, as
 /// sqlx and lettre use (with the `s3` feature, object_store's client needs one chosen;

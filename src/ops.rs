@@ -17,7 +17,7 @@ use cairn_query::{ReadStore, RunnerHandle};
 use serde_json::json;
 use utoipa::OpenApi;
 
-use crate::client_ip::ClientIp;
+use cairn_http::{ApiError, ClientIp};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 #[derive(Default)]
@@ -37,20 +37,13 @@ pub struct OpsState {
 pub async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => {
-            let body = json!({
-                "error": "the request took too long; a write may still have been applied: \
-                          check before retrying (POST /message and capsule submissions retry \
-                          safely with the same Idempotency-Key)",
-                "code": "timeout",
-            });
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(axum::http::header::RETRY_AFTER, "1")],
-                Json(body),
-            )
-                .into_response()
-        }
+        Err(_) => ApiError::unavailable(
+            "timeout",
+            "the request took too long; a write may still have been applied: check before \
+             retrying (POST /message and capsule submissions retry safely with the same \
+             Idempotency-Key)",
+        )
+        .into_response(),
     }
 }
 

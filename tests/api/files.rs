@@ -571,8 +571,8 @@ async fn files_no_capsule_keeps_are_swept() {
                 .unwrap();
         }
     }
-    let clock = cairn_query::routes::system_clock();
-    let capsules = cairn::app::capsules(&app.config, app.events.clone(), clock)
+    let clock = cairn_events::Clock::system();
+    let capsules = cairn::backends::capsules(&app.config, app.events.clone(), clock)
         .await
         .unwrap();
     let cutoff = chrono::Utc::now() - chrono::Duration::days(1);

@@ -106,7 +106,7 @@ pub async fn spawn_role(config: Config, role: Role) -> TestApp {
     let shutdown = CancellationToken::new();
     let now: Arc<Mutex<Option<DateTime<Utc>>>> = Arc::default();
     let set = now.clone();
-    let clock = Arc::new(move || {
+    let clock = cairn_events::Clock::from_fn(move || {
         set.lock()
             .unwrap_or_else(|p| p.into_inner())
             .unwrap_or_else(Utc::now)

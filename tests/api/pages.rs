@@ -2,7 +2,7 @@
 //! scanners fetch links), the form's POST acts. Over HTTP on every backend, and clicked
 //! through in headless Chromium.
 
-use cairn_events::domain::capsule::Status;
+use cairn_command::capsules::Status;
 use serde_json::json;
 
 use crate::browser::Browser;
@@ -65,7 +65,7 @@ async fn status_of(app: &TestApp, id: &str) -> Status {
         .read_stream(&format!("capsule-{id}"))
         .await
         .unwrap();
-    cairn_events::domain::capsule::CapsuleState::of(&events)
+    cairn_command::capsules::CapsuleState::of(&events)
         .unwrap()
         .unwrap()
         .status

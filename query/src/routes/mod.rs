@@ -37,15 +37,7 @@ pub struct QueryState {
     /// How trending scores were computed (their decay is applied per request).
     pub rules: TrendRules,
     /// "Now", for trending scores; tests set it.
-    pub clock: Clock,
-}
-
-/// The current time, as the read routes see it.
-pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
-
-/// The wall clock.
-pub fn system_clock() -> Clock {
-    Arc::new(Utc::now)
+    pub clock: cairn_events::Clock,
 }
 
 /// Holds reads back until the read models contain everything the event log held when the

@@ -233,7 +233,7 @@ pub async fn trend(
     }
 
     let plan = buckets.plan();
-    let now = minute_of((state.clock)());
+    let now = minute_of(state.clock.now());
     if let (Some(kept_from), Some(days)) = (
         state.rules.minutes_kept_from(now),
         state.rules.minute_retention_days,
@@ -341,7 +341,7 @@ pub async fn trending(
             ));
         }
     };
-    let now = minute_of((state.clock)());
+    let now = minute_of(state.clock.now());
     let rules = state.rules;
     let ranked = state.read.trending(rules.floor_at(now), limit).await?;
     let tags: Vec<String> = ranked.iter().map(|(tag, _)| tag.clone()).collect();
