@@ -128,7 +128,7 @@ pub struct Changes {
 /// What a command comes to.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
-    Append(Changes),
+    Append(Box<Changes>),
     /// Nothing to write: the capsule moved on, or a retry of what is written.
     Nothing,
 }
@@ -255,7 +255,7 @@ pub fn decide(
             }
         }
     };
-    Ok(Decision::Append(changes))
+    Ok(Decision::Append(Box::new(changes)))
 }
 
 /// A new capsule, checked in Chronoria's order: the sender, the time, the text.
@@ -272,12 +272,12 @@ fn submit(
     capsule::validate_text(&submitted.text, submitted.attachment.is_some())
         .map_err(|invalid| Refused::Invalid(invalid.into()))?;
     let capsule_id = submitted.capsule_id;
-    Ok(Decision::Append(Changes {
+    Ok(Decision::Append(Box::new(Changes {
         event: CapsuleEvent::Submitted(submitted.clone()),
         schedule: vec![due(capsule_id, EXPIRE, now + CONFIRM_WITHIN)],
         unschedule: Vec::new(),
         email: Some(EmailKind::Confirm),
-    }))
+    })))
 }
 
 /// Whether a retried submission asks for the capsule `first` was: the same people, time,
@@ -396,7 +396,7 @@ mod tests {
 
     fn changes(decision: Result<Decision, Refused>) -> Changes {
         match decision {
-            Ok(Decision::Append(changes)) => changes,
+            Ok(Decision::Append(changes)) => *changes,
             other => panic!("expected changes, got {other:?}"),
         }
     }

@@ -207,7 +207,7 @@ impl Capsules {
         )
         .map_err(CapsuleError::RateLimited)?;
         match self
-            .append(&state, changes, ExpectedVersion::NoStream, now)
+            .append(&state, *changes, ExpectedVersion::NoStream, now)
             .await
         {
             Ok(()) => Ok(Outcome::Written),
@@ -326,7 +326,7 @@ impl Capsules {
                 self.files.delete(&file.blob).await?;
             }
             let expected = ExpectedVersion::Exact(state.version);
-            match self.append(&state, changes, expected, now).await {
+            match self.append(&state, *changes, expected, now).await {
                 Ok(()) => return Ok(Outcome::Written),
                 Err(CapsuleError::Store(StoreError::Conflict { .. })) => continue,
                 Err(e) => return Err(e),

@@ -1,9 +1,12 @@
-//! `POST /message`, Dunder-compatible.
+//! `POST /message`, Dunder-compatible: parse, [`decide`](decide::decide), append, answer
+//! once the message can be read back.
 //!
 //! The body is read as JSON whatever the `Content-Type` says: Dunder's README posts with
 //! `curl -d`, which labels the body as a form. With an `Idempotency-Key` header the
 //! message's stream is named by the user and the key, so a retry finds the first message
 //! instead of posting a second one.
+
+pub mod decide;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -21,6 +24,7 @@ use ulid::Ulid;
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
+use self::decide::{Decision, Refused};
 use crate::CommandState;
 use crate::auth::AuthUser;
 
@@ -146,6 +150,8 @@ async fn post_message(
         correlation_id: Some(Uuid::now_v7()),
         causation_id: None,
     };
+    // The stream is assumed new (where `decide` posts) and nothing is read first: the
+    // append's `NoStream` check finds a stream written before, and only then is it read.
     let stream = message::stream_id(posted.message_id, user.id, key.as_deref());
     let request = AppendRequest::new(
         stream.clone(),
@@ -169,19 +175,20 @@ async fn post_message(
             Ok(created(posted.message_id))
         }
         Err(StoreError::Conflict { .. }) if key.0.is_some() => {
-            // A retry: answer as the first request was answered, if it asked the same.
+            // Written before under this key: a retry, or another message.
             let first = state.events.read_stream(&stream).await?;
             let first = first
                 .first()
                 .and_then(|e| MessagePosted::decode(e).ok())
                 .ok_or_else(|| ApiError::from(StoreError::Corrupt(stream.clone())))?;
-            if first.text != posted.text || first.hashtags != posted.hashtags {
-                return Err(ApiError::unprocessable(
+            match decide::decide(Some(&first), &posted) {
+                Ok(Decision::Repeat(id)) => Ok(created(id)),
+                Ok(Decision::Post) => Err(StoreError::Corrupt(stream).into()),
+                Err(refused @ Refused::KeyReused) => Err(ApiError::unprocessable(
                     "idempotency_key_reused",
-                    "this Idempotency-Key was used for a different message",
-                ));
+                    refused.to_string(),
+                )),
             }
-            Ok(created(first.message_id))
         }
         Err(e) => Err(e.into()),
     }
