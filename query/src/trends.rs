@@ -311,7 +311,9 @@ mod tests {
         let s = TrendRules::default();
         assert_eq!(s.rank(4, 0, 0), None, "below the threshold");
         assert_eq!(s.rank(5, 5, 0), None, "not above yesterday");
-        let rank = s.rank(16, 2, 1000).unwrap();
+        let rank = s
+            .rank(16, 2, 1000)
+            .unwrap_or_else(|| panic!("above the threshold"));
         assert!((s.score_at(rank, 1000) - 98.0).abs() < 1e-9);
         assert!((s.score_at(rank, 1000 + 240) - 49.0).abs() < 1e-9);
     }
