@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use cairn_events::domain::message::{self, Hashtag, MessagePosted};
+use cairn_events::testing::redis_url;
 use cairn_events::{AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent};
 use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
@@ -47,10 +48,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn redis_url() -> String {
-    std::env::var("CAIRN_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
 /// Latency percentiles of a sample, in milliseconds.

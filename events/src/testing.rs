@@ -1,6 +1,10 @@
 //! The behaviour suite every event store must pass. Each function takes a fresh, empty
 //! store and panics on the first broken promise; the integration tests call them for
 //! SQLite and for Postgres.
+//!
+//! Beside it, what every crate's tests share, so that there is one copy of each: where the
+//! test backends are and fresh, isolated storage on them (`backends`), and waiting for a
+//! condition with a deadline instead of sleeping and hoping (`wait`).
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use std::collections::HashSet;
@@ -10,6 +14,15 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use chrono::{DateTime, Utc};
+
+mod backends;
+mod wait;
+
+pub use backends::{
+    admin_url, fresh_postgres, fresh_postgres_url, fresh_prefix, fresh_sqlite, redis_cluster_url,
+    redis_url, temp_dir,
+};
+pub use wait::{eventually, until};
 
 use crate::{
     AppendRequest, DomainEvent, DueItem, Effects, EventStore, ExpectedVersion, Metadata, NewEvent,
@@ -606,44 +619,4 @@ macro_rules! event_store_suite {
             $crate::testing::outbox_messages_retry_and_die($fresh.await).await;
         }
     };
-}
-
-/// The Postgres server tests create their databases on (`CAIRN_TEST_DATABASE_URL`,
-/// default the local server).
-pub fn admin_url() -> String {
-    std::env::var("CAIRN_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// Create an empty database of its own for one test and return its URL. Databases are
-/// named `cairn_t_*`; the test script drops leftovers before a run.
-pub async fn fresh_postgres_url() -> String {
-    use sqlx::Connection;
-    let admin = admin_url();
-    let name = format!("cairn_t_{}", uuid::Uuid::now_v7().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .expect("Postgres is reachable (set CAIRN_TEST_DATABASE_URL)");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let _ = conn.close().await;
-    match admin.rfind('/') {
-        Some(i) if !admin[i + 1..].contains('@') => format!("{}/{name}", &admin[..i]),
-        _ => format!("{admin}/{name}"),
-    }
-}
-
-/// A fresh, migrated Postgres store in a database of its own.
-pub async fn fresh_postgres() -> Arc<dyn Store> {
-    crate::open_postgres(&fresh_postgres_url().await)
-        .await
-        .unwrap()
-}
-
-/// A fresh SQLite store in a temporary directory that lives as long as the process.
-pub async fn fresh_sqlite() -> Arc<dyn Store> {
-    let dir = std::env::temp_dir().join(format!("cairn-test-{}", uuid::Uuid::now_v7().simple()));
-    crate::open_sqlite(&dir.join("events.db")).await.unwrap()
 }

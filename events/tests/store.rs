@@ -5,10 +5,13 @@ use std::time::Duration;
 
 use cairn_events::domain::message::MessagePosted;
 use cairn_events::store::postgres::{APPEND_LOCK, LOCK_CLASS};
-use cairn_events::testing::{fresh_postgres, fresh_postgres_url, fresh_sqlite};
+use cairn_events::testing::{fresh_postgres, fresh_postgres_url, fresh_sqlite, temp_dir, until};
 use cairn_events::{
     AppendRequest, DomainEvent, Envelope, EventStore, ExpectedVersion, Metadata, NewEvent,
 };
+
+/// How long a test waits for a condition before it fails.
+const WAIT: Duration = Duration::from_secs(10);
 
 mod sqlite {
     use super::*;
@@ -88,7 +91,17 @@ async fn postgres_out_of_order_commits_are_not_skipped() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // It is queued once Postgres shows it waiting for a lock in this database.
+    until("the fast writer to wait for a lock", WAIT, || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+             WHERE d.datname = current_database() AND NOT l.granted)",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+    })
+    .await;
     assert!(
         !fast.is_finished(),
         "the fast writer must queue behind the slow one"
@@ -113,8 +126,7 @@ async fn postgres_out_of_order_commits_are_not_skipped() {
 /// A second process's appends (as the CLI makes them) reach this process's subscribers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_sees_appends_from_another_connection_within_a_second() {
-    let dir = std::env::temp_dir().join(format!("cairn-test-{}", uuid::Uuid::now_v7().simple()));
-    let path = dir.join("events.db");
+    let path = temp_dir().join("events.db");
     let server = cairn_events::open_sqlite(&path).await.unwrap();
     let cli = cairn_events::open_sqlite(&path).await.unwrap();
     let mut wake = cairn_events::EventStore::subscribe(&*server);

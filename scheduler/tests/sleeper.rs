@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cairn_events::testing::{fresh_postgres, fresh_sqlite};
+use cairn_events::testing::{fresh_postgres, fresh_sqlite, until};
 use cairn_events::{AppendRequest, DueItem, Effects, ExpectedVersion, Metadata, NewEvent, Store};
 use cairn_events::{DueAction, Handled};
 use cairn_scheduler::Sleeper;
@@ -95,15 +95,12 @@ fn start(
     (recorder, shutdown)
 }
 
+/// How long a sleeper may take to act.
+const PATIENCE: Duration = Duration::from_secs(10);
+
 /// Wait (bounded) until `done` holds.
 async fn eventually(what: &str, done: impl Fn() -> bool) {
-    for _ in 0..400 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
+    until(what, PATIENCE, || std::future::ready(done())).await;
 }
 
 /// A sleeper waiting for an item an hour away is woken by an item due sooner, runs it at
@@ -111,8 +108,10 @@ async fn eventually(what: &str, done: impl Fn() -> bool) {
 async fn woken_by_an_earlier_item(store: Arc<dyn Store>) {
     let now = Utc::now();
     schedule(&*store, "later", now + chrono::Duration::hours(1)).await;
+    schedule(&*store, "first", now).await;
     let (recorder, _stop) = start(&store, 1, Duration::from_secs(60));
-    tokio::time::sleep(Duration::from_millis(100)).await; // asleep on "later"
+    // Once it has run the item due now, the sleeper goes back to sleep on "later".
+    eventually("the item due now", || !recorder.runs_of("first").is_empty()).await;
     let soon = Utc::now() + chrono::Duration::milliseconds(300);
     schedule(&*store, "soon", soon).await;
     eventually("the earlier item", || !recorder.runs_of("soon").is_empty()).await;
@@ -123,18 +122,11 @@ async fn woken_by_an_earlier_item(store: Arc<dyn Store>) {
     // Once the action's append has dropped "soon", "later" is next (to the millisecond,
     // as both stores keep times).
     let later = (now + chrono::Duration::hours(1)).timestamp_millis();
-    for _ in 0..400 {
-        let next = store
-            .next_due()
-            .await
-            .unwrap()
-            .map(|t| t.timestamp_millis());
-        if next == Some(later) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("next due: {:?}", store.next_due().await);
+    until("\"later\" to be next due", PATIENCE, || async {
+        let next = store.next_due().await.unwrap();
+        next.map(|t| t.timestamp_millis()) == Some(later)
+    })
+    .await;
 }
 
 /// Items that fell due while no scheduler ran are all carried out once, by whichever of
@@ -180,32 +172,26 @@ async fn a_failing_item_is_put_off(store: Arc<dyn Store>) {
     let (recorder, _stop) = start(&store, 1, Duration::from_millis(300));
     eventually("a first try", || recorder.runs_of("broken").len() == 1).await;
     let tried = recorder.runs_of("broken")[0];
-    for _ in 0..400 {
-        // Until then, the claim of the first try still shows (300 ms on).
-        if let Some(next) = store.next_due().await.unwrap()
-            && next > tried + chrono::Duration::seconds(60)
-        {
-            assert!(
-                next >= tried + overdue - chrono::Duration::seconds(5),
-                "put off until {next}"
-            );
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the failed item was not put off");
+    // Until then, the claim of the first try still shows (300 ms on).
+    let next =
+        cairn_events::testing::eventually("the failed item to be put off", PATIENCE, || async {
+            let next = store.next_due().await.unwrap();
+            next.filter(|next| *next > tried + chrono::Duration::seconds(60))
+        })
+        .await;
+    assert!(
+        next >= tried + overdue - chrono::Duration::seconds(5),
+        "put off until {next}"
+    );
 }
 
 /// Wait (bounded) until the due index is empty: the last action's drop can land just
 /// after its run was recorded.
 async fn drained(store: &dyn Store) {
-    for _ in 0..400 {
-        if store.next_due().await.unwrap().is_none() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("due items were left: next at {:?}", store.next_due().await);
+    until("the due index to be empty", PATIENCE, || async {
+        store.next_due().await.unwrap().is_none()
+    })
+    .await;
 }
 
 macro_rules! on_both_stores {

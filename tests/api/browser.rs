@@ -35,12 +35,12 @@ impl Browser {
                 .expect("chromedriver is installed (apt-get install chromium-driver)");
         let base = format!("http://127.0.0.1:{port}");
         let http = crate::helpers::http();
-        for _ in 0..200 {
-            if http.get(format!("{base}/status")).send().await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::helpers::until(
+            "chromedriver to answer",
+            Duration::from_secs(10),
+            || async { http.get(format!("{base}/status")).send().await.is_ok() },
+        )
+        .await;
         let profile = crate::helpers::temp_dir();
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",

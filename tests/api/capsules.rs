@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, spawn_with, test_config};
-use crate::smtp::{Received, SmtpSink};
+use crate::helpers::{
+    Backend, CapsuleEmail, PATIENCE, PUBLIC_URL, TestApp, backend_env, eventually, in_ms,
+    mail_config, spawn_with, start_server, text_of, until,
+};
+use crate::smtp::SmtpSink;
 
 crate::on_both_backends!(
     capsules: a_capsule_is_confirmed_and_delivered,
@@ -24,17 +27,10 @@ crate::on_both_backends!(
 );
 
 async fn spawn(backend: Backend) -> (TestApp, SmtpSink) {
-    let sink = SmtpSink::start().await;
-    let mut config = test_config(backend).await;
-    config.smtp_url = Some(sink.url.clone());
-    config.public_url = "https://capsules.example".into();
+    let (mut config, sink) = mail_config(backend).await;
     config.blocked_senders = vec!["Spam@Example.com".into()];
     config.cors_origins = vec!["https://app.example".into()];
     (spawn_with(config).await, sink)
-}
-
-fn in_ms(delay: Duration) -> i64 {
-    (chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap()).timestamp_millis()
 }
 
 fn capsule(send_time: i64) -> Value {
@@ -48,48 +44,19 @@ fn capsule(send_time: i64) -> Value {
     })
 }
 
-async fn call(app: &TestApp, request: reqwest::RequestBuilder) -> (u16, String) {
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let _ = app;
-    (status, response.text().await.unwrap())
-}
-
-async fn submit(app: &TestApp, body: &Value) -> (u16, String) {
-    call(
-        app,
-        app.client
-            .post(format!("{}/api/submit/text", app.address))
-            .json(body),
-    )
-    .await
-}
-
-async fn get(app: &TestApp, path: &str) -> (u16, String) {
-    call(app, app.client.get(format!("{}{path}", app.address))).await
-}
-
-/// The capsule id in a link of `email` to `page` (`https://capsules.example/confirm/<id>`).
-fn id_in(email: &Received, page: &str) -> String {
-    let text = email.decoded();
-    let marker = format!("https://capsules.example/{page}/");
-    let start = text.find(&marker).expect("the link") + marker.len();
-    text[start..start + 36].to_owned()
-}
-
 pub async fn a_capsule_is_confirmed_and_delivered(backend: Backend) {
     let (app, sink) = spawn(backend).await;
-    assert_eq!(get(&app, "/api/ping").await, (200, "Pong".into()));
+    assert_eq!(app.get_text("/api/ping").await, (200, "Pong".into()));
     let send_time = in_ms(Duration::from_secs(2));
     assert_eq!(
-        submit(&app, &capsule(send_time)).await,
+        app.submit_text(&capsule(send_time)).await,
         (200, String::new())
     );
 
     let confirmation = sink
         .wait_for("ada@example.com", "Confirm your time capsule")
         .await;
-    let id = id_in(&confirmation, "confirm");
+    let id = confirmation.capsule_id("confirm");
     assert!(confirmation.decoded().contains("within 24 hours"));
     let message_id = confirmation.header("Message-ID").unwrap();
     assert!(message_id.ends_with("@capsules.example>"), "{message_id}");
@@ -99,14 +66,14 @@ pub async fn a_capsule_is_confirmed_and_delivered(backend: Backend) {
     );
 
     assert_eq!(
-        get(&app, &format!("/api/confirm?id={id}")).await,
+        app.get_text(&format!("/api/confirm?id={id}")).await,
         (200, String::new())
     );
     let receipt = sink.wait_for("ada@example.com", "is scheduled").await;
-    assert_eq!(id_in(&receipt, "cancel"), id);
+    assert_eq!(receipt.capsule_id("cancel"), id);
     // Confirming twice is refused.
     assert_eq!(
-        get(&app, &format!("/confirm?id={id}")).await,
+        app.get_text(&format!("/confirm?id={id}")).await,
         (400, "CAPSULE_NA_OR_EXPIRED".into())
     );
 
@@ -134,14 +101,18 @@ pub async fn a_capsule_is_confirmed_and_delivered(backend: Backend) {
     );
     // Released: it can no longer be cancelled, and it was delivered once.
     assert_eq!(
-        get(
-            &app,
-            &format!("/api/cancel?id={id}&recipientEmail=grace@example.com")
-        )
+        app.get_text(&format!(
+            "/api/cancel?id={id}&recipientEmail=grace@example.com"
+        ))
         .await,
         (400, "CAPSULE_NA_OR_RELEASED".into())
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing is left to release it again: the release dropped its due item with the
+    // event that queued the delivery.
+    until("the due index to be empty", PATIENCE, || async {
+        app.store.next_due().await.unwrap().is_none()
+    })
+    .await;
     let deliveries = sink
         .received()
         .iter()
@@ -153,46 +124,41 @@ pub async fn a_capsule_is_confirmed_and_delivered(backend: Backend) {
 pub async fn a_capsule_is_cancelled(backend: Backend) {
     let (app, sink) = spawn(backend).await;
     assert_eq!(
-        submit(&app, &capsule(in_ms(Duration::from_secs(3600))))
+        app.submit_text(&capsule(in_ms(Duration::from_secs(3600))))
             .await
             .0,
         200
     );
-    let id = id_in(
-        &sink.wait_for("ada@example.com", "Confirm").await,
-        "confirm",
-    );
-    assert_eq!(get(&app, &format!("/api/confirm/?id={id}")).await.0, 200);
+    let id = sink
+        .wait_for("ada@example.com", "Confirm")
+        .await
+        .capsule_id("confirm");
+    assert_eq!(app.get_text(&format!("/api/confirm/?id={id}")).await.0, 200);
     sink.wait_for("ada@example.com", "is scheduled").await;
 
     // Only the recipient's address (in any case) cancels.
     assert_eq!(
-        get(
-            &app,
-            &format!("/api/cancel?id={id}&recipientEmail=ada@example.com")
-        )
+        app.get_text(&format!(
+            "/api/cancel?id={id}&recipientEmail=ada@example.com"
+        ))
         .await,
         (400, "CAPSULE_NA_OR_RELEASED".into())
     );
     assert_eq!(
-        get(
-            &app,
-            &format!("/cancel?id={id}&RecipientEmail=GRACE@example.com")
-        )
-        .await,
+        app.get_text(&format!("/cancel?id={id}&RecipientEmail=GRACE@example.com"))
+            .await,
         (200, String::new())
     );
     sink.wait_for("ada@example.com", "is cancelled").await;
     assert_eq!(
-        get(
-            &app,
-            &format!("/api/cancel?id={id}&recipientEmail=grace@example.com")
-        )
+        app.get_text(&format!(
+            "/api/cancel?id={id}&recipientEmail=grace@example.com"
+        ))
         .await,
         (400, "CAPSULE_NA_OR_RELEASED".into())
     );
     assert_eq!(
-        get(&app, &format!("/api/confirm?id={id}")).await,
+        app.get_text(&format!("/api/confirm?id={id}")).await,
         (400, "CAPSULE_NA_OR_EXPIRED".into())
     );
     assert_eq!(
@@ -241,7 +207,11 @@ pub async fn submission_errors(backend: Backend) {
             "BLOCKED_SENDER_EMAIL",
         ),
     ] {
-        assert_eq!(submit(&app, &body).await, (400, code.to_owned()), "{body}");
+        assert_eq!(
+            app.submit_text(&body).await,
+            (400, code.to_owned()),
+            "{body}"
+        );
     }
     // Field names match in any case; the route works with a trailing slash.
     let shouted = json!({
@@ -249,8 +219,7 @@ pub async fn submission_errors(backend: Backend) {
         "RecipientEmail": "ada@example.com", "RECIPIENTNAME": "Ada",
         "SendTime": later, "TEXT": "to myself",
     });
-    let (status, _) = call(
-        &app,
+    let (status, _) = text_of(
         app.client
             .post(format!("{}/api/submit/text/", app.address))
             .json(&shouted),
@@ -279,10 +248,14 @@ pub async fn confirm_and_cancel_errors(backend: Backend) {
             "CAPSULE_NA_OR_RELEASED",
         ),
     ] {
-        assert_eq!(get(&app, &path).await, (400, expected.to_owned()), "{path}");
+        assert_eq!(
+            app.get_text(&path).await,
+            (400, expected.to_owned()),
+            "{path}"
+        );
     }
     assert_eq!(
-        submit(&app, &capsule(in_ms(Duration::from_secs(3600))))
+        app.submit_text(&capsule(in_ms(Duration::from_secs(3600))))
             .await
             .0,
         200
@@ -345,9 +318,7 @@ pub async fn the_web_client_may_call_from_its_origin(backend: Backend) {
 /// Per sender and per client address, a sliding window of submissions; past it, 429 with
 /// how long to wait.
 pub async fn submissions_are_rate_limited(backend: Backend) {
-    let sink = SmtpSink::start().await;
-    let mut config = test_config(backend).await;
-    config.smtp_url = Some(sink.url.clone());
+    let (mut config, _sink) = mail_config(backend).await;
     config.capsule_limit_per_sender = 2;
     config.capsule_limit_per_client = 3;
     let app = spawn_with(config).await;
@@ -383,11 +354,10 @@ pub async fn submissions_are_rate_limited(backend: Backend) {
 /// A capsule survives its server: submitted, the server is killed (SIGKILL); confirmed
 /// by the next one, which is stopped (SIGTERM); the third delivers it.
 pub async fn restarts_between_steps_lose_nothing(backend: Backend) {
-    use crate::durability::{backend_env, start_server};
     let sink = SmtpSink::start().await;
     let mut env = backend_env(backend).await;
     env.push(("CAIRN_SMTP_URL".into(), sink.url.clone()));
-    env.push(("CAIRN_PUBLIC_URL".into(), "https://capsules.example".into()));
+    env.push(("CAIRN_PUBLIC_URL".into(), PUBLIC_URL.into()));
     // An email the killed server had claimed is sent by the next once the claim runs out.
     env.push(("CAIRN_OUTBOX_CLAIM_SECONDS".into(), "1".into()));
     let client = crate::helpers::http();
@@ -406,10 +376,10 @@ pub async fn restarts_between_steps_lose_nothing(backend: Backend) {
 
     let (mut second, base) = start_server(&env).await;
     // The confirmation email was committed with the capsule: sent before or after the kill.
-    let id = id_in(
-        &sink.wait_for("ada@example.com", "Confirm").await,
-        "confirm",
-    );
+    let id = sink
+        .wait_for("ada@example.com", "Confirm")
+        .await
+        .capsule_id("confirm");
     let confirmed = client
         .get(format!("{base}/api/confirm?id={id}"))
         .send()
@@ -439,11 +409,10 @@ pub async fn restarts_between_steps_lose_nothing(backend: Backend) {
 /// heard its `250`): after the restart the email is sent again, with the same Message-ID,
 /// and nothing is lost.
 pub async fn kill_9_during_delivery_loses_no_email(backend: Backend) {
-    use crate::durability::{backend_env, start_server};
     let sink = SmtpSink::stalling("A time capsule from").await;
     let mut env = backend_env(backend).await;
     env.push(("CAIRN_SMTP_URL".into(), sink.url.clone()));
-    env.push(("CAIRN_PUBLIC_URL".into(), "https://capsules.example".into()));
+    env.push(("CAIRN_PUBLIC_URL".into(), PUBLIC_URL.into()));
     env.push(("CAIRN_OUTBOX_CLAIM_SECONDS".into(), "1".into()));
     let client = crate::helpers::http();
 
@@ -455,10 +424,10 @@ pub async fn kill_9_during_delivery_loses_no_email(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(submitted.status(), 200);
-    let id = id_in(
-        &sink.wait_for("ada@example.com", "Confirm").await,
-        "confirm",
-    );
+    let id = sink
+        .wait_for("ada@example.com", "Confirm")
+        .await
+        .capsule_id("confirm");
     let confirmed = client
         .get(format!("{base}/api/confirm?id={id}"))
         .send()
@@ -475,19 +444,20 @@ pub async fn kill_9_during_delivery_loses_no_email(backend: Backend) {
     let (_server, _) = start_server(&env).await;
     let message_id = first.header("Message-ID");
     assert!(message_id.is_some());
-    for _ in 0..300 {
-        let copies: Vec<_> = sink
-            .received()
-            .into_iter()
-            .filter(|m| m.to == "Grace@Example.com")
-            .collect();
-        if copies.len() >= 2 {
-            assert!(copies.iter().all(|m| m.header("Message-ID") == message_id));
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the delivery was not sent again after the restart");
+    let copies = eventually(
+        "the delivery to be sent again after the restart",
+        PATIENCE,
+        || async {
+            let copies: Vec<_> = sink
+                .received()
+                .into_iter()
+                .filter(|m| m.to == "Grace@Example.com")
+                .collect();
+            (copies.len() >= 2).then_some(copies)
+        },
+    )
+    .await;
+    assert!(copies.iter().all(|m| m.header("Message-ID") == message_id));
 }
 
 /// An unconfirmed capsule expires 24 hours after it was written: the sender is told, and
@@ -496,24 +466,24 @@ pub async fn kill_9_during_delivery_loses_no_email(backend: Backend) {
 pub async fn an_unconfirmed_capsule_expires(backend: Backend) {
     let (app, sink) = spawn(backend).await;
     assert_eq!(
-        submit(&app, &capsule(in_ms(Duration::from_secs(3 * 86_400))))
+        app.submit_text(&capsule(in_ms(Duration::from_secs(3 * 86_400))))
             .await
             .0,
         200
     );
-    let id = id_in(
-        &sink.wait_for("ada@example.com", "Confirm").await,
-        "confirm",
-    );
+    let id = sink
+        .wait_for("ada@example.com", "Confirm")
+        .await
+        .capsule_id("confirm");
 
     *app.now.lock().unwrap() = Some(chrono::Utc::now() + chrono::Duration::hours(25));
     let mut later = capsule(in_ms(Duration::from_secs(4 * 86_400)));
     later["senderEmail"] = json!("bob@example.com");
-    assert_eq!(submit(&app, &later).await.0, 200);
+    assert_eq!(app.submit_text(&later).await.0, 200);
 
     sink.wait_for("ada@example.com", "expired").await;
     assert_eq!(
-        get(&app, &format!("/api/confirm?id={id}")).await,
+        app.get_text(&format!("/api/confirm?id={id}")).await,
         (400, "CAPSULE_NA_OR_EXPIRED".into())
     );
 }
@@ -544,10 +514,10 @@ pub async fn the_json_api_submits_and_shows_status(backend: Backend) {
         answer["data"].get("id").is_none(),
         "the id stays in the sender's mailbox"
     );
-    let id = id_in(
-        &sink.wait_for("ada@example.com", "Confirm").await,
-        "confirm",
-    );
+    let id = sink
+        .wait_for("ada@example.com", "Confirm")
+        .await
+        .capsule_id("confirm");
 
     let view = |id: String| {
         let client = app.client.clone();
@@ -566,7 +536,7 @@ pub async fn the_json_api_submits_and_shows_status(backend: Backend) {
     assert_eq!(shown["data"]["recipient"]["name"], "Grace");
     assert_eq!(shown["data"]["send_at"], send_at.as_str());
     assert!(shown["data"].get("text").is_none() && shown["data"]["sender"].get("email").is_none());
-    assert_eq!(get(&app, &format!("/api/confirm?id={id}")).await.0, 200);
+    assert_eq!(app.get_text(&format!("/api/confirm?id={id}")).await.0, 200);
     assert_eq!(view(id.clone()).await.1["data"]["status"], "active");
 
     for (field, value, code) in [

@@ -1,7 +1,11 @@
 //! The administrative CLI, run as a user would run it.
 
-use crate::durability::{backend_env, cairn, start_server};
-use crate::helpers::Backend;
+use std::time::Duration;
+
+use crate::helpers::{
+    Backend, PATIENCE, backend_env, cairn, cairn_output, cairn_user_add, env_value, redis_delete,
+    start_server, until,
+};
 
 crate::on_both_backends!(
     cli: users_and_tokens_from_the_command_line,
@@ -29,23 +33,16 @@ pub async fn users_and_tokens_from_the_command_line(backend: Backend) {
         }
     };
     // Written by another process while the server runs: picked up within a second.
-    let minted = cairn(&env, &["user", "add", "mo", "--email", "mo@example.com"]).await;
-    let minted = minted.lines().last().unwrap().to_owned();
+    let minted = cairn_user_add(&env, &["mo", "--email", "mo@example.com"]).await;
     assert!(minted.starts_with("cairn_") && minted.len() >= 6 + 43);
     // A Dunder user keeps their curl line: Bearer base64(username).
     cairn(&env, &["user", "add", "nia", "--token", "bmlh"]).await;
-    let mut ok = false;
-    for _ in 0..40 {
-        if post(minted.clone()).await == 201 && post("bmlh".into()).await == 201 {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(
-        ok,
-        "tokens created by the CLI were not accepted within two seconds"
-    );
+    until(
+        "tokens created by the CLI to be accepted",
+        Duration::from_secs(2),
+        || async { post(minted.clone()).await == 201 && post("bmlh".into()).await == 201 },
+    )
+    .await;
 
     let list = cairn(&env, &["user", "list"]).await;
     assert!(list.contains("mo\t") && list.contains("mo@example.com"));
@@ -63,37 +60,27 @@ pub async fn users_and_tokens_from_the_command_line(backend: Backend) {
         .unwrap()
         .to_owned();
     cairn(&env, &["token", "revoke", &minted]).await;
-    let mut refused = false;
-    for _ in 0..40 {
-        if post(minted.clone()).await == 401 {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(
-        refused,
-        "a revoked token kept working for more than two seconds"
-    );
+    until(
+        "the revoked token to be refused",
+        Duration::from_secs(2),
+        || async { post(minted.clone()).await == 401 },
+    )
+    .await;
     assert_eq!(post(second).await, 201);
 
-    let taken = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["user", "add", "MO"])
-        .envs(env.iter().cloned())
-        .output()
-        .await
-        .unwrap();
+    let taken = cairn_output(&env, &["user", "add", "MO"]).await;
     assert!(!taken.status.success());
     assert!(String::from_utf8_lossy(&taken.stderr).contains("already exists"));
 }
 
 /// `cairn projections rebuild` from another process: the running server's projector
-/// notices the reset and rebuilds; reads show the same messages afterwards.
+/// notices the reset and rebuilds the read model from the log. The model is damaged first
+/// (every message's data gone, its checkpoint kept, so the projector believes it is up to
+/// date and repairs nothing by itself): only a rebuild brings the messages back.
 pub async fn rebuild_from_the_command_line_while_serving(backend: Backend) {
     let env = backend_env(backend).await;
     let (_server, base) = start_server(&env).await;
-    let token = cairn(&env, &["user", "add", "rae"]).await;
-    let token = token.lines().last().unwrap().to_owned();
+    let token = cairn_user_add(&env, &["rae"]).await;
     let client = crate::helpers::http();
     let list = || async {
         let page: serde_json::Value = client
@@ -104,42 +91,99 @@ pub async fn rebuild_from_the_command_line_while_serving(backend: Backend) {
             .json()
             .await
             .unwrap();
-        page["data"].as_array().map_or(0, Vec::len)
+        let ids = page["data"].as_array().unwrap().iter();
+        ids.map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
     };
-    let mut posted = 0;
-    for attempt in 0..200 {
-        let status = client
-            .post(format!("{base}/message"))
-            .header("Authorization", format!("Bearer {token}"))
-            .body(format!(r#"{{"text": "n{attempt}", "hashtags": ["kept"]}}"#))
-            .send()
-            .await
-            .unwrap()
-            .status();
-        if status == 201 {
-            posted += 1;
-            if posted == 5 {
-                break;
-            }
-        } else {
-            // The token is picked up within a second of the CLI writing it.
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let readable = |id: String| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let response = client.get(format!("{base}/message/{id}")).send().await;
+            response.unwrap().status() == 200
         }
+    };
+    let post = |n: usize| {
+        let (client, base, token) = (client.clone(), base.clone(), token.clone());
+        async move {
+            let response = client
+                .post(format!("{base}/message"))
+                .bearer_auth(&token)
+                .body(format!(r#"{{"text": "n{n}", "hashtags": ["kept"]}}"#))
+                .send()
+                .await
+                .unwrap();
+            if response.status() != 201 {
+                return None;
+            }
+            let body: serde_json::Value = response.json().await.unwrap();
+            Some(body["data"]["id"].as_str().unwrap().to_owned())
+        }
+    };
+    // The token is picked up within a second of the CLI writing it.
+    let mut acknowledged = vec![
+        crate::helpers::eventually("the CLI's token to be accepted", PATIENCE, || post(0)).await,
+    ];
+    for n in 1..5 {
+        acknowledged.push(post(n).await.expect("201"));
     }
-    assert_eq!(posted, 5);
-    assert_eq!(list().await, 5);
+    acknowledged.reverse(); // newest first, as listed
+    assert_eq!(list().await, acknowledged);
+
+    damage_messages(&env, &acknowledged).await;
+    assert_eq!(list().await, Vec::<String>::new(), "the damage shows");
+    for id in &acknowledged {
+        assert!(
+            !readable(id.clone()).await,
+            "{id} is gone before the rebuild"
+        );
+    }
 
     let said = cairn(&env, &["projections", "rebuild", "messages"]).await;
     assert!(said.contains("messages: reset"), "{said}");
-    let mut seen = 0;
-    for _ in 0..100 {
-        seen = list().await;
-        if seen == 5 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    until(
+        "the rebuilt read model to list every acknowledged message",
+        PATIENCE,
+        || async { list().await == acknowledged },
+    )
+    .await;
+    for id in &acknowledged {
+        assert!(readable(id.clone()).await, "{id} is back after the rebuild");
     }
-    assert_eq!(seen, 5, "the rebuilt read model lacks messages");
+}
+
+/// Delete the messages read model's data (bodies and indexes), keeping its checkpoint, in
+/// the store the server in `env` uses: Redis keys, or rows of the embedded read-model file.
+async fn damage_messages(env: &[(String, String)], ids: &[String]) {
+    match env_value(env, "CAIRN_REDIS_URL") {
+        Some(url) => {
+            let prefix = env_value(env, "CAIRN_REDIS_PREFIX").unwrap();
+            let mut keys: Vec<String> = ["ix:all", "ix:tag:kept", "ix:user:rae"]
+                .iter()
+                .map(|rest| format!("{prefix}:{{messages}}:{rest}"))
+                .collect();
+            keys.extend(ids.iter().map(|id| format!("{prefix}:{{messages}}:m:{id}")));
+            assert_eq!(redis_delete(url, &keys).await, keys.len(), "{keys:?}");
+        }
+        None => {
+            use sqlx::Connection;
+            let dir = env_value(env, "CAIRN_DATA_DIR").unwrap();
+            let file = std::path::Path::new(dir).join("read-models.db");
+            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", file.display()))
+                .await
+                .unwrap();
+            let deleted = sqlx::query("DELETE FROM messages")
+                .execute(&mut conn)
+                .await
+                .unwrap()
+                .rows_affected();
+            assert_eq!(deleted, ids.len() as u64);
+            sqlx::query("DELETE FROM message_tags")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+        }
+    }
 }
 
 /// An email the mail server refuses for good becomes a dead letter at once; the CLI lists
@@ -163,14 +207,11 @@ pub async fn dead_letters_from_the_command_line(backend: Backend) {
         .unwrap()
         .status();
     assert_eq!(status, 200);
-    let mut listed = String::new();
-    for _ in 0..100 {
-        listed = cairn(&env, &["outbox", "dead"]).await;
-        if !listed.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let listed = crate::helpers::eventually("a dead letter", PATIENCE, || async {
+        let listed = cairn(&env, &["outbox", "dead"]).await;
+        (!listed.is_empty()).then_some(listed)
+    })
+    .await;
     assert!(listed.contains("550"), "{listed}");
     assert!(listed.contains("to nobody@example.com"), "{listed}");
     let id = listed.split('\t').next().unwrap().to_owned();

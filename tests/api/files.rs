@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use reqwest::multipart::{Form, Part};
 
-use crate::helpers::{Backend, TestApp, spawn_with, test_config};
-use crate::smtp::{Received, SmtpSink};
+use crate::helpers::{
+    Backend, CapsuleEmail, PATIENCE, PUBLIC_URL, TestApp, eventually, in_ms, mail_config,
+    spawn_with, spawn_with_mail, test_config, until,
+};
+use crate::smtp::SmtpSink;
 
 crate::on_both_backends!(
     files: a_file_capsule_is_delivered_with_working_links,
@@ -16,20 +19,6 @@ crate::on_both_backends!(
     a_delivered_file_is_deleted_after_its_retention,
     an_expired_capsules_file_is_deleted
 );
-
-const PUBLIC: &str = "https://capsules.example";
-
-async fn spawn(backend: Backend) -> (TestApp, SmtpSink) {
-    let sink = SmtpSink::start().await;
-    let mut config = test_config(backend).await;
-    config.smtp_url = Some(sink.url.clone());
-    config.public_url = PUBLIC.into();
-    (spawn_with(config).await, sink)
-}
-
-fn in_ms(delay: Duration) -> i64 {
-    (chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap()).timestamp_millis()
-}
 
 /// A file of `len` bytes that is not all the same byte.
 fn contents(len: usize) -> Vec<u8> {
@@ -52,30 +41,6 @@ fn form(send_time: i64, file: Vec<u8>) -> Form {
         .text("text", "Open this one first")
         .text("textLocation", "before")
         .text("comment", "fields Cairn does not know are ignored")
-}
-
-async fn submit(app: &TestApp, form: Form) -> (u16, String) {
-    let response = app
-        .client
-        .post(format!("{}/api/submit/file", app.address))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
-}
-
-/// The capsule id in a link of `email` to `page`.
-fn id_in(email: &Received, page: &str) -> String {
-    let text = email.decoded();
-    let marker = format!("{PUBLIC}/{page}/");
-    let start = text.find(&marker).expect("the link") + marker.len();
-    text[start..start + 36].to_owned()
-}
-
-/// A link Cairn made (under the public URL), fetched from the test server.
-fn local(app: &TestApp, url: &str) -> String {
-    url.replace(PUBLIC, &app.address)
 }
 
 /// The download link on a download page.
@@ -105,13 +70,13 @@ fn blob_of(app: &TestApp, id: &str) -> std::path::PathBuf {
 /// Submit a file capsule and confirm it; its id.
 async fn confirmed(app: &TestApp, sink: &SmtpSink, send_time: i64, file: Vec<u8>) -> String {
     assert_eq!(
-        submit(app, form(send_time, file)).await,
+        app.submit_file(form(send_time, file)).await,
         (200, String::new())
     );
-    let id = id_in(
-        &sink.wait_for("ada@example.com", "Confirm").await,
-        "confirm",
-    );
+    let id = sink
+        .wait_for("ada@example.com", "Confirm")
+        .await
+        .capsule_id("confirm");
     let confirm = app
         .client
         .get(format!("{}/api/confirm?id={id}", app.address))
@@ -126,30 +91,21 @@ async fn confirmed(app: &TestApp, sink: &SmtpSink, send_time: i64, file: Vec<u8>
 /// `GET {path}` on the app with the recipient's address (`/api/downloadlink`,
 /// `/api/cancel`, …): the status and the body.
 async fn as_recipient(app: &TestApp, path: &str, id: &str) -> (u16, String) {
-    let response = app
-        .client
-        .get(format!(
-            "{}{path}?id={id}&recipientEmail=grace@example.com",
-            app.address
-        ))
-        .send()
+    app.get_text(&format!("{path}?id={id}&recipientEmail=grace@example.com"))
         .await
-        .unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
 }
 
 async fn wait_until_gone(path: &std::path::Path) {
-    for _ in 0..3000 {
-        if !path.exists() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{} was not deleted", path.display());
+    until(
+        &format!("{} to be deleted", path.display()),
+        PATIENCE,
+        || async { !path.exists() },
+    )
+    .await;
 }
 
 pub async fn a_file_capsule_is_delivered_with_working_links(backend: Backend) {
-    let (app, sink) = spawn(backend).await;
+    let (app, sink) = spawn_with_mail(backend).await;
     let file = contents(3 * 1024 * 1024 + 17);
     let id = confirmed(&app, &sink, in_ms(Duration::from_secs(3)), file.clone()).await;
     assert_eq!(
@@ -160,7 +116,7 @@ pub async fn a_file_capsule_is_delivered_with_working_links(backend: Backend) {
 
     let delivery = sink.wait_for("grace@example.com", "A time capsule").await;
     let text = delivery.decoded();
-    let page_url = format!("{PUBLIC}/download/{id}");
+    let page_url = format!("{PUBLIC_URL}/download/{id}");
     let (said, linked) = (
         text.find("Open this one first").unwrap(),
         text.find(&page_url).expect("the download page"),
@@ -169,14 +125,14 @@ pub async fn a_file_capsule_is_delivered_with_working_links(backend: Backend) {
     assert!(text.contains("Résumé \"final\".txt"), "{text}");
 
     // The page asks for the recipient's address and mints a link for it alone.
-    let page = app.client.get(local(&app, &page_url)).send().await.unwrap();
+    let page = app.client.get(app.local(&page_url)).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let page = page.text().await.unwrap();
     assert!(page.contains("Résumé &quot;final&quot;.txt"), "{page}");
     assert!(page.contains("3.1 MB"), "{page}");
     let ask = |email: &'static str| {
         app.client
-            .post(local(&app, &page_url))
+            .post(app.local(&page_url))
             .form(&[("recipientEmail", email)])
             .send()
     };
@@ -185,11 +141,11 @@ pub async fn a_file_capsule_is_delivered_with_working_links(backend: Backend) {
     assert_eq!(answered.status(), 200);
     let link = link_on(&answered.text().await.unwrap());
     assert!(
-        link.starts_with(&format!("{PUBLIC}/capsules/{id}/file/R%C3%A9sum%C3%A9")),
+        link.starts_with(&format!("{PUBLIC_URL}/capsules/{id}/file/R%C3%A9sum%C3%A9")),
         "{link}"
     );
 
-    let download = app.client.get(local(&app, &link)).send().await.unwrap();
+    let download = app.client.get(app.local(&link)).send().await.unwrap();
     assert_eq!(download.status(), 200);
     assert_eq!(
         download.headers()["content-disposition"],
@@ -204,7 +160,7 @@ pub async fn a_file_capsule_is_delivered_with_working_links(backend: Backend) {
     // A large download can be resumed.
     let rest = app
         .client
-        .get(local(&app, &link))
+        .get(app.local(&link))
         .header("Range", "bytes=1000-")
         .send()
         .await
@@ -220,10 +176,10 @@ pub async fn a_file_capsule_is_delivered_with_working_links(backend: Backend) {
     let (status, bare) = as_recipient(&app, "/api/downloadlink", &id).await;
     assert_eq!(status, 200);
     assert!(
-        bare.starts_with(&format!("{PUBLIC}/capsules/{id}/file/")),
+        bare.starts_with(&format!("{PUBLIC_URL}/capsules/{id}/file/")),
         "{bare}"
     );
-    let fetched = app.client.get(local(&app, &bare)).send().await.unwrap();
+    let fetched = app.client.get(app.local(&bare)).send().await.unwrap();
     assert_eq!(fetched.bytes().await.unwrap().len(), file.len());
 
     // A link changed in any way does not work; nor does one past its time.
@@ -232,24 +188,24 @@ pub async fn a_file_capsule_is_delivered_with_working_links(backend: Backend) {
         let client = app.client.clone();
         async move { client.get(url).send().await.unwrap().status().as_u16() }
     };
-    assert_eq!(status(local(&app, &tampered)).await, 403);
+    assert_eq!(status(app.local(&tampered)).await, 403);
     let other = link.replace(&id, "00000000-0000-4000-8000-000000000000");
-    assert_eq!(status(local(&app, &other)).await, 403);
+    assert_eq!(status(app.local(&other)).await, 403);
     *app.now.lock().unwrap() = Some(chrono::Utc::now() + chrono::Duration::hours(13));
-    let expired = app.client.get(local(&app, &link)).send().await.unwrap();
+    let expired = app.client.get(app.local(&link)).send().await.unwrap();
     assert_eq!(expired.status(), 410);
     assert!(
         expired
             .text()
             .await
             .unwrap()
-            .contains(&format!("{PUBLIC}/download/{id}")),
+            .contains(&format!("{PUBLIC_URL}/download/{id}")),
         "says where to get a new one"
     );
 }
 
 pub async fn file_submission_errors(backend: Backend) {
-    let (app, _sink) = spawn(backend).await;
+    let (app, _sink) = spawn_with_mail(backend).await;
     let later = in_ms(Duration::from_secs(3600));
     let blobs = app.config.data_dir.join("blobs");
     let with = |name: &str, value: &str| {
@@ -282,7 +238,7 @@ pub async fn file_submission_errors(backend: Backend) {
         (with("textLocation", "Middle"), "INVALID_TEXT_LOC"),
         (with("text", &"x".repeat(10_001)), "INVALID_TEXT"),
     ] {
-        assert_eq!(submit(&app, form).await, (400, code.to_owned()));
+        assert_eq!(app.submit_file(form).await, (400, code.to_owned()));
     }
     // Empty text is fine with a file; a missing or empty file is not. Sent again with
     // the same Idempotency-Key, it is the same capsule, and its second upload is dropped.
@@ -305,10 +261,10 @@ pub async fn file_submission_errors(backend: Backend) {
         .text("sendTime", later.to_string())
         .text("text", "hi")
         .text("textLocation", "After");
-    assert_eq!(submit(&app, no_file).await, (400, "INVALID_FILE".into()));
+    assert_eq!(app.submit_file(no_file).await, (400, "INVALID_FILE".into()));
     let empty = with("x", "").part("FormFile", Part::bytes(Vec::new()).file_name("e"));
     assert_eq!(
-        submit(&app, empty).await,
+        app.submit_file(empty).await,
         (400, "INVALID_FILE".into()),
         "two files"
     );
@@ -330,7 +286,7 @@ pub async fn file_submission_errors(backend: Backend) {
 }
 
 pub async fn a_cancelled_capsules_file_is_deleted(backend: Backend) {
-    let (app, sink) = spawn(backend).await;
+    let (app, sink) = spawn_with_mail(backend).await;
     let id = confirmed(
         &app,
         &sink,
@@ -344,7 +300,7 @@ pub async fn a_cancelled_capsules_file_is_deleted(backend: Backend) {
     let (_, link) = as_recipient(&app, "/downloadlink", &id).await;
     assert_eq!(as_recipient(&app, "/api/cancel", &id).await.0, 200);
     wait_until_gone(&blob).await;
-    let after = app.client.get(local(&app, &link)).send().await.unwrap();
+    let after = app.client.get(app.local(&link)).send().await.unwrap();
     assert_eq!(after.status(), 410);
     let page = app
         .client
@@ -356,30 +312,27 @@ pub async fn a_cancelled_capsules_file_is_deleted(backend: Backend) {
         .await
         .unwrap();
     assert!(page.contains("This capsule was cancelled."), "{page}");
-    for _ in 0..3000 {
-        if app.store.next_due().await.unwrap().is_none() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the purge stayed in the due index");
+    until("the purge to leave the due index", PATIENCE, || async {
+        app.store.next_due().await.unwrap().is_none()
+    })
+    .await;
 }
 
 /// A capsule nobody confirmed takes its file with it when it expires. (The clock is
 /// moved; a new schedule wakes the scheduler.)
 pub async fn an_expired_capsules_file_is_deleted(backend: Backend) {
-    let (app, sink) = spawn(backend).await;
+    let (app, sink) = spawn_with_mail(backend).await;
     let week = in_ms(Duration::from_secs(7 * 86_400));
-    assert_eq!(submit(&app, form(week, contents(5000))).await.0, 200);
-    let id = id_in(
-        &sink.wait_for("ada@example.com", "Confirm").await,
-        "confirm",
-    );
+    assert_eq!(app.submit_file(form(week, contents(5000))).await.0, 200);
+    let id = sink
+        .wait_for("ada@example.com", "Confirm")
+        .await
+        .capsule_id("confirm");
     let blob = blob_of(&app, &id);
 
     *app.now.lock().unwrap() = Some(chrono::Utc::now() + chrono::Duration::hours(25));
     let later = in_ms(Duration::from_secs(8 * 86_400));
-    assert_eq!(submit(&app, form(later, contents(10))).await.0, 200);
+    assert_eq!(app.submit_file(form(later, contents(10))).await.0, 200);
     sink.wait_for("ada@example.com", "expired").await;
     wait_until_gone(&blob).await;
 }
@@ -388,7 +341,7 @@ pub async fn an_expired_capsules_file_is_deleted(backend: Backend) {
 /// then deleted; the page says so. (The clock is moved; a new schedule wakes the
 /// scheduler.)
 pub async fn a_delivered_file_is_deleted_after_its_retention(backend: Backend) {
-    let (app, sink) = spawn(backend).await;
+    let (app, sink) = spawn_with_mail(backend).await;
     let id = confirmed(&app, &sink, in_ms(Duration::from_secs(3)), contents(5000)).await;
     sink.wait_for("grace@example.com", "A time capsule").await;
     let blob = blob_of(&app, &id);
@@ -396,24 +349,22 @@ pub async fn a_delivered_file_is_deleted_after_its_retention(backend: Backend) {
 
     *app.now.lock().unwrap() = Some(chrono::Utc::now() + chrono::Duration::days(31));
     let later = in_ms(Duration::from_secs(40 * 86_400));
-    assert_eq!(submit(&app, form(later, contents(10))).await.0, 200);
+    assert_eq!(app.submit_file(form(later, contents(10))).await.0, 200);
     wait_until_gone(&blob).await;
     // The file goes first, then the event saying so: the page follows the event.
-    for _ in 0..3000 {
-        let page = app
-            .client
-            .post(format!("{}/download/{id}", app.address))
-            .form(&[("recipientEmail", "grace@example.com")])
-            .send()
-            .await
-            .unwrap();
-        if page.status() == 410 {
-            assert!(page.text().await.unwrap().contains("no longer kept"));
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the page still offers the deleted file");
+    let form = [("recipientEmail", "grace@example.com")];
+    let page = eventually(
+        "the page to stop offering the deleted file",
+        PATIENCE,
+        || async {
+            let (status, page) = app
+                .request_form(reqwest::Method::POST, &format!("/download/{id}"), &form)
+                .await;
+            (status == 410).then_some(page)
+        },
+    )
+    .await;
+    assert!(page.contains("no longer kept"), "{page}");
 }
 
 /// The 200,000,000-byte limit, when the client gives no length: the upload stops at the
@@ -421,7 +372,7 @@ pub async fn a_delivered_file_is_deleted_after_its_retention(backend: Backend) {
 /// backend: run on the embedded one.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_file_past_the_limit_is_refused() {
-    let (app, _sink) = spawn(Backend::Embedded).await;
+    let (app, _sink) = spawn_with_mail(Backend::Embedded).await;
     const MIB: usize = 1 << 20;
     let total: usize = 200_000_001;
     let chunks = futures_util::stream::iter((0..total.div_ceil(MIB)).map(move |i| {
@@ -439,17 +390,19 @@ async fn a_streamed_file_past_the_limit_is_refused() {
         .text("recipientName", "Grace")
         .text("sendTime", in_ms(Duration::from_secs(3600)).to_string())
         .text("textLocation", "After");
-    assert_eq!(submit(&app, streamed).await, (400, "INVALID_FILE".into()));
+    assert_eq!(
+        app.submit_file(streamed).await,
+        (400, "INVALID_FILE".into())
+    );
     let left: Vec<_> = std::fs::read_dir(app.config.data_dir.join("blobs/capsules"))
         .map(|dir| dir.map(|e| e.unwrap().path()).collect())
         .unwrap_or_default();
-    for _ in 0..3000 {
-        if left.iter().all(|p| !p.exists()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the refused upload left {left:?}");
+    until(
+        &format!("the refused upload's files {left:?} to be deleted"),
+        PATIENCE,
+        || async { left.iter().all(|p| !p.exists()) },
+    )
+    .await;
 }
 
 /// A `Content-Length` past the limit is refused before the body is read; a body that
@@ -507,7 +460,7 @@ async fn uploads_are_refused_by_length_and_by_idleness() {
 /// fresh link, which downloads the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recipient_downloads_in_a_browser() {
-    let (app, sink) = spawn(Backend::Embedded).await;
+    let (app, sink) = spawn_with_mail(Backend::Embedded).await;
     let file = contents(20_000);
     let id = confirmed(&app, &sink, in_ms(Duration::from_secs(3)), file.clone()).await;
     sink.wait_for("grace@example.com", "A time capsule").await;
@@ -535,10 +488,10 @@ async fn a_recipient_downloads_in_a_browser() {
     );
     let link = browser.attribute("#download", "href").await;
     assert!(
-        link.starts_with(&format!("{PUBLIC}/capsules/{id}/file/")),
+        link.starts_with(&format!("{PUBLIC_URL}/capsules/{id}/file/")),
         "{link}"
     );
-    let fetched = app.client.get(local(&app, &link)).send().await.unwrap();
+    let fetched = app.client.get(app.local(&link)).send().await.unwrap();
     assert_eq!(fetched.bytes().await.unwrap().as_ref(), file.as_slice());
 }
 
@@ -546,7 +499,7 @@ async fn a_recipient_downloads_in_a_browser() {
 /// submitted) are swept once old enough; a capsule's file stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_no_capsule_keeps_are_swept() {
-    let (app, sink) = spawn(Backend::Embedded).await;
+    let (app, sink) = spawn_with_mail(Backend::Embedded).await;
     let id = confirmed(&app, &sink, in_ms(Duration::from_secs(3600)), contents(100)).await;
     let dir = app.config.data_dir.join("blobs/capsules");
     let stray = dir.join(uuid::Uuid::now_v7().to_string());
@@ -605,10 +558,7 @@ async fn files_are_kept_in_an_s3_compatible_store() {
         made.status()
     );
 
-    let sink = SmtpSink::start().await;
-    let mut config = test_config(Backend::PostgresRedis).await;
-    config.smtp_url = Some(sink.url.clone());
-    config.public_url = PUBLIC.into();
+    let (mut config, sink) = mail_config(Backend::PostgresRedis).await;
     config.blob_url = Some(cairn::config::Secret(format!(
         "s3://{bucket}/kept/here?endpoint={endpoint}&allow_http=true&region=us-east-1\
          &access_key_id=test&secret_access_key=test"
@@ -634,12 +584,12 @@ async fn files_are_kept_in_an_s3_compatible_store() {
     assert_eq!(stored.bytes().await.unwrap().as_ref(), file.as_slice());
 
     let (_, link) = as_recipient(&app, "/api/downloadlink", &id).await;
-    let whole = app.client.get(local(&app, &link)).send().await.unwrap();
+    let whole = app.client.get(app.local(&link)).send().await.unwrap();
     assert_eq!(whole.status(), 200);
     assert_eq!(whole.bytes().await.unwrap().as_ref(), file.as_slice());
     let tail = app
         .client
-        .get(local(&app, &link))
+        .get(app.local(&link))
         .header("Range", "bytes=-100")
         .send()
         .await
@@ -651,11 +601,8 @@ async fn files_are_kept_in_an_s3_compatible_store() {
     );
 
     assert_eq!(as_recipient(&app, "/api/cancel", &id).await.0, 200);
-    for _ in 0..3000 {
-        if http.get(&object).send().await.unwrap().status() == 404 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{object} was not deleted");
+    until(&format!("{object} to be deleted"), PATIENCE, || async {
+        http.get(&object).send().await.unwrap().status() == 404
+    })
+    .await;
 }

@@ -1,6 +1,12 @@
-//! `spawn_app`: a Cairn on a random port with a fresh database (or data directory) and a
-//! fresh Redis key prefix, and a client with one method per endpoint.
+//! What every scenario shares, in one place.
+//!
+//! `spawn_app`: a Cairn in this process on a random port with a fresh database (or data
+//! directory) and a fresh Redis key prefix, and a `TestApp` with one method per endpoint.
+//! `backend_env`, `cairn` and `start_server`: the same fresh storage for `cairn` run as a
+//! separate process, as an operator runs it. Waiting is done with a deadline on the
+//! condition itself (`until`, `eventually`), never by sleeping and hoping.
 
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +17,23 @@ use cairn_events::{EventStore, Store};
 use cairn_query::ReadStore;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::smtp::{Received, SmtpSink};
+
+pub use cairn_events::testing::{
+    eventually, fresh_prefix, redis_cluster_url, redis_url, temp_dir, until,
+};
+
+/// How long background work (a projection, the scheduler, another process) may take to
+/// show its effect before a test gives up.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+/// The public URL the capsule tests give Cairn: links in emails start with it.
+pub const PUBLIC_URL: &str = "https://capsules.example";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -34,16 +56,6 @@ impl Backend {
     }
 }
 
-/// The test Redis Cluster (`scripts/test` starts one on ports 7101-7103).
-pub fn redis_cluster_url() -> String {
-    std::env::var("CAIRN_TEST_REDIS_CLUSTER_URL")
-        .unwrap_or_else(|_| "redis+cluster://127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103".into())
-}
-
-pub fn redis_url() -> String {
-    std::env::var("CAIRN_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
 /// An HTTP client for talking to Cairn (see [`cairn::install_tls_provider`]).
 pub fn http() -> reqwest::Client {
     cairn::install_tls_provider();
@@ -55,8 +67,24 @@ pub fn http_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
 }
 
-pub fn temp_dir() -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("cairn-test-{}", uuid::Uuid::now_v7().simple()))
+/// What the capsule tests read from an email.
+pub trait CapsuleEmail {
+    /// The capsule id in the email's link to `page` (`https://capsules.example/confirm/<id>`).
+    fn capsule_id(&self, page: &str) -> String;
+}
+
+impl CapsuleEmail for Received {
+    fn capsule_id(&self, page: &str) -> String {
+        let text = self.decoded();
+        let marker = format!("{PUBLIC_URL}/{page}/");
+        let start = text.find(&marker).expect("the link") + marker.len();
+        text[start..start + 36].to_owned()
+    }
+}
+
+/// A time `delay` from now, in milliseconds since the epoch (a capsule's `sendTime`).
+pub fn in_ms(delay: Duration) -> i64 {
+    (chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap()).timestamp_millis()
 }
 
 /// A configuration with fresh storage for `backend`.
@@ -69,9 +97,25 @@ pub async fn test_config(backend: Backend) -> Config {
     if let Some(redis) = backend.redis_url() {
         config.database_url = Some(cairn_events::testing::fresh_postgres_url().await);
         config.redis_url = Some(redis);
-        config.redis_prefix = format!("cairn_t_{}", uuid::Uuid::now_v7().simple());
+        config.redis_prefix = fresh_prefix();
     }
     config
+}
+
+/// A configuration with fresh storage that sends its emails to a real SMTP listener, and
+/// that listener.
+pub async fn mail_config(backend: Backend) -> (Config, SmtpSink) {
+    let sink = SmtpSink::start().await;
+    let mut config = test_config(backend).await;
+    config.smtp_url = Some(sink.url.clone());
+    config.public_url = PUBLIC_URL.into();
+    (config, sink)
+}
+
+/// An app that sends its emails to a real SMTP listener, and that listener.
+pub async fn spawn_with_mail(backend: Backend) -> (TestApp, SmtpSink) {
+    let (config, sink) = mail_config(backend).await;
+    (spawn_with(config).await, sink)
 }
 
 pub struct TestApp {
@@ -85,6 +129,7 @@ pub struct TestApp {
     pub read: Arc<dyn ReadStore>,
     tokens: Arc<TokenRegistry>,
     shutdown: CancellationToken,
+    server: Mutex<Option<JoinHandle<anyhow::Result<()>>>>,
 }
 
 impl Drop for TestApp {
@@ -116,7 +161,7 @@ pub async fn spawn_role(config: Config, role: Role) -> TestApp {
         .unwrap();
     let address = format!("http://{}", app.address());
     let (events, store, read, tokens) = (app.events(), app.store(), app.read_store(), app.tokens());
-    tokio::spawn(app.run());
+    let server = tokio::spawn(app.run());
     TestApp {
         address,
         now,
@@ -130,13 +175,23 @@ pub async fn spawn_role(config: Config, role: Role) -> TestApp {
         read,
         tokens,
         shutdown,
+        server: Mutex::new(Some(server)),
     }
 }
 
 impl TestApp {
-    /// Stop this process's server and background roles, as SIGTERM would.
-    pub fn stop(&self) {
+    /// Stop this process's server and background roles, as SIGTERM would, and wait until
+    /// it has finished.
+    pub async fn stop(&self) {
         self.shutdown.cancel();
+        let server = self.server.lock().unwrap().take();
+        if let Some(server) = server {
+            tokio::time::timeout(PATIENCE, server)
+                .await
+                .expect("the app stops")
+                .unwrap()
+                .unwrap();
+        }
     }
 
     /// Create a user as `cairn user add` does and wait until its token is accepted.
@@ -212,19 +267,197 @@ impl TestApp {
     }
 
     async fn wait_for_projection(&self, projection: &str) {
-        for _ in 0..1000 {
-            let at = self.read.checkpoint(projection).await.unwrap();
-            if self
-                .events
-                .read_all(at, 1, &["message"])
-                .await
-                .unwrap()
-                .is_empty()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the {projection} projection did not catch up");
+        until(
+            &format!("the {projection} projection to catch up"),
+            PATIENCE,
+            || async {
+                let at = self.read.checkpoint(projection).await.unwrap();
+                self.events
+                    .read_all(at, 1, &["message"])
+                    .await
+                    .unwrap()
+                    .is_empty()
+            },
+        )
+        .await;
     }
+
+    /// Wait until `GET /message/{id}` answers 200 (the projector may run in another
+    /// process).
+    pub async fn wait_readable(&self, id: &str) {
+        until(
+            &format!("message {id} to be readable"),
+            PATIENCE,
+            || async { self.get(&format!("/message/{id}")).await.0 == 200 },
+        )
+        .await;
+    }
+
+    /// How many events this process's `messages` read model is behind the log, as
+    /// `/health/ready` reports it.
+    pub async fn projection_lag(&self) -> i64 {
+        let (_, ready) = self.get("/health/ready").await;
+        ready["data"]["projection_lag_events"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no projection lag in {ready}"))
+    }
+
+    /// `GET {path_and_query}` (a page, a Chronoria route): the status and the body as text.
+    pub async fn get_text(&self, path_and_query: &str) -> (u16, String) {
+        let request = self.client.get(format!("{}{path_and_query}", self.address));
+        text_of(request).await
+    }
+
+    /// `{method} {path}` with `form` as the body when there is one: the status and the text.
+    pub async fn request_form(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> (u16, String) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.address));
+        if !form.is_empty() {
+            request = request.form(form);
+        }
+        text_of(request).await
+    }
+
+    /// `POST /api/submit/text`, as the Chronoria client sends a text capsule.
+    pub async fn submit_text(&self, capsule: &Value) -> (u16, String) {
+        let request = self
+            .client
+            .post(format!("{}/api/submit/text", self.address))
+            .json(capsule);
+        text_of(request).await
+    }
+
+    /// `POST /api/submit/file`, as the Chronoria client sends a file capsule.
+    pub async fn submit_file(&self, form: reqwest::multipart::Form) -> (u16, String) {
+        let request = self
+            .client
+            .post(format!("{}/api/submit/file", self.address))
+            .multipart(form);
+        text_of(request).await
+    }
+
+    /// A link Cairn made (under the public URL), pointed at this app.
+    pub fn local(&self, url: &str) -> String {
+        url.replace(PUBLIC_URL, &self.address)
+    }
+}
+
+/// Send `request`; its status and its body as text.
+pub async fn text_of(request: reqwest::RequestBuilder) -> (u16, String) {
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+/// The environment that points a `cairn` process at fresh storage for `backend`.
+pub async fn backend_env(backend: Backend) -> Vec<(String, String)> {
+    let mut env = vec![(
+        "CAIRN_DATA_DIR".to_owned(),
+        temp_dir().display().to_string(),
+    )];
+    if let Some(redis) = backend.redis_url() {
+        env.push((
+            "CAIRN_DATABASE_URL".into(),
+            cairn_events::testing::fresh_postgres_url().await,
+        ));
+        env.push(("CAIRN_REDIS_URL".into(), redis));
+        env.push(("CAIRN_REDIS_PREFIX".into(), fresh_prefix()));
+    }
+    env
+}
+
+/// The value of `name` in a `cairn` environment.
+pub fn env_value<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    env.iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, value)| value.as_str())
+}
+
+/// Run a `cairn` subcommand; its output, whether it succeeded or not.
+pub async fn cairn_output(env: &[(String, String)], args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .envs(env.iter().cloned())
+        .env_remove("CAIRN_CONFIG")
+        .output()
+        .await
+        .unwrap()
+}
+
+/// Run a `cairn` subcommand to completion, asserting it succeeds; returns stdout.
+pub async fn cairn(env: &[(String, String)], args: &[&str]) -> String {
+    let output = cairn_output(env, args).await;
+    assert!(
+        output.status.success(),
+        "cairn {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// `cairn user add …` (`args` after `add`); the new user's token (the last line printed).
+pub async fn cairn_user_add(env: &[(String, String)], args: &[&str]) -> String {
+    let args: Vec<&str> = ["user", "add"].iter().chain(args).copied().collect();
+    cairn(env, &args)
+        .await
+        .lines()
+        .last()
+        .expect("a token")
+        .to_owned()
+}
+
+/// Start `cairn serve` on a free port; returns the child and its base URL.
+pub async fn start_server(env: &[(String, String)]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("serve")
+        .envs(env.iter().cloned())
+        .env("CAIRN_LISTEN", "127.0.0.1:0")
+        .env("CAIRN_LOG_FORMAT", "json")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let address = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the server starts")
+            .unwrap()
+            .expect("the server logs its address");
+        if let Ok(log) = serde_json::from_str::<Value>(&line)
+            && log["fields"]["message"] == "listening"
+        {
+            break log["fields"]["address"].as_str().unwrap().to_owned();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, format!("http://{address}"))
+}
+
+/// Delete `keys` from the Redis (or Redis Cluster) at `url`; how many there were. Keys
+/// given together must share a hash slot when `url` is a cluster.
+pub async fn redis_delete(url: &str, keys: &[String]) -> usize {
+    let mut delete = redis::cmd("DEL");
+    delete.arg(keys);
+    let deleted: usize = match url.strip_prefix("redis+cluster://") {
+        Some(seeds) => {
+            let nodes: Vec<String> = seeds.split(',').map(|s| format!("redis://{s}")).collect();
+            let client = redis::cluster::ClusterClient::new(nodes).unwrap();
+            let mut conn = client.get_async_connection().await.unwrap();
+            delete.query_async(&mut conn).await.unwrap()
+        }
+        None => {
+            let client = redis::Client::open(url).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            delete.query_async(&mut conn).await.unwrap()
+        }
+    };
+    deleted
 }

@@ -6,21 +6,13 @@ use cairn_command::capsules::Status;
 use serde_json::json;
 
 use crate::browser::Browser;
-use crate::helpers::{Backend, TestApp, spawn_with, test_config};
+use crate::helpers::{Backend, CapsuleEmail, TestApp, spawn_with_mail};
 use crate::smtp::SmtpSink;
 
 crate::on_both_backends!(
     pages: a_get_never_acts_and_a_post_does,
     pages_refuse_what_cannot_be_done
 );
-
-async fn spawn(backend: Backend) -> (TestApp, SmtpSink) {
-    let sink = SmtpSink::start().await;
-    let mut config = test_config(backend).await;
-    config.smtp_url = Some(sink.url.clone());
-    config.public_url = "https://capsules.example".into();
-    (spawn_with(config).await, sink)
-}
 
 /// Submit a capsule due in an hour; its id, from the confirmation email.
 async fn submitted(app: &TestApp, sink: &SmtpSink, sender_name: &str) -> String {
@@ -30,33 +22,10 @@ async fn submitted(app: &TestApp, sink: &SmtpSink, sender_name: &str) -> String 
         "sendTime": (chrono::Utc::now() + chrono::Duration::hours(1)).timestamp_millis(),
         "text": "see you in an hour",
     });
-    let response = app
-        .client
-        .post(format!("{}/api/submit/text", app.address))
-        .json(&body)
-        .send()
+    assert_eq!(app.submit_text(&body).await.0, 200);
+    sink.wait_for("ada@example.com", "Confirm")
         .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let email = sink.wait_for("ada@example.com", "Confirm").await.decoded();
-    let marker = "https://capsules.example/confirm/";
-    let start = email.find(marker).unwrap() + marker.len();
-    email[start..start + 36].to_owned()
-}
-
-async fn page(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    form: &[(&str, &str)],
-) -> (u16, String) {
-    let mut request = app.client.request(method, format!("{}{path}", app.address));
-    if !form.is_empty() {
-        request = request.form(form);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap())
+        .capsule_id("confirm")
 }
 
 async fn status_of(app: &TestApp, id: &str) -> Status {
@@ -72,9 +41,11 @@ async fn status_of(app: &TestApp, id: &str) -> Status {
 }
 
 pub async fn a_get_never_acts_and_a_post_does(backend: Backend) {
-    let (app, sink) = spawn(backend).await;
+    let (app, sink) = spawn_with_mail(backend).await;
     let id = submitted(&app, &sink, "Ada <i>Lovelace</i>").await;
-    let (status, html) = page(&app, reqwest::Method::GET, &format!("/confirm/{id}"), &[]).await;
+    let (status, html) = app
+        .request_form(reqwest::Method::GET, &format!("/confirm/{id}"), &[])
+        .await;
     assert_eq!(status, 200);
     assert!(html.contains(r#"<form method="post">"#), "{html}");
     assert!(
@@ -82,35 +53,40 @@ pub async fn a_get_never_acts_and_a_post_does(backend: Backend) {
         "names are escaped: {html}"
     );
     // Fetched twice (a mail scanner, then the person): still waiting for confirmation.
-    page(&app, reqwest::Method::GET, &format!("/confirm/{id}"), &[]).await;
+    app.request_form(reqwest::Method::GET, &format!("/confirm/{id}"), &[])
+        .await;
     assert_eq!(status_of(&app, &id).await, Status::Pending);
 
-    let (status, html) = page(&app, reqwest::Method::POST, &format!("/confirm/{id}"), &[]).await;
+    let (status, html) = app
+        .request_form(reqwest::Method::POST, &format!("/confirm/{id}"), &[])
+        .await;
     assert_eq!(status, 200, "{html}");
     assert!(html.contains("Confirmed."), "{html}");
     assert_eq!(status_of(&app, &id).await, Status::Active);
     sink.wait_for("ada@example.com", "is scheduled").await;
 
-    let (status, html) = page(&app, reqwest::Method::GET, &format!("/cancel/{id}"), &[]).await;
+    let (status, html) = app
+        .request_form(reqwest::Method::GET, &format!("/cancel/{id}"), &[])
+        .await;
     assert_eq!(status, 200);
     assert!(html.contains(r#"name="recipientEmail""#), "{html}");
     assert_eq!(status_of(&app, &id).await, Status::Active);
-    let (status, html) = page(
-        &app,
-        reqwest::Method::POST,
-        &format!("/cancel/{id}"),
-        &[("recipientEmail", "ada@example.com")],
-    )
-    .await;
+    let (status, html) = app
+        .request_form(
+            reqwest::Method::POST,
+            &format!("/cancel/{id}"),
+            &[("recipientEmail", "ada@example.com")],
+        )
+        .await;
     assert_eq!(status, 400);
     assert!(html.contains("not the address"), "{html}");
-    let (status, html) = page(
-        &app,
-        reqwest::Method::POST,
-        &format!("/cancel/{id}"),
-        &[("recipientEmail", "Grace@Example.com")],
-    )
-    .await;
+    let (status, html) = app
+        .request_form(
+            reqwest::Method::POST,
+            &format!("/cancel/{id}"),
+            &[("recipientEmail", "Grace@Example.com")],
+        )
+        .await;
     assert_eq!(status, 200, "{html}");
     assert!(html.contains("Cancelled."), "{html}");
     assert_eq!(status_of(&app, &id).await, Status::Cancelled);
@@ -118,7 +94,7 @@ pub async fn a_get_never_acts_and_a_post_does(backend: Backend) {
 }
 
 pub async fn pages_refuse_what_cannot_be_done(backend: Backend) {
-    let (app, sink) = spawn(backend).await;
+    let (app, sink) = spawn_with_mail(backend).await;
     let unknown = uuid::Uuid::now_v7();
     for path in [
         format!("/confirm/{unknown}"),
@@ -127,24 +103,30 @@ pub async fn pages_refuse_what_cannot_be_done(backend: Backend) {
         "/confirm/not-an-id".to_owned(),
         "/cancel/%FF%FE".to_owned(),
     ] {
-        let (status, html) = page(&app, reqwest::Method::GET, &path, &[]).await;
+        let (status, html) = app.request_form(reqwest::Method::GET, &path, &[]).await;
         assert_eq!(status, 404, "{path}: {html}");
         assert!(html.contains(r#"id="outcome""#), "{path}: {html}");
     }
     let id = submitted(&app, &sink, "Ada").await;
-    let (status, html) = page(&app, reqwest::Method::GET, &format!("/download/{id}"), &[]).await;
+    let (status, html) = app
+        .request_form(reqwest::Method::GET, &format!("/download/{id}"), &[])
+        .await;
     assert_eq!(status, 404);
     assert!(html.contains("no file"), "{html}");
     assert_eq!(
-        page(&app, reqwest::Method::POST, &format!("/confirm/{id}"), &[])
+        app.request_form(reqwest::Method::POST, &format!("/confirm/{id}"), &[])
             .await
             .0,
         200
     );
-    let (status, html) = page(&app, reqwest::Method::POST, &format!("/confirm/{id}"), &[]).await;
+    let (status, html) = app
+        .request_form(reqwest::Method::POST, &format!("/confirm/{id}"), &[])
+        .await;
     assert_eq!(status, 409);
     assert!(html.contains("confirmed and waits"), "{html}");
-    let (status, _) = page(&app, reqwest::Method::POST, &format!("/cancel/{id}"), &[]).await;
+    let (status, _) = app
+        .request_form(reqwest::Method::POST, &format!("/cancel/{id}"), &[])
+        .await;
     assert_eq!(status, 400, "no address given");
 }
 
@@ -152,7 +134,7 @@ pub async fn pages_refuse_what_cannot_be_done(backend: Backend) {
 /// button confirms it; the cancel page takes the recipient's address and cancels.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_confirms_and_cancels_in_a_browser() {
-    let (app, sink) = spawn(Backend::Embedded).await;
+    let (app, sink) = spawn_with_mail(Backend::Embedded).await;
     let id = submitted(&app, &sink, "Ada").await;
     let browser = Browser::start().await;
 
