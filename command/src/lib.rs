@@ -1,8 +1,14 @@
 //! The write side: authentication, users and tokens, and the command routes.
 //!
-//! Each use case reads as: input type → validation → load the stream → decide → append
-//! with the expected version. Nothing here reads a read model; the bearer-token cache is
-//! this side's own small projection of the `user` streams.
+//! A folder per job (`messages/`, `capsules/`), each with the same shape: `decide.rs`, the
+//! job's rules as a pure function of (state, command, now), tested without a database;
+//! `mod.rs`, the use cases that load the stream, decide, and append with the expected
+//! version; one file per way in (routes); `timers.rs` where the scheduler acts for the job.
+//! Errors are answered through `cairn-http`'s one `ApiError`.
+//!
+//! Nothing here reads a read model, but for one bounded wait: a `201` waits until the
+//! write can be read back ([`ReadYourWrites`]). The bearer-token cache is this side's own
+//! small projection of the `user` streams.
 #![forbid(unsafe_code)]
 
 pub mod auth;
