@@ -18,9 +18,9 @@ use cairn_command::capsules::{self, Capsules, Links};
 use cairn_command::{CommandState, TokenRegistry, UploadState};
 use cairn_events::{DueItem, EventStore, NoWait, ReadYourWrites, Store};
 use cairn_query::projections::{CheckpointPoller, Messages, Projection, Trends};
-use cairn_query::read_store::{LogIdentity, RedisStore, SqliteStore};
+use cairn_query::read_store::{LogIdentity, ReadModels, RedisStore, SqliteStore};
 use cairn_query::routes::{Clock, QueryState, StartupGate, system_clock};
-use cairn_query::{ReadStore, Runner, RunnerHandle};
+use cairn_query::{ReadBackend, Runner, RunnerHandle};
 use cairn_scheduler::{DueAction, EmailWorker, FileMailer, Handled, Mailer, Sleeper, SmtpMailer};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -222,18 +222,15 @@ fn mailer(config: &Config) -> anyhow::Result<Arc<dyn Mailer>> {
 
 /// Open the configured read store: Redis if configured, else the read-model file in the
 /// data directory (checked against `events`, the log it must have been built from).
-pub async fn open_read(
-    config: &Config,
-    events: &dyn EventStore,
-) -> anyhow::Result<Arc<dyn ReadStore>> {
+pub async fn open_read(config: &Config, events: &dyn EventStore) -> anyhow::Result<ReadModels> {
     Ok(match &config.redis_url {
-        Some(url) => Arc::new(
+        Some(url) => ReadModels::new(Arc::new(
             RedisStore::connect(url, &config.redis_prefix)
                 .await
                 .with_context(|| {
                     format!("connecting to Redis at {}", crate::config::redact(url))
                 })?,
-        ),
+        )),
         None => {
             let first = events
                 .read_all(0, 1, &[])
@@ -244,11 +241,11 @@ pub async fn open_read(
                 head: events.head().await.context("reading the event log head")?,
             };
             let path = config.data_dir.join("read-models.db");
-            Arc::new(
+            ReadModels::new(Arc::new(
                 SqliteStore::open(&path, &log)
                     .await
                     .with_context(|| format!("opening read models at {}", path.display()))?,
-            )
+            ))
         }
     })
 }
@@ -260,7 +257,7 @@ pub struct Application {
     shutdown: CancellationToken,
     tokens: Arc<TokenRegistry>,
     store: Arc<dyn Store>,
-    read: Arc<dyn ReadStore>,
+    read: ReadModels,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _data_lock: Option<File>,
 }
@@ -320,16 +317,19 @@ impl Application {
         let runner = if matches!(role, Role::All | Role::Projector) {
             let private = config.redis_url.is_none();
             let mut start = |projection: Arc<dyn Projection>| {
-                let (runner, handle) = Runner::new(events.clone(), read.clone(), projection);
+                let (runner, handle) = Runner::new(events.clone(), projection);
                 let runner = if private { runner.private() } else { runner };
                 tasks.push(tokio::spawn(runner.run(shutdown.clone())));
                 handle
             };
-            let messages = config
-                .runs_projection("messages")
-                .then(|| start(Arc::new(Messages)));
+            let messages = config.runs_projection("messages").then(|| {
+                start(Arc::new(Messages {
+                    store: read.messages.clone(),
+                }))
+            });
             if config.runs_projection("trends") {
                 start(Arc::new(Trends {
+                    store: read.trends.clone(),
                     rules: config.trend_rules(),
                 }));
             }
@@ -354,7 +354,7 @@ impl Application {
         let read_your_writes: Arc<dyn ReadYourWrites> = match (&runner, &config.redis_url) {
             (Some(handle), _) => Arc::new(handle.clone()),
             (None, Some(_)) => Arc::new(CheckpointPoller {
-                read: read.clone(),
+                read: read.backend.clone(),
                 projection: "messages",
             }),
             (None, None) => Arc::new(NoWait),
@@ -366,7 +366,7 @@ impl Application {
         };
         let ops = OpsState {
             events: events.clone(),
-            read: read.clone(),
+            read: read.backend.clone(),
             runner: runner.clone(),
             gate: gate.clone(),
             requests: Arc::default(),
@@ -391,7 +391,8 @@ impl Application {
         }
         if matches!(role, Role::All | Role::Query) {
             router = router.merge(cairn_query::router(QueryState {
-                read: read.clone(),
+                messages: read.messages.clone(),
+                trends: read.trends.clone(),
                 gate: gate.clone(),
                 rules: config.trend_rules(),
                 clock,
@@ -479,8 +480,8 @@ impl Application {
         self.store.clone()
     }
 
-    pub fn read_store(&self) -> Arc<dyn ReadStore> {
-        self.read.clone()
+    pub fn read_store(&self) -> Arc<dyn ReadBackend> {
+        self.read.backend.clone()
     }
 
     /// Serve until the shutdown token fires; in-flight requests finish first.

@@ -232,7 +232,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let events = app::open_events(&config).await?;
             let read = app::open_read(&config, &*events).await?;
             for n in names {
-                read.reset(n)
+                read.backend
+                    .reset(n)
                     .await
                     .with_context(|| format!("resetting {n}"))?;
                 println!("{n}: reset; the running projector rebuilds it from the first event");

@@ -23,7 +23,7 @@ use cairn_events::domain::message::Hashtag;
 use cairn_events::domain::user::UserName;
 use cairn_events::{Position, ReadYourWrites};
 
-use crate::read_store::{MessageFilter, ReadError, ReadStore, StoredMessage};
+use crate::read_store::{MessageFilter, MessageStore, ReadError, StoredMessage, TrendStore};
 use crate::trends::TrendRules;
 
 /// Default and largest page sizes of `GET /message`.
@@ -32,7 +32,8 @@ pub const MAX_LIMIT: usize = 1000;
 
 #[derive(Clone)]
 pub struct QueryState {
-    pub read: Arc<dyn ReadStore>,
+    pub messages: Arc<dyn MessageStore>,
+    pub trends: Arc<dyn TrendStore>,
     pub gate: StartupGate,
     /// How trending scores were computed (their decay is applied per request).
     pub rules: TrendRules,
@@ -324,7 +325,7 @@ async fn one_message(state: &QueryState, id: &str) -> Result<Response, QueryErro
     let id = parse_id(id)?;
     state.gate.pass().await?;
     let message = state
-        .read
+        .messages
         .get_message(id)
         .await?
         .ok_or(QueryError::NotFound)?;
@@ -437,7 +438,7 @@ async fn list_messages(
     state.gate.pass().await?;
     let limit = filter.limit;
     filter.limit += 1; // one more tells whether there is a next page
-    let mut page = state.read.list_messages(&filter).await?;
+    let mut page = state.messages.list_messages(&filter).await?;
     let more = page.len() > limit;
     page.truncate(limit);
     let next_cursor = if more {
