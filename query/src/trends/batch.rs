@@ -173,6 +173,7 @@ impl ScopeCounts {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::trends::MINUTES_PER_DAY;
