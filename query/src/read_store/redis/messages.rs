@@ -19,6 +19,7 @@ use super::RedisStore;
 use crate::read_store::{Applied, MessageFilter, MessageStore, ReadError, StoredMessage};
 
 impl RedisStore {
+    /// The index to walk for `filter` (with both a tag and a user, the smaller one).
     fn index_for(&self, filter: &MessageFilter, tag_first: bool) -> String {
         match (&filter.hashtag, &filter.user_name) {
             (Some(tag), Some(_)) if tag_first => self.key("messages", &format!("ix:tag:{tag}")),
@@ -28,6 +29,7 @@ impl RedisStore {
         }
     }
 
+    /// The messages stored under `ids`, in that order.
     async fn fetch(&self, ids: &[String]) -> Result<Vec<StoredMessage>, ReadError> {
         if ids.is_empty() {
             return Ok(Vec::new());

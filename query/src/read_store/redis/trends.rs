@@ -82,7 +82,6 @@ static COUNT_HITS_SCRIPT: LazyLock<redis::Script> =
 
 impl RedisStore {
     /// The key prefix of one trend scope: `P:{trends:S}:`.
-    /// The key prefix of one trend scope: `P:{trends:S}:`.
     fn scope_base(&self, scope: &str) -> String {
         self.key(&format!("trends:{scope}"), "")
     }
@@ -238,6 +237,7 @@ impl RedisStore {
         commands
     }
 
+    /// Run counting calls, loading the script first if Redis does not have it.
     async fn run_counting(
         &self,
         conn: &mut Conn,
