@@ -7,7 +7,8 @@
 //! checkpoint and the rows it covers commit in one transaction (the checkpoint compared
 //! and moved inside it), a crash at any point leaves a consistent model that simply catches
 //! up from where it was; that is also why the file can run with `synchronous=NORMAL` (a
-//! lost tail is re-applied from the log). Inserts are idempotent besides, by key.
+//! lost tail is re-applied from the log). A batch whose compare-and-set fails writes
+//! nothing, so re-applying it from the old checkpoint counts nothing twice.
 //!
 //! Tables shared by every model (each model's file lists its own):
 //! - `checkpoints`   the last position each projection applied
