@@ -18,8 +18,9 @@ use cairn_command::{CommandState, TokenRegistry, UploadState};
 use cairn_events::{Clock, EventStore, NoWait, ReadYourWrites, Store};
 use cairn_http::ApiError;
 use cairn_query::projections::{CheckpointPoller, Messages, Projection, Trends};
+use cairn_query::read_store::ReadModels;
 use cairn_query::routes::{QueryState, StartupGate};
-use cairn_query::{ReadStore, Runner, RunnerHandle};
+use cairn_query::{ReadBackend, Runner, RunnerHandle};
 use cairn_scheduler::{EmailWorker, Sleeper};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -52,7 +53,7 @@ pub struct Application {
     shutdown: CancellationToken,
     tokens: Arc<TokenRegistry>,
     store: Arc<dyn Store>,
-    read: Arc<dyn ReadStore>,
+    read: ReadModels,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _data_lock: Option<File>,
 }
@@ -112,16 +113,19 @@ impl Application {
         let runner = if matches!(role, Role::All | Role::Projector) {
             let private = config.redis_url.is_none();
             let mut start = |projection: Arc<dyn Projection>| {
-                let (runner, handle) = Runner::new(events.clone(), read.clone(), projection);
+                let (runner, handle) = Runner::new(events.clone(), projection);
                 let runner = if private { runner.private() } else { runner };
                 tasks.push(tokio::spawn(runner.run(shutdown.clone())));
                 handle
             };
-            let messages = config
-                .runs_projection("messages")
-                .then(|| start(Arc::new(Messages)));
+            let messages = config.runs_projection("messages").then(|| {
+                start(Arc::new(Messages {
+                    store: read.messages.clone(),
+                }))
+            });
             if config.runs_projection("trends") {
                 start(Arc::new(Trends {
+                    store: read.trends.clone(),
                     rules: config.trend_rules(),
                 }));
             }
@@ -146,7 +150,7 @@ impl Application {
         let read_your_writes: Arc<dyn ReadYourWrites> = match (&runner, &config.redis_url) {
             (Some(handle), _) => Arc::new(handle.clone()),
             (None, Some(_)) => Arc::new(CheckpointPoller {
-                read: read.clone(),
+                read: read.backend.clone(),
                 projection: "messages",
             }),
             (None, None) => Arc::new(NoWait),
@@ -158,7 +162,7 @@ impl Application {
         };
         let ops = OpsState {
             events: events.clone(),
-            read: read.clone(),
+            read: read.backend.clone(),
             runner: runner.clone(),
             gate: gate.clone(),
             requests: Arc::default(),
@@ -183,7 +187,8 @@ impl Application {
         }
         if matches!(role, Role::All | Role::Query) {
             router = router.merge(cairn_query::router(QueryState {
-                read: read.clone(),
+                messages: read.messages.clone(),
+                trends: read.trends.clone(),
                 gate: gate.clone(),
                 rules: config.trend_rules(),
                 clock,
@@ -266,8 +271,8 @@ impl Application {
         self.store.clone()
     }
 
-    pub fn read_store(&self) -> Arc<dyn ReadStore> {
-        self.read.clone()
+    pub fn read_store(&self) -> Arc<dyn ReadBackend> {
+        self.read.backend.clone()
     }
 
     /// Serve until the shutdown token fires; in-flight requests finish first.

@@ -233,7 +233,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let events = backends::open_events(&config).await?;
             let read = backends::open_read(&config, &*events).await?;
             for n in names {
-                read.reset(n)
+                read.backend
+                    .reset(n)
                     .await
                     .with_context(|| format!("resetting {n}"))?;
                 println!("{n}: reset; the running projector rebuilds it from the first event");

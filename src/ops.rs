@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cairn_events::EventStore;
 use cairn_query::routes::StartupGate;
-use cairn_query::{ReadStore, RunnerHandle};
+use cairn_query::{ReadBackend, RunnerHandle};
 use serde_json::json;
 use utoipa::OpenApi;
 
@@ -26,7 +26,7 @@ pub struct RequestCounts(Mutex<BTreeMap<(String, String, u16), u64>>);
 #[derive(Clone)]
 pub struct OpsState {
     pub events: Arc<dyn EventStore>,
-    pub read: Arc<dyn ReadStore>,
+    pub read: Arc<dyn ReadBackend>,
     pub runner: Option<RunnerHandle>,
     /// Closed while this process's own read models are still catching up after a start.
     pub gate: StartupGate,

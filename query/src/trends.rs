@@ -18,9 +18,16 @@
 //! score at `now` is `2^(rank - now / half_life)`, and "score at least 1" is
 //! "rank at least `now / half_life`". The largest rank is the peak that matters, so raising
 //! a rank is a plain maximum, idempotent and order-free.
+//!
+//! What a batch of posts adds to all this is computed once, as a [`TrendBatch`]; the
+//! stores only persist it.
+
+mod batch;
 
 use cairn_events::Position;
 use chrono::{DateTime, Utc};
+
+pub use batch::{ScopeCounts, TagDay, TrendBatch};
 
 /// Minutes since the Unix epoch: the finest resolution of trends.
 pub type Minute = i64;
@@ -31,8 +38,8 @@ pub const MINUTES_PER_DAY: i64 = 1440;
 /// The scope of the counters that count every message (hashtag keys never contain `*`).
 pub const ALL: &str = "*";
 
-/// A resolution of the counters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// A resolution of the counters, finest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Level {
     Minute,
     Hour,
@@ -238,6 +245,7 @@ pub fn parse_aggregation(raw: &str) -> Result<i64, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -14,7 +14,7 @@ use cairn::{Application, Config, Role};
 use cairn_command::TokenRegistry;
 use cairn_command::users;
 use cairn_events::{EventStore, Store};
-use cairn_query::ReadStore;
+use cairn_query::ReadBackend;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -126,7 +126,7 @@ pub struct TestApp {
     pub config: Config,
     pub events: Arc<dyn EventStore>,
     pub store: Arc<dyn Store>,
-    pub read: Arc<dyn ReadStore>,
+    pub read: Arc<dyn ReadBackend>,
     tokens: Arc<TokenRegistry>,
     shutdown: CancellationToken,
     server: Mutex<Option<JoinHandle<anyhow::Result<()>>>>,

@@ -1,8 +1,8 @@
 //! Keeps one projection's read model up to date.
 //!
 //! Loop: take the lease (only one runner per projection is active across all processes),
-//! read the checkpoint from the read store, read the next events after it, apply them and
-//! move the checkpoint by compare-and-set. When the log has nothing new, sleep until the
+//! read the checkpoint from the projection's store, read the next events after it, apply
+//! them and move the checkpoint by compare-and-set. When the log has nothing new, sleep until the
 //! event store signals an append, or a second at most: that second is also how a Redis
 //! that lost its keys is noticed (its checkpoint reads as 0) and rebuilt without anyone
 //! stepping in.
@@ -16,13 +16,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Projection;
-use crate::read_store::{Applied, ReadStore};
+use crate::read_store::{Applied, ReadBackend};
 
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
 pub struct Runner {
     events: Arc<dyn EventStore>,
-    read: Arc<dyn ReadStore>,
     projection: Arc<dyn Projection>,
     caught_up: watch::Sender<Position>,
     /// Whether the read model is shared between processes (Redis), so that only the holder
@@ -66,7 +65,7 @@ impl ReadYourWrites for RunnerHandle {
 /// A waiter for processes that do not run the projection themselves: polls the read
 /// store's checkpoint of `projection` until it passes the position.
 pub struct CheckpointPoller {
-    pub read: Arc<dyn ReadStore>,
+    pub read: Arc<dyn ReadBackend>,
     pub projection: &'static str,
 }
 
@@ -94,14 +93,12 @@ impl ReadYourWrites for CheckpointPoller {
 impl Runner {
     pub fn new(
         events: Arc<dyn EventStore>,
-        read: Arc<dyn ReadStore>,
         projection: Arc<dyn Projection>,
     ) -> (Self, RunnerHandle) {
         let (caught_up, rx) = watch::channel(0);
         (
             Runner {
                 events,
-                read,
                 projection,
                 caught_up,
                 shared: true,
@@ -176,7 +173,7 @@ impl Runner {
             // and finding less than a batch means the read model has reached it.
             let head = *wake.borrow_and_update();
             let (name, batch_size) = (self.projection.name(), self.projection.batch_size());
-            let from = self.read.checkpoint(name).await?;
+            let from = self.projection.store().checkpoint(name).await?;
             let batch = self
                 .events
                 .read_all(from, batch_size, self.projection.categories())
@@ -191,11 +188,7 @@ impl Runner {
                 }
                 continue;
             };
-            match self
-                .projection
-                .apply(&*self.read, &batch, from, last)
-                .await?
-            {
+            match self.projection.apply(&batch, from, last).await? {
                 Applied::Done if batch.len() < batch_size => {
                     self.publish(last.max(head));
                     let pace = self.projection.pace();

@@ -1,17 +1,21 @@
 //! The trends projection: each `message.posted` event counts once for each of its hashtags
 //! and once for all messages, at the minute it was posted.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use cairn_events::domain::message;
 use cairn_events::{Envelope, Position};
+use chrono::Utc;
 
 use super::Projection;
 use super::messages::posted;
-use crate::read_store::{Applied, ReadError, ReadStore};
-use crate::trends::{TrendHit, TrendRules, minute_of};
+use crate::read_store::{Applied, ReadBackend, ReadError, TrendStore};
+use crate::trends::{TrendBatch, TrendHit, TrendRules, minute_of};
 
 /// Hashtag counters and trending ranks.
 pub struct Trends {
+    pub store: Arc<dyn TrendStore>,
     pub rules: TrendRules,
 }
 
@@ -38,9 +42,12 @@ impl Projection for Trends {
         std::time::Duration::from_millis(250)
     }
 
+    fn store(&self) -> &dyn ReadBackend {
+        &*self.store
+    }
+
     async fn apply(
         &self,
-        read: &dyn ReadStore,
         events: &[Envelope],
         from: Position,
         to: Position,
@@ -58,6 +65,7 @@ impl Projection for Trends {
                 }
             })
             .collect();
-        read.apply_trends(&hits, &self.rules, from, to).await
+        let batch = TrendBatch::new(hits, &self.rules, minute_of(Utc::now()));
+        self.store.apply_trends(&batch, from, to).await
     }
 }

@@ -1,62 +1,39 @@
 //! Read models and the stores that hold them.
+//!
+//! One trait per read model, each over the same small base:
+//! - [`ReadBackend`]: what every read model of a backend shares: its checkpoint per
+//!   projection, a reset that forgets one model, and a health check;
+//! - [`MessageStore`] (`messages.rs`): messages by id, hashtag, user and date;
+//! - [`TrendStore`] (`trends.rs`): hashtag counters, distinct users and trending ranks.
+//!
+//! Each backend has a folder, `redis/` and `sqlite/`: `mod.rs` holds the connection, key
+//! or table naming and the checkpoint compare-and-set; one file per model holds only that
+//! model's keys or tables and commands. One backend struct implements every model trait,
+//! and [`ReadModels`] hands the same store out as each trait object, so projections and
+//! routes depend on the one model they use.
+//!
+//! The invariants every backend keeps (and `crate::testing` checks on each):
+//! - a model's writes and its checkpoint move together: a batch applies from `from` to
+//!   `to` only if the checkpoint is still at `from` (compare-and-set); otherwise the store
+//!   answers [`Applied::Moved`] and the checkpoint stays where it is;
+//! - writes are idempotent: a batch written whose checkpoint did not move (a crash between
+//!   the two, or a runner that lost its lease) can be applied again from the old checkpoint
+//!   and leaves the state one application leaves; no message twice, no hit counted twice.
 
+mod messages;
 pub mod redis;
 pub mod sqlite;
+mod trends;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use cairn_events::Position;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use ulid::Ulid;
 
-use crate::trends::{DayUsage, Level, TrendHit, TrendRules};
-
+pub use self::messages::{MessageFilter, MessageStore, StoredMessage};
 pub use self::redis::RedisStore;
 pub use self::sqlite::{LogIdentity, SqliteStore};
-
-/// A message as the read model keeps it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredMessage {
-    pub id: Ulid,
-    pub user_id: String,
-    pub user_name: String,
-    pub text: String,
-    /// As spelled by the author.
-    pub hashtags: Vec<String>,
-    pub created_at: DateTime<Utc>,
-}
-
-impl StoredMessage {
-    pub(crate) fn has_tag(&self, key: &str) -> bool {
-        self.hashtags.iter().any(|t| t.to_lowercase() == key)
-    }
-}
-
-/// Which messages to list: newest first, all bounds optional.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MessageFilter {
-    /// Case-folded hashtag.
-    pub hashtag: Option<String>,
-    /// Case-folded user name.
-    pub user_name: Option<String>,
-    /// Inclusive lower bound on the id (from the `from_date`).
-    pub lower: Option<Ulid>,
-    /// Exclusive upper bound on the id (the tighter of `to_date` and the cursor).
-    pub upper: Option<Ulid>,
-    pub limit: usize,
-}
-
-impl MessageFilter {
-    pub(crate) fn matches(&self, m: &StoredMessage) -> bool {
-        self.hashtag.as_deref().is_none_or(|t| m.has_tag(t))
-            && self
-                .user_name
-                .as_deref()
-                .is_none_or(|u| m.user_name.to_ascii_lowercase() == u)
-            && self.lower.is_none_or(|l| m.id >= l)
-            && self.upper.is_none_or(|u| m.id < u)
-    }
-}
+pub use self::trends::TrendStore;
 
 /// What became of an attempt to move a projection's checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,66 +55,37 @@ pub enum ReadError {
     Corrupt(String),
 }
 
-/// Storage for read models. Writes are idempotent (applying the same events twice gives
-/// the same state) and checkpoints move by compare-and-set, so a runner that crashed
-/// between writing data and moving its checkpoint simply applies the batch again.
+/// What a backend keeps for every read model alike. The model traits build on it, so the
+/// store a projection writes to is also the one that answers its checkpoint.
 #[async_trait]
-pub trait ReadStore: Send + Sync + 'static {
+pub trait ReadBackend: Send + Sync + 'static {
     /// The position a projection has applied up to; 0 if it has none (never run, or lost).
     async fn checkpoint(&self, projection: &str) -> Result<Position, ReadError>;
-
-    /// Store messages, then move the `messages` checkpoint from `from` to `to`.
-    async fn apply_messages(
-        &self,
-        messages: &[StoredMessage],
-        from: Position,
-        to: Position,
-    ) -> Result<Applied, ReadError>;
-
-    async fn get_message(&self, id: Ulid) -> Result<Option<StoredMessage>, ReadError>;
-
-    /// Up to `filter.limit` matching messages, newest first.
-    async fn list_messages(&self, filter: &MessageFilter) -> Result<Vec<StoredMessage>, ReadError>;
-
-    /// Count `hits` at every level, for each of their hashtags and for all messages;
-    /// remember each hashtag's distinct users per day; raise the ranks of the hashtags
-    /// that score (see [`crate::trends`]); then move the `trends` checkpoint from `from`
-    /// to `to`. Idempotent per hashtag: a hit already counted is not counted again.
-    async fn apply_trends(
-        &self,
-        hits: &[TrendHit],
-        rules: &TrendRules,
-        from: Position,
-        to: Position,
-    ) -> Result<Applied, ReadError>;
-
-    /// The counters of `scope` (a hashtag key, or [`crate::trends::ALL`]) at `level` for
-    /// the units `first..end` (counted from the epoch): (unit, count), each unit once, in
-    /// no particular order, no zeros.
-    async fn trend_counts(
-        &self,
-        scope: &str,
-        level: Level,
-        first: i64,
-        end: i64,
-    ) -> Result<Vec<(i64, u64)>, ReadError>;
-
-    /// Hashtags whose rank is at least `floor`, highest first, at most `limit`.
-    async fn trending(&self, floor: f64, limit: usize) -> Result<Vec<(String, f64)>, ReadError>;
-
-    /// For each of `tags`: its uses and distinct users on each day of `first..end` (days
-    /// since the epoch), oldest first.
-    async fn histories(
-        &self,
-        tags: &[String],
-        first: i64,
-        end: i64,
-    ) -> Result<Vec<Vec<DayUsage>>, ReadError>;
 
     /// Forget a projection's data and checkpoint, so its runner rebuilds it from the log.
     async fn reset(&self, projection: &str) -> Result<(), ReadError>;
 
     async fn ping(&self) -> Result<(), ReadError>;
 
+    /// The backend's name, as the health check reports it.
     fn backend(&self) -> &'static str;
+}
+
+/// One backend's read models, each as its own trait object (all the same store).
+#[derive(Clone)]
+pub struct ReadModels {
+    pub messages: Arc<dyn MessageStore>,
+    pub trends: Arc<dyn TrendStore>,
+    /// Checkpoints, resets and health of the backend as a whole.
+    pub backend: Arc<dyn ReadBackend>,
+}
+
+impl ReadModels {
+    pub fn new<S: MessageStore + TrendStore>(store: Arc<S>) -> Self {
+        ReadModels {
+            messages: store.clone(),
+            trends: store.clone(),
+            backend: store,
+        }
+    }
 }

@@ -9,21 +9,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
-use serde_json::json;
 use ulid::Ulid;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use cairn_events::domain::message::Hashtag;
 use cairn_events::domain::user::UserName;
 use cairn_events::{Position, ReadYourWrites};
+use cairn_http::ApiError;
+pub use cairn_http::ErrorBody;
 
-use crate::read_store::{MessageFilter, ReadError, ReadStore, StoredMessage};
+use crate::read_store::{MessageFilter, MessageStore, ReadError, StoredMessage, TrendStore};
 use crate::trends::TrendRules;
 
 /// Default and largest page sizes of `GET /message`.
@@ -32,7 +32,8 @@ pub const MAX_LIMIT: usize = 1000;
 
 #[derive(Clone)]
 pub struct QueryState {
-    pub read: Arc<dyn ReadStore>,
+    pub messages: Arc<dyn MessageStore>,
+    pub trends: Arc<dyn TrendStore>,
     pub gate: StartupGate,
     /// How trending scores were computed (their decay is applied per request).
     pub rules: TrendRules,
@@ -138,38 +139,25 @@ impl From<ReadError> for QueryError {
     }
 }
 
+impl From<QueryError> for ApiError {
+    fn from(error: QueryError) -> Self {
+        match error {
+            QueryError::BadRequest { code, message } => ApiError::bad_request(code, message),
+            QueryError::NotFound => ApiError::not_found(),
+            QueryError::Loading => ApiError::unavailable(
+                "loading",
+                "the read models are still loading; try again shortly",
+            ),
+            QueryError::Unavailable(error) => {
+                ApiError::dependency_failed("read_store_unavailable", "read store", &error)
+            }
+        }
+    }
+}
+
 impl IntoResponse for QueryError {
     fn into_response(self) -> Response {
-        let (status, code, message) = match self {
-            QueryError::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message),
-            // Dunder's exact wording, which clients may match on.
-            QueryError::NotFound => (
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "record not found".to_owned(),
-            ),
-            QueryError::Loading => {
-                let body = json!({
-                    "error": "the read models are still loading; try again shortly",
-                    "code": "loading",
-                });
-                return (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    [(axum::http::header::RETRY_AFTER, "1")],
-                    Json(body),
-                )
-                    .into_response();
-            }
-            QueryError::Unavailable(error) => {
-                tracing::error!(error = %error, cause = ?std::error::Error::source(&error), "read store failed");
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "read_store_unavailable",
-                    "the read store is unavailable; try again shortly".to_owned(),
-                )
-            }
-        };
-        (status, Json(json!({ "error": message, "code": code }))).into_response()
+        ApiError::from(self).into_response()
     }
 }
 
@@ -233,15 +221,6 @@ pub struct MessagePage {
 pub enum ListAnswer {
     Page(MessagePage),
     One(MessageBody),
-}
-
-/// Every error: a human message and a stable code.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    #[schema(example = "record not found")]
-    pub error: String,
-    #[schema(example = "not_found")]
-    pub code: String,
 }
 
 /// The query parameters of `GET /message` (all optional).
@@ -316,7 +295,7 @@ async fn one_message(state: &QueryState, id: &str) -> Result<Response, QueryErro
     let id = parse_id(id)?;
     state.gate.pass().await?;
     let message = state
-        .read
+        .messages
         .get_message(id)
         .await?
         .ok_or(QueryError::NotFound)?;
@@ -429,7 +408,7 @@ async fn list_messages(
     state.gate.pass().await?;
     let limit = filter.limit;
     filter.limit += 1; // one more tells whether there is a next page
-    let mut page = state.read.list_messages(&filter).await?;
+    let mut page = state.messages.list_messages(&filter).await?;
     let more = page.len() > limit;
     page.truncate(limit);
     let next_cursor = if more {

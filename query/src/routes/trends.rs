@@ -252,7 +252,7 @@ pub async fn trend(
 
     let mut counts = vec![0_u64; usize::try_from(buckets.len()).unwrap_or(0)];
     for (level, first, end) in plan {
-        for (unit, n) in state.read.trend_counts(&scope, level, first, end).await? {
+        for (unit, n) in state.trends.trend_counts(&scope, level, first, end).await? {
             if let Some(slot) = buckets
                 .index_of(unit * level.minutes())
                 .and_then(|i| counts.get_mut(i))
@@ -343,11 +343,11 @@ pub async fn trending(
     };
     let now = minute_of(state.clock.now());
     let rules = state.rules;
-    let ranked = state.read.trending(rules.floor_at(now), limit).await?;
+    let ranked = state.trends.trending(rules.floor_at(now), limit).await?;
     let tags: Vec<String> = ranked.iter().map(|(tag, _)| tag.clone()).collect();
     let today = Level::Day.unit_of(now);
     let histories = state
-        .read
+        .trends
         .histories(&tags, today - HISTORY_DAYS + 1, today + 1)
         .await?;
     let data = ranked

@@ -1,0 +1,331 @@
+//! Read models in Redis, on one server or a Redis Cluster.
+//!
+//! Every key is `P:{<model>}:<rest>` under the configured prefix `P`. The braces are a
+//! Redis Cluster hash tag: keys with the same tag share a slot, so a model's multi-key
+//! commands and scripts (an `MGET` of a page, a scope's counting script) stay within one
+//! node. The messages model has one tag, `{messages}`; the trends model one per scope,
+//! `{trends:S}`, so that a busy hashtag's counters do not all land on one node. Each model's
+//! file (`messages.rs`, `trends.rs`) lists its keys.
+//!
+//! Each model keeps its checkpoint in `P:{<model>}:checkpoint` (hash {pos}), moved by a
+//! compare-and-set script that touches only that key. Redis cannot write a batch and its
+//! checkpoint atomically across slots, so every write is idempotent instead: a batch
+//! applied twice (after a crash between the data and the checkpoint, or by a runner that
+//! lost its lease and whose compare-and-set fails) leaves the state one application leaves.
+//!
+//! This file holds what the models share: the connection (one Redis or a cluster), key
+//! naming, the checkpoint, pipelining by slot, and resets.
+
+mod messages;
+mod trends;
+
+use std::sync::LazyLock;
+
+use async_trait::async_trait;
+use cairn_events::Position;
+use redis::AsyncCommands;
+use redis::RedisFuture;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+
+use super::{Applied, ReadBackend, ReadError};
+
+/// Moves a checkpoint from ARGV[1] to ARGV[2] only if it is still at ARGV[1].
+const CHECKPOINT_CAS_SOURCE: &str = r"
+local current = tonumber(redis.call('HGET', KEYS[1], 'pos') or '0')
+if current ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'pos', ARGV[2])
+return 1
+";
+
+static CHECKPOINT_CAS: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(CHECKPOINT_CAS_SOURCE));
+
+pub struct RedisStore {
+    conn: Conn,
+    prefix: String,
+    /// For a cluster: how to reach one node (`SCAN` is per node).
+    cluster: Option<ClusterAccess>,
+}
+
+/// A connection to one Redis (or a primary), or to a Redis Cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The scheme and credentials of a cluster URL, to address its nodes one by one.
+struct ClusterAccess {
+    scheme: String,
+    userinfo: String,
+}
+
+/// `redis+cluster://[user:password@]host:port,host:port,...` (or `rediss+cluster://`):
+/// the scheme, the credentials part (with its `@`) and one URL per seed node.
+fn cluster_seeds(url: &str) -> Option<(ClusterAccess, Vec<String>)> {
+    let (scheme, rest) = url.split_once("+cluster://")?;
+    let (userinfo, hosts) = match rest.rsplit_once('@') {
+        Some((auth, hosts)) => (format!("{auth}@"), hosts),
+        None => (String::new(), rest),
+    };
+    let hosts = hosts.split('/').next().unwrap_or_default();
+    let seeds: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("{scheme}://{userinfo}{h}"))
+        .collect();
+    let access = ClusterAccess {
+        scheme: scheme.to_owned(),
+        userinfo,
+    };
+    (!seeds.is_empty()).then_some((access, seeds))
+}
+
+impl RedisStore {
+    /// Connect to `url`: `redis://…` (or `rediss://`) for one Redis,
+    /// `redis+cluster://host:port,host:port…` for a Redis Cluster.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, ReadError> {
+        let (conn, cluster) = match cluster_seeds(url) {
+            Some((access, seeds)) => {
+                let mut infos = Vec::with_capacity(seeds.len());
+                for seed in &seeds {
+                    infos.push(redis::IntoConnectionInfo::into_connection_info(
+                        seed.as_str(),
+                    )?);
+                }
+                let tcp = infos
+                    .first()
+                    .map(|i| i.tcp_settings().clone())
+                    .unwrap_or_default()
+                    .set_nodelay(true);
+                let client = ClusterClient::builder(infos).tcp_settings(tcp).build()?;
+                let conn = client.get_async_connection().await?;
+                (Conn::Cluster(conn), Some(access))
+            }
+            None => {
+                // Without TCP_NODELAY a pipelined write can sit out a delayed ACK (~40 ms).
+                let info = redis::IntoConnectionInfo::into_connection_info(url)?;
+                let tcp = info.tcp_settings().clone().set_nodelay(true);
+                let client = redis::Client::open(info.set_tcp_settings(tcp))?;
+                (Conn::Single(ConnectionManager::new(client).await?), None)
+            }
+        };
+        let store = RedisStore {
+            conn,
+            prefix: prefix.to_owned(),
+            cluster,
+        };
+        store.warn_if_evicting().await;
+        Ok(store)
+    }
+
+    /// Connections to every primary that holds keys: the one Redis, or each cluster
+    /// primary (from `CLUSTER NODES`).
+    async fn primaries(&self) -> Result<Vec<Conn>, ReadError> {
+        let Some(access) = &self.cluster else {
+            return Ok(vec![self.conn.clone()]);
+        };
+        let mut conn = self.conn.clone();
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut conn)
+            .await?;
+        let mut out = Vec::new();
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(address), Some(flags)) = (fields.get(1), fields.get(2)) else {
+                continue;
+            };
+            if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+                continue;
+            }
+            // `ip:port@cport[,hostname]`
+            let host_port = address.split('@').next().unwrap_or_default();
+            let url = format!("{}://{}{host_port}", access.scheme, access.userinfo);
+            let client = redis::Client::open(url)?;
+            out.push(Conn::Single(ConnectionManager::new(client).await?));
+        }
+        Ok(out)
+    }
+
+    /// Read models must not be evicted silently: a missing key would read as "no message".
+    async fn warn_if_evicting(&self) {
+        let mut conn = self.conn.clone();
+        let policy: Result<Vec<String>, _> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut conn)
+            .await;
+        if let Ok(pair) = policy
+            && let Some(policy) = pair.get(1)
+            && policy != "noeviction"
+        {
+            tracing::warn!(
+                policy = %policy,
+                "Redis maxmemory-policy may evict read-model keys; set it to noeviction"
+            );
+        }
+    }
+
+    /// `<prefix>:{<tag>}:<rest>`: the braces are a Redis Cluster hash tag, so every key
+    /// with the same tag lives in one slot and multi-key commands (`MGET`) work there.
+    fn key(&self, tag: &str, rest: &str) -> String {
+        format!("{}:{{{tag}}}:{rest}", self.prefix)
+    }
+
+    /// Move a projection's checkpoint from `from` to `to` if it is still at `from`.
+    async fn move_checkpoint(
+        &self,
+        conn: &mut Conn,
+        projection: &str,
+        from: Position,
+        to: Position,
+    ) -> Result<Applied, ReadError> {
+        let moved: i64 = CHECKPOINT_CAS
+            .key(self.key(projection, "checkpoint"))
+            .arg(from)
+            .arg(to)
+            .invoke_async(conn)
+            .await?;
+        Ok(if moved == 1 {
+            Applied::Done
+        } else {
+            Applied::Moved
+        })
+    }
+
+    /// Run groups of commands, each group's keys in one hash slot: one pipeline on a single
+    /// Redis; on a cluster one pipeline per group, all in flight at once (a cluster
+    /// pipeline must stay within one slot). Answers come back per group, in order.
+    async fn pipelined(
+        &self,
+        conn: &mut Conn,
+        groups: Vec<Vec<redis::Cmd>>,
+    ) -> Result<Vec<Vec<redis::Value>>, redis::RedisError> {
+        let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+        if sizes.iter().sum::<usize>() == 0 {
+            return Ok(sizes.iter().map(|_| Vec::new()).collect());
+        }
+        if let Conn::Single(_) = conn {
+            let mut pipe = redis::pipe();
+            for cmd in groups.into_iter().flatten() {
+                pipe.add_command(cmd);
+            }
+            let mut all: std::vec::IntoIter<redis::Value> = pipe
+                .query_async::<Vec<redis::Value>>(conn)
+                .await?
+                .into_iter();
+            return Ok(sizes
+                .into_iter()
+                .map(|n| all.by_ref().take(n).collect())
+                .collect());
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for (i, group) in groups.into_iter().enumerate() {
+            let mut conn = conn.clone();
+            set.spawn(async move {
+                let mut pipe = redis::pipe();
+                for cmd in group {
+                    pipe.add_command(cmd);
+                }
+                let answer = if pipe.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    pipe.query_async::<Vec<redis::Value>>(&mut conn).await
+                };
+                (i, answer)
+            });
+        }
+        let mut out: Vec<Vec<redis::Value>> = sizes.iter().map(|_| Vec::new()).collect();
+        while let Some(joined) = set.join_next().await {
+            let (i, answer) = joined
+                .map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
+            if let Some(slot) = out.get_mut(i) {
+                *slot = answer?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl ReadBackend for RedisStore {
+    async fn checkpoint(&self, projection: &str) -> Result<Position, ReadError> {
+        let mut conn = self.conn.clone();
+        let pos: Option<i64> = conn.hget(self.key(projection, "checkpoint"), "pos").await?;
+        Ok(pos.unwrap_or(0))
+    }
+
+    async fn reset(&self, projection: &str) -> Result<(), ReadError> {
+        // `P:{messages}:…`; for trends also every scope's `P:{trends:S}:…`, which a
+        // cluster spreads over its nodes: each primary is scanned for its own keys.
+        let pattern = format!("{}:{{{projection}*", self.prefix);
+        let checkpoint = self.key(projection, "checkpoint");
+        for mut node in self.primaries().await? {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut node)
+                    .await?;
+                for key in keys.into_iter().filter(|k| *k != checkpoint) {
+                    let _: i64 = node.unlink(key).await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        // The checkpoint goes last: a runner that sees it gone rebuilds onto an empty
+        // model, not onto one still being deleted.
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.unlink(checkpoint).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), ReadError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+}
