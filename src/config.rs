@@ -1,6 +1,14 @@
 //! Configuration: built-in defaults, then an optional TOML file (`--config`, `CAIRN_CONFIG`,
-//! or `./cairn.toml` if present), then `CAIRN_*` environment variables. Every field is
-//! documented here once; `cairn.example.toml` shows them all.
+//! or `./cairn.toml` if present), then `CAIRN_*` environment variables.
+//!
+//! Each setting is declared once, in `settings!` below: its doc, type and default. The
+//! layers above the defaults are generic over the fields, so a new setting needs no loading
+//! code: the file's key `body_limit` and the variable `CAIRN_BODY_LIMIT` both set the field
+//! `body_limit`. Variables are strings, so they go through a small serde deserializer that
+//! parses what the field asks for (a number, a list split on commas) and names the variable
+//! when it cannot; an empty variable counts as unset. Checks of ranges and of fields against
+//! each other stay in [`Config::check`]. `cairn.example.toml` shows every setting; a test
+//! keeps it equal to the defaults.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,95 +18,114 @@ use serde::Deserialize;
 
 use crate::client_ip::IpRange;
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// Address the HTTP server binds (`CAIRN_LISTEN`); port 0 picks a free port.
-    pub listen: SocketAddr,
-    /// Directory for the embedded event store and its lock (`CAIRN_DATA_DIR`).
-    pub data_dir: PathBuf,
-    /// `postgres://...` selects Postgres; unset selects SQLite in the data dir
-    /// (`CAIRN_DATABASE_URL`).
-    pub database_url: Option<String>,
-    /// `redis://...` keeps read models in Redis, `redis+cluster://host:port,host:port,...`
-    /// in a Redis Cluster; unset keeps them in a SQLite file in the data dir
-    /// (`CAIRN_REDIS_URL`).
-    pub redis_url: Option<String>,
-    /// Prefix of every Redis key, so several deployments can share a server
-    /// (`CAIRN_REDIS_PREFIX`).
-    pub redis_prefix: String,
-    /// The URL people reach Cairn at, for the links in emails
-    /// (`CAIRN_PUBLIC_URL`).
-    pub public_url: String,
-    /// `text` or `json` (`CAIRN_LOG_FORMAT`); the level comes from `RUST_LOG`.
-    pub log_format: String,
-    /// Largest request body accepted, in bytes (`CAIRN_BODY_LIMIT`).
-    pub body_limit: usize,
-    /// Longest a request may take, in seconds (`CAIRN_REQUEST_TIMEOUT`).
-    pub request_timeout: u64,
-    /// Longest a write waits for its read model to catch up before answering, in
-    /// milliseconds (`CAIRN_READ_YOUR_WRITES_MS`).
-    pub read_your_writes_ms: u64,
-    /// Proxies whose `X-Forwarded-For` is believed: addresses or CIDR ranges
-    /// (`CAIRN_TRUSTED_PROXIES`, comma-separated). Empty: the peer address is the client.
-    pub trusted_proxies: Vec<IpRange>,
-    /// The projections this process runs when it runs projections (`CAIRN_PROJECTIONS`,
-    /// comma-separated); empty: all of them. Lets a projector process specialise.
-    pub projections: Vec<String>,
-    /// Fewest distinct users of a hashtag in a day for it to trend
-    /// (`CAIRN_TRENDING_THRESHOLD`).
-    pub trending_threshold: u64,
-    /// Minutes for a trending score to halve (`CAIRN_TRENDING_HALF_LIFE_MINUTES`). Scores
-    /// are stored as ranks that depend on it: after a change, rebuild `trends`.
-    pub trending_half_life_minutes: i64,
-    /// Days before today (UTC) whose per-minute trend counters are kept
-    /// (`CAIRN_TREND_MINUTE_RETENTION_DAYS`); older days keep hour and day counters only.
-    /// Unset: every minute is kept.
-    pub trend_minute_retention_days: Option<i64>,
-    /// The SMTP server emails are sent through (`CAIRN_SMTP_URL`): `smtp://host:25`,
-    /// `smtp://host:587?tls=required` (STARTTLS), `smtps://host:465`, credentials as
-    /// `user:password@`. Unset: emails are written as `.eml` files to `outbox/` in the data
-    /// directory and their links logged.
-    pub smtp_url: Option<String>,
-    /// The sender of Cairn's emails (`CAIRN_SMTP_FROM`).
-    pub smtp_from: String,
-    /// Seconds a capsule's send time must be ahead of its submission
-    /// (`CAIRN_CAPSULE_MIN_LEAD`); 0 allows any future time.
-    pub capsule_min_lead: u64,
-    /// Sender addresses whose capsules are refused (`CAIRN_BLOCKED_SENDERS`, comma-separated).
-    pub blocked_senders: Vec<String>,
-    /// Web origins allowed to call Cairn from a browser (`CAIRN_CORS_ORIGINS`,
-    /// comma-separated, e.g. the Chronoria client's `https://app.example`; `*` for any).
-    pub cors_origins: Vec<String>,
-    /// Capsule submissions allowed per client address in a window
-    /// (`CAIRN_CAPSULE_LIMIT_PER_CLIENT`); 0: no limit.
-    pub capsule_limit_per_client: usize,
-    /// Capsule submissions allowed per sender address in a window
-    /// (`CAIRN_CAPSULE_LIMIT_PER_SENDER`); 0: no limit.
-    pub capsule_limit_per_sender: usize,
-    /// The window of those limits, in seconds (`CAIRN_CAPSULE_LIMIT_WINDOW`).
-    pub capsule_limit_window: u64,
-    /// How long an email worker's claim on a message lasts, in seconds
-    /// (`CAIRN_OUTBOX_CLAIM_SECONDS`): a worker that dies mid-send delays the resend by
-    /// at most this.
-    pub outbox_claim_seconds: u64,
-    /// Where capsule files are kept (`CAIRN_BLOB_URL`): a directory path or `file:///…`.
-    /// Unset: `blobs/` in the data directory. Kept out of logs: its query may hold
-    /// credentials.
-    pub blob_url: Option<Secret>,
-    /// The key download links are signed with (`CAIRN_LINK_KEY`), at least 32 characters;
-    /// processes serving the same links need the same key. Unset: a random key, made once
-    /// and kept in the event store.
-    pub link_key: Option<Secret>,
-    /// How long a capsule file's download link works, in hours
-    /// (`CAIRN_CAPSULE_LINK_HOURS`).
-    pub capsule_link_hours: u64,
-    /// How long a delivered capsule's file is kept, in days
-    /// (`CAIRN_CAPSULE_FILE_RETENTION_DAYS`).
-    pub capsule_file_retention_days: u64,
-    /// Longest an upload may send nothing, in seconds (`CAIRN_UPLOAD_IDLE_TIMEOUT`).
-    /// Uploads are not under `request_timeout`: a large file takes its time.
-    pub upload_idle_timeout: u64,
+mod layers;
+
+/// Declares the settings: the struct with each field's doc and type, its `Default` from each
+/// field's `= default`, and the list of field names the layers are read by.
+macro_rules! settings {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$field_meta:meta])* $field:ident: $ty:ty = $default:expr, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name {
+            $( $(#[$field_meta])* pub $field: $ty, )*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $( $field: $default, )* }
+            }
+        }
+
+        /// The settings' names: the file's keys, and the variables' after `CAIRN_`.
+        const SETTINGS: &[&str] = &[$(stringify!($field)),*];
+    };
+}
+
+settings! {
+    /// Cairn's settings. Each is the file's key of the same name and the variable
+    /// `CAIRN_<NAME>` (the name in upper case), which wins over the file.
+    pub struct Config {
+        /// Address the HTTP server binds; port 0 picks a free port.
+        listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)),
+        /// Directory for the embedded event store and its lock.
+        data_dir: PathBuf = PathBuf::from("./data"),
+        /// `postgres://...` selects Postgres; unset selects SQLite in the data dir.
+        database_url: Option<String> = None,
+        /// `redis://...` keeps read models in Redis, `redis+cluster://host:port,host:port,...`
+        /// in a Redis Cluster; unset keeps them in a SQLite file in the data dir.
+        redis_url: Option<String> = None,
+        /// Prefix of every Redis key, so several deployments can share a server.
+        redis_prefix: String = "cairn".into(),
+        /// The URL people reach Cairn at, for the links in emails.
+        public_url: String = "http://127.0.0.1:8080".into(),
+        /// `text` or `json`; the level comes from `RUST_LOG`.
+        log_format: String = "text".into(),
+        /// Largest request body accepted, in bytes.
+        body_limit: usize = 1024 * 1024,
+        /// Longest a request may take, in seconds.
+        request_timeout: u64 = 30,
+        /// Longest a write waits for its read model to catch up before answering, in
+        /// milliseconds.
+        read_your_writes_ms: u64 = 2000,
+        /// Proxies whose `X-Forwarded-For` is believed: addresses or CIDR ranges. Empty: the
+        /// peer address is the client.
+        trusted_proxies: Vec<IpRange> = Vec::new(),
+        /// The projections this process runs when it runs projections; empty: all of them.
+        /// Lets a projector process specialise.
+        projections: Vec<String> = Vec::new(),
+        /// Fewest distinct users of a hashtag in a day for it to trend.
+        trending_threshold: u64 = 5,
+        /// Minutes for a trending score to halve. Scores are stored as ranks that depend on
+        /// it: after a change, rebuild `trends`.
+        trending_half_life_minutes: i64 = 240,
+        /// Days before today (UTC) whose per-minute trend counters are kept; older days keep
+        /// hour and day counters only. Unset: every minute is kept.
+        trend_minute_retention_days: Option<i64> = None,
+        /// The SMTP server emails are sent through: `smtp://host:25`,
+        /// `smtp://host:587?tls=required` (STARTTLS), `smtps://host:465`, credentials as
+        /// `user:password@`. Unset: emails are written as `.eml` files to `outbox/` in the
+        /// data directory and their links logged.
+        smtp_url: Option<String> = None,
+        /// The sender of Cairn's emails.
+        smtp_from: String = "Cairn <cairn@localhost>".into(),
+        /// Seconds a capsule's send time must be ahead of its submission; 0 allows any
+        /// future time.
+        capsule_min_lead: u64 = 0,
+        /// Sender addresses whose capsules are refused.
+        blocked_senders: Vec<String> = Vec::new(),
+        /// Web origins allowed to call Cairn from a browser (e.g. the Chronoria client's
+        /// `https://app.example`; `*` for any).
+        cors_origins: Vec<String> = Vec::new(),
+        /// Capsule submissions allowed per client address in a window; 0: no limit.
+        capsule_limit_per_client: usize = 30,
+        /// Capsule submissions allowed per sender address in a window; 0: no limit.
+        capsule_limit_per_sender: usize = 10,
+        /// The window of those limits, in seconds.
+        capsule_limit_window: u64 = 3600,
+        /// How long an email worker's claim on a message lasts, in seconds: a worker that
+        /// dies mid-send delays the resend by at most this.
+        outbox_claim_seconds: u64 = 120,
+        /// Where capsule files are kept: a directory path or `file:///…`. Unset: `blobs/` in
+        /// the data directory. Kept out of logs: its query may hold credentials.
+        blob_url: Option<Secret> = None,
+        /// The key download links are signed with, at least 32 characters; processes serving
+        /// the same links need the same key. Unset: a random key, made once and kept in the
+        /// event store.
+        link_key: Option<Secret> = None,
+        /// How long a capsule file's download link works, in hours.
+        capsule_link_hours: u64 = 12,
+        /// How long a delivered capsule's file is kept, in days.
+        capsule_file_retention_days: u64 = 30,
+        /// Longest an upload may send nothing, in seconds. Uploads are not under
+        /// `request_timeout`: a large file takes its time.
+        upload_idle_timeout: u64 = 30,
+    }
 }
 
 /// A configured secret: never shown in logs or `Debug` output.
@@ -112,40 +139,20 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            data_dir: PathBuf::from("./data"),
-            database_url: None,
-            redis_url: None,
-            redis_prefix: "cairn".into(),
-            public_url: "http://127.0.0.1:8080".into(),
-            log_format: "text".into(),
-            body_limit: 1024 * 1024,
-            request_timeout: 30,
-            read_your_writes_ms: 2000,
-            trusted_proxies: Vec::new(),
-            projections: Vec::new(),
-            trending_threshold: 5,
-            trending_half_life_minutes: 240,
-            trend_minute_retention_days: None,
-            smtp_url: None,
-            smtp_from: "Cairn <cairn@localhost>".into(),
-            capsule_min_lead: 0,
-            blocked_senders: Vec::new(),
-            cors_origins: Vec::new(),
-            capsule_limit_per_client: 30,
-            capsule_limit_per_sender: 10,
-            capsule_limit_window: 3600,
-            outbox_claim_seconds: 120,
-            blob_url: None,
-            link_key: None,
-            capsule_link_hours: 12,
-            capsule_file_retention_days: 30,
-            upload_idle_timeout: 30,
-        }
-    }
+/// The variable that overrides a setting.
+fn variable(setting: &str) -> String {
+    format!("CAIRN_{}", setting.to_ascii_uppercase())
+}
+
+/// The `CAIRN_*` variables among `names` that set nothing: a misspelt setting, most likely.
+/// `CAIRN_CONFIG` (the file) and `CAIRN_TEST_*` (the test suite's services) are Cairn's own.
+fn unknown_variables(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    names
+        .into_iter()
+        .filter(|name| name.starts_with("CAIRN_"))
+        .filter(|name| name != "CAIRN_CONFIG" && !name.starts_with("CAIRN_TEST_"))
+        .filter(|name| !SETTINGS.iter().any(|s| variable(s) == *name))
+        .collect()
 }
 
 impl Config {
@@ -155,176 +162,49 @@ impl Config {
             .map(Path::to_path_buf)
             .or_else(|| std::env::var_os("CAIRN_CONFIG").map(PathBuf::from))
             .or_else(|| Some(PathBuf::from("cairn.toml")).filter(|p| p.exists()));
-        let mut config = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
-            }
-            None => Config::default(),
+        let text = match &file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            ),
+            None => None,
         };
-        config.apply_env(|name| std::env::var(name).ok())?;
+        // Not an error: other software may set CAIRN_* variables too (Kubernetes does, for
+        // a service named cairn). Logging is not set up yet, as it is configured here.
+        let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
+        for name in unknown_variables(names) {
+            eprintln!("warning: {name} is not a Cairn setting and is ignored");
+        }
+        let config = Config::layered(file.as_deref().zip(text.as_deref()), |name| {
+            std::env::var(name).ok()
+        })?;
         config.check()?;
         Ok(config)
     }
 
-    /// Override fields from `CAIRN_*` variables (read through `get`, for tests).
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
-        let var = |name: &str| get(name).filter(|v| !v.is_empty());
-        if let Some(v) = var("CAIRN_LISTEN") {
-            self.listen = v.parse().with_context(|| {
-                format!("CAIRN_LISTEN={v:?} is not an address like 127.0.0.1:8080")
-            })?;
-        }
-        if let Some(v) = var("CAIRN_DATA_DIR") {
-            self.data_dir = PathBuf::from(v);
-        }
-        if let Some(v) = var("CAIRN_DATABASE_URL") {
-            self.database_url = Some(v);
-        }
-        if let Some(v) = var("CAIRN_REDIS_URL") {
-            self.redis_url = Some(v);
-        }
-        if let Some(v) = var("CAIRN_REDIS_PREFIX") {
-            self.redis_prefix = v;
-        }
-        if let Some(v) = var("CAIRN_PUBLIC_URL") {
-            self.public_url = v;
-        }
-        if let Some(v) = var("CAIRN_LOG_FORMAT") {
-            self.log_format = v;
-        }
-        if let Some(v) = var("CAIRN_BODY_LIMIT") {
-            self.body_limit = v
-                .parse()
-                .with_context(|| format!("CAIRN_BODY_LIMIT={v:?} is not a number of bytes"))?;
-        }
-        if let Some(v) = var("CAIRN_REQUEST_TIMEOUT") {
-            self.request_timeout = v.parse().with_context(|| {
-                format!("CAIRN_REQUEST_TIMEOUT={v:?} is not a number of seconds")
-            })?;
-        }
-        if let Some(v) = var("CAIRN_READ_YOUR_WRITES_MS") {
-            self.read_your_writes_ms = v
-                .parse()
-                .with_context(|| format!("CAIRN_READ_YOUR_WRITES_MS={v:?} is not a number"))?;
-        }
-        if let Some(v) = var("CAIRN_PROJECTIONS") {
-            self.projections = v
-                .split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(str::to_owned)
-                .collect();
-        }
-        if let Some(v) = var("CAIRN_TRENDING_THRESHOLD") {
-            self.trending_threshold = v.parse().with_context(|| {
-                format!("CAIRN_TRENDING_THRESHOLD={v:?} is not a number of users")
-            })?;
-        }
-        if let Some(v) = var("CAIRN_TRENDING_HALF_LIFE_MINUTES") {
-            self.trending_half_life_minutes = v.parse().with_context(|| {
-                format!("CAIRN_TRENDING_HALF_LIFE_MINUTES={v:?} is not a number of minutes")
-            })?;
-        }
-        if let Some(v) = var("CAIRN_TREND_MINUTE_RETENTION_DAYS") {
-            self.trend_minute_retention_days = Some(v.parse().with_context(|| {
-                format!("CAIRN_TREND_MINUTE_RETENTION_DAYS={v:?} is not a number of days")
-            })?);
-        }
-        if let Some(v) = var("CAIRN_SMTP_URL") {
-            self.smtp_url = Some(v);
-        }
-        if let Some(v) = var("CAIRN_SMTP_FROM") {
-            self.smtp_from = v;
-        }
-        if let Some(v) = var("CAIRN_CAPSULE_MIN_LEAD") {
-            self.capsule_min_lead = v.parse().with_context(|| {
-                format!("CAIRN_CAPSULE_MIN_LEAD={v:?} is not a number of seconds")
-            })?;
-        }
-        if let Some(v) = var("CAIRN_BLOCKED_SENDERS") {
-            self.blocked_senders = v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect();
-        }
-        for (name, field) in [
-            (
-                "CAIRN_CAPSULE_LIMIT_PER_CLIENT",
-                &mut self.capsule_limit_per_client,
-            ),
-            (
-                "CAIRN_CAPSULE_LIMIT_PER_SENDER",
-                &mut self.capsule_limit_per_sender,
-            ),
-        ] {
-            if let Some(v) = var(name) {
-                *field = v
-                    .parse()
-                    .with_context(|| format!("{name}={v:?} is not a number of submissions"))?;
+    /// The defaults, under the file (its path and text), under the variables read through
+    /// `env` (the process environment, or the tests' own). Not checked: see [`Config::check`].
+    pub fn layered(
+        file: Option<(&Path, &str)>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Self> {
+        let (origin, table) = match file {
+            Some((path, text)) => {
+                // Parsed on its own first, the file's errors come with line and column.
+                toml::from_str::<Config>(text)
+                    .with_context(|| format!("parsing {}", path.display()))?;
+                let table = toml::from_str::<toml::Table>(text)
+                    .with_context(|| format!("parsing {}", path.display()))?;
+                (path.display().to_string(), table)
             }
-        }
-        if let Some(v) = var("CAIRN_BLOB_URL") {
-            self.blob_url = Some(Secret(v));
-        }
-        if let Some(v) = var("CAIRN_LINK_KEY") {
-            self.link_key = Some(Secret(v));
-        }
-        for (name, field, unit) in [
-            (
-                "CAIRN_CAPSULE_LINK_HOURS",
-                &mut self.capsule_link_hours,
-                "hours",
-            ),
-            (
-                "CAIRN_CAPSULE_FILE_RETENTION_DAYS",
-                &mut self.capsule_file_retention_days,
-                "days",
-            ),
-            (
-                "CAIRN_UPLOAD_IDLE_TIMEOUT",
-                &mut self.upload_idle_timeout,
-                "seconds",
-            ),
-        ] {
-            if let Some(v) = var(name) {
-                *field = v
-                    .parse()
-                    .with_context(|| format!("{name}={v:?} is not a number of {unit}"))?;
-            }
-        }
-        if let Some(v) = var("CAIRN_CAPSULE_LIMIT_WINDOW") {
-            self.capsule_limit_window = v.parse().with_context(|| {
-                format!("CAIRN_CAPSULE_LIMIT_WINDOW={v:?} is not a number of seconds")
-            })?;
-        }
-        if let Some(v) = var("CAIRN_OUTBOX_CLAIM_SECONDS") {
-            self.outbox_claim_seconds = v.parse().with_context(|| {
-                format!("CAIRN_OUTBOX_CLAIM_SECONDS={v:?} is not a number of seconds")
-            })?;
-        }
-        if let Some(v) = var("CAIRN_CORS_ORIGINS") {
-            self.cors_origins = v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect();
-        }
-        if let Some(v) = var("CAIRN_TRUSTED_PROXIES") {
-            self.trusted_proxies = v
-                .split(',')
-                .filter(|p| !p.trim().is_empty())
-                .map(|p| {
-                    p.parse()
-                        .map_err(|e| anyhow::anyhow!("CAIRN_TRUSTED_PROXIES: {e}"))
-                })
-                .collect::<anyhow::Result<_>>()?;
-        }
-        Ok(())
+            None => (String::new(), toml::Table::new()),
+        };
+        let variables = SETTINGS.iter().filter_map(|setting| {
+            let name = variable(setting);
+            let value = env(&name).filter(|v| !v.is_empty())?;
+            Some(((*setting).to_owned(), name, value))
+        });
+        layers::deserialize(&origin, table, variables).map_err(anyhow::Error::msg)
     }
 
     /// Whether this process runs the named projection (when it runs projections at all).
@@ -444,38 +324,229 @@ pub fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
+
+    /// The layers over `file` (TOML text) and the given variables.
+    fn layered(file: &str, vars: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::layered(Some((Path::new("cairn.toml"), file)), |name| {
+            vars.get(name).cloned()
+        })
+    }
+
+    fn debug(config: &Config) -> String {
+        format!("{config:?}")
+    }
 
     #[test]
     fn the_example_file_parses_to_the_defaults() {
-        let example: Config = toml::from_str(include_str!("../cairn.example.toml"))
-            .unwrap_or_else(|e| panic!("cairn.example.toml: {e}"));
-        assert_eq!(format!("{example:?}"), format!("{:?}", Config::default()));
-        let with_proxies: Config =
-            toml::from_str(r#"trusted_proxies = ["127.0.0.1", "10.0.0.0/8"]"#)
-                .unwrap_or_else(|e| panic!("{e}"));
+        let example = layered(include_str!("../cairn.example.toml"), &[])
+            .unwrap_or_else(|e| panic!("cairn.example.toml: {e:#}"));
+        assert_eq!(debug(&example), debug(&Config::default()));
+        let with_proxies = layered(r#"trusted_proxies = ["127.0.0.1", "10.0.0.0/8"]"#, &[])
+            .unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(with_proxies.trusted_proxies.len(), 2);
-        assert!(toml::from_str::<Config>(r#"trusted_proxies = ["nope"]"#).is_err());
+        assert!(layered(r#"trusted_proxies = ["nope"]"#, &[]).is_err());
+    }
+
+    /// A value other than the default for every setting: as a variable, and as TOML.
+    const SAMPLES: &[(&str, &str, &str)] = &[
+        ("listen", "0.0.0.0:9000", r#""0.0.0.0:9000""#),
+        ("data_dir", "/var/lib/cairn", r#""/var/lib/cairn""#),
+        (
+            "database_url",
+            "postgres://db/cairn",
+            r#""postgres://db/cairn""#,
+        ),
+        ("redis_url", "redis://cache:6379", r#""redis://cache:6379""#),
+        ("redis_prefix", "staging", r#""staging""#),
+        (
+            "public_url",
+            "https://cairn.example",
+            r#""https://cairn.example""#,
+        ),
+        ("log_format", "json", r#""json""#),
+        ("body_limit", "4096", "4096"),
+        ("request_timeout", "5", "5"),
+        ("read_your_writes_ms", "0", "0"),
+        (
+            "trusted_proxies",
+            "10.0.0.1, fd00::/8",
+            r#"["10.0.0.1", "fd00::/8"]"#,
+        ),
+        (
+            "projections",
+            "trends,messages",
+            r#"["trends", "messages"]"#,
+        ),
+        ("trending_threshold", "2", "2"),
+        ("trending_half_life_minutes", "60", "60"),
+        ("trend_minute_retention_days", "7", "7"),
+        ("smtp_url", "smtp://mail:25", r#""smtp://mail:25""#),
+        (
+            "smtp_from",
+            "Ops <ops@example.com>",
+            r#""Ops <ops@example.com>""#,
+        ),
+        ("capsule_min_lead", "60", "60"),
+        (
+            "blocked_senders",
+            "a@x.test,b@x.test",
+            r#"["a@x.test", "b@x.test"]"#,
+        ),
+        ("cors_origins", "*", r#"["*"]"#),
+        ("capsule_limit_per_client", "0", "0"),
+        ("capsule_limit_per_sender", "1", "1"),
+        ("capsule_limit_window", "60", "60"),
+        ("outbox_claim_seconds", "30", "30"),
+        ("blob_url", "/srv/blobs", r#""/srv/blobs""#),
+        ("link_key", "k", r#""k""#),
+        ("capsule_link_hours", "1", "1"),
+        ("capsule_file_retention_days", "2", "2"),
+        ("upload_idle_timeout", "3", "3"),
+    ];
+
+    #[test]
+    fn every_setting_has_its_variable_which_wins_over_the_file() {
+        let defaults = debug(&Config::default());
+        for setting in SETTINGS {
+            let Some((_, env, toml)) = SAMPLES.iter().find(|(s, _, _)| s == setting) else {
+                panic!("no sample value for {setting}");
+            };
+            let name = variable(setting);
+            let from_env = layered("", &[(&name, env)]).unwrap_or_else(|e| panic!("{e:#}"));
+            let from_file =
+                layered(&format!("{setting} = {toml}"), &[]).unwrap_or_else(|e| panic!("{e:#}"));
+            assert_ne!(debug(&from_env), defaults, "{name} changes nothing");
+            assert_eq!(
+                debug(&from_env),
+                debug(&from_file),
+                "{name} is not {setting}"
+            );
+            // The variable wins over the file, which wins over the default.
+            let both = layered(&format!("{setting} = {toml}"), &[(&name, env)])
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            assert_eq!(debug(&both), debug(&from_file));
+        }
+        let over = layered("request_timeout = 5", &[("CAIRN_REQUEST_TIMEOUT", "7")])
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(over.request_timeout, 7);
+        assert_eq!(
+            SAMPLES.len(),
+            SETTINGS.len(),
+            "a sample for a setting that is gone"
+        );
+    }
+
+    #[test]
+    fn config_variables_are_all_documented() {
+        let readme = include_str!("../README.md");
+        let example = include_str!("../cairn.example.toml");
+        for setting in SETTINGS {
+            let name = variable(setting);
+            assert!(readme.contains(&format!("`{name}`")), "README lacks {name}");
+            assert!(example.contains(&name), "cairn.example.toml lacks {name}");
+        }
+    }
+
+    #[test]
+    fn config_lists_split_on_commas_and_an_empty_variable_is_unset() {
+        let config = layered(
+            r#"listen = "0.0.0.0:1"
+            cors_origins = ["https://a.example"]"#,
+            &[
+                ("CAIRN_BLOCKED_SENDERS", " a@x.test , b@x.test,,"),
+                ("CAIRN_PROJECTIONS", "trends"),
+                ("CAIRN_LISTEN", ""),
+                ("CAIRN_CORS_ORIGINS", ""),
+                ("CAIRN_LINK_KEY", ""),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(config.blocked_senders, ["a@x.test", "b@x.test"]);
+        assert_eq!(config.projections, ["trends"]);
+        assert_eq!(config.listen.port(), 1);
+        assert_eq!(config.cors_origins, ["https://a.example"]);
+        assert_eq!(config.link_key, None);
+    }
+
+    #[test]
+    fn config_errors_name_the_variable_or_the_key_and_the_value() {
+        let error = |file: &str, vars: &[(&str, &str)]| match layered(file, vars) {
+            Ok(_) => panic!("{file} {vars:?} accepted"),
+            Err(e) => format!("{e:#}"),
+        };
+        let e = error("", &[("CAIRN_LISTEN", "nope")]);
+        assert!(e.starts_with(r#"CAIRN_LISTEN="nope" is not valid"#), "{e}");
+        let e = error("", &[("CAIRN_BODY_LIMIT", "12k")]);
+        assert!(e.starts_with(r#"CAIRN_BODY_LIMIT="12k" is not valid: expected a whole number"#));
+        let e = error("", &[("CAIRN_TRENDING_HALF_LIFE_MINUTES", "-")]);
+        assert!(e.contains("CAIRN_TRENDING_HALF_LIFE_MINUTES=\"-\""), "{e}");
+        let e = error("", &[("CAIRN_TRUSTED_PROXIES", "10.0.0.1,nope")]);
+        assert!(e.contains("CAIRN_TRUSTED_PROXIES=") && e.contains("\"nope\" is not an IP"));
+        let e = error("listen = \"nope\"", &[]);
+        assert!(
+            e.contains("cairn.toml") && e.contains("listen = \"nope\""),
+            "{e}"
+        );
+        let e = error("lisen = \"0.0.0.0:1\"", &[]);
+        assert!(
+            e.contains("cairn.toml") && e.contains("unknown field `lisen`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn config_reports_variables_that_set_nothing() {
+        let names = [
+            "CAIRN_LISTN",
+            "CAIRN_LISTEN",
+            "CAIRN_CONFIG",
+            "CAIRN_TEST_REDIS_URL",
+        ];
+        let names = names.into_iter().chain(["PATH"]).map(str::to_owned);
+        assert_eq!(unknown_variables(names), ["CAIRN_LISTN"]);
+    }
+
+    #[test]
+    fn config_secrets_stay_out_of_debug() {
+        let key = "a-link-key-of-more-than-thirty-two-characters";
+        let config = layered(
+            "",
+            &[
+                ("CAIRN_LINK_KEY", key),
+                ("CAIRN_BLOB_URL", "s3://b/p?secret_access_key=hush"),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(config.check().is_ok());
+        let shown = debug(&config);
+        assert!(!shown.contains(key) && !shown.contains("hush"), "{shown}");
+        assert_eq!(config.link_key, Some(Secret(key.to_owned())));
     }
 
     #[test]
     fn env_overrides_defaults_and_is_checked() {
-        let mut config = Config::default();
-        let env = |name: &str| match name {
-            "CAIRN_LISTEN" => Some("0.0.0.0:9000".to_owned()),
-            "CAIRN_DATABASE_URL" => Some("postgres://u:secret@db/cairn".to_owned()),
-            _ => None,
-        };
-        config.apply_env(env).unwrap_or_else(|e| panic!("{e}"));
+        let config = layered(
+            "",
+            &[
+                ("CAIRN_LISTEN", "0.0.0.0:9000"),
+                ("CAIRN_DATABASE_URL", "postgres://u:secret@db/cairn"),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(config.listen.port(), 9000);
         assert!(config.check().is_ok());
         assert_eq!(config.database_for_log(), "postgres://u:***@db/cairn");
-        let mut bad = Config::default();
-        assert!(
-            bad.apply_env(|n| (n == "CAIRN_LISTEN").then(|| "nope".to_owned()))
-                .is_err()
-        );
-        bad.database_url = Some("mysql://x".into());
+        let bad = Config {
+            database_url: Some("mysql://x".into()),
+            ..Config::default()
+        };
         assert!(bad.check().is_err());
     }
 }
