@@ -123,7 +123,14 @@ pub async fn ready(State(ops): State<OpsState>) -> Response {
         "read_models_loaded": loaded,
         "projection_lag_events": lag,
     }});
-    (status, Json(body)).into_response()
+    let mut response = (status, Json(body)).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        let wait = cairn_http::retry_after(Duration::from_secs(1));
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, wait);
+    }
+    response
 }
 
 /// Prometheus metrics: requests, append batch sizes, projection lag.

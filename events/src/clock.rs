@@ -1,6 +1,8 @@
-//! "Now", injectable: every side that decides by the time (capsule confirmation windows,
-//! the scheduler's due items, the read routes' "today") reads one [`Clock`], so tests can
-//! move time without sleeping.
+//! "Now", injectable: the capsule use cases (confirmation windows, send times), the
+//! scheduler (what is due) and the read routes (trending scores, which days are "today")
+//! read one [`Clock`], so tests move time without sleeping. What only stamps or prunes by
+//! the wall clock (token expiry, the trend projection's minute retention, the file sweep)
+//! reads it directly.
 
 use std::fmt;
 use std::sync::Arc;

@@ -82,7 +82,6 @@ pub enum Outcome {
     },
 }
 
-/// The due index: what the scheduler sleeps on.
 /// What came of a due item's action.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Handled {
@@ -101,6 +100,7 @@ pub trait DueAction: Send + Sync + 'static {
     async fn run(&self, item: &DueItem) -> Result<Handled, String>;
 }
 
+/// The due index: what the scheduler sleeps on.
 #[async_trait]
 pub trait DueIndex: Send + Sync + 'static {
     /// The earliest due time of an item nobody holds a claim on.

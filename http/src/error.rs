@@ -147,14 +147,11 @@ impl ApiError {
         )
     }
 
-    /// 500: a fault of Cairn's own; the cause is logged.
-    pub fn internal(what: &'static str, cause: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "{what}");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the request could not be completed",
-        )
+    /// 500: a fault of Cairn's own. `message` is logged with the cause and answered
+    /// without it.
+    pub fn internal(message: &'static str, cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "{message}");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
 
     /// Chronoria's wire format: `status` with `code` as the whole `text/plain` body.

@@ -3,7 +3,6 @@
 //! message's stream, a capsule's id); this only reads it.
 
 use axum::extract::FromRequestParts;
-use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 
@@ -30,13 +29,6 @@ impl From<InvalidIdempotencyKey> for ApiError {
             "invalid_idempotency_key",
             "Idempotency-Key must be 1-255 visible ASCII characters",
         )
-    }
-}
-
-impl InvalidIdempotencyKey {
-    /// Chronoria's plain-text answer.
-    pub fn plain(self) -> ApiError {
-        ApiError::plain(StatusCode::BAD_REQUEST, "INVALID_IDEMPOTENCY_KEY")
     }
 }
 

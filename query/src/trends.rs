@@ -245,7 +245,6 @@ pub fn parse_aggregation(raw: &str) -> Result<i64, String> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

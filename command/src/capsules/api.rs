@@ -134,7 +134,7 @@ async fn submit(
     })?;
     let client: Option<IpAddr> = client.map(|ClientIp(ip)| ip);
     let outcome = async {
-        let key = key.map_err(|_| CapsuleError::InvalidKey)?;
+        let key = key?;
         let party = |p: &PartyInput| -> Result<Party, InvalidField> {
             Ok(Party {
                 email: EmailAddress::parse(&p.email)?,
@@ -166,7 +166,7 @@ async fn submit(
         Json(Submitted {
             data: SubmittedData {
                 status: Status::Pending,
-                confirm_by: stamp(Utc::now() + CONFIRM_WITHIN),
+                confirm_by: stamp(capsules.now() + CONFIRM_WITHIN),
             },
         }),
     )

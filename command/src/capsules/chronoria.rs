@@ -229,7 +229,7 @@ async fn submit_text(
     }
     Answer(
         async {
-            let key = key.map_err(|_| CapsuleError::InvalidKey)?;
+            let key = key?;
             let body = body.map_err(|_| Refusal::InvalidText)?;
             let id = capsules.new_id(key.as_deref());
             let first = capsules.written_before(id, key.as_deref()).await?;

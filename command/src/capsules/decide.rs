@@ -136,6 +136,7 @@ pub enum Decision {
 /// Why a command is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
+    /// An input is not acceptable (Chronoria's code says which).
     #[error("{0}")]
     Invalid(Refusal),
     #[error("capsules from this sender are refused")]
@@ -258,7 +259,9 @@ pub fn decide(
     Ok(Decision::Append(Box::new(changes)))
 }
 
-/// A new capsule, checked in Chronoria's order: the sender, the time, the text.
+/// A new capsule: the sender, then the time, then the text. (The Chronoria routes check the
+/// time and the text once more as they parse, so their client hears of those first, in its
+/// own order of fields.)
 fn submit(
     submitted: &CapsuleSubmitted,
     sender_blocked: bool,

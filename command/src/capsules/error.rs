@@ -8,7 +8,7 @@ use std::fmt;
 use axum::http::StatusCode;
 use cairn_events::StoreError;
 use cairn_events::domain::capsule::InvalidField;
-use cairn_http::ApiError;
+use cairn_http::{ApiError, InvalidIdempotencyKey};
 use serde::{Deserialize, Serialize};
 
 use super::decide::Refused;
@@ -73,8 +73,7 @@ impl From<InvalidField> for Refusal {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CapsuleError {
-    #[error("{0}")]
-    Invalid(Refusal),
+    /// The input, or the decision on it, was refused.
     #[error(transparent)]
     Refused(Refused),
     /// No capsule has that id.
@@ -95,32 +94,38 @@ pub enum CapsuleError {
     Store(#[from] StoreError),
 }
 
+impl From<Refused> for CapsuleError {
+    fn from(refused: Refused) -> Self {
+        CapsuleError::Refused(refused)
+    }
+}
+
 impl From<Refusal> for CapsuleError {
     fn from(refusal: Refusal) -> Self {
-        CapsuleError::Invalid(refusal)
+        CapsuleError::Refused(Refused::Invalid(refusal))
     }
 }
 
 impl From<InvalidField> for CapsuleError {
     fn from(invalid: InvalidField) -> Self {
-        CapsuleError::Invalid(invalid.into())
+        Refusal::from(invalid).into()
     }
 }
 
-impl From<Refused> for CapsuleError {
-    fn from(refused: Refused) -> Self {
-        match refused {
-            Refused::Invalid(refusal) => CapsuleError::Invalid(refusal),
-            other => CapsuleError::Refused(other),
-        }
+impl From<InvalidIdempotencyKey> for CapsuleError {
+    fn from(_: InvalidIdempotencyKey) -> Self {
+        CapsuleError::InvalidKey
     }
 }
+
+/// What the service says when something it depends on fails, to either kind of client.
+const UNAVAILABLE: &str = "the service is temporarily unavailable; try again shortly";
 
 impl CapsuleError {
     /// The answer in Cairn's JSON conventions.
     pub fn json(self) -> ApiError {
         match self {
-            CapsuleError::Invalid(refusal) => {
+            CapsuleError::Refused(Refused::Invalid(refusal)) => {
                 ApiError::bad_request(refusal.code().to_ascii_lowercase(), refusal.words())
             }
             CapsuleError::Refused(Refused::BlockedSender) => {
@@ -130,57 +135,58 @@ impl CapsuleError {
                 "idempotency_key_reused",
                 "this Idempotency-Key was used for a different capsule",
             ),
-            CapsuleError::Refused(_) | CapsuleError::NotFound | CapsuleError::NoFile => {
-                ApiError::not_found()
-            }
+            CapsuleError::Refused(Refused::NotPending | Refused::NotCancellable)
+            | CapsuleError::NotFound
+            | CapsuleError::NoFile => ApiError::not_found(),
             CapsuleError::RateLimited(wait) => ApiError::rate_limited(
                 "rate_limited",
                 "too many capsules from this address or sender; try again later",
                 wait,
             ),
-            CapsuleError::InvalidKey => cairn_http::InvalidIdempotencyKey.into(),
+            CapsuleError::InvalidKey => InvalidIdempotencyKey.into(),
             CapsuleError::Blob(error) => {
-                ApiError::dependency_failed("blobs_unavailable", "blob storage", &Blob(error))
+                tracing::error!(%error, "capsule request failed on blob storage");
+                ApiError::unavailable("blobs_unavailable", UNAVAILABLE)
             }
             CapsuleError::Template(error) => {
-                ApiError::internal("capsule email could not be rendered", &error)
+                ApiError::internal("the capsule could not be written", &error)
             }
             CapsuleError::Store(error) => ApiError::from(error),
         }
     }
 
     /// The answer in Chronoria's conventions: the status, and a code as the whole body.
+    /// Its client knows one code for every failure of the service, whatever failed.
     pub fn plain(self) -> ApiError {
-        let code = match &self {
-            CapsuleError::Invalid(refusal) => refusal.code(),
-            CapsuleError::Refused(Refused::Invalid(refusal)) => refusal.code(),
-            CapsuleError::Refused(Refused::BlockedSender) => "BLOCKED_SENDER_EMAIL",
-            CapsuleError::Refused(Refused::KeyReused) => "IDEMPOTENCY_KEY_REUSED",
-            CapsuleError::Refused(Refused::NotPending) | CapsuleError::NotFound => {
-                "CAPSULE_NA_OR_EXPIRED"
+        let refused = |code: &'static str| ApiError::plain(StatusCode::BAD_REQUEST, code);
+        match self {
+            CapsuleError::Refused(Refused::Invalid(refusal)) => refused(refusal.code()),
+            CapsuleError::Refused(Refused::BlockedSender) => refused("BLOCKED_SENDER_EMAIL"),
+            CapsuleError::Refused(Refused::KeyReused) => {
+                ApiError::plain(StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED")
             }
-            CapsuleError::Refused(Refused::NotCancellable) => "CAPSULE_NA_OR_RELEASED",
-            CapsuleError::NoFile => "NO_FILE_AVAILABLE_FOR_THIS_CAPSULE",
-            CapsuleError::RateLimited(_) => "TOO_MANY_REQUESTS",
-            CapsuleError::InvalidKey => "INVALID_IDEMPOTENCY_KEY",
-            CapsuleError::Blob(_) | CapsuleError::Store(_) => "SERVICE_UNAVAILABLE",
-            CapsuleError::Template(_) => "INTERNAL_ERROR",
-        };
-        let status = match &self {
-            // Chronoria answers every refusal with 400.
-            CapsuleError::Refused(Refused::KeyReused) => StatusCode::UNPROCESSABLE_ENTITY,
-            CapsuleError::Invalid(_)
-            | CapsuleError::Refused(_)
-            | CapsuleError::NotFound
-            | CapsuleError::NoFile
-            | CapsuleError::InvalidKey => StatusCode::BAD_REQUEST,
-            _ => return self.json().into_plain(code),
-        };
-        ApiError::plain(status, code)
+            CapsuleError::Refused(Refused::NotPending) | CapsuleError::NotFound => {
+                refused("CAPSULE_NA_OR_EXPIRED")
+            }
+            CapsuleError::Refused(Refused::NotCancellable) => refused("CAPSULE_NA_OR_RELEASED"),
+            CapsuleError::NoFile => refused("NO_FILE_AVAILABLE_FOR_THIS_CAPSULE"),
+            CapsuleError::InvalidKey => refused("INVALID_IDEMPOTENCY_KEY"),
+            CapsuleError::RateLimited(wait) => {
+                ApiError::plain(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS")
+                    .retry_after(wait)
+            }
+            CapsuleError::Store(error) => {
+                tracing::error!(%error, cause = ?std::error::Error::source(&error), "capsule request failed on the event store");
+                ApiError::plain(StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE")
+            }
+            CapsuleError::Blob(error) => {
+                tracing::error!(%error, "capsule request failed on blob storage");
+                ApiError::plain(StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE")
+            }
+            CapsuleError::Template(error) => {
+                tracing::error!(%error, "capsule email could not be rendered");
+                ApiError::plain(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR")
+            }
+        }
     }
 }
-
-/// A blob-storage failure as an error, for the log.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct Blob(String);

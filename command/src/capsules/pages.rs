@@ -117,11 +117,14 @@ impl PagesState {
     fn unavailable(&self, page: &str, error: CapsuleError) -> Response {
         tracing::error!(%error, "capsule page failed");
         let words = "The service is unavailable just now; please try again in a moment.";
-        self.render(
+        let mut response = self.render(
             StatusCode::SERVICE_UNAVAILABLE,
             page,
             context! { unavailable => words, outcome => words },
-        )
+        );
+        let wait = cairn_http::retry_after(std::time::Duration::from_secs(1));
+        response.headers_mut().insert(header::RETRY_AFTER, wait);
+        response
     }
 }
 

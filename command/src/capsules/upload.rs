@@ -281,7 +281,7 @@ async fn submit_file(
     let capsules = &state.capsules;
     let key = match key {
         Ok(key) => key,
-        Err(_) => return early(Answer(Err(CapsuleError::InvalidKey)).into_response()),
+        Err(invalid) => return early(Answer(Err(invalid.into())).into_response()),
     };
     let capsule_id = capsules.new_id(key.as_deref());
     let first = match capsules.written_before(capsule_id, key.as_deref()).await {

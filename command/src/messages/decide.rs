@@ -1,5 +1,5 @@
-//! The message decision, pure: a message is posted once. A post is written under a new
-//! stream; with an `Idempotency-Key` the stream is named by the user and the key, so a
+//! The message decision, pure: a message is posted once. A post is written under a stream
+//! of its own; with an `Idempotency-Key` the stream is named by the user and the key, so a
 //! retry finds the message written first, and is answered with it if it asks for the
 //! same message, or refused if the key was used for another.
 

@@ -150,46 +150,52 @@ async fn post_message(
         correlation_id: Some(Uuid::now_v7()),
         causation_id: None,
     };
-    // The stream is assumed new (where `decide` posts) and nothing is read first: the
-    // append's `NoStream` check finds a stream written before, and only then is it read.
+    // The stream is taken to be new and is not read first: the append's `NoStream` check
+    // finds one written before (a retry with the same key), and only then is it read and
+    // the post decided again.
     let stream = message::stream_id(posted.message_id, user.id, key.as_deref());
-    let request = AppendRequest::new(
-        stream.clone(),
-        ExpectedVersion::NoStream,
-        vec![NewEvent::at(&posted, metadata, occurred_at)],
-    );
-    match state.events.append(request).await {
-        Ok(appended) => {
-            // Answer once the message can be read back, within a bound: the write is
-            // durable either way.
-            let visible = state
-                .read_your_writes
-                .wait_for(appended.last_position, state.read_your_writes_timeout)
-                .await;
-            if !visible {
-                tracing::warn!(
-                    position = appended.last_position,
-                    "answering before the read model caught up"
-                );
-            }
-            Ok(created(posted.message_id))
-        }
-        Err(StoreError::Conflict { .. }) if key.0.is_some() => {
-            // Written before under this key: a retry, or another message.
-            let first = state.events.read_stream(&stream).await?;
-            let first = first
-                .first()
-                .and_then(|e| MessagePosted::decode(e).ok())
-                .ok_or_else(|| ApiError::from(StoreError::Corrupt(stream.clone())))?;
-            match decide::decide(Some(&first), &posted) {
-                Ok(Decision::Repeat(id)) => Ok(created(id)),
-                Ok(Decision::Post) => Err(StoreError::Corrupt(stream).into()),
-                Err(refused @ Refused::KeyReused) => Err(ApiError::unprocessable(
+    let mut first: Option<MessagePosted> = None;
+    loop {
+        let id = match decide::decide(first.as_ref(), &posted) {
+            Ok(Decision::Repeat(id)) => return Ok(created(id)),
+            Ok(Decision::Post) => posted.message_id,
+            Err(refused @ Refused::KeyReused) => {
+                return Err(ApiError::unprocessable(
                     "idempotency_key_reused",
                     refused.to_string(),
-                )),
+                ));
             }
+        };
+        let request = AppendRequest::new(
+            stream.clone(),
+            ExpectedVersion::NoStream,
+            vec![NewEvent::at(&posted, metadata.clone(), occurred_at)],
+        );
+        match state.events.append(request).await {
+            Ok(appended) => {
+                // Answer once the message can be read back, within a bound: the write is
+                // durable either way.
+                let visible = state
+                    .read_your_writes
+                    .wait_for(appended.last_position, state.read_your_writes_timeout)
+                    .await;
+                if !visible {
+                    tracing::warn!(
+                        position = appended.last_position,
+                        "answering before the read model caught up"
+                    );
+                }
+                return Ok(created(id));
+            }
+            Err(StoreError::Conflict { .. }) if key.0.is_some() && first.is_none() => {
+                let written = state.events.read_stream(&stream).await?;
+                let message = written
+                    .first()
+                    .and_then(|e| MessagePosted::decode(e).ok())
+                    .ok_or_else(|| ApiError::from(StoreError::Corrupt(stream.clone())))?;
+                first = Some(message);
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => Err(e.into()),
     }
 }

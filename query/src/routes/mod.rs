@@ -149,7 +149,11 @@ impl From<QueryError> for ApiError {
                 "the read models are still loading; try again shortly",
             ),
             QueryError::Unavailable(error) => {
-                ApiError::dependency_failed("read_store_unavailable", "read store", &error)
+                tracing::error!(%error, cause = ?std::error::Error::source(&error), "read store failed");
+                ApiError::unavailable(
+                    "read_store_unavailable",
+                    "the read store is unavailable; try again shortly",
+                )
             }
         }
     }

@@ -87,7 +87,7 @@ pub fn router() -> Router<Capsules> {
 }
 
 fn refuse(status: StatusCode, words: &str) -> Response {
-    (
+    let mut response = (
         status,
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
@@ -95,7 +95,12 @@ fn refuse(status: StatusCode, words: &str) -> Response {
         ],
         words.to_owned(),
     )
-        .into_response()
+        .into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        let wait = cairn_http::retry_after(std::time::Duration::from_secs(1));
+        response.headers_mut().insert(header::RETRY_AFTER, wait);
+    }
+    response
 }
 
 /// A capsule's file, through a signed link from its download page or
