@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{Application, Role};
 use crate::backends;
 use crate::config::Config;
+use crate::telemetry::Verbosity;
 
 #[derive(Parser)]
 #[command(
@@ -131,7 +132,11 @@ pub enum ProjectionCommand {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
-    crate::telemetry::init(config.log_format == "json");
+    let verbosity = match cli.command {
+        Command::Serve { .. } => Verbosity::Server,
+        _ => Verbosity::Command,
+    };
+    crate::telemetry::init(config.log_format == "json", verbosity);
     match cli.command {
         Command::Serve { role } => serve(&config, role).await,
         Command::Migrate => {

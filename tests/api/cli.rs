@@ -11,7 +11,8 @@ crate::on_both_backends!(
     cli: users_and_tokens_from_the_command_line,
     rebuild_from_the_command_line_while_serving,
     dead_letters_from_the_command_line,
-    senders_blocked_from_the_command_line
+    senders_blocked_from_the_command_line,
+    administrative_commands_are_quiet_and_colourless
 );
 
 pub async fn users_and_tokens_from_the_command_line(backend: Backend) {
@@ -282,4 +283,64 @@ pub async fn senders_blocked_from_the_command_line(backend: Backend) {
     );
     cairn(&env, &["sender", "unblock", "spammer@example.com"]).await;
     assert_eq!(submit("Spammer@example.com").await.0, 200);
+}
+
+/// The administrative commands print what they did and nothing else: no INFO logs (store
+/// opened, migrations applied) and, their output being a pipe, no colour codes. `RUST_LOG`
+/// still turns logs on, without colour.
+pub async fn administrative_commands_are_quiet_and_colourless(backend: Backend) {
+    let env = backend_env(backend).await;
+    let run = |env: &[(String, String)],
+               args: &'static [&'static str],
+               rust_log: Option<&'static str>| {
+        let env = env.to_vec();
+        async move {
+            let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+            command
+                .args(args)
+                .envs(env)
+                .env_remove("CAIRN_CONFIG")
+                .env_remove("NO_COLOR")
+                .env_remove("RUST_LOG");
+            if let Some(filter) = rust_log {
+                command.env("RUST_LOG", filter);
+            }
+            let output = command.output().await.unwrap();
+            assert!(
+                output.status.success(),
+                "cairn {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let (stdout, stderr) = (
+                String::from_utf8(output.stdout).unwrap(),
+                String::from_utf8(output.stderr).unwrap(),
+            );
+            for (stream, text) in [("stdout", &stdout), ("stderr", &stderr)] {
+                assert!(!text.contains('\x1b'), "cairn {args:?} {stream}: {text:?}");
+            }
+            (stdout, stderr)
+        }
+    };
+    for args in [
+        &["migrate"][..],
+        &["user", "add", "quinn", "--email", "quinn@example.com"],
+        &["token", "add", "quinn"],
+        &["user", "list"],
+        &["sender", "block", "spam@example.com"],
+        &["sender", "list"],
+        &["outbox", "dead"],
+        &["projections", "rebuild"],
+    ] {
+        let (stdout, stderr) = run(&env, args, None).await;
+        for (stream, text) in [("stdout", &stdout), ("stderr", &stderr)] {
+            assert!(!text.contains("INFO"), "cairn {args:?} {stream}: {text}");
+        }
+    }
+    // The token is still the last line, and asked for, the logs are there.
+    let (stdout, _) = run(&env, &["user", "add", "rory"], None).await;
+    assert!(stdout.trim().starts_with("cairn_"), "{stdout}");
+    // (Migrations applied to fresh storage are logged at info.)
+    let fresh = backend_env(backend).await;
+    let (_, stderr) = run(&fresh, &["migrate"], Some("info")).await;
+    assert!(stderr.contains("INFO"), "{stderr}");
 }
