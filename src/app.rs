@@ -168,6 +168,7 @@ impl Application {
             requests: Arc::default(),
         };
         let mut router = Router::new()
+            .route("/", get(crate::home::page))
             .route("/health/live", get(ops::live))
             .route("/health/ready", get(ops::ready))
             .route("/metrics", get(ops::metrics))

@@ -7,6 +7,7 @@ pub mod backends;
 pub mod cli;
 pub mod config;
 pub mod cors;
+pub mod home;
 pub mod ops;
 pub mod telemetry;
 

@@ -184,7 +184,8 @@ pub async fn metrics(State(ops): State<OpsState>) -> Response {
         description = "Messages with hashtags, posted and queried over HTTP. Every error is \
             `{\"error\": \"<human message>\", \"code\": \"<stable code>\"}`."
     ),
-    paths(live, ready, metrics),
+    paths(crate::home::page, live, ready, metrics),
+    components(schemas(crate::home::Home, crate::home::HomeData, crate::home::HomeRoute)),
     tags(
         (name = "messages", description = "Post and query messages"),
         (name = "operations", description = "Health and metrics"),

@@ -8,6 +8,7 @@ crate::on_both_backends!(service:
     openapi_covers_every_route,
     health_and_metrics,
     oversized_bodies_and_unknown_routes_get_json_errors,
+    home_page_says_what_runs_here,
 );
 
 pub async fn openapi_covers_every_route(backend: Backend) {
@@ -141,4 +142,58 @@ pub async fn oversized_bodies_and_unknown_routes_get_json_errors(backend: Backen
     assert_eq!(response.status(), 405);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], "method_not_allowed");
+}
+
+/// `GET /` answers a browser with a page that links the docs, the readiness check and the
+/// routes; a script gets JSON, `curl` text; the route is in the OpenAPI document.
+pub async fn home_page_says_what_runs_here(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let get = |accept: &'static str| {
+        let request = app.client.get(format!("{}/", app.address));
+        async move {
+            let response = request.header("Accept", accept).send().await.unwrap();
+            let status = response.status().as_u16();
+            let kind = response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            (status, kind, response.text().await.unwrap())
+        }
+    };
+    let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    let (status, kind, html) = get(browser).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(kind.starts_with("text/html"), "{kind}");
+    for link in [
+        r#"href="/docs/""#,
+        r#"href="/health/ready""#,
+        "/capsules",
+        "/api/submit/text",
+        "/message",
+    ] {
+        assert!(html.contains(link), "{link} in {html}");
+    }
+
+    let (status, kind, json) = get("application/json").await;
+    assert_eq!(status, 200);
+    assert!(kind.starts_with("application/json"), "{kind}");
+    let json: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["data"]["docs"], "/docs/");
+    assert_eq!(json["data"]["health"], "/health/ready");
+    let routes = json["data"]["routes"].as_array().unwrap();
+    assert!(
+        routes.iter().any(|r| r["route"] == "POST /capsules"),
+        "{json}"
+    );
+
+    let (status, kind, text) = get("*/*").await;
+    assert_eq!(status, 200);
+    assert!(kind.starts_with("text/plain"), "{kind}");
+    assert!(
+        text.contains("/docs/") && text.contains("/health/ready"),
+        "{text}"
+    );
+
+    let (_, doc) = app.get("/openapi.json").await;
+    assert!(doc["paths"]["/"]["get"].is_object(), "GET / is documented");
 }
