@@ -12,7 +12,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use cairn_command::capsules::timers::{self, CapsuleTimers};
 use cairn_command::{CommandState, TokenRegistry, UploadState};
 use cairn_events::{Clock, EventStore, NoWait, ReadYourWrites, Store};
@@ -50,6 +49,7 @@ pub enum Role {
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    limits: crate::server::Limits,
     shutdown: CancellationToken,
     tokens: Arc<TokenRegistry>,
     store: Arc<dyn Store>,
@@ -234,12 +234,30 @@ impl Application {
                 crate::cors::layer,
             ));
 
+        let file_limit = crate::server::raise_file_limit();
+        let limits = crate::server::Limits {
+            header_timeout: Duration::from_secs(config.header_timeout),
+            idle_timeout: Duration::from_secs(config.idle_timeout),
+            max_connections: config
+                .max_connections
+                .unwrap_or_else(|| crate::server::default_max_connections(file_limit)),
+        };
+        if let Some(limit) = file_limit
+            && limits.max_connections as u64 >= limit
+        {
+            tracing::warn!(
+                max_connections = limits.max_connections,
+                open_file_limit = limit,
+                "CAIRN_MAX_CONNECTIONS is not below the open-file limit: at the limit, new connections wait until handles are free"
+            );
+        }
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         Ok(Application {
             listener,
             router,
+            limits,
             shutdown,
             tokens,
             store,
@@ -278,21 +296,18 @@ impl Application {
 
     /// Serve until the shutdown token fires; in-flight requests finish first.
     pub async fn run(self) -> anyhow::Result<()> {
-        tracing::info!(address = %self.address(), "listening");
-        let shutdown = self.shutdown.clone();
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        // Small responses go out at once instead of waiting on Nagle's algorithm.
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY");
-            }
-        });
-        axum::serve(listener, service)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-            .context("serving HTTP")?;
+        tracing::info!(
+            address = %self.address(),
+            max_connections = self.limits.max_connections,
+            "listening"
+        );
+        crate::server::serve(
+            self.listener,
+            self.router,
+            self.limits,
+            self.shutdown.clone(),
+        )
+        .await;
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }

@@ -70,6 +70,16 @@ settings! {
         body_limit: usize = 1024 * 1024,
         /// Longest a request may take, in seconds.
         request_timeout: u64 = 30,
+        /// Longest a client may take to send a request's head (its line and headers) once
+        /// it started, in seconds; the connection is closed then.
+        header_timeout: u64 = 10,
+        /// Longest a connection may sit idle (no request under way, nothing sent either
+        /// way) before it is closed, in seconds.
+        idle_timeout: u64 = 60,
+        /// Most connections served at once; more wait to be accepted until one closes.
+        /// Unset: three quarters of the open-file limit left after 64 for everything else
+        /// (the limit is raised to its hard limit at start), at most 10,000.
+        max_connections: Option<usize> = None,
         /// Longest a write waits for its read model to catch up before answering, in
         /// milliseconds.
         read_your_writes_ms: u64 = 2000,
@@ -299,6 +309,15 @@ impl Config {
         if self.request_timeout == 0 {
             bail!("CAIRN_REQUEST_TIMEOUT must be at least 1 second");
         }
+        if !(1..=3600).contains(&self.header_timeout) {
+            bail!("CAIRN_HEADER_TIMEOUT must be 1 to 3600 seconds");
+        }
+        if !(1..=86_400).contains(&self.idle_timeout) {
+            bail!("CAIRN_IDLE_TIMEOUT must be 1 to 86400 seconds");
+        }
+        if self.max_connections == Some(0) {
+            bail!("CAIRN_MAX_CONNECTIONS must be at least 1 (unset: from the open-file limit)");
+        }
         Ok(())
     }
 
@@ -373,6 +392,9 @@ mod tests {
         ("log_format", "json", r#""json""#),
         ("body_limit", "4096", "4096"),
         ("request_timeout", "5", "5"),
+        ("header_timeout", "2", "2"),
+        ("idle_timeout", "20", "20"),
+        ("max_connections", "500", "500"),
         ("read_your_writes_ms", "0", "0"),
         (
             "trusted_proxies",

@@ -9,6 +9,7 @@ pub mod config;
 pub mod cors;
 pub mod home;
 pub mod ops;
+pub mod server;
 pub mod telemetry;
 
 pub use app::{Application, Role};

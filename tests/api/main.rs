@@ -4,6 +4,7 @@
 mod browser;
 mod capsules;
 mod cli;
+mod connections;
 mod durability;
 mod files;
 mod helpers;
