@@ -220,6 +220,7 @@ impl Application {
                     "this route does not take that method",
                 )
             })
+            .layer(middleware::from_fn(ops::head_limit))
             .layer(middleware::from_fn_with_state(
                 ops.requests.clone(),
                 ops::count_requests,

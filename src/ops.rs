@@ -47,6 +47,36 @@ pub async fn time_limit(State(limit): State<Duration>, request: Request, next: N
     }
 }
 
+/// The most bytes of a request's line and headers taken. hyper itself refuses heads past
+/// its read buffer (about 400 KB) with a bare 431 and closes the connection; below that,
+/// this limit answers in Cairn's conventions.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+
+/// Middleware: answer a request whose line and headers are larger than [`MAX_HEAD_BYTES`]
+/// with a 431 (Chronoria's routes under `/api` in plain text, as they answer everything).
+pub async fn head_limit(request: Request, next: Next) -> Response {
+    let head: usize = request.method().as_str().len()
+        + request.uri().to_string().len()
+        + request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    if head <= MAX_HEAD_BYTES {
+        return next.run(request).await;
+    }
+    let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    if request.uri().path().starts_with("/api/") {
+        return ApiError::plain(status, "REQUEST_HEADER_FIELDS_TOO_LARGE").into_response();
+    }
+    ApiError::new(
+        status,
+        "headers_too_large",
+        format!("the request line and headers must be at most {MAX_HEAD_BYTES} bytes"),
+    )
+    .into_response()
+}
+
 /// Middleware: count requests by route and status for `/metrics`, and log each at debug level.
 pub async fn count_requests(
     State(counts): State<Arc<RequestCounts>>,

@@ -9,6 +9,8 @@ crate::on_both_backends!(service:
     health_and_metrics,
     oversized_bodies_and_unknown_routes_get_json_errors,
     home_page_says_what_runs_here,
+    small_answers_keep_the_conventions,
+    openapi_states_the_constraints_and_every_answer,
 );
 
 pub async fn openapi_covers_every_route(backend: Backend) {
@@ -196,4 +198,125 @@ pub async fn home_page_says_what_runs_here(backend: Backend) {
 
     let (_, doc) = app.get("/openapi.json").await;
     assert!(doc["paths"]["/"]["get"].is_object(), "GET / is documented");
+}
+
+/// Answers the routes give before their handlers run (a path that is not UTF-8, a query
+/// that does not parse, headers or a body over the limit) and ids that do not fit in 128
+/// bits keep each route's conventions: JSON `{"error", "code"}`, or Chronoria's plain text.
+pub async fn small_answers_keep_the_conventions(backend: Backend) {
+    let mut config = test_config(backend).await;
+    config.body_limit = 4096;
+    let app = spawn_with(config).await;
+    let bad_request = |code: &'static str| (400, json!(code));
+    let code_of = |(status, body): (u16, Value)| (status, body["code"].clone());
+
+    assert_eq!(
+        code_of(app.get("/message/%FF").await),
+        bad_request("invalid_id")
+    );
+    // 26 characters of 5 bits are 130 bits: a first one past `7` is no ULID.
+    let too_big = "8ZZZZZZZZZZZZZZZZZZZZZZZZZ";
+    assert_eq!(
+        code_of(app.get(&format!("/message/{too_big}")).await),
+        bad_request("invalid_id")
+    );
+    assert_eq!(
+        code_of(app.get(&format!("/message?ulid={too_big}")).await),
+        bad_request("invalid_id")
+    );
+    assert_eq!(
+        code_of(app.get(&format!("/message?cursor={too_big}")).await),
+        bad_request("invalid_cursor")
+    );
+    assert_eq!(app.get("/message/7ZZZZZZZZZZZZZZZZZZZZZZZZZ").await.0, 404);
+
+    // The download route answers a browser in words, a repeated parameter too.
+    let (status, words) = app
+        .get_text("/capsules/x/file/y?expires=1&expires=2&signature=s")
+        .await;
+    assert_eq!(
+        (status, words.as_str()),
+        (403, "This download link is not valid.")
+    );
+
+    let big = "a".repeat(40_000);
+    let response = app
+        .client
+        .get(format!("{}/message", app.address))
+        .header("X-Big", &big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 431);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "headers_too_large");
+    let request = app
+        .client
+        .get(format!("{}/api/ping", app.address))
+        .header("X-Big", &big);
+    assert_eq!(
+        crate::helpers::text_of(request).await,
+        (431, "REQUEST_HEADER_FIELDS_TOO_LARGE".to_owned())
+    );
+
+    // Bodies past the limit are 413, not 400, in each route's conventions.
+    let text = "x".repeat(5000);
+    let response = app
+        .client
+        .post(format!("{}/capsules", app.address))
+        .json(&json!({ "text": text }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "body_too_large");
+    assert_eq!(
+        app.submit_text(&json!({ "text": text })).await,
+        (413, "PAYLOAD_TOO_LARGE".to_owned())
+    );
+}
+
+/// The OpenAPI document gives the request constraints (lengths, ranges, formats) and
+/// every status a route answers.
+pub async fn openapi_states_the_constraints_and_every_answer(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_, doc) = app.get("/openapi.json").await;
+    let paths = &doc["paths"];
+    for (path, method, status) in [
+        ("/confirm/{id}", "post", "409"),
+        ("/cancel/{id}", "post", "400"),
+        ("/download/{id}", "post", "410"),
+        ("/capsules", "post", "413"),
+        ("/api/submit/text", "post", "413"),
+    ] {
+        assert!(
+            paths[path][method]["responses"][status].is_object(),
+            "{method} {path} documents {status}"
+        );
+    }
+    let param = |path: &str, name: &str| {
+        paths[path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} of {path}"))["schema"]
+            .clone()
+    };
+    assert_eq!(param("/message", "limit")["maximum"], 1000);
+    assert_eq!(param("/message", "limit")["minimum"], 1);
+    assert!(param("/message/{id}", "id")["pattern"].is_string());
+    assert_eq!(param("/trends/hashtags", "limit")["maximum"], 100);
+    let schemas = &doc["components"]["schemas"];
+    let post = &schemas["PostMessage"]["properties"];
+    assert_eq!(post["text"]["maxLength"], 1000);
+    assert_eq!(post["hashtags"]["maxItems"], 30);
+    let capsule = &schemas["TextCapsule"]["properties"];
+    assert_eq!(capsule["senderEmail"]["format"], "email");
+    assert_eq!(capsule["text"]["maxLength"], 10000);
+    assert_eq!(
+        schemas["PartyInput"]["properties"]["name"]["maxLength"],
+        255
+    );
 }

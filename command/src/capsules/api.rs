@@ -38,9 +38,11 @@ pub struct CapsuleApi;
 
 #[derive(Deserialize, ToSchema)]
 struct PartyInput {
-    #[schema(example = "ada@example.com")]
+    /// An email address, at most 255 characters.
+    #[schema(format = Email, max_length = 255, example = "ada@example.com")]
     email: String,
-    #[schema(example = "Ada")]
+    /// 1 to 255 characters.
+    #[schema(min_length = 1, max_length = 255, example = "Ada")]
     name: String,
 }
 
@@ -49,10 +51,11 @@ struct PartyInput {
 struct NewCapsule {
     sender: PartyInput,
     recipient: PartyInput,
-    /// When to deliver it (RFC 3339).
-    #[schema(example = "2030-01-01T09:00:00Z")]
+    /// When to deliver it (RFC 3339), in the future.
+    #[schema(format = DateTime, example = "2030-01-01T09:00:00Z")]
     send_at: String,
     /// 1 to 10,000 characters.
+    #[schema(min_length = 1, max_length = 10000)]
     text: String,
 }
 
@@ -107,6 +110,7 @@ fn stamp(t: DateTime<Utc>) -> String {
     responses(
         (status = 202, description = "Written; waiting for the sender's confirmation", body = Submitted),
         (status = 400, description = "Bad JSON, address, name, time or text; a blocked sender", body = ErrorBody),
+        (status = 413, description = "`body_too_large`: the body is larger than the configured limit", body = ErrorBody),
         (status = 415, description = "The body was not sent as `application/json`", body = ErrorBody),
         (status = 422, description = "`idempotency_key_reused`: the key was sent before with another capsule", body = ErrorBody),
         (status = 429, description = "Too many submissions; see `Retry-After`", body = ErrorBody),
@@ -124,8 +128,10 @@ async fn submit(
             "send the capsule as application/json",
         ));
     }
-    let body =
-        body.map_err(|_| ApiError::bad_request("invalid_body", "the body could not be read"))?;
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large("the request body is too large"),
+        _ => ApiError::bad_request("invalid_body", "the body could not be read"),
+    })?;
     let input: NewCapsule = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "invalid_json",
@@ -176,7 +182,7 @@ async fn submit(
 /// A capsule's status, for whoever has its id (from its emails). Addresses and the text
 /// are not shown.
 #[utoipa::path(get, path = "/capsules/{id}", tag = "capsules",
-    params(("id" = String, Path, description = "The capsule's id, from its emails")),
+    params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The capsule's id, from its emails")),
     responses(
         (status = 200, description = "The capsule's status", body = CapsuleView),
         (status = 400, description = "Not a capsule id", body = ErrorBody),

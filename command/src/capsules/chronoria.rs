@@ -26,18 +26,19 @@ use super::{CapsuleError, Capsules, Refusal, Refused, Status, Submission};
 #[schema(as = TextCapsule, rename_all = "camelCase")]
 #[allow(dead_code)]
 struct TextCapsule {
-    #[schema(example = "ada@example.com")]
+    #[schema(format = Email, max_length = 255, example = "ada@example.com")]
     sender_email: String,
-    #[schema(example = "Ada")]
+    #[schema(min_length = 1, max_length = 255, example = "Ada")]
     sender_name: String,
-    #[schema(example = "grace@example.com")]
+    #[schema(format = Email, max_length = 255, example = "grace@example.com")]
     recipient_email: String,
-    #[schema(example = "Grace")]
+    #[schema(min_length = 1, max_length = 255, example = "Grace")]
     recipient_name: String,
-    /// When to deliver it, in milliseconds since the Unix epoch.
-    #[schema(example = 1893456000000_i64)]
+    /// When to deliver it, in milliseconds since the Unix epoch, in the future.
+    #[schema(format = Int64, example = 1893456000000_i64)]
     send_time: i64,
     /// 1 to 10,000 characters.
+    #[schema(min_length = 1, max_length = 10000)]
     text: String,
 }
 
@@ -47,6 +48,9 @@ struct TextCapsule {
 #[allow(dead_code)]
 struct ById {
     /// The capsule's id, from the confirmation email.
+    #[param(
+        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     id: String,
 }
 
@@ -56,8 +60,12 @@ struct ById {
 #[allow(dead_code)]
 struct ByIdAndRecipient {
     /// The capsule's id.
+    #[param(
+        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     id: String,
     /// The address the capsule is to be delivered to.
+    #[param(format = Email, max_length = 255)]
     recipient_email: String,
 }
 
@@ -212,6 +220,7 @@ async fn download_link(
     responses(
         (status = 200, description = "Submitted; it waits for the sender's confirmation (24 hours)"),
         (status = 400, description = "`INVALID_EMAIL`, `INVALID_NAME`, `INVALID_FUTURE_TIME`, `INVALID_TEXT` or `BLOCKED_SENDER_EMAIL`", body = String, content_type = "text/plain"),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`: the body is larger than the configured limit", body = String, content_type = "text/plain"),
         (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: the body must be sent as `application/json`", body = String, content_type = "text/plain"),
         (status = 422, description = "`IDEMPOTENCY_KEY_REUSED`: the key was sent before with another capsule", body = String, content_type = "text/plain"),
         (status = 429, description = "`TOO_MANY_REQUESTS`: too many submissions from this address or sender; see `Retry-After`", body = String, content_type = "text/plain"),
@@ -226,6 +235,11 @@ async fn submit_text(
     if !is_json(&headers) {
         return ApiError::plain(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
             .into_response();
+    }
+    if let Err(rejection) = &body
+        && rejection.status() == StatusCode::PAYLOAD_TOO_LARGE
+    {
+        return ApiError::plain(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE").into_response();
     }
     Answer(
         async {

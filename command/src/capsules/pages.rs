@@ -157,9 +157,10 @@ const NOT_FOUND: &str = "There is no such capsule: it may have expired, or the l
 
 /// The confirm page: what the capsule is, and a button (changes nothing).
 #[utoipa::path(get, path = "/confirm/{id}", tag = "capsule pages",
-    params(("id" = String, Path, description = "The capsule's id, from its email")),
+    params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The capsule's id, from its email")),
     responses((status = 200, description = "An HTML page", content_type = "text/html"),
-        (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html")))]
+        (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html"),
+        (status = 503, description = "The service is unavailable just now: an HTML page saying so; see `Retry-After`", content_type = "text/html")))]
 async fn show_confirm(
     State(pages): State<PagesState>,
     id: Result<Path<String>, PathRejection>,
@@ -184,9 +185,11 @@ async fn show_confirm(
 
 /// The confirm button: confirms the capsule and shows the outcome.
 #[utoipa::path(post, path = "/confirm/{id}", tag = "capsule pages",
-    params(("id" = String, Path, description = "The capsule's id, from its email")),
-    responses((status = 200, description = "An HTML page", content_type = "text/html"),
-        (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html")))]
+    params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The capsule's id, from its email")),
+    responses((status = 200, description = "Confirmed: an HTML page saying so", content_type = "text/html"),
+        (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html"),
+        (status = 409, description = "Not waiting for confirmation (confirmed before, expired, cancelled or released): an HTML page saying so", content_type = "text/html"),
+        (status = 503, description = "The service is unavailable just now: an HTML page saying so; see `Retry-After`", content_type = "text/html")))]
 async fn confirm(
     State(pages): State<PagesState>,
     id: Result<Path<String>, PathRejection>,
@@ -227,9 +230,10 @@ async fn confirm(
 
 /// The cancel page: asks for the recipient's address (changes nothing).
 #[utoipa::path(get, path = "/cancel/{id}", tag = "capsule pages",
-    params(("id" = String, Path, description = "The capsule's id, from its email")),
+    params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The capsule's id, from its email")),
     responses((status = 200, description = "An HTML page", content_type = "text/html"),
-        (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html")))]
+        (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html"),
+        (status = 503, description = "The service is unavailable just now: an HTML page saying so; see `Retry-After`", content_type = "text/html")))]
 async fn show_cancel(
     State(pages): State<PagesState>,
     id: Result<Path<String>, PathRejection>,
@@ -255,10 +259,12 @@ struct CancelForm {
 
 /// The cancel form: cancels the capsule if the address is its recipient's.
 #[utoipa::path(post, path = "/cancel/{id}", tag = "capsule pages",
-    params(("id" = String, Path, description = "The capsule's id, from its email")),
+    params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The capsule's id, from its email")),
     request_body(content_type = "application/x-www-form-urlencoded", description = "`recipientEmail`"),
-    responses((status = 200, description = "An HTML page", content_type = "text/html"),
-        (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html")))]
+    responses((status = 200, description = "Cancelled: an HTML page saying so", content_type = "text/html"),
+        (status = 400, description = "Not the recipient's address, or the capsule can no longer be cancelled: an HTML page saying so", content_type = "text/html"),
+        (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html"),
+        (status = 503, description = "The service is unavailable just now: an HTML page saying so; see `Retry-After`", content_type = "text/html")))]
 async fn cancel(
     State(pages): State<PagesState>,
     id: Result<Path<String>, PathRejection>,
@@ -345,9 +351,10 @@ fn size_in_words(bytes: u64) -> String {
 /// The download page: what the file is, and a form asking for the recipient's address
 /// (changes nothing).
 #[utoipa::path(get, path = "/download/{id}", tag = "capsule pages",
-    params(("id" = String, Path, description = "The capsule's id, from its email")),
+    params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The capsule's id, from its email")),
     responses((status = 200, description = "An HTML page", content_type = "text/html"),
-        (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html")))]
+        (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html"),
+        (status = 503, description = "The service is unavailable just now: an HTML page saying so; see `Retry-After`", content_type = "text/html")))]
 async fn show_download(
     State(pages): State<PagesState>,
     id: Result<Path<String>, PathRejection>,
@@ -374,11 +381,13 @@ async fn show_download(
 
 /// The download form: a fresh signed link to the file, if the address is the recipient's.
 #[utoipa::path(post, path = "/download/{id}", tag = "capsule pages",
-    params(("id" = String, Path, description = "The capsule's id, from its email")),
+    params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The capsule's id, from its email")),
     request_body(content_type = "application/x-www-form-urlencoded", description = "`recipientEmail`"),
     responses((status = 200, description = "An HTML page with the link", content_type = "text/html"),
         (status = 400, description = "Not the recipient's address: an HTML page saying so", content_type = "text/html"),
-        (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html")))]
+        (status = 404, description = "No such capsule: an HTML page saying so", content_type = "text/html"),
+        (status = 410, description = "The capsule has no file to give (a text capsule, not yet delivered or cancelled, or the file is no longer kept): an HTML page saying so", content_type = "text/html"),
+        (status = 503, description = "The service is unavailable just now: an HTML page saying so; see `Retry-After`", content_type = "text/html")))]
 async fn download(
     State(pages): State<PagesState>,
     id: Result<Path<String>, PathRejection>,

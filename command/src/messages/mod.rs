@@ -50,13 +50,24 @@ pub fn router() -> axum::Router<CommandState> {
 #[derive(Deserialize, ToSchema)]
 struct PostMessage {
     /// 1 to 1000 characters.
-    #[schema(required = true, example = "hello from the terminal #cairn")]
+    #[schema(
+        required = true,
+        min_length = 1,
+        max_length = 1000,
+        example = "hello from the terminal #cairn"
+    )]
     text: Option<String>,
     /// Up to 30 hashtags, with or without `#`: letters, digits and `_`, up to 64 characters.
     #[serde(default)]
-    #[schema(example = json!(["cairn", "hello"]))]
+    #[schema(max_items = 30, inline, value_type = Option<Vec<HashtagInput>>, example = json!(["cairn", "hello"]))]
     hashtags: Option<Vec<String>>,
 }
+
+/// A hashtag as given: 1 to 64 letters, marks, digits or `_`, after an optional `#`.
+#[derive(ToSchema)]
+#[schema(value_type = String, min_length = 1, max_length = 65, example = "cairn")]
+#[allow(dead_code)]
+struct HashtagInput(String);
 
 /// `{"data": {"id": ...}}`.
 #[derive(Serialize, ToSchema)]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -233,18 +234,25 @@ pub enum ListAnswer {
 #[allow(dead_code)]
 pub struct ListParams {
     /// Only messages with this hashtag (case-insensitive, with or without `#`).
+    #[param(min_length = 1, max_length = 65)]
     hashtag: Option<String>,
     /// Only messages by this user.
+    #[param(min_length = 1, max_length = 255)]
     user_name: Option<String>,
     /// Posted at or after: RFC 3339, or `YYYY-MM-DD` (midnight UTC).
+    #[param(example = "2019-09-22T10:00:00Z")]
     from_date: Option<String>,
     /// Posted before: RFC 3339, or `YYYY-MM-DD` (midnight UTC).
+    #[param(example = "2019-09-23")]
     to_date: Option<String>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// The last id of the previous page: the next page holds older messages.
+    #[param(pattern = r"^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     cursor: Option<String>,
     /// Answer with this one message instead of a page (`{"data": message}`).
+    #[param(pattern = r"^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     ulid: Option<String>,
 }
 
@@ -269,9 +277,28 @@ pub struct ListParams {
 )]
 pub struct QueryApi;
 
+/// A ULID in its 26-character form. The first character carries only the top 3 of its 5
+/// bits (26 × 5 = 130 bits for 128), so one above `7` is refused rather than overflowing.
+pub fn parse_ulid(raw: &str) -> Option<Ulid> {
+    if !raw.starts_with(|c: char| ('0'..='7').contains(&c)) {
+        return None;
+    }
+    Ulid::from_string(raw).ok()
+}
+
 fn parse_id(raw: &str) -> Result<Ulid, QueryError> {
-    Ulid::from_string(raw)
-        .map_err(|_| QueryError::bad("invalid_id", format!("{raw:?} is not a message id")))
+    parse_ulid(raw).ok_or_else(|| invalid_id(raw))
+}
+
+fn invalid_id(raw: &str) -> QueryError {
+    const SHOWN: usize = 40;
+    let shown: String = raw.chars().take(SHOWN).collect();
+    let more = if raw.chars().nth(SHOWN).is_some() {
+        "…"
+    } else {
+        ""
+    };
+    QueryError::bad("invalid_id", format!("{shown:?}{more} is not a message id"))
 }
 
 /// One message by id.
@@ -279,7 +306,7 @@ fn parse_id(raw: &str) -> Result<Ulid, QueryError> {
     get,
     path = "/message/{id}",
     tag = "messages",
-    params(("id" = String, Path, description = "The message id (ULID)")),
+    params(("id" = String, Path, pattern = r"^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$", description = "The message id (ULID)")),
     responses(
         (status = 200, description = "The message", body = MessageBody),
         (status = 400, description = "Not a message id", body = ErrorBody),
@@ -289,8 +316,10 @@ fn parse_id(raw: &str) -> Result<Ulid, QueryError> {
 )]
 async fn get_message(
     State(state): State<QueryState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, QueryError> {
+    // A path that is not UTF-8 once decoded (`/message/%FF`) is no message id either.
+    let Path(id) = id.map_err(|_| QueryError::bad("invalid_id", "that is not a message id"))?;
     one_message(&state, &id).await
 }
 
@@ -365,7 +394,7 @@ pub fn parse_filter(params: &HashMap<String, String>) -> Result<MessageFilter, Q
     filter.lower = from.map(ulid_at);
     filter.upper = to.map(ulid_at);
     if let Some(cursor) = params.get("cursor").filter(|c| !c.is_empty()) {
-        let cursor = Ulid::from_string(cursor).map_err(|_| {
+        let cursor = parse_ulid(cursor).ok_or_else(|| {
             QueryError::bad(
                 "invalid_cursor",
                 "cursor must be a message id from an earlier page",

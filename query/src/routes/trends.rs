@@ -154,13 +154,17 @@ fn civil_date(days: i64) -> (i64, i64, i64) {
 #[allow(dead_code)]
 pub struct TrendParams {
     /// Start (included; truncated to the minute): RFC 3339, or `YYYY-MM-DD` (midnight UTC).
+    #[param(example = "2019-09-22")]
     from_date: String,
     /// End (excluded; truncated to the minute): RFC 3339, or `YYYY-MM-DD` (midnight UTC).
+    #[param(example = "2019-09-23")]
     to_date: String,
     /// Bucket length as a Go duration (`1m`, `5m`, `1h`, `24h`, `1h30m`): whole minutes,
     /// at least `1m`. Default `1h`.
+    #[param(example = "1h", pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$")]
     aggregation: Option<String>,
     /// Count only messages with this hashtag (case-insensitive); absent: all messages.
+    #[param(min_length = 1, max_length = 65)]
     hashtag: Option<String>,
     /// `true`: also return empty buckets (default `false`, as Dunder).
     fill: Option<bool>,
@@ -306,6 +310,7 @@ pub struct TrendingBody {
 #[allow(dead_code)]
 pub struct TrendingParams {
     /// How many hashtags, 1 to 100 (default 10).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
 }
 

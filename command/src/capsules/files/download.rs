@@ -107,9 +107,9 @@ fn refuse(status: StatusCode, words: &str) -> Response {
 /// `/api/downloadlink`. Takes one `Range` (resuming a large download).
 #[utoipa::path(get, path = "/capsules/{id}/file/{name}", tag = "capsule pages",
     params(
-        ("id" = String, Path, description = "The capsule's id"),
+        ("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The capsule's id"),
         ("name" = String, Path, description = "The file's name (not checked)"),
-        ("expires" = i64, Query, description = "When the link stops working, in seconds since the Unix epoch"),
+        ("expires" = i64, Query, format = Int64, description = "When the link stops working, in seconds since the Unix epoch"),
         ("signature" = String, Query, description = "The link's signature"),
     ),
     responses(
@@ -122,9 +122,13 @@ fn refuse(status: StatusCode, words: &str) -> Response {
 async fn download(
     State(capsules): State<Capsules>,
     path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
-    Query(signed): Query<Signed>,
+    signed: Result<Query<Signed>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
+    // A query that does not parse (a parameter given twice) is no valid link either.
+    let Ok(Query(signed)) = signed else {
+        return refuse(StatusCode::FORBIDDEN, "This download link is not valid.");
+    };
     let files = &capsules.files;
     let id = path.map(|Path((id, _))| id).unwrap_or_default();
     let (Ok(capsule_id), Ok(expires)) = (capsule::parse_id(&id), signed.expires.parse::<i64>())
