@@ -140,8 +140,46 @@ impl Drop for Slot {
 
 /// The upload route, for the OpenAPI document.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(submit_file))]
+#[openapi(paths(submit_file), components(schemas(FileCapsule, TextPlace)))]
 pub struct UploadApi;
+
+/// The parts of `POST /api/submit/file` (the OpenAPI document's view: the body is read as a
+/// stream, part by part). Names match in any case, parts come in any order, others are
+/// ignored.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct FileCapsule {
+    #[schema(format = Email, max_length = 255, example = "ada@example.com")]
+    sender_email: String,
+    #[schema(min_length = 1, max_length = 255, example = "Ada")]
+    sender_name: String,
+    #[schema(format = Email, max_length = 255, example = "grace@example.com")]
+    recipient_email: String,
+    #[schema(min_length = 1, max_length = 255, example = "Grace")]
+    recipient_name: String,
+    /// When to deliver it, in milliseconds since the Unix epoch, in the future.
+    #[schema(format = Int64, example = 1893456000000_i64)]
+    send_time: i64,
+    /// At most 10,000 characters; may be empty.
+    #[schema(max_length = 10000)]
+    text: String,
+    text_location: TextPlace,
+    /// The file, 1 to 200,000,000 bytes.
+    #[schema(rename = "FormFile", value_type = String, format = Binary)]
+    form_file: Vec<u8>,
+    /// The name the file downloads as (default: the part's own file name).
+    #[schema(rename = "FileName", max_length = 255)]
+    file_name: Option<String>,
+}
+
+/// Where the text goes in the delivered email: before or after the download link.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+enum TextPlace {
+    Before,
+    After,
+}
 
 pub fn router(state: UploadState) -> Router {
     Router::new()
@@ -244,7 +282,7 @@ async fn next_field(
 #[utoipa::path(post, path = "/api/submit/file", tag = "capsules",
     params(("Idempotency-Key" = Option<String>, Header,
         description = "Makes a retry safe: the same key and capsule answer as the first time, and the retry's upload is dropped")),
-    request_body(content_type = "multipart/form-data", description = "The fields of `/api/submit/text` (`senderEmail`, `senderName`, `recipientEmail`, `recipientName`, `sendTime`, `text`, which may be empty), `textLocation` (`Before` or `After`: the text before or after the download link), `FormFile` (the file, at most 200,000,000 bytes) and `FileName` (the name it downloads as; the part's own file name if missing). Names match in any case, in any order; other fields are ignored."),
+    request_body(content = FileCapsule, content_type = "multipart/form-data", description = "The fields of `/api/submit/text` (`senderEmail`, `senderName`, `recipientEmail`, `recipientName`, `sendTime`, `text`, which may be empty), `textLocation` (`Before` or `After`: the text before or after the download link), `FormFile` (the file, at most 200,000,000 bytes) and `FileName` (the name it downloads as; the part's own file name if missing). Names match in any case, in any order; other fields are ignored."),
     responses(
         (status = 200, description = "Submitted; it waits for the sender's confirmation (24 hours)"),
         (status = 400, description = "`INVALID_EMAIL`, `INVALID_NAME`, `INVALID_FUTURE_TIME`, `INVALID_TEXT`, `INVALID_TEXT_LOC`, `INVALID_FILE`, `INVALID_IDEMPOTENCY_KEY` or `BLOCKED_SENDER_EMAIL`", body = String, content_type = "text/plain"),
