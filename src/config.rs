@@ -76,7 +76,8 @@ settings! {
         /// Longest a connection may sit idle (no request under way, nothing sent either
         /// way) before it is closed, in seconds.
         idle_timeout: u64 = 60,
-        /// Most connections served at once; more wait to be accepted until one closes.
+        /// Most connections served at once; more wait to be accepted until one closes (those
+        /// with no request under way are closed to make room for them).
         /// Unset: three quarters of the open-file limit left after 64 for everything else
         /// (the limit is raised to its hard limit at start), at most 10,000.
         max_connections: Option<usize> = None,

@@ -12,6 +12,10 @@
 //!   closed. hyper's own header timeout runs from the moment it waits for a head, so it
 //!   would close an idle keep-alive connection after the header timeout too; instead a
 //!   watchdog per connection follows what the connection does ([`Activity`]);
+//! - when a client is accepted while every slot is taken, the connections that hold a slot
+//!   without using it (no request under way, and nothing of a head for a second, or a head
+//!   that has taken longer than that) are closed to make room: slow clients cannot keep a
+//!   prompt one waiting for a whole header timeout;
 //! - an accept that fails (out of file handles, say) is retried after a short wait that
 //!   grows while it keeps failing, so the loop neither spins nor ends.
 //!
@@ -33,7 +37,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +48,9 @@ const RESERVED_HANDLES: u64 = 64;
 const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
 /// The first and longest waits after a failed accept.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+/// How long a connection may hold a slot without a request under way before it gives the
+/// slot up to a client waiting for one.
+const PRESSURE_GRACE: Duration = Duration::from_secs(1);
 
 /// What a connection may hold.
 #[derive(Clone, Copy, Debug)]
@@ -82,15 +89,10 @@ pub async fn serve(
 ) {
     let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
     let slots = Arc::new(Semaphore::new(max));
+    // Bumped when a client waits for a slot: idle connections then give theirs up.
+    let (pressure, _) = tokio::sync::watch::channel(0_u64);
     let mut backoff = ACCEPT_BACKOFF.0;
     loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break, // never closed
-            },
-        };
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
@@ -112,13 +114,18 @@ pub async fn serve(
                 continue;
             }
         };
+        // Every slot taken: this client waits (and the ones behind it, in the backlog)
+        // until a connection closes; the idle ones are asked to make room.
+        let Some(permit) = wait_for_slot(&slots, &pressure, &shutdown).await else {
+            break;
+        };
         // Small responses go out at once instead of waiting on Nagle's algorithm.
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        let (router, shutdown) = (router.clone(), shutdown.clone());
+        let (router, shutdown, pressure) = (router.clone(), shutdown.clone(), pressure.subscribe());
         tokio::spawn(async move {
-            connection(tcp, peer, router, limits, shutdown).await;
+            connection(tcp, peer, router, limits, shutdown, pressure).await;
             drop(permit);
         });
     }
@@ -127,6 +134,26 @@ pub async fn serve(
     let _ = slots
         .acquire_many(u32::try_from(max).unwrap_or(u32::MAX))
         .await;
+}
+
+/// A slot for a client accepted; while there is none, the connections are asked again
+/// and again to make room. `None` on shutdown.
+async fn wait_for_slot(
+    slots: &Arc<Semaphore>,
+    pressure: &tokio::sync::watch::Sender<u64>,
+    shutdown: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = slots.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    loop {
+        pressure.send_modify(|n| *n = n.wrapping_add(1));
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            permit = slots.clone().acquire_owned() => return permit.ok(),
+            () = tokio::time::sleep(PRESSURE_GRACE / 4) => {}
+        }
+    }
 }
 
 /// Errors of one connection that was being accepted, not of the listener.
@@ -146,6 +173,7 @@ async fn connection(
     router: Router,
     limits: Limits,
     shutdown: CancellationToken,
+    mut pressure: tokio::sync::watch::Receiver<u64>,
 ) {
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched {
@@ -165,6 +193,7 @@ async fn connection(
     });
     let mut conn = pin!(hyper::server::conn::http1::Builder::new().serve_connection(io, service));
     let mut draining = false;
+    let mut accepting = true;
     loop {
         let deadline = activity.deadline(&limits);
         let expired = async {
@@ -185,6 +214,14 @@ async fn connection(
                 conn.as_mut().graceful_shutdown();
             }
             () = activity.changed.notified() => {}
+            changed = pressure.changed(), if accepting => {
+                // An error: the accept loop is gone, no one will wait for a slot any more.
+                accepting = changed.is_ok();
+                if accepting && activity.holds_a_slot_unused(PRESSURE_GRACE) {
+                    tracing::debug!(%peer, "closing an unused connection to make room");
+                    return;
+                }
+            }
             () = expired => {
                 // Still past it (nothing happened meanwhile)? Then close: no request is
                 // under way, so nothing is lost.
@@ -267,6 +304,22 @@ impl Activity {
         match self.head_since.load(Ordering::Acquire) {
             NOT_STARTED => Some(idle),
             since => Some((self.at(since) + limits.header_timeout).min(idle)),
+        }
+    }
+}
+
+impl Activity {
+    /// Whether the connection has no request under way and has done nothing with its slot
+    /// for `grace`: no head begun within it, or one begun longer ago.
+    fn holds_a_slot_unused(&self, grace: Duration) -> bool {
+        if self.under_way.load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        let grace = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        let now = self.now();
+        match self.head_since.load(Ordering::Acquire) {
+            NOT_STARTED => now.saturating_sub(self.last_io.load(Ordering::Relaxed)) >= grace,
+            since => now.saturating_sub(since) >= grace,
         }
     }
 }

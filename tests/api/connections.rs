@@ -90,27 +90,74 @@ async fn an_idle_connection_is_kept_for_the_idle_timeout_then_closed() {
     assert!(closed_by_server(&mut tcp).await, "closed once idle for 5 s");
 }
 
+/// Start a `POST /message` on a new connection and send only part of its body: a request
+/// under way, which the connection keeps its slot for.
+async fn request_under_way(app: &TestApp, token: &str) -> (TcpStream, &'static [u8]) {
+    let body: &'static [u8] = br#"{"text": "said slowly", "hashtags": []}"#;
+    let mut tcp = connect(app).await;
+    let head = format!(
+        "POST /message HTTP/1.1\r\nHost: cairn\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&body[..10]).await.unwrap();
+    (tcp, &body[10..])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_wait_until_one_closes() {
     let app = app_with(60, 60, Some(2)).await;
+    let token = app.add_user("cat").await;
+    // The test client's own pooled connection is closed first: two slots are free.
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut tcp = connect(&app).await;
-        tcp.write_all(LIVE).await.unwrap();
-        assert!(read_until(&mut tcp, b"\"ok\"}}").await);
-        held.push(tcp);
+        held.push(request_under_way(&app, &token).await);
     }
     let mut third = connect(&app).await;
     third.write_all(LIVE).await.unwrap();
     let early = tokio::time::timeout(
-        Duration::from_millis(500),
+        Duration::from_millis(1500),
         read_until(&mut third, b"\"ok\"}}"),
     )
     .await;
-    assert!(early.is_err(), "not served while two connections are held");
-    drop(held.pop());
+    assert!(
+        early.is_err(),
+        "not served while two requests are under way"
+    );
+    // One request ends and its connection closes: the third is served.
+    let (mut first, rest) = held.remove(0);
+    first.write_all(rest).await.unwrap();
+    assert!(read_until(&mut first, b"201 Created").await);
+    drop(first);
     let served = tokio::time::timeout(PATIENCE, read_until(&mut third, b"\"ok\"}}")).await;
     assert_eq!(served, Ok(true), "served once one closed");
+}
+
+/// Connections that hold a slot without using it (a head dribbled out, or nothing sent)
+/// give it up to a client waiting for one, long before their header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_make_room_for_a_prompt_one_at_the_cap() {
+    let app = app_with(60, 60, Some(2)).await;
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = connect(&app).await;
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: cairn\r\n")
+            .await
+            .unwrap();
+        slow.push(tcp);
+    }
+    let mut prompt = connect(&app).await;
+    prompt.write_all(LIVE).await.unwrap();
+    let served = tokio::time::timeout(PATIENCE, read_until(&mut prompt, b"\"ok\"}}")).await;
+    assert_eq!(
+        served,
+        Ok(true),
+        "served well within the 60 s header timeout"
+    );
+    for mut tcp in slow {
+        assert!(closed_by_server(&mut tcp).await, "a slow client made room");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
