@@ -5,11 +5,11 @@
 //! hold them all, and then `accept` fails for everyone. So:
 //!
 //! - at most `max_connections` are served at once, counted by a semaphore whose permit a
-//!   connection holds until it closes; the loop accepts only with a permit in hand, so
-//!   clients past the cap wait in the listen backlog and are served as connections close;
-//! - a connection that has started a request head must finish it within `header_timeout`,
-//!   and one with no request under way and nothing sent either way for `idle_timeout` is
-//!   closed. hyper's own header timeout runs from the moment it waits for a head, so it
+//!   connection holds until it closes; past the cap the loop holds the one client it
+//!   accepted until a permit is free, and the others wait in the listen backlog;
+//! - a connection must finish a request head within `header_timeout` of opening, or of
+//!   the first byte of its next request, and one with no request under way and nothing
+//!   sent either way for `idle_timeout` is closed. hyper's own header timeout runs from the moment it waits for a head, so it
 //!   would close an idle keep-alive connection after the header timeout too; instead a
 //!   watchdog per connection follows what the connection does ([`Activity`]);
 //! - when a client is accepted while every slot is taken, the connections that hold a slot
