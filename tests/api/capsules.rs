@@ -107,6 +107,14 @@ pub async fn a_capsule_is_confirmed_and_delivered(backend: Backend) {
         .await,
         (400, "CAPSULE_NA_OR_RELEASED".into())
     );
+    assert_eq!(
+        app.get_text(&format!(
+            "/api/downloadlink?id={id}&recipientEmail=grace@example.com"
+        ))
+        .await,
+        (400, "NO_FILE_AVAILABLE_FOR_THIS_CAPSULE".into()),
+        "a text capsule has no file, delivered or not"
+    );
     // Nothing is left to release it again: the release dropped its due item with the
     // event that queued the delivery.
     until("the due index to be empty", PATIENCE, || async {
@@ -142,7 +150,7 @@ pub async fn a_capsule_is_cancelled(backend: Backend) {
             "/api/cancel?id={id}&recipientEmail=ada@example.com"
         ))
         .await,
-        (400, "CAPSULE_NA_OR_RELEASED".into())
+        (400, "VERIFICATION_FAILED".into())
     );
     assert_eq!(
         app.get_text(&format!("/cancel?id={id}&RecipientEmail=GRACE@example.com"))
