@@ -97,6 +97,7 @@ pub async fn capsules(
 ) -> anyhow::Result<Capsules> {
     let links = Links {
         public_url: config.public_url.clone(),
+        pages_url: config.pages_url().to_owned(),
     };
     let key = capsules::files::link_key(&*events, config.link_key.as_ref().map(|k| k.0.as_str()))
         .await
