@@ -23,7 +23,8 @@ crate::on_both_backends!(
     kill_9_during_delivery_loses_no_email,
     an_unconfirmed_capsule_expires,
     the_json_api_submits_and_shows_status,
-    a_retried_submission_writes_one_capsule
+    a_retried_submission_writes_one_capsule,
+    names_reach_headers_literally_and_message_ids_are_valid
 );
 
 async fn spawn(backend: Backend) -> (TestApp, SmtpSink) {
@@ -685,4 +686,80 @@ pub async fn a_retried_submission_writes_one_capsule(backend: Backend) {
         .unwrap()
         .len();
     assert_eq!(capsule_events, 2, "and nothing else written");
+}
+
+/// Whether `id` is an RFC 5322 msg-id: `<` dot-atom-text `@` (dot-atom-text or
+/// no-fold-literal) `>`.
+fn is_msg_id(id: &str) -> bool {
+    let dot_atom = |s: &str| {
+        !s.is_empty()
+            && s.split('.').all(|atom| {
+                !atom.is_empty()
+                    && atom
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c))
+            })
+    };
+    let literal = |s: &str| {
+        s.strip_prefix('[')
+            .and_then(|s| s.strip_suffix(']'))
+            .is_some_and(|inside| {
+                inside
+                    .bytes()
+                    .all(|b| (33..=126).contains(&b) && !b"[]\\".contains(&b))
+            })
+    };
+    id.strip_prefix('<')
+        .and_then(|id| id.strip_suffix('>'))
+        .and_then(|id| id.split_once('@'))
+        .is_some_and(|(left, right)| dot_atom(left) && (dot_atom(right) || literal(right)))
+}
+
+/// Names are shown by mail clients exactly as typed, even when they look like RFC 2047
+/// encoded words; and with Cairn at an IPv6 address, Message-IDs are still well formed.
+pub async fn names_reach_headers_literally_and_message_ids_are_valid(backend: Backend) {
+    let (mut config, sink) = mail_config(backend).await;
+    config.public_url = "http://[::1]:8080".into();
+    config.pages_url = Some(PUBLIC_URL.into());
+    let app = spawn_with(config).await;
+    let sender = "=?utf-8?q?Your_bank?=";
+    let recipient = "=?utf-8?b?U2VjdXJpdHkgdGVhbQ==?= (fraud desk)";
+    let mut body = capsule(in_ms(Duration::from_secs(3600)));
+    body["senderName"] = json!(sender);
+    body["recipientName"] = json!(recipient);
+    assert_eq!(app.submit_text(&body).await.0, 200);
+
+    let confirmation = eventually("the confirmation email", PATIENCE, || async {
+        sink.received()
+            .into_iter()
+            .find(|m| m.to == "ada@example.com")
+    })
+    .await;
+    assert_eq!(
+        confirmation.shown_header("Subject").unwrap(),
+        format!("Confirm your time capsule for {recipient}"),
+        "{}",
+        confirmation.raw
+    );
+    assert_eq!(
+        confirmation.shown_header("To").unwrap(),
+        format!("{sender} <ada@example.com>"),
+        "{}",
+        confirmation.raw
+    );
+    let message_id = confirmation.header("Message-ID").unwrap();
+    assert!(is_msg_id(&message_id), "{message_id}");
+    assert!(message_id.ends_with("@[::1]>"), "{message_id}");
+
+    // A name without anything to decode is written as it is.
+    let mut plain = capsule(in_ms(Duration::from_secs(3600)));
+    plain["senderEmail"] = json!("bob@example.com");
+    plain["recipientName"] = json!("Grace = Hopper?");
+    assert_eq!(app.submit_text(&plain).await.0, 200);
+    let confirmation = sink.wait_for("bob@example.com", "Confirm").await;
+    assert_eq!(
+        confirmation.header("Subject").unwrap(),
+        "Confirm your time capsule for Grace = Hopper?"
+    );
+    assert!(is_msg_id(&confirmation.header("Message-ID").unwrap()));
 }
