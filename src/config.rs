@@ -111,7 +111,8 @@ settings! {
         capsule_limit_per_client: usize = 30,
         /// Capsule submissions allowed per sender address in a window; 0: no limit.
         capsule_limit_per_sender: usize = 10,
-        /// The window of those limits, in seconds.
+        /// The window of those limits, in seconds. With Redis, the limits are counted
+        /// there, shared by every process; else in the process.
         capsule_limit_window: u64 = 3600,
         /// How long an email worker's claim on a message lasts, in seconds: a worker that
         /// dies mid-send delays the resend by at most this.

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use cairn::Role;
+
 use crate::helpers::{
     Backend, CapsuleEmail, PATIENCE, PUBLIC_URL, TestApp, backend_env, eventually, in_ms,
-    mail_config, spawn_with, start_server, text_of, until,
+    mail_config, redis_pttl, spawn_role, spawn_with, start_server, test_config, text_of, until,
 };
 use crate::smtp::SmtpSink;
 
@@ -762,4 +764,56 @@ pub async fn names_reach_headers_literally_and_message_ids_are_valid(backend: Ba
         "Confirm your time capsule for Grace = Hopper?"
     );
     assert!(is_msg_id(&confirmation.header("Message-ID").unwrap()));
+}
+
+/// With Redis, the submission limits are counted there: two command processes over the
+/// same Postgres and Redis share them, and their logs expire with the window. (The
+/// embedded backend is one process: `submissions_are_rate_limited` covers it.)
+async fn limits_hold_across_command_processes(backend: Backend) {
+    let mut config = test_config(backend).await;
+    config.capsule_limit_per_sender = 2;
+    config.capsule_limit_per_client = 3;
+    config.capsule_limit_window = 600;
+    let first = spawn_role(config.clone(), Role::Command).await;
+    let second = spawn_role(config.clone(), Role::Command).await;
+    let submit = |app: &TestApp, sender: &str| {
+        let mut body = capsule(in_ms(Duration::from_secs(3600)));
+        body["senderEmail"] = json!(sender);
+        let request = app
+            .client
+            .post(format!("{}/api/submit/text", app.address))
+            .json(&body);
+        async move { text_of(request).await }
+    };
+    assert_eq!(submit(&first, "ada@example.com").await.0, 200);
+    assert_eq!(submit(&second, "ada@example.com").await.0, 200);
+    // Each process has seen one: only a shared count refuses the third.
+    assert_eq!(
+        submit(&first, "Ada+3@example.com").await,
+        (429, "TOO_MANY_REQUESTS".into())
+    );
+    assert_eq!(
+        submit(&second, "ada@example.com").await,
+        (429, "TOO_MANY_REQUESTS".into())
+    );
+    // The address has two; one more from it, through either process, then none.
+    assert_eq!(submit(&second, "bob@example.com").await.0, 200);
+    assert_eq!(submit(&first, "carol@example.com").await.0, 429);
+    assert_eq!(submit(&second, "carol@example.com").await.0, 429);
+
+    // The logs expire with the window.
+    let prefix = &config.redis_prefix;
+    let key = format!("{{{prefix}:capsule-limits}}:sender:ada@example.com");
+    let ttl = redis_pttl(backend.redis_url().as_deref().unwrap(), &key).await;
+    assert!((1..=600_000).contains(&ttl), "PTTL {key}: {ttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_across_command_processes_on_redis() {
+    limits_hold_across_command_processes(Backend::PostgresRedis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_across_command_processes_on_redis_cluster() {
+    limits_hold_across_command_processes(Backend::PostgresRedisCluster).await;
 }
