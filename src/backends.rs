@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use cairn_command::capsules::limits::SlidingLog;
+use cairn_command::capsules::limits::{RedisLimits, SlidingLog};
 use cairn_command::capsules::{self, Capsules, Links, Rules};
 use cairn_events::{Clock, EventStore, Store};
 use cairn_query::read_store::{LogIdentity, ReadModels, RedisStore, SqliteStore};
@@ -97,6 +97,7 @@ pub async fn capsules(
 ) -> anyhow::Result<Capsules> {
     let links = Links {
         public_url: config.public_url.clone(),
+        pages_url: config.pages_url().to_owned(),
     };
     let key = capsules::files::link_key(&*events, config.link_key.as_ref().map(|k| k.0.as_str()))
         .await
@@ -116,6 +117,11 @@ pub async fn capsules(
     capsules.limits = Arc::new(capsules::Limits {
         per_client: SlidingLog::new(config.capsule_limit_per_client, window),
         per_sender: SlidingLog::new(config.capsule_limit_per_sender, window),
+        // Counted in Redis when there is one, so every command process shares them.
+        shared: config
+            .redis_url
+            .as_ref()
+            .map(|url| RedisLimits::new(url, &config.redis_prefix)),
     });
     let mut blocked = Vec::new();
     for sender in &config.blocked_senders {

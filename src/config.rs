@@ -62,8 +62,13 @@ settings! {
         redis_url: Option<String> = None,
         /// Prefix of every Redis key, so several deployments can share a server.
         redis_prefix: String = "cairn".into(),
-        /// The URL people reach Cairn at, for the links in emails.
+        /// The URL people reach Cairn at: file download links, and anything else Cairn
+        /// serves itself.
         public_url: String = "http://127.0.0.1:8080".into(),
+        /// Where the links in emails lead (`/confirm/{id}`, `/cancel/{id}`,
+        /// `/download/{id}`): the Chronoria client's address when it serves those pages.
+        /// Unset: `public_url`.
+        pages_url: Option<String> = None,
         /// `text` or `json`; the level comes from `RUST_LOG`.
         log_format: String = "text".into(),
         /// Largest request body accepted, in bytes.
@@ -117,7 +122,8 @@ settings! {
         capsule_limit_per_client: usize = 30,
         /// Capsule submissions allowed per sender address in a window; 0: no limit.
         capsule_limit_per_sender: usize = 10,
-        /// The window of those limits, in seconds.
+        /// The window of those limits, in seconds. With Redis, the limits are counted
+        /// there, shared by every process; else in the process.
         capsule_limit_window: u64 = 3600,
         /// How long an email worker's claim on a message lasts, in seconds: a worker that
         /// dies mid-send delays the resend by at most this.
@@ -232,6 +238,11 @@ impl Config {
         }
     }
 
+    /// Where the links in emails lead: `pages_url`, or else `public_url`.
+    pub fn pages_url(&self) -> &str {
+        self.pages_url.as_deref().unwrap_or(&self.public_url)
+    }
+
     /// Cross-field checks, made once at start-up.
     pub fn check(&self) -> anyhow::Result<()> {
         if let Some(url) = &self.database_url
@@ -251,6 +262,11 @@ impl Config {
             bail!(
                 "CAIRN_REDIS_URL must be a redis:// or rediss:// URL, or redis+cluster://host:port,host:port,... for a Redis Cluster"
             );
+        }
+        if let Some(url) = &self.pages_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            bail!("CAIRN_PAGES_URL must be an http:// or https:// URL");
         }
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}', ' ']) {
             bail!("CAIRN_REDIS_PREFIX must be non-empty, without braces or spaces");
@@ -389,6 +405,11 @@ mod tests {
             "public_url",
             "https://cairn.example",
             r#""https://cairn.example""#,
+        ),
+        (
+            "pages_url",
+            "https://app.example",
+            r#""https://app.example""#,
         ),
         ("log_format", "json", r#""json""#),
         ("body_limit", "4096", "4096"),

@@ -16,11 +16,13 @@ use async_trait::async_trait;
 use cairn_events::domain::email::{Email, OUTBOX_KIND};
 use cairn_events::{Outbox, Outcome, QueuedMessage};
 use chrono::Utc;
+use lettre::address::Envelope;
+use lettre::message::header::{Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use tokio_util::sync::CancellationToken;
 
 /// Why a send failed.
@@ -41,22 +43,116 @@ pub trait Mailer: Send + Sync + 'static {
 }
 
 /// Build the MIME message: plain text and HTML alternatives, the stable Message-ID.
+///
+/// The subject and the recipient's name hold what people typed (capsule names). Mail
+/// clients decode RFC 2047 encoded words (`=?utf-8?q?…?=`) in headers, so such text,
+/// written as it is, would be shown as whatever it encodes; text holding `=?` is written
+/// wholly as encoded words instead ([`literal_header`]), whose decoded text clients show as
+/// it is, so every client shows exactly what was typed.
 fn message(from: &Mailbox, email: &Email) -> Result<Message, SendError> {
-    let address = email
+    let address: Address = email
         .to
         .parse()
         .map_err(|e| SendError::Permanent(format!("recipient {:?}: {e}", email.to)))?;
-    let to = Mailbox::new(email.to_name.clone(), address);
-    Message::builder()
-        .from(from.clone())
-        .to(to)
-        .subject(email.subject.clone())
+    let mut builder = Message::builder().from(from.clone());
+    builder = match &email.to_name {
+        Some(name) if name.contains("=?") => builder
+            .header(LiteralTo {
+                name: name.clone(),
+                address: address.clone(),
+            })
+            .envelope(
+                Envelope::new(Some(from.email.clone()), vec![address])
+                    .map_err(|e| SendError::Permanent(e.to_string()))?,
+            ),
+        name => builder.to(Mailbox::new(name.clone(), address)),
+    };
+    builder = if email.subject.contains("=?") {
+        builder.header(LiteralSubject(email.subject.clone()))
+    } else {
+        builder.subject(email.subject.clone())
+    };
+    builder
         .message_id(Some(email.message_id.clone()))
         .multipart(MultiPart::alternative_plain_html(
             email.text.clone(),
             email.html.clone(),
         ))
         .map_err(|e| SendError::Permanent(e.to_string()))
+}
+
+/// `text` as RFC 2047 encoded words (UTF-8, base64), folded: what a mail client decodes
+/// back to exactly `text`, and shows without decoding again.
+fn literal_header(text: &str) -> String {
+    use base64::Engine as _;
+    // 39 bytes make 52 base64 characters: each word, with `Subject: `, fits a 78-column line.
+    const CHUNK: usize = 39;
+    let mut words = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut end = rest.len().min(CHUNK);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (chunk, tail) = rest.split_at(end);
+        let encoded = base64::engine::general_purpose::STANDARD.encode(chunk);
+        words.push(format!("=?utf-8?b?{encoded}?="));
+        rest = tail;
+    }
+    words.join("\r\n ")
+}
+
+type HeaderError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A Subject written as encoded words ([`literal_header`]).
+#[derive(Clone)]
+struct LiteralSubject(String);
+
+impl Header for LiteralSubject {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("Subject")
+    }
+
+    fn parse(s: &str) -> Result<Self, HeaderError> {
+        Ok(LiteralSubject(s.to_owned()))
+    }
+
+    fn display(&self) -> HeaderValue {
+        HeaderValue::dangerous_new_pre_encoded(
+            Self::name(),
+            self.0.clone(),
+            literal_header(&self.0),
+        )
+    }
+}
+
+/// A To header whose display name is written as encoded words ([`literal_header`]).
+#[derive(Clone)]
+struct LiteralTo {
+    name: String,
+    address: Address,
+}
+
+impl Header for LiteralTo {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("To")
+    }
+
+    fn parse(s: &str) -> Result<Self, HeaderError> {
+        let mailbox: Mailbox = s.parse()?;
+        Ok(LiteralTo {
+            name: mailbox.name.unwrap_or_default(),
+            address: mailbox.email,
+        })
+    }
+
+    fn display(&self) -> HeaderValue {
+        HeaderValue::dangerous_new_pre_encoded(
+            Self::name(),
+            format!("{} <{}>", self.name, self.address),
+            format!("{}\r\n <{}>", literal_header(&self.name), self.address),
+        )
+    }
 }
 
 /// SMTP, from `CAIRN_SMTP_URL` (`smtp://host:25` plain, `smtp://…?tls=required` for

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use cairn::Role;
+
 use crate::helpers::{
     Backend, CapsuleEmail, PATIENCE, PUBLIC_URL, TestApp, backend_env, eventually, in_ms,
-    mail_config, spawn_with, start_server, text_of, until,
+    mail_config, redis_pttl, spawn_role, spawn_with, start_server, test_config, text_of, until,
 };
 use crate::smtp::SmtpSink;
 
@@ -23,7 +25,8 @@ crate::on_both_backends!(
     kill_9_during_delivery_loses_no_email,
     an_unconfirmed_capsule_expires,
     the_json_api_submits_and_shows_status,
-    a_retried_submission_writes_one_capsule
+    a_retried_submission_writes_one_capsule,
+    names_reach_headers_literally_and_message_ids_are_valid
 );
 
 async fn spawn(backend: Backend) -> (TestApp, SmtpSink) {
@@ -107,6 +110,14 @@ pub async fn a_capsule_is_confirmed_and_delivered(backend: Backend) {
         .await,
         (400, "CAPSULE_NA_OR_RELEASED".into())
     );
+    assert_eq!(
+        app.get_text(&format!(
+            "/api/downloadlink?id={id}&recipientEmail=grace@example.com"
+        ))
+        .await,
+        (400, "NO_FILE_AVAILABLE_FOR_THIS_CAPSULE".into()),
+        "a text capsule has no file, delivered or not"
+    );
     // Nothing is left to release it again: the release dropped its due item with the
     // event that queued the delivery.
     until("the due index to be empty", PATIENCE, || async {
@@ -142,7 +153,7 @@ pub async fn a_capsule_is_cancelled(backend: Backend) {
             "/api/cancel?id={id}&recipientEmail=ada@example.com"
         ))
         .await,
-        (400, "CAPSULE_NA_OR_RELEASED".into())
+        (400, "VERIFICATION_FAILED".into())
     );
     assert_eq!(
         app.get_text(&format!("/cancel?id={id}&RecipientEmail=GRACE@example.com"))
@@ -677,4 +688,132 @@ pub async fn a_retried_submission_writes_one_capsule(backend: Backend) {
         .unwrap()
         .len();
     assert_eq!(capsule_events, 2, "and nothing else written");
+}
+
+/// Whether `id` is an RFC 5322 msg-id: `<` dot-atom-text `@` (dot-atom-text or
+/// no-fold-literal) `>`.
+fn is_msg_id(id: &str) -> bool {
+    let dot_atom = |s: &str| {
+        !s.is_empty()
+            && s.split('.').all(|atom| {
+                !atom.is_empty()
+                    && atom
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c))
+            })
+    };
+    let literal = |s: &str| {
+        s.strip_prefix('[')
+            .and_then(|s| s.strip_suffix(']'))
+            .is_some_and(|inside| {
+                inside
+                    .bytes()
+                    .all(|b| (33..=126).contains(&b) && !b"[]\\".contains(&b))
+            })
+    };
+    id.strip_prefix('<')
+        .and_then(|id| id.strip_suffix('>'))
+        .and_then(|id| id.split_once('@'))
+        .is_some_and(|(left, right)| dot_atom(left) && (dot_atom(right) || literal(right)))
+}
+
+/// Names are shown by mail clients exactly as typed, even when they look like RFC 2047
+/// encoded words; and with Cairn at an IPv6 address, Message-IDs are still well formed.
+pub async fn names_reach_headers_literally_and_message_ids_are_valid(backend: Backend) {
+    let (mut config, sink) = mail_config(backend).await;
+    config.public_url = "http://[::1]:8080".into();
+    config.pages_url = Some(PUBLIC_URL.into());
+    let app = spawn_with(config).await;
+    let sender = "=?utf-8?q?Your_bank?=";
+    let recipient = "=?utf-8?b?U2VjdXJpdHkgdGVhbQ==?= (fraud desk)";
+    let mut body = capsule(in_ms(Duration::from_secs(3600)));
+    body["senderName"] = json!(sender);
+    body["recipientName"] = json!(recipient);
+    assert_eq!(app.submit_text(&body).await.0, 200);
+
+    let confirmation = eventually("the confirmation email", PATIENCE, || async {
+        sink.received()
+            .into_iter()
+            .find(|m| m.to == "ada@example.com")
+    })
+    .await;
+    assert_eq!(
+        confirmation.shown_header("Subject").unwrap(),
+        format!("Confirm your time capsule for {recipient}"),
+        "{}",
+        confirmation.raw
+    );
+    assert_eq!(
+        confirmation.shown_header("To").unwrap(),
+        format!("{sender} <ada@example.com>"),
+        "{}",
+        confirmation.raw
+    );
+    let message_id = confirmation.header("Message-ID").unwrap();
+    assert!(is_msg_id(&message_id), "{message_id}");
+    assert!(message_id.ends_with("@[::1]>"), "{message_id}");
+
+    // A name without anything to decode is written as it is.
+    let mut plain = capsule(in_ms(Duration::from_secs(3600)));
+    plain["senderEmail"] = json!("bob@example.com");
+    plain["recipientName"] = json!("Grace = Hopper?");
+    assert_eq!(app.submit_text(&plain).await.0, 200);
+    let confirmation = sink.wait_for("bob@example.com", "Confirm").await;
+    assert_eq!(
+        confirmation.header("Subject").unwrap(),
+        "Confirm your time capsule for Grace = Hopper?"
+    );
+    assert!(is_msg_id(&confirmation.header("Message-ID").unwrap()));
+}
+
+/// With Redis, the submission limits are counted there: two command processes over the
+/// same Postgres and Redis share them, and their logs expire with the window. (The
+/// embedded backend is one process: `submissions_are_rate_limited` covers it.)
+async fn limits_hold_across_command_processes(backend: Backend) {
+    let mut config = test_config(backend).await;
+    config.capsule_limit_per_sender = 2;
+    config.capsule_limit_per_client = 3;
+    config.capsule_limit_window = 600;
+    let first = spawn_role(config.clone(), Role::Command).await;
+    let second = spawn_role(config.clone(), Role::Command).await;
+    let submit = |app: &TestApp, sender: &str| {
+        let mut body = capsule(in_ms(Duration::from_secs(3600)));
+        body["senderEmail"] = json!(sender);
+        let request = app
+            .client
+            .post(format!("{}/api/submit/text", app.address))
+            .json(&body);
+        async move { text_of(request).await }
+    };
+    assert_eq!(submit(&first, "ada@example.com").await.0, 200);
+    assert_eq!(submit(&second, "ada@example.com").await.0, 200);
+    // Each process has seen one: only a shared count refuses the third.
+    assert_eq!(
+        submit(&first, "Ada+3@example.com").await,
+        (429, "TOO_MANY_REQUESTS".into())
+    );
+    assert_eq!(
+        submit(&second, "ada@example.com").await,
+        (429, "TOO_MANY_REQUESTS".into())
+    );
+    // The address has two; one more from it, through either process, then none.
+    assert_eq!(submit(&second, "bob@example.com").await.0, 200);
+    assert_eq!(submit(&first, "carol@example.com").await.0, 429);
+    assert_eq!(submit(&second, "carol@example.com").await.0, 429);
+
+    // The logs expire with the window.
+    let prefix = &config.redis_prefix;
+    let key = format!("{{{prefix}:capsule-limits}}:sender:ada@example.com");
+    let ttl = redis_pttl(backend.redis_url().as_deref().unwrap(), &key).await;
+    assert!((1..=600_000).contains(&ttl), "PTTL {key}: {ttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_across_command_processes_on_redis() {
+    limits_hold_across_command_processes(Backend::PostgresRedis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_across_command_processes_on_redis_cluster() {
+    limits_hold_across_command_processes(Backend::PostgresRedisCluster).await;
 }

@@ -17,7 +17,9 @@ crate::on_both_backends!(
     file_submission_errors,
     a_cancelled_capsules_file_is_deleted,
     a_delivered_file_is_deleted_after_its_retention,
-    an_expired_capsules_file_is_deleted
+    an_expired_capsules_file_is_deleted,
+    chronoria_codes_for_cancels_and_download_links,
+    pages_and_files_on_two_hosts
 );
 
 /// A file of `len` bytes that is not all the same byte.
@@ -605,4 +607,171 @@ async fn files_are_kept_in_an_s3_compatible_store() {
         http.get(&object).send().await.unwrap().status() == 404
     })
     .await;
+}
+
+/// Chronoria's codes: a wrong recipient address is `VERIFICATION_FAILED` on `/api/cancel`
+/// and `/api/downloadlink`; a capsule with no file to give (a text capsule in any state,
+/// or a file capsule whose file was deleted) is `NO_FILE_AVAILABLE_FOR_THIS_CAPSULE`.
+pub async fn chronoria_codes_for_cancels_and_download_links(backend: Backend) {
+    let (app, sink) = spawn_with_mail(backend).await;
+    let app = &app;
+    let code = |path: &str, id: &str, address: &str| {
+        let path = format!("{path}?id={id}&recipientEmail={address}");
+        async move { app.get_text(&path).await }
+    };
+    let refused = |code: &str| (400, code.to_owned());
+    const WRONG: &str = "VERIFICATION_FAILED";
+    const NO_FILE: &str = "NO_FILE_AVAILABLE_FOR_THIS_CAPSULE";
+
+    // A text capsule: no file while pending, active and cancelled.
+    let text = serde_json::json!({
+        "senderEmail": "kim@example.com", "senderName": "Kim",
+        "recipientEmail": "grace@example.com", "recipientName": "Grace",
+        "sendTime": in_ms(Duration::from_secs(3600)), "text": "words only",
+    });
+    assert_eq!(app.submit_text(&text).await.0, 200);
+    let id = sink
+        .wait_for("kim@example.com", "Confirm")
+        .await
+        .capsule_id("confirm");
+    let grace = "grace@example.com";
+    assert_eq!(
+        code("/api/downloadlink", &id, grace).await,
+        refused(NO_FILE)
+    );
+    assert_eq!(
+        code("/api/downloadlink", &id, "kim@example.com").await,
+        refused(WRONG)
+    );
+    assert_eq!(
+        code("/api/cancel", &id, "kim@example.com").await,
+        refused(WRONG)
+    );
+    assert_eq!(app.get_text(&format!("/api/confirm?id={id}")).await.0, 200);
+    assert_eq!(
+        code("/downloadlink", &id, "GRACE@example.com").await,
+        refused(NO_FILE)
+    );
+    assert_eq!(
+        code("/cancel", &id, "kim@example.com").await,
+        refused(WRONG)
+    );
+    assert_eq!(code("/api/cancel", &id, grace).await, (200, String::new()));
+    assert_eq!(
+        code("/api/downloadlink", &id, grace).await,
+        refused(NO_FILE)
+    );
+    assert_eq!(
+        code("/api/cancel", &id, grace).await,
+        refused("CAPSULE_NA_OR_RELEASED")
+    );
+    let unknown = uuid::Uuid::now_v7().to_string();
+    assert_eq!(
+        code("/api/cancel", &unknown, grace).await,
+        refused("CAPSULE_NA_OR_RELEASED")
+    );
+
+    // A file capsule: its link to its recipient only; once cancelled, its file is
+    // deleted, and then there is no file to give.
+    let id = confirmed(app, &sink, in_ms(Duration::from_secs(3600)), contents(100)).await;
+    assert_eq!(
+        code("/api/downloadlink", &id, "ada@example.com").await,
+        refused(WRONG)
+    );
+    assert_eq!(code("/api/downloadlink", &id, grace).await.0, 200);
+    assert_eq!(
+        code("/api/cancel", &id, "ada@example.com").await,
+        refused(WRONG)
+    );
+    assert_eq!(code("/api/cancel", &id, grace).await.0, 200);
+    until(
+        "the cancelled capsule's file to be deleted",
+        PATIENCE,
+        || async { code("/api/downloadlink", &id, grace).await == refused(NO_FILE) },
+    )
+    .await;
+    assert_eq!(
+        code("/api/downloadlink", &id, "ada@example.com").await,
+        refused(WRONG)
+    );
+}
+
+/// With the Chronoria client serving the pages on its own host (`CAIRN_PAGES_URL`), the
+/// links in emails lead there, while every file link leads to Cairn (`CAIRN_PUBLIC_URL`).
+pub async fn pages_and_files_on_two_hosts(backend: Backend) {
+    const CAIRN: &str = "https://cairn.example";
+    const CLIENT: &str = "https://chronoria.example";
+    let (mut config, sink) = mail_config(backend).await;
+    config.public_url = CAIRN.into();
+    config.pages_url = Some(format!("{CLIENT}/"));
+    let app = spawn_with(config).await;
+    let id_after = |text: &str, marker: &str| {
+        let start = text
+            .find(marker)
+            .unwrap_or_else(|| panic!("{marker} in {text}"));
+        text[start + marker.len()..start + marker.len() + 36].to_owned()
+    };
+
+    assert_eq!(
+        app.submit_file(form(in_ms(Duration::from_secs(2)), contents(10)))
+            .await,
+        (200, String::new())
+    );
+    let confirmation = sink.wait_for("ada@example.com", "Confirm").await.decoded();
+    let id = id_after(&confirmation, &format!("{CLIENT}/confirm/"));
+    assert!(!confirmation.contains(CAIRN), "{confirmation}");
+    assert_eq!(app.get_text(&format!("/api/confirm?id={id}")).await.0, 200);
+    let receipt = sink
+        .wait_for("ada@example.com", "is scheduled")
+        .await
+        .decoded();
+    assert_eq!(id_after(&receipt, &format!("{CLIENT}/cancel/")), id);
+    let delivery = sink
+        .wait_for("grace@example.com", "A time capsule from Ada")
+        .await
+        .decoded();
+    assert_eq!(id_after(&delivery, &format!("{CLIENT}/download/")), id);
+    assert!(!delivery.contains(CAIRN), "{delivery}");
+
+    // The file's links lead to Cairn, from the client's route and from the page.
+    let (status, bare) = as_recipient(&app, "/api/downloadlink", &id).await;
+    assert_eq!(status, 200);
+    assert!(
+        bare.starts_with(&format!("{CAIRN}/capsules/{id}/file/")),
+        "{bare}"
+    );
+    let (status, page) = app
+        .request_form(
+            reqwest::Method::POST,
+            &format!("/download/{id}"),
+            &[("recipientEmail", "grace@example.com")],
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let minted = link_on(&page);
+    assert!(
+        minted.starts_with(&format!("{CAIRN}/capsules/{id}/file/")),
+        "{minted}"
+    );
+    let fetched = app
+        .client
+        .get(minted.replace(CAIRN, &app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fetched.bytes().await.unwrap().len(), 10);
+    // An expired link sends the person to the page for a new one, on the client's host.
+    *app.now.lock().unwrap() = Some(chrono::Utc::now() + chrono::Duration::hours(13));
+    let expired = app
+        .client
+        .get(minted.replace(CAIRN, &app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(expired.status(), 410);
+    let words = expired.text().await.unwrap();
+    assert!(
+        words.contains(&format!("{CLIENT}/download/{id}")),
+        "{words}"
+    );
 }

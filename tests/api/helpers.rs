@@ -441,6 +441,26 @@ pub async fn start_server(env: &[(String, String)]) -> (Child, String) {
     (child, format!("http://{address}"))
 }
 
+/// The time to live of `key` in the Redis (or Redis Cluster) at `url`, in ms (`-2`: no
+/// such key, `-1`: no expiry).
+pub async fn redis_pttl(url: &str, key: &str) -> i64 {
+    let mut pttl = redis::cmd("PTTL");
+    pttl.arg(key);
+    match url.strip_prefix("redis+cluster://") {
+        Some(seeds) => {
+            let nodes: Vec<String> = seeds.split(',').map(|s| format!("redis://{s}")).collect();
+            let client = redis::cluster::ClusterClient::new(nodes).unwrap();
+            let mut conn = client.get_async_connection().await.unwrap();
+            pttl.query_async(&mut conn).await.unwrap()
+        }
+        None => {
+            let client = redis::Client::open(url).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            pttl.query_async(&mut conn).await.unwrap()
+        }
+    }
+}
+
 /// Delete `keys` from the Redis (or Redis Cluster) at `url`; how many there were. Keys
 /// given together must share a hash slot when `url` is a cluster.
 pub async fn redis_delete(url: &str, keys: &[String]) -> usize {

@@ -25,6 +25,8 @@ impl Received {
         for line in head.split("\r\n") {
             if let Some(v) = value.as_mut() {
                 if line.starts_with([' ', '\t']) {
+                    // Unfolding removes the line break, not the space after it.
+                    v.push(' ');
                     v.push_str(line.trim_start());
                     continue;
                 }
@@ -37,6 +39,13 @@ impl Received {
             }
         }
         value
+    }
+
+    /// A header's value as a mail client shows it: RFC 2047 encoded words
+    /// (`=?utf-8?b?…?=`, `=?utf-8?q?…?=`) decoded once, the space between two of them
+    /// dropped.
+    pub fn shown_header(&self, name: &str) -> Option<String> {
+        Some(decode_encoded_words(&self.header(name)?))
     }
 
     /// The message with quoted-printable soft breaks and `=XX` escapes undone, enough to
@@ -200,4 +209,65 @@ impl SmtpSink {
                 .collect::<Vec<_>>()
         );
     }
+}
+
+/// Decode the RFC 2047 encoded words in a header value, as mail clients do (UTF-8 and
+/// US-ASCII only; anything else is left as it is).
+pub fn decode_encoded_words(value: &str) -> String {
+    use base64::Engine as _;
+    let decode = |word: &str| -> Option<String> {
+        let inner = word.strip_prefix("=?")?.strip_suffix("?=")?;
+        let mut parts = inner.splitn(3, '?');
+        let charset = parts.next()?.to_ascii_lowercase();
+        let (encoding, text) = (parts.next()?, parts.next()?);
+        if !matches!(charset.as_str(), "utf-8" | "us-ascii") || text.contains('?') {
+            return None;
+        }
+        let bytes = match encoding {
+            "b" | "B" => base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .ok()?,
+            "q" | "Q" => {
+                let mut out = Vec::new();
+                let mut bytes = text.bytes();
+                while let Some(b) = bytes.next() {
+                    match b {
+                        b'_' => out.push(b' '),
+                        b'=' => {
+                            let hex = [bytes.next()?, bytes.next()?];
+                            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+                        }
+                        b => out.push(b),
+                    }
+                }
+                out
+            }
+            _ => return None,
+        };
+        String::from_utf8(bytes).ok()
+    };
+    let mut out = String::new();
+    let mut last_was_word = false;
+    let mut pending_space = String::new();
+    for token in value.split_inclusive([' ', '\t']) {
+        let word = token.trim_end_matches([' ', '\t']);
+        let space = &token[word.len()..];
+        match decode(word) {
+            Some(decoded) => {
+                if !last_was_word {
+                    out.push_str(&pending_space);
+                }
+                out.push_str(&decoded);
+                last_was_word = true;
+            }
+            None => {
+                out.push_str(&pending_space);
+                out.push_str(word);
+                last_was_word = word.is_empty() && last_was_word;
+            }
+        }
+        pending_space = space.to_owned();
+    }
+    out.push_str(&pending_space);
+    out
 }

@@ -19,7 +19,7 @@ use cairn_http::{ApiError, ClientIp, IdempotencyKey, InvalidIdempotencyKey};
 use chrono::DateTime;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use super::{CapsuleError, Capsules, Refusal, Refused, Status, Submission};
+use super::{CapsuleError, Capsules, Refusal, Refused, Submission};
 
 /// The body of `POST /api/submit/text`. Field names match in any case.
 #[derive(ToSchema)]
@@ -159,7 +159,7 @@ async fn confirm(
 #[utoipa::path(get, path = "/api/cancel", tag = "capsules", params(ByIdAndRecipient),
     responses(
         (status = 200, description = "Cancelled; the sender is told"),
-        (status = 400, description = "`INVALID_ID` or `CAPSULE_NA_OR_RELEASED`", body = String, content_type = "text/plain"),
+        (status = 400, description = "`INVALID_ID`, `CAPSULE_NA_OR_RELEASED` (unknown, released or cancelled) or `VERIFICATION_FAILED` (not the recipient's address)", body = String, content_type = "text/plain"),
     ))]
 async fn cancel(
     State(capsules): State<Capsules>,
@@ -181,7 +181,7 @@ async fn cancel(
 #[utoipa::path(get, path = "/api/downloadlink", tag = "capsules", params(ByIdAndRecipient),
     responses(
         (status = 200, description = "The download URL", body = String, content_type = "text/plain"),
-        (status = 400, description = "`INVALID_ID`, `CAPSULE_NA_OR_RELEASED` or `NO_FILE_AVAILABLE_FOR_THIS_CAPSULE`", body = String, content_type = "text/plain"),
+        (status = 400, description = "`INVALID_ID`, `CAPSULE_NA_OR_RELEASED` (unknown, or not confirmed or delivered), `VERIFICATION_FAILED` (not the recipient's address) or `NO_FILE_AVAILABLE_FOR_THIS_CAPSULE` (a text capsule, or its file deleted)", body = String, content_type = "text/plain"),
     ))]
 async fn download_link(
     State(capsules): State<Capsules>,
@@ -192,10 +192,7 @@ async fn download_link(
         let id = capsule_id(&params)?;
         let state = capsules.load(id).await?.ok_or(Refused::NotCancellable)?;
         let recipient = params.get("recipientemail").map_or("", String::as_str);
-        let delivered_or_due = matches!(state.status, Status::Active | Status::Released);
-        if !state.is_recipient(recipient) || !delivered_or_due {
-            return Err(Refused::NotCancellable.into());
-        }
+        super::decide::file_to_give(Some(&state), recipient)?;
         capsules.download_link(&state).map(|link| link.url)
     }
     .await;

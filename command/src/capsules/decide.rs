@@ -12,8 +12,8 @@
 
 use cairn_events::DueItem;
 use cairn_events::domain::capsule::{
-    self, CapsuleCancelled, CapsuleConfirmed, CapsuleExpired, CapsuleFilePurged, CapsuleReleased,
-    CapsuleSubmitted,
+    self, Attachment, CapsuleCancelled, CapsuleConfirmed, CapsuleExpired, CapsuleFilePurged,
+    CapsuleReleased, CapsuleSubmitted,
 };
 use cairn_events::{DecodeError, DomainEvent, Envelope, Metadata, NewEvent};
 use chrono::{DateTime, Datelike, Duration, Utc};
@@ -147,9 +147,16 @@ pub enum Refused {
     /// Confirm of an unknown, expired, cancelled or already confirmed capsule.
     #[error("the capsule is not waiting for confirmation")]
     NotPending,
-    /// Cancel of an unknown, released or cancelled capsule, or with the wrong recipient.
+    /// Cancel (or a download link) of an unknown, released or cancelled capsule.
     #[error("the capsule cannot be cancelled")]
     NotCancellable,
+    /// The address given is not the capsule's recipient's.
+    #[error("that is not the recipient's address")]
+    WrongRecipient,
+    /// A download link of a capsule with no file to give: a text capsule, or one whose
+    /// file was deleted.
+    #[error("the capsule has no file to give")]
+    NoFile,
 }
 
 /// Whether `send_at` may be a capsule's send time when submitted at `now`: later than
@@ -207,8 +214,10 @@ pub fn decide(
             }
         }
         Command::Cancel { recipient_email } => {
-            let open = matches!(state.status, Status::Pending | Status::Active);
-            if !open || !state.is_recipient(recipient_email) {
+            if !state.is_recipient(recipient_email) {
+                return Err(Refused::WrongRecipient);
+            }
+            if !matches!(state.status, Status::Pending | Status::Active) {
                 return Err(Refused::NotCancellable);
             }
             Changes {
@@ -257,6 +266,22 @@ pub fn decide(
         }
     };
     Ok(Decision::Append(Box::new(changes)))
+}
+
+/// The file the recipient (whose address is `recipient_email`) may download from the
+/// capsule in `state` (`None`: no capsule under that id). Checked in this order: the
+/// capsule exists, the address is its recipient's, it has a file still kept (whatever its
+/// status: a text capsule never has one), and it is confirmed or delivered.
+pub fn file_to_give<'a>(
+    state: Option<&'a CapsuleState>,
+    recipient_email: &str,
+) -> Result<&'a Attachment, Refused> {
+    let state = state.ok_or(Refused::NotCancellable)?;
+    if !state.is_recipient(recipient_email) {
+        return Err(Refused::WrongRecipient);
+    }
+    state.kept_file().ok_or(Refused::NoFile)?;
+    state.downloadable_file().ok_or(Refused::NotCancellable)
 }
 
 /// A new capsule: the sender, then the time, then the text. (The Chronoria routes check the
@@ -546,13 +571,71 @@ mod tests {
         );
         assert_eq!(
             given(&[submitted(false)]).when(cancel("kim@example.com"), 1),
-            Err(Refused::NotCancellable),
+            Err(Refused::WrongRecipient),
             "only with the recipient's address"
+        );
+        assert_eq!(
+            released.when(cancel("kim@example.com"), 49),
+            Err(Refused::WrongRecipient),
+            "the address is checked first"
         );
         assert_eq!(
             given(&[]).when(cancel("ada@example.com"), 1),
             Err(Refused::NotCancellable)
         );
+    }
+
+    #[test]
+    fn a_file_is_given_to_its_recipient_while_kept_and_a_text_capsule_has_none() {
+        let file = |history: &[(i64, CapsuleEvent)], address: &str| {
+            let state = given(history).0;
+            file_to_give(state.as_ref(), address).map(|a| a.file_name.clone())
+        };
+        let purged = (
+            60,
+            CapsuleEvent::FilePurged(CapsuleFilePurged { capsule_id: id() }),
+        );
+        let released = (
+            48,
+            CapsuleEvent::Released(CapsuleReleased { capsule_id: id() }),
+        );
+        let cancelled = (
+            2,
+            CapsuleEvent::Cancelled(CapsuleCancelled { capsule_id: id() }),
+        );
+        assert_eq!(file(&[], "ada@example.com"), Err(Refused::NotCancellable));
+        let active = [submitted(true), confirmed(1)];
+        assert_eq!(file(&active, "ADA@example.com"), Ok("a.txt".into()));
+        assert_eq!(
+            file(&active, "kim@example.com"),
+            Err(Refused::WrongRecipient)
+        );
+        assert_eq!(
+            file(
+                &[submitted(true), confirmed(1), released.clone()],
+                "ada@example.com"
+            ),
+            Ok("a.txt".into())
+        );
+        assert_eq!(
+            file(&[submitted(true)], "ada@example.com"),
+            Err(Refused::NotCancellable),
+            "not before it is confirmed"
+        );
+        for history in [
+            vec![submitted(false)],
+            vec![submitted(false), confirmed(1)],
+            vec![submitted(false), confirmed(1), released.clone()],
+            vec![submitted(false), cancelled.clone()],
+            vec![submitted(true), confirmed(1), released, purged.clone()],
+            vec![submitted(true), cancelled, purged],
+        ] {
+            assert_eq!(
+                file(&history, "ada@example.com"),
+                Err(Refused::NoFile),
+                "{history:?}"
+            );
+        }
     }
 
     #[test]

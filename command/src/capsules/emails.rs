@@ -49,33 +49,76 @@ impl EmailKind {
     ];
 }
 
-/// Where the links in the emails point: the pages behind `CAIRN_PUBLIC_URL`.
+/// Where links point: the pages behind the links in emails (`CAIRN_PAGES_URL`, which may
+/// be the Chronoria client's host) and Cairn's own address (`CAIRN_PUBLIC_URL`: file
+/// downloads, Message-IDs).
 #[derive(Clone, Debug)]
 pub struct Links {
+    /// Cairn's own address.
     pub public_url: String,
+    /// Where `/confirm/{id}`, `/cancel/{id}` and `/download/{id}` are served.
+    pub pages_url: String,
 }
 
 impl Links {
-    fn page(&self, page: &str, capsule_id: Uuid) -> String {
+    /// Both on Cairn's own address.
+    pub fn new(public_url: impl Into<String>) -> Self {
+        let public_url = public_url.into();
+        Links {
+            pages_url: public_url.clone(),
+            public_url,
+        }
+    }
+
+    /// The link to a capsule's `page` (`confirm`, `cancel`, `download`).
+    pub fn page(&self, page: &str, capsule_id: Uuid) -> String {
         format!(
             "{}/{page}/{capsule_id}",
-            self.public_url.trim_end_matches('/')
+            self.pages_url.trim_end_matches('/')
         )
     }
 
-    /// The host part of the public URL, for Message-IDs.
-    fn host(&self) -> &str {
+    /// The right-hand side of Message-IDs: the host of the public URL, if it is a valid
+    /// RFC 5322 id-right (a dot-atom, or an address literal such as `[::1]`), else
+    /// `cairn.localhost`.
+    pub fn message_id_domain(&self) -> &str {
         let rest = self
             .public_url
             .split_once("://")
             .map_or(self.public_url.as_str(), |(_, r)| r);
-        let host = rest.split(['/', ':']).next().unwrap_or_default();
-        if host.is_empty() {
-            "cairn.localhost"
-        } else {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let host = match authority.strip_prefix('[') {
+            // An IPv6 literal keeps its brackets: `[::1]` is an RFC 5322 no-fold-literal.
+            Some(literal) => literal
+                .split_once(']')
+                .map_or("", |(inside, _)| &authority[..inside.len() + 2]),
+            None => authority.split(':').next().unwrap_or_default(),
+        };
+        if is_id_right(host) {
             host
+        } else {
+            "cairn.localhost"
         }
     }
+}
+
+/// Whether `s` is an RFC 5322 id-right: a dot-atom-text, or a no-fold-literal (`[` dtext
+/// `]`).
+fn is_id_right(s: &str) -> bool {
+    const ATEXT_SPECIALS: &str = "!#$%&'*+-/=?^_`{|}~";
+    if let Some(inside) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        return inside
+            .bytes()
+            .all(|b| (33..=126).contains(&b) && !matches!(b, b'[' | b']' | b'\\'));
+    }
+    !s.is_empty()
+        && s.split('.').all(|atom| {
+            !atom.is_empty()
+                && atom
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ATEXT_SPECIALS.contains(c))
+        })
 }
 
 /// The templates, parsed once.
@@ -166,7 +209,7 @@ impl Emails {
             html: render("html")?,
             // From the outbox id, not the capsule id: Message-IDs end up in mail logs and
             // replies, and the capsule id is what confirms.
-            message_id: format!("<{}@{}>", id.simple(), self.links.host()),
+            message_id: format!("<{}@{}>", id.simple(), self.links.message_id_domain()),
         };
         Ok(email.into_outbox(id))
     }
@@ -272,6 +315,28 @@ mod tests {
             waited(at(2024, 12, 31, 0, 0), at(2025, 1, 2, 0, 0)),
             "2 days"
         );
+    }
+
+    #[test]
+    fn message_ids_have_a_valid_right_hand_side_whatever_the_public_url() {
+        let domain = |url: &str| Links::new(url).message_id_domain().to_owned();
+        assert_eq!(domain("http://[::1]:8080"), "[::1]");
+        assert_eq!(domain("https://[2001:db8::7]/cairn"), "[2001:db8::7]");
+        assert_eq!(domain("https://capsules.example"), "capsules.example");
+        assert_eq!(domain("http://127.0.0.1:8080/"), "127.0.0.1");
+        assert_eq!(
+            domain("https://user:pw@cairn.example:8443"),
+            "cairn.example"
+        );
+        for odd in [
+            "",
+            "http://",
+            "http://[::1",
+            "https://bücher.example",
+            "http://a..b",
+        ] {
+            assert_eq!(domain(odd), "cairn.localhost", "{odd:?}");
+        }
     }
 
     #[test]

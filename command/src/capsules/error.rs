@@ -135,7 +135,13 @@ impl CapsuleError {
                 "idempotency_key_reused",
                 "this Idempotency-Key was used for a different capsule",
             ),
-            CapsuleError::Refused(Refused::NotPending | Refused::NotCancellable)
+            CapsuleError::Refused(Refused::WrongRecipient) => ApiError::bad_request(
+                "verification_failed",
+                "that is not the address the capsule is for",
+            ),
+            CapsuleError::Refused(
+                Refused::NotPending | Refused::NotCancellable | Refused::NoFile,
+            )
             | CapsuleError::NotFound
             | CapsuleError::NoFile => ApiError::not_found(),
             CapsuleError::RateLimited(wait) => ApiError::rate_limited(
@@ -169,7 +175,10 @@ impl CapsuleError {
                 refused("CAPSULE_NA_OR_EXPIRED")
             }
             CapsuleError::Refused(Refused::NotCancellable) => refused("CAPSULE_NA_OR_RELEASED"),
-            CapsuleError::NoFile => refused("NO_FILE_AVAILABLE_FOR_THIS_CAPSULE"),
+            CapsuleError::Refused(Refused::WrongRecipient) => refused("VERIFICATION_FAILED"),
+            CapsuleError::Refused(Refused::NoFile) | CapsuleError::NoFile => {
+                refused("NO_FILE_AVAILABLE_FOR_THIS_CAPSULE")
+            }
             CapsuleError::InvalidKey => refused("INVALID_IDEMPOTENCY_KEY"),
             CapsuleError::RateLimited(wait) => {
                 ApiError::plain(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS")

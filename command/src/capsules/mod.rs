@@ -39,6 +39,7 @@ pub use decide::{CONFIRM_WITHIN, Command, Decision, EXPIRE, PURGE, RELEASE, Refu
 pub use emails::{EmailKind, Links};
 pub use error::{CapsuleError, Refusal};
 pub use files::Files;
+pub use limits::Limits;
 pub use state::{CapsuleState, Status};
 
 /// What a command came to.
@@ -74,24 +75,6 @@ pub struct Capsules {
     pub blocked_senders: Arc<Vec<String>>,
     /// Submissions per client address and per sender.
     pub limits: Arc<Limits>,
-}
-
-/// The submission rate limits.
-#[derive(Debug)]
-pub struct Limits {
-    pub per_client: limits::SlidingLog,
-    pub per_sender: limits::SlidingLog,
-}
-
-impl Default for Limits {
-    /// 30 submissions an hour from one address, 10 from one sender.
-    fn default() -> Self {
-        let hour = std::time::Duration::from_secs(3600);
-        Limits {
-            per_client: limits::SlidingLog::new(30, hour),
-            per_sender: limits::SlidingLog::new(10, hour),
-        }
-    }
 }
 
 impl Capsules {
@@ -198,14 +181,10 @@ impl Capsules {
             return Ok(Outcome::Nothing);
         };
         let client = client.map(limits::client_key).unwrap_or_default();
-        limits::admit(
-            &[
-                (&self.limits.per_client, client.as_str()),
-                (&self.limits.per_sender, sender.as_str()),
-            ],
-            std::time::Instant::now(),
-        )
-        .map_err(CapsuleError::RateLimited)?;
+        self.limits
+            .admit(&client, &sender)
+            .await
+            .map_err(CapsuleError::RateLimited)?;
         match self
             .append(&state, *changes, ExpectedVersion::NoStream, now)
             .await

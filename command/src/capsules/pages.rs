@@ -281,7 +281,21 @@ async fn cancel(
             "cancel.html",
             context! { outcome => "cancelled" },
         ),
+        Err(CapsuleError::Refused(Refused::WrongRecipient)) => {
+            let open = matches!(state.status, Status::Pending | Status::Active);
+            let words = if open {
+                "That is not the address this capsule is to be delivered to."
+            } else {
+                status_words(state.status)
+            };
+            pages.render(
+                StatusCode::BAD_REQUEST,
+                "cancel.html",
+                context! { outcome => words, open, ..describe(&state) },
+            )
+        }
         Err(CapsuleError::Refused(Refused::NotCancellable)) => {
+            // Read again: the refusal may come from a change since the load.
             let now = pages
                 .capsules
                 .load(id)
@@ -290,11 +304,7 @@ async fn cancel(
                 .flatten()
                 .unwrap_or(state);
             let open = matches!(now.status, Status::Pending | Status::Active);
-            let words = if open {
-                "That is not the address this capsule is to be delivered to."
-            } else {
-                status_words(now.status)
-            };
+            let words = status_words(now.status);
             pages.render(
                 StatusCode::BAD_REQUEST,
                 "cancel.html",

@@ -330,9 +330,8 @@ async fn submit_file(
     // capsule written before is answered as the first was).
     let client = client.map(|ClientIp(ip)| ip);
     let client_key = client.map(limits::client_key).unwrap_or_default();
-    let now = std::time::Instant::now();
-    if let Some(wait) = capsules.limits.per_client.check(&client_key, now)
-        && first.is_none()
+    if first.is_none()
+        && let Some(wait) = capsules.limits.check_client(&client_key).await
     {
         return early(Answer(Err(CapsuleError::RateLimited(wait))).into_response());
     }

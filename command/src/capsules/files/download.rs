@@ -138,10 +138,7 @@ async fn download(
     if !files.verify(capsule_id, expires, &signed.signature) {
         return refuse(StatusCode::FORBIDDEN, "This download link is not valid.");
     }
-    let page = format!(
-        "{}/download/{capsule_id}",
-        capsules.links().public_url.trim_end_matches('/')
-    );
+    let page = capsules.links().page("download", capsule_id);
     if capsules.now().timestamp() >= expires {
         return refuse(
             StatusCode::GONE,

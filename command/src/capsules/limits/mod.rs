@@ -2,10 +2,18 @@
 //! at most `limit` submissions in any `window`. A refused request is told how long until
 //! its oldest counted submission leaves the window (`Retry-After`).
 //!
-//! The log is kept in this process: with several command processes behind a load
-//! balancer, each counts its own share, so the effective limit is per process. An IPv6
-//! client counts by its /56: one subscriber is usually given a /64 to a /56 (some a /48),
-//! and can pick any address in it.
+//! With Redis configured, the logs are kept there ([`RedisLimits`]), so every command
+//! process counts against the same limit; without it (the embedded backend, one process)
+//! they are kept in this process ([`SlidingLog`]). A limit store that cannot be reached
+//! must not stop submissions: while Redis is down, each process falls back to its own
+//! logs (the limit then holds per process) and says so in its log.
+//!
+//! An IPv6 client counts by its /56: one subscriber is usually given a /64 to a /56 (some
+//! a /48), and can pick any address in it.
+
+mod redis;
+
+pub use self::redis::RedisLimits;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
@@ -86,6 +94,53 @@ impl SlidingLog {
             hits.pruned = Some(now);
         }
         hits.logs.entry(key.to_owned()).or_default().push_back(now);
+    }
+}
+
+/// The submission limits: per client address and per sender, each a sliding log kept in
+/// this process, and the same limits kept in Redis when there is one.
+#[derive(Debug)]
+pub struct Limits {
+    pub per_client: SlidingLog,
+    pub per_sender: SlidingLog,
+    /// Where every process counts; `None`: this process only.
+    pub shared: Option<RedisLimits>,
+}
+
+impl Default for Limits {
+    /// 30 submissions an hour from one address, 10 from one sender.
+    fn default() -> Self {
+        let hour = Duration::from_secs(3600);
+        Limits {
+            per_client: SlidingLog::new(30, hour),
+            per_sender: SlidingLog::new(10, hour),
+            shared: None,
+        }
+    }
+}
+
+impl Limits {
+    /// Count a submission from `client` (a [`client_key`]) by `sender` if both are under
+    /// their limits; else the longest wait, counting nothing.
+    pub async fn admit(&self, client: &str, sender: &str) -> Result<(), Duration> {
+        let checks = [(&self.per_client, client), (&self.per_sender, sender)];
+        if let Some(shared) = &self.shared
+            && let Some(answer) = shared.admit(&checks, true).await
+        {
+            return answer;
+        }
+        admit(&checks, Instant::now())
+    }
+
+    /// How long `client` must wait before submitting, without counting anything.
+    pub async fn check_client(&self, client: &str) -> Option<Duration> {
+        let checks = [(&self.per_client, client)];
+        if let Some(shared) = &self.shared
+            && let Some(answer) = shared.admit(&checks, false).await
+        {
+            return answer.err();
+        }
+        self.per_client.check(client, Instant::now())
     }
 }
 
