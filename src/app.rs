@@ -18,9 +18,8 @@ use cairn_command::{CommandState, TokenRegistry, UploadState};
 use cairn_events::{Clock, EventStore, NoWait, ReadYourWrites, Store};
 use cairn_http::ApiError;
 use cairn_query::projections::{CheckpointPoller, Messages, Projection, Trends};
-use cairn_query::read_store::ReadModels;
 use cairn_query::routes::{QueryState, StartupGate};
-use cairn_query::{ReadBackend, Runner, RunnerHandle};
+use cairn_query::{GenerationStore, Runner, RunnerHandle};
 use cairn_scheduler::{EmailWorker, Sleeper};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -53,7 +52,7 @@ pub struct Application {
     shutdown: CancellationToken,
     tokens: Arc<TokenRegistry>,
     store: Arc<dyn Store>,
-    read: ReadModels,
+    read: Arc<dyn GenerationStore>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _data_lock: Option<File>,
 }
@@ -112,20 +111,22 @@ impl Application {
 
         let runner = if matches!(role, Role::All | Role::Projector) {
             let private = config.redis_url.is_none();
+            for name in cairn_query::projections::NAMES {
+                if config.runs_projection(name) {
+                    first_generation(&*events, &*read, name).await?;
+                }
+            }
             let mut start = |projection: Arc<dyn Projection>| {
-                let (runner, handle) = Runner::new(events.clone(), projection);
+                let (runner, handle) = Runner::new(events.clone(), read.clone(), projection);
                 let runner = if private { runner.private() } else { runner };
                 tasks.push(tokio::spawn(runner.run(shutdown.clone())));
                 handle
             };
-            let messages = config.runs_projection("messages").then(|| {
-                start(Arc::new(Messages {
-                    store: read.messages.clone(),
-                }))
-            });
+            let messages = config
+                .runs_projection("messages")
+                .then(|| start(Arc::new(Messages)));
             if config.runs_projection("trends") {
                 start(Arc::new(Trends {
-                    store: read.trends.clone(),
                     rules: config.trend_rules(),
                 }));
             }
@@ -150,7 +151,7 @@ impl Application {
         let read_your_writes: Arc<dyn ReadYourWrites> = match (&runner, &config.redis_url) {
             (Some(handle), _) => Arc::new(handle.clone()),
             (None, Some(_)) => Arc::new(CheckpointPoller {
-                read: read.backend.clone(),
+                read: read.clone(),
                 projection: "messages",
             }),
             (None, None) => Arc::new(NoWait),
@@ -162,7 +163,7 @@ impl Application {
         };
         let ops = OpsState {
             events: events.clone(),
-            read: read.backend.clone(),
+            read: read.clone(),
             runner: runner.clone(),
             gate: gate.clone(),
             requests: Arc::default(),
@@ -187,8 +188,7 @@ impl Application {
         }
         if matches!(role, Role::All | Role::Query) {
             router = router.merge(cairn_query::router(QueryState {
-                messages: read.messages.clone(),
-                trends: read.trends.clone(),
+                read: read.clone(),
                 gate: gate.clone(),
                 rules: config.trend_rules(),
                 clock,
@@ -271,8 +271,9 @@ impl Application {
         self.store.clone()
     }
 
-    pub fn read_store(&self) -> Arc<dyn ReadBackend> {
-        self.read.backend.clone()
+    /// The read models, in generations.
+    pub fn read_store(&self) -> Arc<dyn GenerationStore> {
+        self.read.clone()
     }
 
     /// Serve until the shutdown token fires; in-flight requests finish first.
@@ -297,6 +298,34 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// A model that has never been built, over an empty log, is complete as soon as it exists:
+/// make its first generation live at once rather than answer "rebuilding" until the runner
+/// gets to it. (Over a log with events it is built by the runner, reads answering 503.)
+async fn first_generation(
+    events: &dyn EventStore,
+    read: &dyn GenerationStore,
+    model: &str,
+) -> anyhow::Result<()> {
+    let generations = read
+        .generations(model)
+        .await
+        .context("reading the read models' generations")?;
+    if generations.live.is_some() || generations.building.is_some() {
+        return Ok(());
+    }
+    if events.head().await.context("reading the event log head")? != 0 {
+        return Ok(());
+    }
+    let generation = read
+        .begin_generation(model)
+        .await
+        .context("starting the read models")?;
+    read.switch_generation(model, None, generation)
+        .await
+        .context("starting the read models")?;
+    Ok(())
 }
 
 /// Read models this process keeps itself catch up in the background while the server

@@ -18,8 +18,8 @@ use chrono::{DateTime, Utc};
 use ulid::Ulid;
 
 use crate::read_store::{
-    Applied, LogIdentity, MessageFilter, MessageStore, ReadModels, RedisStore, SqliteStore,
-    StoredMessage, TrendStore,
+    Applied, GenerationStore, LogIdentity, MessageFilter, MessageStore, ReadModels, RedisStore,
+    SqliteStore, StoredMessage, TrendStore,
 };
 use crate::trends::{
     ALL, DayUsage, Level, MINUTES_PER_DAY, Minute, TrendBatch, TrendHit, TrendRules, minute_of,
@@ -700,9 +700,9 @@ pub async fn fresh_sqlite() -> ReadModels {
         first_event: Some("e1".into()),
         head: 1_000,
     };
-    ReadModels::new(Arc::new(
-        SqliteStore::open(&read_model_file(), &log).await.unwrap(),
-    ))
+    let store = SqliteStore::open(&read_model_file(), &log).await.unwrap();
+    let generation = store.begin_generation("messages").await.unwrap();
+    store.models_at(generation)
 }
 
 /// An empty Redis read store: the test Redis under a key prefix of its own.
@@ -721,5 +721,7 @@ pub async fn fresh_redis_cluster() -> ReadModels {
 
 async fn redis_at(url: &str) -> ReadModels {
     let prefix = format!("cairn_t_{}", Ulid::generate().to_string().to_lowercase());
-    ReadModels::new(Arc::new(RedisStore::connect(url, &prefix).await.unwrap()))
+    let store = RedisStore::connect(url, &prefix).await.unwrap();
+    let generation = store.begin_generation("messages").await.unwrap();
+    store.models_at(generation)
 }

@@ -9,6 +9,7 @@ mod files;
 mod helpers;
 mod messages;
 mod pages;
+mod rebuild;
 mod roles;
 mod service;
 mod smtp;
