@@ -5,7 +5,8 @@ use cairn_query::read_store::{
     GenerationStore, LogIdentity, MessageFilter, MessageStore, ReadBackend, ReadError, SqliteStore,
 };
 use cairn_query::testing::{
-    fresh_redis, fresh_redis_cluster, fresh_sqlite, message, read_model_file,
+    fresh_redis, fresh_redis_cluster, fresh_redis_cluster_store, fresh_redis_store, fresh_sqlite,
+    fresh_sqlite_store, generations_replace_a_model_whole, message, read_model_file,
 };
 
 mod sqlite {
@@ -21,6 +22,21 @@ mod redis {
 mod redis_cluster {
     use super::*;
     cairn_query::read_store_suite!(fresh_redis_cluster());
+}
+
+#[tokio::test]
+async fn sqlite_generations_replace_a_model_whole() {
+    generations_replace_a_model_whole(fresh_sqlite_store().await).await;
+}
+
+#[tokio::test]
+async fn redis_generations_replace_a_model_whole() {
+    generations_replace_a_model_whole(fresh_redis_store().await).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_generations_replace_a_model_whole() {
+    generations_replace_a_model_whole(fresh_redis_cluster_store().await).await;
 }
 
 async fn tagged(store: &dyn MessageStore) -> Vec<String> {
