@@ -111,24 +111,31 @@ impl Application {
 
         let runner = if matches!(role, Role::All | Role::Projector) {
             let private = config.redis_url.is_none();
-            for name in cairn_query::projections::NAMES {
-                if config.runs_projection(name) {
-                    first_generation(&*events, &*read, name).await?;
-                }
-            }
             let mut start = |projection: Arc<dyn Projection>| {
                 let (runner, handle) = Runner::new(events.clone(), read.clone(), projection);
                 let runner = if private { runner.private() } else { runner };
                 tasks.push(tokio::spawn(runner.run(shutdown.clone())));
                 handle
             };
-            let messages = config
-                .runs_projection("messages")
-                .then(|| start(Arc::new(Messages)));
+            let mut projections: Vec<Arc<dyn Projection>> = Vec::new();
+            if config.runs_projection("messages") {
+                projections.push(Arc::new(Messages));
+            }
             if config.runs_projection("trends") {
-                start(Arc::new(Trends {
+                projections.push(Arc::new(Trends {
                     rules: config.trend_rules(),
                 }));
+            }
+            for projection in &projections {
+                first_generation(&*events, &*read, &**projection).await?;
+            }
+            let mut messages = None;
+            for projection in projections {
+                let name = projection.name();
+                let handle = start(projection);
+                if name == "messages" {
+                    messages = Some(handle);
+                }
             }
             messages
         } else {
@@ -300,14 +307,16 @@ impl Application {
     }
 }
 
-/// A model that has never been built, over an empty log, is complete as soon as it exists:
-/// make its first generation live at once rather than answer "rebuilding" until the runner
-/// gets to it. (Over a log with events it is built by the runner, reads answering 503.)
+/// A model that has never been built, over a log without events it reads, is complete as
+/// soon as it exists: make its first generation live at once rather than answer
+/// "rebuilding" until the runner gets to it. (Over a log with such events it is built by the
+/// runner, reads answering 503 meanwhile.)
 async fn first_generation(
     events: &dyn EventStore,
     read: &dyn GenerationStore,
-    model: &str,
+    projection: &dyn Projection,
 ) -> anyhow::Result<()> {
+    let model = projection.name();
     let generations = read
         .generations(model)
         .await
@@ -315,7 +324,11 @@ async fn first_generation(
     if generations.live.is_some() || generations.building.is_some() {
         return Ok(());
     }
-    if events.head().await.context("reading the event log head")? != 0 {
+    let first = events
+        .read_all(0, 1, projection.categories())
+        .await
+        .context("reading the event log")?;
+    if !first.is_empty() {
         return Ok(());
     }
     let generation = read
