@@ -122,7 +122,8 @@ pub enum TokenCommand {
 
 #[derive(Subcommand)]
 pub enum ProjectionCommand {
-    /// Throw a read model away and rebuild it from the first event.
+    /// Rebuild a read model from the first event, beside the current one, which keeps
+    /// answering reads until the new one has caught up and replaces it.
     Rebuild {
         /// The projection (default: all of them).
         name: Option<String>,
