@@ -17,9 +17,8 @@ use cairn_command::{CommandState, TokenRegistry, UploadState};
 use cairn_events::{Clock, EventStore, NoWait, ReadYourWrites, Store};
 use cairn_http::ApiError;
 use cairn_query::projections::{CheckpointPoller, Messages, Projection, Trends};
-use cairn_query::read_store::ReadModels;
 use cairn_query::routes::{QueryState, StartupGate};
-use cairn_query::{ReadBackend, Runner, RunnerHandle};
+use cairn_query::{GenerationStore, Runner, RunnerHandle};
 use cairn_scheduler::{EmailWorker, Sleeper};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -53,7 +52,7 @@ pub struct Application {
     shutdown: CancellationToken,
     tokens: Arc<TokenRegistry>,
     store: Arc<dyn Store>,
-    read: ReadModels,
+    read: Arc<dyn GenerationStore>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _data_lock: Option<File>,
 }
@@ -113,21 +112,30 @@ impl Application {
         let runner = if matches!(role, Role::All | Role::Projector) {
             let private = config.redis_url.is_none();
             let mut start = |projection: Arc<dyn Projection>| {
-                let (runner, handle) = Runner::new(events.clone(), projection);
+                let (runner, handle) = Runner::new(events.clone(), read.clone(), projection);
                 let runner = if private { runner.private() } else { runner };
                 tasks.push(tokio::spawn(runner.run(shutdown.clone())));
                 handle
             };
-            let messages = config.runs_projection("messages").then(|| {
-                start(Arc::new(Messages {
-                    store: read.messages.clone(),
-                }))
-            });
+            let mut projections: Vec<Arc<dyn Projection>> = Vec::new();
+            if config.runs_projection("messages") {
+                projections.push(Arc::new(Messages));
+            }
             if config.runs_projection("trends") {
-                start(Arc::new(Trends {
-                    store: read.trends.clone(),
+                projections.push(Arc::new(Trends {
                     rules: config.trend_rules(),
                 }));
+            }
+            for projection in &projections {
+                first_generation(&*events, &*read, &**projection).await?;
+            }
+            let mut messages = None;
+            for projection in projections {
+                let name = projection.name();
+                let handle = start(projection);
+                if name == "messages" {
+                    messages = Some(handle);
+                }
             }
             messages
         } else {
@@ -150,7 +158,7 @@ impl Application {
         let read_your_writes: Arc<dyn ReadYourWrites> = match (&runner, &config.redis_url) {
             (Some(handle), _) => Arc::new(handle.clone()),
             (None, Some(_)) => Arc::new(CheckpointPoller {
-                read: read.backend.clone(),
+                read: read.clone(),
                 projection: "messages",
             }),
             (None, None) => Arc::new(NoWait),
@@ -162,7 +170,7 @@ impl Application {
         };
         let ops = OpsState {
             events: events.clone(),
-            read: read.backend.clone(),
+            read: read.clone(),
             runner: runner.clone(),
             gate: gate.clone(),
             requests: Arc::default(),
@@ -188,8 +196,7 @@ impl Application {
         }
         if matches!(role, Role::All | Role::Query) {
             router = router.merge(cairn_query::router(QueryState {
-                messages: read.messages.clone(),
-                trends: read.trends.clone(),
+                read: read.clone(),
                 gate: gate.clone(),
                 rules: config.trend_rules(),
                 clock,
@@ -291,8 +298,9 @@ impl Application {
         self.store.clone()
     }
 
-    pub fn read_store(&self) -> Arc<dyn ReadBackend> {
-        self.read.backend.clone()
+    /// The read models, in generations.
+    pub fn read_store(&self) -> Arc<dyn GenerationStore> {
+        self.read.clone()
     }
 
     /// Serve until the shutdown token fires; in-flight requests finish first.
@@ -314,6 +322,40 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// A model that has never been built, over a log without events it reads, is complete as
+/// soon as it exists: make its first generation live at once rather than answer
+/// "rebuilding" until the runner gets to it. (Over a log with such events it is built by the
+/// runner, reads answering 503 meanwhile.)
+async fn first_generation(
+    events: &dyn EventStore,
+    read: &dyn GenerationStore,
+    projection: &dyn Projection,
+) -> anyhow::Result<()> {
+    let model = projection.name();
+    let generations = read
+        .generations(model)
+        .await
+        .context("reading the read models' generations")?;
+    if generations.live.is_some() || generations.building.is_some() {
+        return Ok(());
+    }
+    let first = events
+        .read_all(0, 1, projection.categories())
+        .await
+        .context("reading the event log")?;
+    if !first.is_empty() {
+        return Ok(());
+    }
+    let generation = read
+        .begin_generation(model)
+        .await
+        .context("starting the read models")?;
+    read.switch_generation(model, None, generation)
+        .await
+        .context("starting the read models")?;
+    Ok(())
 }
 
 /// Read models this process keeps itself catch up in the background while the server

@@ -11,7 +11,8 @@ use anyhow::{Context, bail};
 use cairn_command::capsules::limits::{RedisLimits, SlidingLog};
 use cairn_command::capsules::{self, Capsules, Links, Rules};
 use cairn_events::{Clock, EventStore, Store};
-use cairn_query::read_store::{LogIdentity, ReadModels, RedisStore, SqliteStore};
+use cairn_query::GenerationStore;
+use cairn_query::read_store::{LogIdentity, RedisStore, SqliteStore};
 use cairn_scheduler::{FileMailer, Mailer, SmtpMailer};
 
 use crate::config::Config;
@@ -151,15 +152,18 @@ pub fn mailer(config: &Config) -> anyhow::Result<Arc<dyn Mailer>> {
 
 /// Open the configured read store: Redis if configured, else the read-model file in the
 /// data directory (checked against `events`, the log it must have been built from).
-pub async fn open_read(config: &Config, events: &dyn EventStore) -> anyhow::Result<ReadModels> {
+pub async fn open_read(
+    config: &Config,
+    events: &dyn EventStore,
+) -> anyhow::Result<Arc<dyn GenerationStore>> {
     Ok(match &config.redis_url {
-        Some(url) => ReadModels::new(Arc::new(
+        Some(url) => Arc::new(
             RedisStore::connect(url, &config.redis_prefix)
                 .await
                 .with_context(|| {
                     format!("connecting to Redis at {}", crate::config::redact(url))
                 })?,
-        )),
+        ),
         None => {
             let first = events
                 .read_all(0, 1, &[])
@@ -170,11 +174,11 @@ pub async fn open_read(config: &Config, events: &dyn EventStore) -> anyhow::Resu
                 head: events.head().await.context("reading the event log head")?,
             };
             let path = config.data_dir.join("read-models.db");
-            ReadModels::new(Arc::new(
+            Arc::new(
                 SqliteStore::open(&path, &log)
                     .await
                     .with_context(|| format!("opening read models at {}", path.display()))?,
-            ))
+            )
         }
     })
 }

@@ -123,7 +123,8 @@ pub enum TokenCommand {
 
 #[derive(Subcommand)]
 pub enum ProjectionCommand {
-    /// Throw a read model away and rebuild it from the first event.
+    /// Rebuild a read model from the first event, beside the current one, which keeps
+    /// answering reads until the new one has caught up and replaces it.
     Rebuild {
         /// The projection (default: all of them).
         name: Option<String>,
@@ -238,11 +239,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let events = backends::open_events(&config).await?;
             let read = backends::open_read(&config, &*events).await?;
             for n in names {
-                read.backend
-                    .reset(n)
+                let generation = read
+                    .begin_generation(n)
                     .await
-                    .with_context(|| format!("resetting {n}"))?;
-                println!("{n}: reset; the running projector rebuilds it from the first event");
+                    .with_context(|| format!("starting a rebuild of {n}"))?;
+                println!(
+                    "{n}: rebuilding from the first event (generation {generation}); the running \
+                     projector builds it beside the current one, which answers reads until the \
+                     new one has caught up"
+                );
             }
             Ok(())
         }

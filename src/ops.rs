@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cairn_events::EventStore;
 use cairn_query::routes::StartupGate;
-use cairn_query::{ReadBackend, RunnerHandle};
+use cairn_query::{GenerationStore, RunnerHandle};
 use serde_json::json;
 use utoipa::OpenApi;
 
@@ -26,7 +26,7 @@ pub struct RequestCounts(Mutex<BTreeMap<(String, String, u16), u64>>);
 #[derive(Clone)]
 pub struct OpsState {
     pub events: Arc<dyn EventStore>,
-    pub read: Arc<dyn ReadBackend>,
+    pub read: Arc<dyn GenerationStore>,
     pub runner: Option<RunnerHandle>,
     /// Closed while this process's own read models are still catching up after a start.
     pub gate: StartupGate,
@@ -123,6 +123,36 @@ async fn projection_lag(ops: &OpsState) -> Option<i64> {
     Some((head - position).max(0))
 }
 
+/// Each read model's state: `live` (reads answer from a complete generation),
+/// `rebuilding_beside_live` (a rebuild runs while the complete one answers) or `rebuilding`
+/// (no complete generation: reads answer 503 until it has caught up), with the rebuild's
+/// position and the log's head. `None` when the read store cannot tell.
+async fn read_models(ops: &OpsState, head: Option<i64>) -> Option<(bool, serde_json::Value)> {
+    let mut all_live = true;
+    let mut models = serde_json::Map::new();
+    for name in cairn_query::projections::NAMES {
+        let generations = ops.read.generations(name).await.ok()?;
+        let model = match (generations.live, generations.building) {
+            (Some(_), None) => json!({ "status": "live" }),
+            (live, building) => {
+                all_live &= live.is_some();
+                let position = match building {
+                    Some(b) => ops.read.models_at(b).backend.checkpoint(name).await.ok()?,
+                    None => 0,
+                };
+                let status = if live.is_some() {
+                    "rebuilding_beside_live"
+                } else {
+                    "rebuilding"
+                };
+                json!({ "status": status, "position": position, "head": head })
+            }
+        };
+        models.insert((*name).to_owned(), model);
+    }
+    Some((all_live, serde_json::Value::Object(models)))
+}
+
 /// Whether the process is up (it answers).
 #[utoipa::path(get, path = "/health/live", tag = "operations",
     responses((status = 200, description = "The process answers")))]
@@ -134,20 +164,36 @@ pub async fn live() -> Json<serde_json::Value> {
 #[utoipa::path(get, path = "/health/ready", tag = "operations",
     responses(
         (status = 200, description = "Database and read store reachable, read models loaded"),
-        (status = 503, description = "A backend is unreachable, or read models are still loading"),
+        (status = 503, description = "A backend is unreachable, read models are still loading, or a read model is being rebuilt with none complete to answer from (`\"status\": \"rebuilding\"`, with its progress)"),
     ))]
 pub async fn ready(State(ops): State<OpsState>) -> Response {
     let database = ops.events.ping().await.is_ok();
     let read_store = ops.read.ping().await.is_ok();
     let lag = projection_lag(&ops).await;
     let loaded = ops.gate.is_open().await;
-    let status = if database && read_store && loaded {
+    let head = ops.events.head().await.ok();
+    let (complete, models) = match read_models(&ops, head).await {
+        Some((complete, models)) => (complete, models),
+        None => (false, serde_json::Value::Null),
+    };
+    let status = if database && read_store && loaded && complete {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let summary = if status == StatusCode::OK {
+        "ready"
+    } else if database && read_store && !complete {
+        "rebuilding"
+    } else if database && read_store {
+        "loading"
+    } else {
+        "unavailable"
+    };
     let body = json!({ "data": {
         "ready": status == StatusCode::OK,
+        "status": summary,
+        "read_models": models,
         "database": { "backend": ops.events.backend(), "ok": database },
         "read_store": { "backend": ops.read.backend(), "ok": read_store },
         "read_models_loaded": loaded,

@@ -27,5 +27,7 @@ pub mod testing;
 pub mod trends;
 
 pub use projections::{Runner, RunnerHandle};
-pub use read_store::{MessageStore, ReadBackend, ReadError, ReadModels, TrendStore};
+pub use read_store::{
+    GenerationStore, MessageStore, ReadBackend, ReadError, ReadModels, TrendStore,
+};
 pub use routes::{QueryApi, router};

@@ -18,8 +18,8 @@ use chrono::{DateTime, Utc};
 use ulid::Ulid;
 
 use crate::read_store::{
-    Applied, LogIdentity, MessageFilter, MessageStore, ReadModels, RedisStore, SqliteStore,
-    StoredMessage, TrendStore,
+    Applied, GenerationStore, Generations, LogIdentity, MessageFilter, MessageStore, ReadError,
+    ReadModels, RedisStore, SqliteStore, StoredMessage, TrendStore,
 };
 use crate::trends::{
     ALL, DayUsage, Level, MINUTES_PER_DAY, Minute, TrendBatch, TrendHit, TrendRules, minute_of,
@@ -638,6 +638,123 @@ pub async fn reset_forgets_one_model(models: ReadModels) {
     assert_eq!(models.backend.checkpoint("trends").await.unwrap(), 2);
 }
 
+/// Generations: a model is read from its live generation only; a rebuild is built beside
+/// it and replaces it whole, only once it is not behind it, and only one at a time (the
+/// one replaced must be deleted first); a model never built has none (it reads as lost,
+/// not as empty), and each model's generations are its own.
+pub async fn generations_replace_a_model_whole(store: Arc<dyn GenerationStore>) {
+    let none = Generations::default();
+    assert_eq!(store.generations("messages").await.unwrap(), none);
+    assert!(matches!(
+        store.live("messages").await,
+        Err(ReadError::Rebuilding("messages"))
+    ));
+    assert_eq!(store.checkpoint("messages").await.unwrap(), 0);
+
+    let first = store.begin_generation("messages").await.unwrap();
+    assert_eq!(
+        store.begin_generation("messages").await.unwrap(),
+        first,
+        "a rebuild under way is the one asked for"
+    );
+    let old = message("old", "kim", &["gen"]);
+    let applied = store
+        .models_at(first)
+        .messages
+        .apply_messages(std::slice::from_ref(&old), 0, 5)
+        .await
+        .unwrap();
+    assert_eq!(applied, Applied::Done);
+    assert!(
+        store.live("messages").await.is_err(),
+        "not live until switched"
+    );
+    assert!(
+        store
+            .switch_generation("messages", None, first)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.generations("messages").await.unwrap(),
+        Generations {
+            live: Some(first),
+            ..none
+        }
+    );
+    assert_eq!(store.checkpoint("messages").await.unwrap(), 5);
+
+    // A rebuild: behind the live generation, it is not switched in.
+    let second = store.begin_generation("messages").await.unwrap();
+    assert_ne!(second, first);
+    let rebuilt = store.models_at(second);
+    rebuilt.messages.apply_messages(&[], 0, 3).await.unwrap();
+    assert!(
+        !store
+            .switch_generation("messages", Some(first), second)
+            .await
+            .unwrap()
+    );
+    let live = store.live("messages").await.unwrap();
+    assert_eq!(texts(&*live.messages, &all(10)).await, ["old"]);
+    rebuilt
+        .messages
+        .apply_messages(std::slice::from_ref(&old), 3, 5)
+        .await
+        .unwrap();
+    // Nor against another live generation than the one there.
+    assert!(
+        !store
+            .switch_generation("messages", None, second)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .switch_generation("messages", Some(first), second)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.generations("messages").await.unwrap(),
+        Generations {
+            live: Some(second),
+            building: None,
+            retired: Some(first),
+        }
+    );
+    let live = store.live("messages").await.unwrap();
+    assert_eq!(texts(&*live.messages, &all(10)).await, ["old"]);
+
+    // The next rebuild waits until the replaced generation is deleted.
+    let third = store.begin_generation("messages").await.unwrap();
+    store
+        .models_at(third)
+        .messages
+        .apply_messages(std::slice::from_ref(&old), 0, 5)
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .switch_generation("messages", Some(second), third)
+            .await
+            .unwrap()
+    );
+    store.drop_generation("messages", first).await.unwrap();
+    assert_eq!(store.generations("messages").await.unwrap().retired, None);
+    let dropped = store.models_at(first);
+    assert_eq!(dropped.backend.checkpoint("messages").await.unwrap(), 0);
+    assert!(
+        store
+            .switch_generation("messages", Some(second), third)
+            .await
+            .unwrap()
+    );
+
+    // The other model has none of this.
+    assert_eq!(store.generations("trends").await.unwrap(), none);
+}
+
 /// The suite as tests, on the stores `$fresh` (a future of [`ReadModels`]) makes.
 #[macro_export]
 macro_rules! read_store_suite {
@@ -694,15 +811,40 @@ pub fn read_model_file() -> std::path::PathBuf {
         .join("read-models.db")
 }
 
-/// An empty SQLite read store, for a log whose first event is `e1`.
+/// An empty SQLite read store, for a log whose first event is `e1`: one generation's
+/// models.
 pub async fn fresh_sqlite() -> ReadModels {
+    let store = fresh_sqlite_store().await;
+    let generation = store.begin_generation("messages").await.unwrap();
+    store.models_at(generation)
+}
+
+/// An empty SQLite read-model file, for a log whose first event is `e1`.
+pub async fn fresh_sqlite_store() -> Arc<dyn GenerationStore> {
     let log = LogIdentity {
         first_event: Some("e1".into()),
         head: 1_000,
     };
-    ReadModels::new(Arc::new(
-        SqliteStore::open(&read_model_file(), &log).await.unwrap(),
-    ))
+    Arc::new(SqliteStore::open(&read_model_file(), &log).await.unwrap())
+}
+
+/// An empty Redis read store (the test Redis under a key prefix of its own).
+pub async fn fresh_redis_store() -> Arc<dyn GenerationStore> {
+    let url =
+        std::env::var("CAIRN_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    redis_store_at(&url).await
+}
+
+/// An empty Redis Cluster read store, under a key prefix of its own.
+pub async fn fresh_redis_cluster_store() -> Arc<dyn GenerationStore> {
+    let url = std::env::var("CAIRN_TEST_REDIS_CLUSTER_URL")
+        .unwrap_or_else(|_| "redis+cluster://127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103".into());
+    redis_store_at(&url).await
+}
+
+async fn redis_store_at(url: &str) -> Arc<dyn GenerationStore> {
+    let prefix = format!("cairn_t_{}", Ulid::generate().to_string().to_lowercase());
+    Arc::new(RedisStore::connect(url, &prefix).await.unwrap())
 }
 
 /// An empty Redis read store: the test Redis under a key prefix of its own.
@@ -720,6 +862,7 @@ pub async fn fresh_redis_cluster() -> ReadModels {
 }
 
 async fn redis_at(url: &str) -> ReadModels {
-    let prefix = format!("cairn_t_{}", Ulid::generate().to_string().to_lowercase());
-    ReadModels::new(Arc::new(RedisStore::connect(url, &prefix).await.unwrap()))
+    let store = redis_store_at(url).await;
+    let generation = store.begin_generation("messages").await.unwrap();
+    store.models_at(generation)
 }

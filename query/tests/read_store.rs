@@ -1,9 +1,12 @@
 //! The read-store behaviour suite on every backend, plus what only the SQLite file does.
 #![allow(clippy::unwrap_used)]
 
-use cairn_query::read_store::{LogIdentity, MessageFilter, MessageStore, ReadBackend, SqliteStore};
+use cairn_query::read_store::{
+    GenerationStore, LogIdentity, MessageFilter, MessageStore, ReadBackend, ReadError, SqliteStore,
+};
 use cairn_query::testing::{
-    fresh_redis, fresh_redis_cluster, fresh_sqlite, message, read_model_file,
+    fresh_redis, fresh_redis_cluster, fresh_redis_cluster_store, fresh_redis_store, fresh_sqlite,
+    fresh_sqlite_store, generations_replace_a_model_whole, message, read_model_file,
 };
 
 mod sqlite {
@@ -21,6 +24,21 @@ mod redis_cluster {
     cairn_query::read_store_suite!(fresh_redis_cluster());
 }
 
+#[tokio::test]
+async fn sqlite_generations_replace_a_model_whole() {
+    generations_replace_a_model_whole(fresh_sqlite_store().await).await;
+}
+
+#[tokio::test]
+async fn redis_generations_replace_a_model_whole() {
+    generations_replace_a_model_whole(fresh_redis_store().await).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_generations_replace_a_model_whole() {
+    generations_replace_a_model_whole(fresh_redis_cluster_store().await).await;
+}
+
 async fn tagged(store: &dyn MessageStore) -> Vec<String> {
     let filter = MessageFilter {
         hashtag: Some("fence".into()),
@@ -29,6 +47,18 @@ async fn tagged(store: &dyn MessageStore) -> Vec<String> {
     };
     let page = store.list_messages(&filter).await.unwrap();
     page.into_iter().map(|m| m.text).collect()
+}
+
+/// A live generation of the messages model in `store`, made at once.
+async fn live_messages(store: &SqliteStore) -> std::sync::Arc<dyn MessageStore> {
+    let generation = store.begin_generation("messages").await.unwrap();
+    assert!(
+        store
+            .switch_generation("messages", None, generation)
+            .await
+            .unwrap()
+    );
+    store.live("messages").await.unwrap().messages
 }
 
 fn log(first_event: &str, head: i64) -> LogIdentity {
@@ -43,7 +73,8 @@ fn log(first_event: &str, head: i64) -> LogIdentity {
 async fn sqlite_keeps_the_model_across_opens() {
     let path = read_model_file();
     let store = SqliteStore::open(&path, &log("e1", 10)).await.unwrap();
-    store
+    live_messages(&store)
+        .await
         .apply_messages(&[message("kept", "kim", &["Fence"])], 0, 7)
         .await
         .unwrap();
@@ -51,7 +82,8 @@ async fn sqlite_keeps_the_model_across_opens() {
 
     let store = SqliteStore::open(&path, &log("e1", 12)).await.unwrap();
     assert_eq!(store.checkpoint("messages").await.unwrap(), 7);
-    assert_eq!(tagged(&store).await, ["kept"]);
+    let live = store.live("messages").await.unwrap().messages;
+    assert_eq!(tagged(&*live).await, ["kept"]);
 }
 
 /// A model built from another log (the event file was replaced, or restored from an
@@ -60,23 +92,30 @@ async fn sqlite_keeps_the_model_across_opens() {
 async fn sqlite_forgets_a_model_of_another_log() {
     let path = read_model_file();
     let store = SqliteStore::open(&path, &log("e1", 10)).await.unwrap();
-    store
+    live_messages(&store)
+        .await
         .apply_messages(&[message("old", "kim", &["Fence"])], 0, 7)
         .await
         .unwrap();
     drop(store);
 
+    // Forgotten: no live generation, so reads answer "rebuilding", not an empty model.
     let store = SqliteStore::open(&path, &log("other", 50)).await.unwrap();
     assert_eq!(store.checkpoint("messages").await.unwrap(), 0);
-    assert!(tagged(&store).await.is_empty());
-    store
-        .apply_messages(&[message("new", "kim", &["Fence"])], 0, 3)
+    assert!(matches!(
+        store.live("messages").await,
+        Err(ReadError::Rebuilding("messages"))
+    ));
+    let live = live_messages(&store).await;
+    assert!(tagged(&*live).await.is_empty());
+    live.apply_messages(&[message("new", "kim", &["Fence"])], 0, 3)
         .await
         .unwrap();
-    drop(store);
+    drop((live, store));
 
     // Same first event, but a log shorter than what the model has seen: an older copy.
     let store = SqliteStore::open(&path, &log("other", 2)).await.unwrap();
     assert_eq!(store.checkpoint("messages").await.unwrap(), 0);
-    assert!(tagged(&store).await.is_empty());
+    assert!(store.live("messages").await.is_err());
+    assert!(tagged(&*live_messages(&store).await).await.is_empty());
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::helpers::{
     Backend, PATIENCE, backend_env, cairn, cairn_output, cairn_user_add, env_value, redis_delete,
-    start_server, until,
+    redis_query, start_server, until,
 };
 
 crate::on_both_backends!(
@@ -140,7 +140,7 @@ pub async fn rebuild_from_the_command_line_while_serving(backend: Backend) {
     }
 
     let said = cairn(&env, &["projections", "rebuild", "messages"]).await;
-    assert!(said.contains("messages: reset"), "{said}");
+    assert!(said.contains("messages: rebuilding"), "{said}");
     until(
         "the rebuilt read model to list every acknowledged message",
         PATIENCE,
@@ -158,11 +158,21 @@ async fn damage_messages(env: &[(String, String)], ids: &[String]) {
     match env_value(env, "CAIRN_REDIS_URL") {
         Some(url) => {
             let prefix = env_value(env, "CAIRN_REDIS_PREFIX").unwrap();
+            let live: u64 = redis_query(
+                url,
+                redis::cmd("HGET")
+                    .arg(format!("{prefix}:{{messages}}:generations"))
+                    .arg("live"),
+            )
+            .await;
             let mut keys: Vec<String> = ["ix:all", "ix:tag:kept", "ix:user:rae"]
                 .iter()
-                .map(|rest| format!("{prefix}:{{messages}}:{rest}"))
+                .map(|rest| format!("{prefix}:g{live}:{{messages}}:{rest}"))
                 .collect();
-            keys.extend(ids.iter().map(|id| format!("{prefix}:{{messages}}:m:{id}")));
+            keys.extend(
+                ids.iter()
+                    .map(|id| format!("{prefix}:g{live}:{{messages}}:m:{id}")),
+            );
             assert_eq!(redis_delete(url, &keys).await, keys.len(), "{keys:?}");
         }
         None => {
@@ -172,13 +182,18 @@ async fn damage_messages(env: &[(String, String)], ids: &[String]) {
             let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", file.display()))
                 .await
                 .unwrap();
-            let deleted = sqlx::query("DELETE FROM messages")
+            let live: i64 =
+                sqlx::query_scalar("SELECT live FROM generations WHERE model = 'messages'")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+            let deleted = sqlx::query(&format!("DELETE FROM g{live}_messages"))
                 .execute(&mut conn)
                 .await
                 .unwrap()
                 .rows_affected();
             assert_eq!(deleted, ids.len() as u64);
-            sqlx::query("DELETE FROM message_tags")
+            sqlx::query(&format!("DELETE FROM g{live}_message_tags"))
                 .execute(&mut conn)
                 .await
                 .unwrap();

@@ -139,7 +139,17 @@ async fn redis_flush_recovers_without_manual_action() {
     until(
         "the read model to be rebuilt after Redis lost its keys",
         PATIENCE,
-        || async { app.list_ids("/message?hashtag=kept").await == ids },
+        || async {
+            // Meanwhile: "rebuilding", never a partial list.
+            let (status, body) = app.get("/message?hashtag=kept").await;
+            if status == 503 {
+                assert_eq!(body["code"], "read_model_rebuilding", "{body}");
+                return false;
+            }
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(app.list_ids("/message?hashtag=kept").await, ids);
+            true
+        },
     )
     .await;
 }

@@ -14,7 +14,7 @@ use cairn::{Application, Config, Role};
 use cairn_command::TokenRegistry;
 use cairn_command::users;
 use cairn_events::{EventStore, Store};
-use cairn_query::ReadBackend;
+use cairn_query::GenerationStore;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -126,7 +126,8 @@ pub struct TestApp {
     pub config: Config,
     pub events: Arc<dyn EventStore>,
     pub store: Arc<dyn Store>,
-    pub read: Arc<dyn ReadBackend>,
+    /// The read models, in generations.
+    pub read: Arc<dyn GenerationStore>,
     tokens: Arc<TokenRegistry>,
     shutdown: CancellationToken,
     server: Mutex<Option<JoinHandle<anyhow::Result<()>>>>,
@@ -259,7 +260,8 @@ impl TestApp {
             .collect()
     }
 
-    /// Wait until every read model has applied every message appended so far.
+    /// Wait until every read model has applied every message appended so far (and a
+    /// rebuild under way has been made live).
     pub async fn wait_projected(&self) {
         for projection in ["messages", "trends"] {
             self.wait_for_projection(projection).await;
@@ -271,6 +273,16 @@ impl TestApp {
             &format!("the {projection} projection to catch up"),
             PATIENCE,
             || async {
+                if self
+                    .read
+                    .generations(projection)
+                    .await
+                    .unwrap()
+                    .building
+                    .is_some()
+                {
+                    return false;
+                }
                 let at = self.read.checkpoint(projection).await.unwrap();
                 self.events
                     .read_all(at, 1, &["message"])
@@ -441,24 +453,29 @@ pub async fn start_server(env: &[(String, String)]) -> (Child, String) {
     (child, format!("http://{address}"))
 }
 
-/// The time to live of `key` in the Redis (or Redis Cluster) at `url`, in ms (`-2`: no
-/// such key, `-1`: no expiry).
-pub async fn redis_pttl(url: &str, key: &str) -> i64 {
-    let mut pttl = redis::cmd("PTTL");
-    pttl.arg(key);
+/// Run `command` on the Redis (or Redis Cluster) at `url`.
+pub async fn redis_query<T: redis::FromRedisValue>(url: &str, command: &redis::Cmd) -> T {
     match url.strip_prefix("redis+cluster://") {
         Some(seeds) => {
             let nodes: Vec<String> = seeds.split(',').map(|s| format!("redis://{s}")).collect();
             let client = redis::cluster::ClusterClient::new(nodes).unwrap();
             let mut conn = client.get_async_connection().await.unwrap();
-            pttl.query_async(&mut conn).await.unwrap()
+            command.query_async(&mut conn).await.unwrap()
         }
         None => {
             let client = redis::Client::open(url).unwrap();
             let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-            pttl.query_async(&mut conn).await.unwrap()
+            command.query_async(&mut conn).await.unwrap()
         }
     }
+}
+
+/// The time to live of `key` in the Redis (or Redis Cluster) at `url`, in ms (`-2`: no
+/// such key, `-1`: no expiry).
+pub async fn redis_pttl(url: &str, key: &str) -> i64 {
+    let mut pttl = redis::cmd("PTTL");
+    pttl.arg(key);
+    redis_query(url, &pttl).await
 }
 
 /// Delete `keys` from the Redis (or Redis Cluster) at `url`; how many there were. Keys
@@ -479,5 +496,69 @@ pub async fn redis_delete(url: &str, keys: &[String]) -> usize {
             delete.query_async(&mut conn).await.unwrap()
         }
     };
+    deleted
+}
+
+/// Connections to each node named in `url` (the one Redis, or each seed of a cluster URL,
+/// which the test cluster's primaries all are).
+async fn redis_nodes(url: &str) -> Vec<redis::aio::MultiplexedConnection> {
+    let urls: Vec<String> = match url.strip_prefix("redis+cluster://") {
+        Some(seeds) => seeds.split(',').map(|s| format!("redis://{s}")).collect(),
+        None => vec![url.to_owned()],
+    };
+    let mut nodes = Vec::new();
+    for url in urls {
+        let client = redis::Client::open(url).unwrap();
+        nodes.push(client.get_multiplexed_async_connection().await.unwrap());
+    }
+    nodes
+}
+
+/// The keys matching `pattern` on one node.
+async fn node_keys(node: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(node)
+            .await
+            .unwrap();
+        keys.extend(found);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+/// The keys matching `pattern` in the Redis (or every node of the Redis Cluster) at `url`.
+pub async fn redis_keys(url: &str, pattern: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    for mut node in redis_nodes(url).await {
+        keys.extend(node_keys(&mut node, pattern).await);
+    }
+    keys
+}
+
+/// Delete every key under `prefix` (what a `FLUSHALL` does to a test's own keys, leaving
+/// everyone else's); how many there were.
+pub async fn redis_flush_prefix(url: &str, prefix: &str) -> usize {
+    let mut deleted = 0;
+    for mut node in redis_nodes(url).await {
+        let keys = node_keys(&mut node, &format!("{prefix}:*")).await;
+        for chunk in keys.chunks(500) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.del(key).ignore();
+            }
+            let () = pipe.query_async(&mut node).await.unwrap();
+        }
+        deleted += keys.len();
+    }
     deleted
 }

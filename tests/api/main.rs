@@ -10,6 +10,7 @@ mod files;
 mod helpers;
 mod messages;
 mod pages;
+mod rebuild;
 mod roles;
 mod service;
 mod smtp;

@@ -1,20 +1,16 @@
 //! The messages projection: each `message.posted` event becomes a stored message, indexed
 //! by hashtag and by user.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use cairn_events::domain::message::{self, MessagePosted};
 use cairn_events::{DecodeError, DomainEvent, Envelope, Position};
 use chrono::{DateTime, Utc};
 
 use super::Projection;
-use crate::read_store::{Applied, MessageStore, ReadBackend, ReadError, StoredMessage};
+use crate::read_store::{Applied, ReadError, ReadModels, StoredMessage};
 
 /// Messages by id, hashtag and user.
-pub struct Messages {
-    pub store: Arc<dyn MessageStore>,
-}
+pub struct Messages;
 
 #[async_trait]
 impl Projection for Messages {
@@ -26,18 +22,15 @@ impl Projection for Messages {
         &[message::CATEGORY]
     }
 
-    fn store(&self) -> &dyn ReadBackend {
-        &*self.store
-    }
-
     async fn apply(
         &self,
+        models: &ReadModels,
         events: &[Envelope],
         from: Position,
         to: Position,
     ) -> Result<Applied, ReadError> {
         let messages: Vec<StoredMessage> = posted(events).map(|(_, m)| m).collect();
-        self.store.apply_messages(&messages, from, to).await
+        models.messages.apply_messages(&messages, from, to).await
     }
 }
 

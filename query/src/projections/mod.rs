@@ -8,17 +8,18 @@ use async_trait::async_trait;
 use cairn_events::{Envelope, Position};
 
 pub use messages::{Messages, to_stored_message};
-pub use runner::{CheckpointPoller, Runner, RunnerHandle};
+pub use runner::{CheckpointPoller, RETIRE_AFTER, Runner, RunnerHandle};
 pub use trends::Trends;
 
-use crate::read_store::{Applied, ReadBackend, ReadError};
+use crate::read_store::{Applied, ReadError, ReadModels};
 
 /// The projections Cairn keeps, by name (as `cairn projections rebuild NAME` takes them).
 pub const NAMES: &[&str] = &["messages", "trends"];
 
-/// One read model's way of turning events into read-store writes. Each projection holds
-/// the store of its own model (by that model's trait), so a new read model brings its
-/// projection and its store trait and touches neither the runner nor the other models.
+/// One read model's way of turning events into read-store writes. Each projection writes
+/// through its own model's trait (of the generation the runner hands it), so a new read
+/// model brings its projection and its store trait and touches neither the runner nor the
+/// other models.
 #[async_trait]
 pub trait Projection: Send + Sync + 'static {
     /// Its name: the key of its checkpoint and lease.
@@ -39,13 +40,12 @@ pub trait Projection: Send + Sync + 'static {
         std::time::Duration::ZERO
     }
 
-    /// Where its read model is kept: the runner reads its checkpoint there.
-    fn store(&self) -> &dyn ReadBackend;
-
-    /// Apply `events` (all after `from`, the last at `to`) and move the checkpoint from
-    /// `from` to `to`, idempotently: applying the same events twice gives the same state.
+    /// Apply `events` (all after `from`, the last at `to`) to its model in `models` (one
+    /// generation) and move the checkpoint from `from` to `to`, idempotently: applying the
+    /// same events twice gives the same state.
     async fn apply(
         &self,
+        models: &ReadModels,
         events: &[Envelope],
         from: Position,
         to: Position,

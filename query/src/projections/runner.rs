@@ -1,11 +1,20 @@
-//! Keeps one projection's read model up to date.
+//! Keeps one projection's read model up to date, generation by generation (see
+//! [`crate::read_store`]).
 //!
 //! Loop: take the lease (only one runner per projection is active across all processes),
-//! read the checkpoint from the projection's store, read the next events after it, apply
-//! them and move the checkpoint by compare-and-set. When the log has nothing new, sleep until the
-//! event store signals an append, or a second at most: that second is also how a Redis
-//! that lost its keys is noticed (its checkpoint reads as 0) and rebuilt without anyone
-//! stepping in.
+//! look up the model's generations, and for the live one and the one being built (if any)
+//! read the checkpoint, read the next events after it, apply them and move the checkpoint
+//! by compare-and-set. The live generation is served first, so reads and read-your-writes
+//! keep up while a rebuild runs beside it. When the generation being built reads to the end
+//! of the log and is not behind the live one, it is switched live (one atomic step in the
+//! store) and the old one is deleted [`RETIRE_AFTER`] later, once reads that resolved it
+//! have finished. A model with no generation at all (never built, or a Redis that lost its
+//! keys) gets one to build, and reads answer "rebuilding" until it is live. When the log has
+//! nothing new, sleep until the event store signals an append, or a second at most: that
+//! second is also how a lost model or a rebuild asked for from the command line is noticed.
+//!
+//! A crash, or a lost lease, mid-rebuild leaves the generation being built with its
+//! checkpoint: the next runner resumes it from there (writes are idempotent).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +25,30 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Projection;
-use crate::read_store::{Applied, ReadBackend};
+use crate::read_store::{Applied, Generation, GenerationStore, ReadBackend, ReadModels};
 
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
+/// How long a generation replaced by a rebuild is kept before its data is deleted: reads
+/// that looked up the live generation just before the switch finish on it meanwhile.
+pub const RETIRE_AFTER: Duration = Duration::from_secs(5);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What one batch did to one generation.
+enum Step {
+    /// A full batch applied, up to this position: there is more to read.
+    More(Position),
+    /// The log read to its end: the generation holds everything up to this position.
+    /// Whether events were applied on the way.
+    CaughtUp { at: Position, applied: bool },
+    /// The checkpoint was not where this runner read it (another runner, a reset).
+    Moved,
+}
+
 pub struct Runner {
     events: Arc<dyn EventStore>,
+    read: Arc<dyn GenerationStore>,
     projection: Arc<dyn Projection>,
     caught_up: watch::Sender<Position>,
     /// Whether the read model is shared between processes (Redis), so that only the holder
@@ -93,12 +120,14 @@ impl ReadYourWrites for CheckpointPoller {
 impl Runner {
     pub fn new(
         events: Arc<dyn EventStore>,
+        read: Arc<dyn GenerationStore>,
         projection: Arc<dyn Projection>,
     ) -> (Self, RunnerHandle) {
         let (caught_up, rx) = watch::channel(0);
         (
             Runner {
                 events,
+                read,
                 projection,
                 caught_up,
                 shared: true,
@@ -153,9 +182,11 @@ impl Runner {
         &self,
         mut lease: Box<dyn cairn_events::Lease>,
         shutdown: &CancellationToken,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ) -> Result<(), BoxError> {
+        let name = self.projection.name();
         let mut wake = self.events.subscribe();
         let mut lease_checked = tokio::time::Instant::now();
+        let mut dropping: Option<(Generation, tokio::task::JoinHandle<()>)> = None;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -172,42 +203,131 @@ impl Runner {
             // re-read): positions up to it are committed, so reading on from the checkpoint
             // and finding less than a batch means the read model has reached it.
             let head = *wake.borrow_and_update();
-            let (name, batch_size) = (self.projection.name(), self.projection.batch_size());
-            let from = self.projection.store().checkpoint(name).await?;
-            let batch = self
-                .events
-                .read_all(from, batch_size, self.projection.categories())
-                .await?;
-            let Some(last) = batch.last().map(|e| e.position) else {
-                // Nothing in this projection's categories up to `head`: caught up to it.
-                self.publish(from.max(head));
+            let mut generations = self.read.generations(name).await?;
+            if generations.live.is_none() && generations.building.is_none() {
+                let generation = self.read.begin_generation(name).await?;
+                tracing::warn!(
+                    projection = name,
+                    generation,
+                    "no live read model (never built, or its data was lost); building it \
+                     from the first event, reads answer 503 until it is complete"
+                );
+                generations.building = Some(generation);
+            }
+            let (mut more, mut applied) = (false, false);
+            if let Some(live) = generations.live {
+                match self.step(&self.read.models_at(live), head).await? {
+                    Step::More(at) => {
+                        self.publish(at);
+                        more = true;
+                    }
+                    Step::CaughtUp { at, applied: a } => {
+                        self.publish(at);
+                        applied |= a;
+                    }
+                    Step::Moved => {
+                        tracing::info!(
+                            projection = name,
+                            "checkpoint moved under us; re-reading it"
+                        );
+                        more = true;
+                    }
+                }
+            }
+            if let Some(building) = generations.building {
+                match self.step(&self.read.models_at(building), head).await? {
+                    Step::CaughtUp { at, .. } => {
+                        if self
+                            .read
+                            .switch_generation(name, generations.live, building)
+                            .await?
+                        {
+                            tracing::info!(
+                                projection = name,
+                                generation = building,
+                                position = at,
+                                "rebuilt read model is live"
+                            );
+                            self.publish(at);
+                            more = true;
+                        }
+                    }
+                    Step::More(_) | Step::Moved => more = true,
+                }
+            }
+            if let Some(retired) = generations.retired {
+                let busy = dropping
+                    .as_ref()
+                    .is_some_and(|(g, task)| *g == retired && !task.is_finished());
+                if !busy {
+                    dropping = Some((retired, self.retire(retired)));
+                }
+            }
+            if more {
+                continue;
+            }
+            let pace = self.projection.pace();
+            if applied && !pace.is_zero() {
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(pace) => {}
+                }
+            } else if !applied {
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(()),
                     _ = wake.changed() => {}
                     () = tokio::time::sleep(IDLE_RECHECK) => {}
                 }
-                continue;
-            };
-            match self.projection.apply(&batch, from, last).await? {
-                Applied::Done if batch.len() < batch_size => {
-                    self.publish(last.max(head));
-                    let pace = self.projection.pace();
-                    if !pace.is_zero() {
-                        tokio::select! {
-                            () = shutdown.cancelled() => return Ok(()),
-                            () = tokio::time::sleep(pace) => {}
-                        }
-                    }
-                }
-                Applied::Done => self.publish(last),
-                Applied::Moved => {
-                    tracing::info!(
-                        projection = name,
-                        "checkpoint moved under us; re-reading it"
-                    )
-                }
             }
         }
+    }
+
+    /// Apply the next batch of events to one generation of the model.
+    async fn step(&self, models: &ReadModels, head: Position) -> Result<Step, BoxError> {
+        let (name, batch_size) = (self.projection.name(), self.projection.batch_size());
+        let from = models.backend.checkpoint(name).await?;
+        let batch = self
+            .events
+            .read_all(from, batch_size, self.projection.categories())
+            .await?;
+        let Some(last) = batch.last().map(|e| e.position) else {
+            // Nothing in this projection's categories up to `head`: caught up to it.
+            return Ok(Step::CaughtUp {
+                at: from.max(head),
+                applied: false,
+            });
+        };
+        Ok(
+            match self.projection.apply(models, &batch, from, last).await? {
+                Applied::Done if batch.len() < batch_size => Step::CaughtUp {
+                    at: last.max(head),
+                    applied: true,
+                },
+                Applied::Done => Step::More(last),
+                Applied::Moved => Step::Moved,
+            },
+        )
+    }
+
+    /// Delete a retired generation's data after [`RETIRE_AFTER`], in the background.
+    fn retire(&self, generation: Generation) -> tokio::task::JoinHandle<()> {
+        let (read, name) = (self.read.clone(), self.projection.name());
+        tokio::spawn(async move {
+            tokio::time::sleep(RETIRE_AFTER).await;
+            match read.drop_generation(name, generation).await {
+                Ok(()) => tracing::info!(
+                    projection = name,
+                    generation,
+                    "deleted the replaced read model"
+                ),
+                Err(error) => tracing::warn!(
+                    projection = name,
+                    generation,
+                    %error,
+                    "cannot delete the replaced read model yet; retrying"
+                ),
+            }
+        })
     }
 
     fn publish(&self, position: Position) {

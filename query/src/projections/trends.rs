@@ -1,8 +1,6 @@
 //! The trends projection: each `message.posted` event counts once for each of its hashtags
 //! and once for all messages, at the minute it was posted.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use cairn_events::domain::message;
 use cairn_events::{Envelope, Position};
@@ -10,12 +8,11 @@ use chrono::Utc;
 
 use super::Projection;
 use super::messages::posted;
-use crate::read_store::{Applied, ReadBackend, ReadError, TrendStore};
+use crate::read_store::{Applied, ReadError, ReadModels};
 use crate::trends::{TrendBatch, TrendHit, TrendRules, minute_of};
 
 /// Hashtag counters and trending ranks.
 pub struct Trends {
-    pub store: Arc<dyn TrendStore>,
     pub rules: TrendRules,
 }
 
@@ -42,12 +39,9 @@ impl Projection for Trends {
         std::time::Duration::from_millis(250)
     }
 
-    fn store(&self) -> &dyn ReadBackend {
-        &*self.store
-    }
-
     async fn apply(
         &self,
+        models: &ReadModels,
         events: &[Envelope],
         from: Position,
         to: Position,
@@ -66,6 +60,6 @@ impl Projection for Trends {
             })
             .collect();
         let batch = TrendBatch::new(hits, &self.rules, minute_of(Utc::now()));
-        self.store.apply_trends(&batch, from, to).await
+        models.trends.apply_trends(&batch, from, to).await
     }
 }

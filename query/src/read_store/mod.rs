@@ -12,6 +12,16 @@
 //! and [`ReadModels`] hands the same store out as each trait object, so projections and
 //! routes depend on the one model they use.
 //!
+//! Each model is kept in generations ([`GenerationStore`]): a generation is one complete
+//! copy of the model with its own checkpoint (its own key prefix in Redis, its own tables in
+//! SQLite). Reads answer from the *live* generation only. A rebuild (`cairn projections
+//! rebuild`, or a model whose live generation is gone) builds a new generation beside the
+//! live one, and the runner makes it live in one atomic step once it has caught up with the
+//! log, so a reader sees either the complete old model or the complete new one, never one
+//! half built. The generation that was live is then *retired* and its data deleted a little
+//! later (readers that resolved it just before the switch finish first). Without a live
+//! generation (first start, keys lost) reads answer "rebuilding" rather than a partial model.
+//!
 //! The invariants every backend keeps (and `crate::testing` checks on each):
 //! - a model's writes and its checkpoint move together: a batch applies from `from` to
 //!   `to` only if the checkpoint is still at `from` (compare-and-set); otherwise the store
@@ -53,6 +63,24 @@ pub enum ReadError {
     Sqlite(#[from] sqlx::Error),
     #[error("read model entry is unreadable: {0}")]
     Corrupt(String),
+    /// The model has no live generation: it is being built from the first event.
+    #[error("the {0} read model is being rebuilt")]
+    Rebuilding(&'static str),
+}
+
+/// A generation of a read model: one complete copy, built from the first event.
+pub type Generation = u64;
+
+/// Where a read model's generations stand.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Generations {
+    /// The generation reads answer from; none when the model was lost or never built.
+    pub live: Option<Generation>,
+    /// A generation being built from the first event, to replace the live one.
+    pub building: Option<Generation>,
+    /// A generation that was live before the last switch and whose data is still to be
+    /// deleted.
+    pub retired: Option<Generation>,
 }
 
 /// What a backend keeps for every read model alike. The model traits build on it, so the
@@ -60,15 +88,58 @@ pub enum ReadError {
 #[async_trait]
 pub trait ReadBackend: Send + Sync + 'static {
     /// The position a projection has applied up to; 0 if it has none (never run, or lost).
+    /// Of the store's own generation; asked of a [`GenerationStore`], of the live one.
     async fn checkpoint(&self, projection: &str) -> Result<Position, ReadError>;
 
-    /// Forget a projection's data and checkpoint, so its runner rebuilds it from the log.
+    /// Of one generation: forget a projection's data and checkpoint. Asked of a
+    /// [`GenerationStore`]: rebuild the model into a new generation beside the live one
+    /// ([`GenerationStore::begin_generation`]).
     async fn reset(&self, projection: &str) -> Result<(), ReadError>;
 
     async fn ping(&self) -> Result<(), ReadError>;
 
     /// The backend's name, as the health check reports it.
     fn backend(&self) -> &'static str;
+}
+
+/// A backend's read models in generations (see the module docs). The runner builds and
+/// switches generations; the routes read from the live one; the CLI asks for a rebuild.
+/// Generation numbers are never reused while a generation's data may exist.
+#[async_trait]
+pub trait GenerationStore: ReadBackend {
+    /// Where `model`'s generations stand. No live generation means none can answer: the
+    /// model was never built, or its data was lost (a flushed or emptied Redis).
+    async fn generations(&self, model: &str) -> Result<Generations, ReadError>;
+
+    /// Start building a new generation of `model` from the first event, beside the live
+    /// one; if one is already being built, that one (it is built from the first event too).
+    async fn begin_generation(&self, model: &str) -> Result<Generation, ReadError>;
+
+    /// Make `building` the live generation of `model`, atomically, if it is still the one
+    /// being built, `live` is still the live one, nothing retired awaits deletion, and
+    /// `building`'s checkpoint is not behind `live`'s. The old live generation becomes the
+    /// retired one. Whether it switched.
+    async fn switch_generation(
+        &self,
+        model: &str,
+        live: Option<Generation>,
+        building: Generation,
+    ) -> Result<bool, ReadError>;
+
+    /// Delete the data of `model`'s retired generation `generation` (in bounded batches)
+    /// and forget it.
+    async fn drop_generation(&self, model: &str, generation: Generation) -> Result<(), ReadError>;
+
+    /// The models of one generation.
+    fn models_at(&self, generation: Generation) -> ReadModels;
+
+    /// The models of `model`'s live generation, or [`ReadError::Rebuilding`].
+    async fn live(&self, model: &'static str) -> Result<ReadModels, ReadError> {
+        match self.generations(model).await?.live {
+            Some(generation) => Ok(self.models_at(generation)),
+            None => Err(ReadError::Rebuilding(model)),
+        }
+    }
 }
 
 /// One backend's read models, each as its own trait object (all the same store).

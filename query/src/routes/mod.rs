@@ -24,17 +24,22 @@ use cairn_events::{Position, ReadYourWrites};
 use cairn_http::ApiError;
 pub use cairn_http::ErrorBody;
 
-use crate::read_store::{MessageFilter, MessageStore, ReadError, StoredMessage, TrendStore};
+use crate::read_store::{
+    GenerationStore, MessageFilter, MessageStore, ReadError, StoredMessage, TrendStore,
+};
 use crate::trends::TrendRules;
 
 /// Default and largest page sizes of `GET /message`.
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
 
+/// How long a client is asked to wait while a read model is rebuilt from the first event.
+pub const REBUILDING_RETRY: Duration = Duration::from_secs(5);
+
 #[derive(Clone)]
 pub struct QueryState {
-    pub messages: Arc<dyn MessageStore>,
-    pub trends: Arc<dyn TrendStore>,
+    /// The read models: each request reads from the live generation of its model.
+    pub read: Arc<dyn GenerationStore>,
     pub gate: StartupGate,
     /// How trending scores were computed (their decay is applied per request).
     pub rules: TrendRules,
@@ -103,6 +108,18 @@ impl StartupGate {
     }
 }
 
+impl QueryState {
+    /// The live messages model, or "rebuilding".
+    async fn messages(&self) -> Result<Arc<dyn MessageStore>, QueryError> {
+        Ok(self.read.live("messages").await?.messages)
+    }
+
+    /// The live trends model, or "rebuilding".
+    async fn trends(&self) -> Result<Arc<dyn TrendStore>, QueryError> {
+        Ok(self.read.live("trends").await?.trends)
+    }
+}
+
 pub fn router(state: QueryState) -> Router {
     Router::new()
         .route("/message", get(list_messages))
@@ -122,6 +139,8 @@ pub enum QueryError {
     NotFound,
     /// The read models are still being rebuilt after a start.
     Loading,
+    /// A read model has no complete generation: it is being built from the first event.
+    Rebuilding,
     Unavailable(ReadError),
 }
 
@@ -136,7 +155,10 @@ impl QueryError {
 
 impl From<ReadError> for QueryError {
     fn from(e: ReadError) -> Self {
-        QueryError::Unavailable(e)
+        match e {
+            ReadError::Rebuilding(_) => QueryError::Rebuilding,
+            e => QueryError::Unavailable(e),
+        }
     }
 }
 
@@ -149,6 +171,11 @@ impl From<QueryError> for ApiError {
                 "loading",
                 "the read models are still loading; try again shortly",
             ),
+            QueryError::Rebuilding => ApiError::unavailable(
+                "read_model_rebuilding",
+                "the read model is being rebuilt from the event log; try again shortly",
+            )
+            .retry_after(REBUILDING_RETRY),
             QueryError::Unavailable(error) => {
                 tracing::error!(%error, cause = ?std::error::Error::source(&error), "read store failed");
                 ApiError::unavailable(
@@ -311,7 +338,7 @@ fn invalid_id(raw: &str) -> QueryError {
         (status = 200, description = "The message", body = MessageBody),
         (status = 400, description = "Not a message id", body = ErrorBody),
         (status = 404, description = "No such message", body = ErrorBody),
-        (status = 503, description = "Read models loading or unavailable", body = ErrorBody),
+        (status = 503, description = "Read models loading, being rebuilt (`read_model_rebuilding`) or unavailable", body = ErrorBody),
     )
 )]
 async fn get_message(
@@ -326,9 +353,9 @@ async fn get_message(
 /// `{"data": message}` for an id, or 404.
 async fn one_message(state: &QueryState, id: &str) -> Result<Response, QueryError> {
     let id = parse_id(id)?;
+    let messages = state.messages().await?;
     state.gate.pass().await?;
-    let message = state
-        .messages
+    let message = messages
         .get_message(id)
         .await?
         .ok_or(QueryError::NotFound)?;
@@ -426,7 +453,7 @@ pub fn parse_filter(params: &HashMap<String, String>) -> Result<MessageFilter, Q
         (status = 200, description = "A page of messages (or one message with `ulid`)", body = ListAnswer),
         (status = 400, description = "A bad filter, limit or cursor", body = ErrorBody),
         (status = 404, description = "`ulid` names no message", body = ErrorBody),
-        (status = 503, description = "Read models loading or unavailable", body = ErrorBody),
+        (status = 503, description = "Read models loading, being rebuilt (`read_model_rebuilding`) or unavailable", body = ErrorBody),
     )
 )]
 async fn list_messages(
@@ -438,10 +465,11 @@ async fn list_messages(
         return one_message(&state, id).await;
     }
     let mut filter = parse_filter(&params)?;
+    let messages = state.messages().await?;
     state.gate.pass().await?;
     let limit = filter.limit;
     filter.limit += 1; // one more tells whether there is a next page
-    let mut page = state.messages.list_messages(&filter).await?;
+    let mut page = messages.list_messages(&filter).await?;
     let more = page.len() > limit;
     page.truncate(limit);
     let next_cursor = if more {

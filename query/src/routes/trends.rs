@@ -182,7 +182,7 @@ pub struct TrendParams {
     responses(
         (status = 200, description = "Counts per bucket, oldest first", body = TrendBody),
         (status = 400, description = "Missing or bad dates, aggregation or hashtag; too many buckets; buckets off the hour where per-minute counts are no longer kept", body = super::ErrorBody),
-        (status = 503, description = "Read store unavailable", body = super::ErrorBody),
+        (status = 503, description = "Read store unavailable, or the read model being rebuilt (`read_model_rebuilding`)", body = super::ErrorBody),
     )
 )]
 pub async fn trend(
@@ -254,9 +254,10 @@ pub async fn trend(
         ));
     }
 
+    let trends = state.trends().await?;
     let mut counts = vec![0_u64; usize::try_from(buckets.len()).unwrap_or(0)];
     for (level, first, end) in plan {
-        for (unit, n) in state.trends.trend_counts(&scope, level, first, end).await? {
+        for (unit, n) in trends.trend_counts(&scope, level, first, end).await? {
             if let Some(slot) = buckets
                 .index_of(unit * level.minutes())
                 .and_then(|i| counts.get_mut(i))
@@ -328,7 +329,7 @@ pub struct TrendingParams {
     responses(
         (status = 200, description = "Trending hashtags, highest score first", body = TrendingBody),
         (status = 400, description = "A bad limit", body = super::ErrorBody),
-        (status = 503, description = "Read store unavailable", body = super::ErrorBody),
+        (status = 503, description = "Read store unavailable, or the read model being rebuilt (`read_model_rebuilding`)", body = super::ErrorBody),
     )
 )]
 pub async fn trending(
@@ -348,11 +349,11 @@ pub async fn trending(
     };
     let now = minute_of(state.clock.now());
     let rules = state.rules;
-    let ranked = state.trends.trending(rules.floor_at(now), limit).await?;
+    let trends = state.trends().await?;
+    let ranked = trends.trending(rules.floor_at(now), limit).await?;
     let tags: Vec<String> = ranked.iter().map(|(tag, _)| tag.clone()).collect();
     let today = Level::Day.unit_of(now);
-    let histories = state
-        .trends
+    let histories = trends
         .histories(&tags, today - HISTORY_DAYS + 1, today + 1)
         .await?;
     let data = ranked

@@ -1,25 +1,33 @@
 //! Read models in Redis, on one server or a Redis Cluster.
 //!
-//! Every key is `P:{<model>}:<rest>` under the configured prefix `P`. The braces are a
+//! Every key of a generation `G` of a model is `P:gG:{<model>}:<rest>` under the configured
+//! prefix `P` (see [`crate::read_store`] for generations). The braces are a
 //! Redis Cluster hash tag: keys with the same tag share a slot, so a model's multi-key
 //! commands and scripts (an `MGET` of a page, a scope's counting script) stay within one
 //! node. The messages model has one tag, `{messages}`; the trends model one per scope,
 //! `{trends:S}`, so that a busy hashtag's counters do not all land on one node. Each model's
 //! file (`messages.rs`, `trends.rs`) lists its keys.
 //!
-//! Each model keeps its checkpoint in `P:{<model>}:checkpoint` (hash {pos}), moved by a
-//! compare-and-set script that touches only that key. Redis cannot write a batch and its
+//! Each model's generations are named in `P:{<model>}:generations` (hash {live, building,
+//! retired, next}); the key is also the model's marker: a Redis flushed or restarted empty
+//! has none, so its model reads as lost (rebuilding), never as empty. It shares the
+//! model's hash tag with each generation's checkpoint, so the switch (one script) checks
+//! both checkpoints and moves `live` atomically on a cluster too.
+//!
+//! Each generation keeps its checkpoint in `P:gG:{<model>}:checkpoint` (hash {pos}), moved
+//! by a compare-and-set script that touches only that key. Redis cannot write a batch and its
 //! checkpoint atomically across slots, so every write is idempotent instead: a batch
 //! applied twice (after a crash between the data and the checkpoint, or by a runner that
 //! lost its lease and whose compare-and-set fails) leaves the state one application leaves.
 //!
 //! This file holds what the models share: the connection (one Redis or a cluster), key
-//! naming, the checkpoint, pipelining by slot, and resets.
+//! naming, generations and the checkpoint, pipelining by slot, and resets.
 
 mod messages;
 mod trends;
 
 use std::sync::LazyLock;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use cairn_events::Position;
@@ -29,7 +37,9 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 
-use super::{Applied, ReadBackend, ReadError};
+use super::{
+    Applied, Generation, GenerationStore, Generations, ReadBackend, ReadError, ReadModels,
+};
 
 /// Moves a checkpoint from ARGV[1] to ARGV[2] only if it is still at ARGV[1].
 const CHECKPOINT_CAS_SOURCE: &str = r"
@@ -42,11 +52,58 @@ return 1
 static CHECKPOINT_CAS: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(CHECKPOINT_CAS_SOURCE));
 
+/// Starts a generation to build in the generations hash KEYS[1], or answers the one being
+/// built. Numbers count up from `next`; a hash that is gone (a flush) starts again from
+/// ARGV[1], the time in seconds, so no number of a generation whose keys may remain is
+/// reused.
+const BEGIN_SOURCE: &str = r"
+local building = redis.call('HGET', KEYS[1], 'building')
+if building then return tonumber(building) end
+local g = tonumber(redis.call('HGET', KEYS[1], 'next') or ARGV[1])
+redis.call('HSET', KEYS[1], 'building', g, 'next', g + 1)
+return g
+";
+
+/// Makes generation ARGV[1] live in the generations hash KEYS[1] if it is still the one
+/// being built, the live one is still ARGV[2] ('' for none), nothing retired awaits
+/// deletion, and its checkpoint KEYS[2] is not behind the live one's, KEYS[3]. The old live
+/// generation is retired. 1 if switched.
+const SWITCH_SOURCE: &str = r"
+if redis.call('HGET', KEYS[1], 'building') ~= ARGV[1] then return 0 end
+if (redis.call('HGET', KEYS[1], 'live') or '') ~= ARGV[2] then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'retired') == 1 then return 0 end
+local built = tonumber(redis.call('HGET', KEYS[2], 'pos') or '0')
+local live = tonumber(redis.call('HGET', KEYS[3], 'pos') or '0')
+if built < live then return 0 end
+redis.call('HSET', KEYS[1], 'live', ARGV[1])
+redis.call('HDEL', KEYS[1], 'building')
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'retired', ARGV[2]) end
+return 1
+";
+
+/// Forgets the retired generation ARGV[1] of the generations hash KEYS[1].
+const FORGET_RETIRED_SOURCE: &str = r"
+if redis.call('HGET', KEYS[1], 'retired') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'retired')
+end
+return 1
+";
+
+static BEGIN: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(BEGIN_SOURCE));
+static SWITCH: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SWITCH_SOURCE));
+static FORGET_RETIRED: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(FORGET_RETIRED_SOURCE));
+
+/// A connection to the read models: the store itself (generations and the live checkpoint)
+/// or, through [`GenerationStore::models_at`], one generation's models.
+#[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,
     prefix: String,
     /// For a cluster: how to reach one node (`SCAN` is per node).
     cluster: Option<ClusterAccess>,
+    /// The generation whose keys this view names; none for the store itself.
+    generation: Option<Generation>,
 }
 
 /// A connection to one Redis (or a primary), or to a Redis Cluster.
@@ -85,6 +142,7 @@ impl ConnectionLike for Conn {
 }
 
 /// The scheme and credentials of a cluster URL, to address its nodes one by one.
+#[derive(Clone)]
 struct ClusterAccess {
     scheme: String,
     userinfo: String,
@@ -145,6 +203,7 @@ impl RedisStore {
             conn,
             prefix: prefix.to_owned(),
             cluster,
+            generation: None,
         };
         store.warn_if_evicting().await;
         Ok(store)
@@ -198,10 +257,65 @@ impl RedisStore {
         }
     }
 
-    /// `<prefix>:{<tag>}:<rest>`: the braces are a Redis Cluster hash tag, so every key
-    /// with the same tag lives in one slot and multi-key commands (`MGET`) work there.
+    /// `<prefix>:g<generation>:{<tag>}:<rest>`: the braces are a Redis Cluster hash tag, so
+    /// every key with the same tag lives in one slot and multi-key commands (`MGET`) work
+    /// there. The one place keys are named: each model's keys of each generation apart.
     fn key(&self, tag: &str, rest: &str) -> String {
-        format!("{}:{{{tag}}}:{rest}", self.prefix)
+        match self.generation {
+            Some(g) => format!("{}:g{g}:{{{tag}}}:{rest}", self.prefix),
+            None => format!("{}:{{{tag}}}:{rest}", self.prefix),
+        }
+    }
+
+    /// The hash naming `model`'s generations (outside every generation, in its slot).
+    fn generations_key(&self, model: &str) -> String {
+        format!("{}:{{{model}}}:generations", self.prefix)
+    }
+
+    /// This store, naming the keys of `generation`.
+    fn at(&self, generation: Generation) -> RedisStore {
+        RedisStore {
+            generation: Some(generation),
+            ..self.clone()
+        }
+    }
+
+    /// Delete every key of this generation's `projection` (in batches of `SCAN`), its
+    /// checkpoint last.
+    async fn delete_generation(&self, projection: &str) -> Result<(), ReadError> {
+        let Some(generation) = self.generation else {
+            return Ok(());
+        };
+        // `P:gG:{messages}:…`; for trends also every scope's `P:gG:{trends:S}:…`, which a
+        // cluster spreads over its nodes: each primary is scanned for its own keys.
+        let pattern = format!("{}:g{generation}:{{{projection}*", self.prefix);
+        let checkpoint = self.key(projection, "checkpoint");
+        for mut node in self.primaries().await? {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut node)
+                    .await?;
+                let keys: Vec<String> = keys.into_iter().filter(|k| *k != checkpoint).collect();
+                for key in keys {
+                    let _: i64 = node.unlink(key).await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        // The checkpoint goes last: a runner that sees it gone rebuilds onto an empty
+        // model, not onto one still being deleted.
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.unlink(checkpoint).await?;
+        Ok(())
     }
 
     /// Move a projection's checkpoint from `from` to `to` if it is still at `from`.
@@ -282,41 +396,24 @@ impl RedisStore {
 #[async_trait]
 impl ReadBackend for RedisStore {
     async fn checkpoint(&self, projection: &str) -> Result<Position, ReadError> {
+        let view = match self.generation {
+            Some(_) => self.clone(),
+            None => match self.generations(projection).await?.live {
+                Some(live) => self.at(live),
+                None => return Ok(0),
+            },
+        };
         let mut conn = self.conn.clone();
-        let pos: Option<i64> = conn.hget(self.key(projection, "checkpoint"), "pos").await?;
+        let pos: Option<i64> = conn.hget(view.key(projection, "checkpoint"), "pos").await?;
         Ok(pos.unwrap_or(0))
     }
 
     async fn reset(&self, projection: &str) -> Result<(), ReadError> {
-        // `P:{messages}:…`; for trends also every scope's `P:{trends:S}:…`, which a
-        // cluster spreads over its nodes: each primary is scanned for its own keys.
-        let pattern = format!("{}:{{{projection}*", self.prefix);
-        let checkpoint = self.key(projection, "checkpoint");
-        for mut node in self.primaries().await? {
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut node)
-                    .await?;
-                for key in keys.into_iter().filter(|k| *k != checkpoint) {
-                    let _: i64 = node.unlink(key).await?;
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
+        if self.generation.is_none() {
+            self.begin_generation(projection).await?;
+            return Ok(());
         }
-        // The checkpoint goes last: a runner that sees it gone rebuilds onto an empty
-        // model, not onto one still being deleted.
-        let mut conn = self.conn.clone();
-        let _: i64 = conn.unlink(checkpoint).await?;
-        Ok(())
+        self.delete_generation(projection).await
     }
 
     async fn ping(&self) -> Result<(), ReadError> {
@@ -327,5 +424,72 @@ impl ReadBackend for RedisStore {
 
     fn backend(&self) -> &'static str {
         "redis"
+    }
+}
+
+#[async_trait]
+impl GenerationStore for RedisStore {
+    async fn generations(&self, model: &str) -> Result<Generations, ReadError> {
+        let mut conn = self.conn.clone();
+        let (live, building, retired): (Option<u64>, Option<u64>, Option<u64>) =
+            redis::cmd("HMGET")
+                .arg(self.generations_key(model))
+                .arg("live")
+                .arg("building")
+                .arg("retired")
+                .query_async(&mut conn)
+                .await?;
+        Ok(Generations {
+            live,
+            building,
+            retired,
+        })
+    }
+
+    async fn begin_generation(&self, model: &str) -> Result<Generation, ReadError> {
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs());
+        let mut conn = self.conn.clone();
+        Ok(BEGIN
+            .key(self.generations_key(model))
+            .arg(seed)
+            .invoke_async(&mut conn)
+            .await?)
+    }
+
+    async fn switch_generation(
+        &self,
+        model: &str,
+        live: Option<Generation>,
+        building: Generation,
+    ) -> Result<bool, ReadError> {
+        let built = self.at(building).key(model, "checkpoint");
+        let current = live.map_or_else(|| built.clone(), |l| self.at(l).key(model, "checkpoint"));
+        let mut conn = self.conn.clone();
+        let switched: i64 = SWITCH
+            .key(self.generations_key(model))
+            .key(built)
+            .key(current)
+            .arg(building)
+            .arg(live.map(|l| l.to_string()).unwrap_or_default())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(switched == 1)
+    }
+
+    async fn drop_generation(&self, model: &str, generation: Generation) -> Result<(), ReadError> {
+        self.at(generation).delete_generation(model).await?;
+        let mut conn = self.conn.clone();
+        let _: i64 = FORGET_RETIRED
+            .key(self.generations_key(model))
+            .arg(generation)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    fn models_at(&self, generation: Generation) -> ReadModels {
+        ReadModels::new(std::sync::Arc::new(self.at(generation)))
     }
 }

@@ -1,4 +1,4 @@
-//! The messages read model in SQLite:
+//! The messages read model in SQLite (tables of each generation, `{g}` in the SQL):
 //! - `messages`      one row per message; `id` is the ULID's 16 big-endian bytes, so
 //!   comparing blobs compares ids, and a date range or cursor is a range on its index
 //! - `message_tags`  (case-folded tag, id): the hashtag index
@@ -17,7 +17,7 @@ use super::{BoxFuture, SqliteStore, checkpoint_is, finish, set_checkpoint};
 use crate::read_store::{Applied, MessageFilter, MessageStore, ReadError, StoredMessage};
 
 pub(super) const SCHEMA: &str = "
-CREATE TABLE messages (
+CREATE TABLE IF NOT EXISTS {g}messages (
     seq INTEGER PRIMARY KEY,
     id BLOB NOT NULL UNIQUE,
     user_id TEXT NOT NULL,
@@ -27,8 +27,8 @@ CREATE TABLE messages (
     hashtags TEXT NOT NULL,
     created_at INTEGER NOT NULL
 );
-CREATE INDEX messages_by_user ON messages (user_key, id);
-CREATE TABLE message_tags (
+CREATE INDEX IF NOT EXISTS {g}messages_by_user ON {g}messages (user_key, id);
+CREATE TABLE IF NOT EXISTS {g}message_tags (
     tag TEXT NOT NULL,
     id BLOB NOT NULL,
     PRIMARY KEY (tag, id)
@@ -71,34 +71,35 @@ impl<'a> From<&'a StoredMessage> for BatchRow<'a> {
 /// Insert a batch and move the checkpoint, inside the writer's `BEGIN IMMEDIATE`.
 fn insert_messages<'a>(
     conn: &'a mut SqliteConnection,
+    store: &'a SqliteStore,
     rows: String,
     from: Position,
     to: Position,
 ) -> BoxFuture<'a, Result<Applied, sqlx::Error>> {
     Box::pin(async move {
-        if !checkpoint_is(conn, "messages", from).await? {
+        if !checkpoint_is(conn, store, "messages", from).await? {
             return Ok(Applied::Moved);
         }
-        sqlx::query(
-            "INSERT OR IGNORE INTO messages
+        sqlx::query(&store.sql(
+            "INSERT OR IGNORE INTO {g}messages
                  (id, user_id, user_name, user_key, text, hashtags, created_at)
              SELECT unhex(value ->> 'id'), value ->> 'user_id', value ->> 'user_name',
                     value ->> 'user_key', value ->> 'text', value -> 'hashtags',
                     value ->> 'created_at'
              FROM json_each(?1)",
-        )
+        ))
         .bind(&rows)
         .execute(&mut *conn)
         .await?;
-        sqlx::query(
-            "INSERT OR IGNORE INTO message_tags (tag, id)
+        sqlx::query(&store.sql(
+            "INSERT OR IGNORE INTO {g}message_tags (tag, id)
              SELECT t.value, unhex(m.value ->> 'id')
              FROM json_each(?1) AS m, json_each(m.value -> 'tag_keys') AS t",
-        )
+        ))
         .bind(&rows)
         .execute(&mut *conn)
         .await?;
-        set_checkpoint(conn, "messages", to).await?;
+        set_checkpoint(conn, store, "messages", to).await?;
         Ok(Applied::Done)
     })
 }
@@ -131,14 +132,17 @@ impl MessageStore for SqliteStore {
         let rows: Vec<BatchRow<'_>> = messages.iter().map(BatchRow::from).collect();
         let rows = serde_json::to_string(&rows).map_err(|e| ReadError::Corrupt(e.to_string()))?;
         let mut conn = self.begin().await?;
-        let result = insert_messages(&mut conn, rows, from, to).await;
+        let result = insert_messages(&mut conn, self, rows, from, to).await;
         finish(&mut conn, result).await
     }
 
     async fn get_message(&self, id: Ulid) -> Result<Option<StoredMessage>, ReadError> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM messages m WHERE m.id = ?1"))
+        let sql = self.sql(&format!(
+            "SELECT {COLUMNS} FROM {{g}}messages m WHERE m.id = ?1"
+        ));
+        let row = sqlx::query(&sql)
             .bind(id.to_bytes().to_vec())
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool())
             .await?;
         row.as_ref().map(decode).transpose()
     }
@@ -155,21 +159,21 @@ impl MessageStore for SqliteStore {
         // the id range (and the user, beside a tag) narrows the walk, newest first.
         let (from, walk) = match (&filter.hashtag, &filter.user_name) {
             (Some(_), _) => (
-                "message_tags t JOIN messages m ON m.id = t.id WHERE t.tag = ? AND",
+                "{g}message_tags t JOIN {g}messages m ON m.id = t.id WHERE t.tag = ? AND",
                 "t.id",
             ),
-            (None, Some(_)) => ("messages m WHERE m.user_key = ? AND", "m.id"),
-            (None, None) => ("messages m WHERE", "m.id"),
+            (None, Some(_)) => ("{g}messages m WHERE m.user_key = ? AND", "m.id"),
+            (None, None) => ("{g}messages m WHERE", "m.id"),
         };
         let beside_tag = filter.hashtag.is_some() && filter.user_name.is_some();
-        let sql = format!(
+        let sql = self.sql(&format!(
             "SELECT {COLUMNS} FROM {from} {walk} >= ? AND {walk} < ?{} ORDER BY {walk} DESC LIMIT ?",
             if beside_tag {
                 " AND m.user_key = ?"
             } else {
                 ""
             },
-        );
+        ));
         let mut query = sqlx::query(&sql);
         if let Some(key) = filter.hashtag.as_ref().or(filter.user_name.as_ref()) {
             query = query.bind(key);
@@ -182,7 +186,7 @@ impl MessageStore for SqliteStore {
         }
         let rows = query
             .bind(i64::try_from(filter.limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool())
             .await?;
         rows.iter().map(decode).collect()
     }

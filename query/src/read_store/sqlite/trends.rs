@@ -1,4 +1,4 @@
-//! The trends read model in SQLite:
+//! The trends read model in SQLite (tables of each generation, `{g}` in the SQL):
 //! - `trend_counts`  (scope, level, unit) → count: the trend counters per hashtag and for
 //!   all messages (scope `*`), at minute, hour and day resolution
 //! - `trend_users`   (hashtag, day, user): distinct users per hashtag and day, exactly
@@ -8,7 +8,6 @@
 //! they are added once: a batch whose checkpoint did not move left nothing behind.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use cairn_events::Position;
@@ -19,21 +18,21 @@ use crate::read_store::{Applied, ReadError, TrendStore};
 use crate::trends::{DayUsage, Level, Minute, TrendBatch};
 
 pub(super) const SCHEMA: &str = "
-CREATE TABLE trend_counts (
+CREATE TABLE IF NOT EXISTS {g}trend_counts (
     scope TEXT NOT NULL,
     level INTEGER NOT NULL,
     unit INTEGER NOT NULL,
     count INTEGER NOT NULL,
     PRIMARY KEY (scope, level, unit)
 ) WITHOUT ROWID;
-CREATE TABLE trend_users (
+CREATE TABLE IF NOT EXISTS {g}trend_users (
     tag TEXT NOT NULL,
     day INTEGER NOT NULL,
     user_id TEXT NOT NULL,
     PRIMARY KEY (tag, day, user_id)
 ) WITHOUT ROWID;
-CREATE TABLE trend_ranks (tag TEXT PRIMARY KEY, rank REAL NOT NULL) WITHOUT ROWID;
-CREATE INDEX trend_ranks_by_rank ON trend_ranks (rank);
+CREATE TABLE IF NOT EXISTS {g}trend_ranks (tag TEXT PRIMARY KEY, rank REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS {g}trend_ranks_by_rank ON {g}trend_ranks (rank);
 ";
 
 pub(super) const TABLES: [&str; 3] = ["trend_counts", "trend_users", "trend_ranks"];
@@ -42,17 +41,18 @@ pub(super) const TABLES: [&str; 3] = ["trend_counts", "trend_users", "trend_rank
 /// With `prune_minutes_below`, stored minutes before it are deleted first.
 fn insert_trends<'a>(
     conn: &'a mut SqliteConnection,
+    store: &'a SqliteStore,
     batch: &'a TrendBatch,
     prune_minutes_below: Option<Minute>,
     from: Position,
     to: Position,
 ) -> BoxFuture<'a, Result<Applied, sqlx::Error>> {
     Box::pin(async move {
-        if !checkpoint_is(conn, "trends", from).await? {
+        if !checkpoint_is(conn, store, "trends", from).await? {
             return Ok(Applied::Moved);
         }
         if let Some(below) = prune_minutes_below {
-            sqlx::query("DELETE FROM trend_counts WHERE level = 0 AND unit < ?1")
+            sqlx::query(&store.sql("DELETE FROM {g}trend_counts WHERE level = 0 AND unit < ?1"))
                 .bind(below)
                 .execute(&mut *conn)
                 .await?;
@@ -66,11 +66,11 @@ fn insert_trends<'a>(
                     .map(|((level, unit), n)| (s.scope.as_str(), level_code(*level), *unit, *n))
             })
             .collect();
-        sqlx::query(
-            "INSERT INTO trend_counts (scope, level, unit, count)
+        sqlx::query(&store.sql(
+            "INSERT INTO {g}trend_counts (scope, level, unit, count)
              SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?1) WHERE true
              ON CONFLICT (scope, level, unit) DO UPDATE SET count = count + excluded.count",
-        )
+        ))
         .bind(json_text(&counts))
         .execute(&mut *conn)
         .await?;
@@ -79,10 +79,10 @@ fn insert_trends<'a>(
             .iter()
             .flat_map(|d| d.users.iter().map(|u| (d.tag.as_str(), d.day, u.as_str())))
             .collect();
-        sqlx::query(
-            "INSERT OR IGNORE INTO trend_users (tag, day, user_id)
+        sqlx::query(&store.sql(
+            "INSERT OR IGNORE INTO {g}trend_users (tag, day, user_id)
              SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1)",
-        )
+        ))
         .bind(json_text(&users))
         .execute(&mut *conn)
         .await?;
@@ -95,20 +95,21 @@ fn insert_trends<'a>(
             .iter()
             .map(|d| (d.tag.as_str(), d.day))
             .collect();
-        let days: Vec<(i64, i64, i64, Option<i64>)> = sqlx::query_as(
+        let sql = store.sql(
             "SELECT j.key,
-                 (SELECT count(*) FROM trend_users u
+                 (SELECT count(*) FROM {g}trend_users u
                      WHERE u.tag = j.value ->> 0 AND u.day = j.value ->> 1),
-                 (SELECT count(*) FROM trend_users u
+                 (SELECT count(*) FROM {g}trend_users u
                      WHERE u.tag = j.value ->> 0 AND u.day = (j.value ->> 1) - 1),
-                 (SELECT max(unit) FROM trend_counts c
+                 (SELECT max(unit) FROM {g}trend_counts c
                      WHERE c.scope = j.value ->> 0 AND c.level = 0
                        AND c.unit >= (j.value ->> 1) * 1440 AND c.unit < ((j.value ->> 1) + 1) * 1440)
              FROM json_each(?1) AS j",
-        )
-        .bind(json_text(&touched))
-        .fetch_all(&mut *conn)
-        .await?;
+        );
+        let days: Vec<(i64, i64, i64, Option<i64>)> = sqlx::query_as(&sql)
+            .bind(json_text(&touched))
+            .fetch_all(&mut *conn)
+            .await?;
         let ranks: Vec<(&str, f64)> = days
             .into_iter()
             .filter_map(|(index, observed, yesterday, stored_last)| {
@@ -117,15 +118,15 @@ fn insert_trends<'a>(
                 Some((day.tag.as_str(), rank))
             })
             .collect();
-        sqlx::query(
-            "INSERT INTO trend_ranks (tag, rank)
+        sqlx::query(&store.sql(
+            "INSERT INTO {g}trend_ranks (tag, rank)
              SELECT value ->> 0, value ->> 1 FROM json_each(?1) WHERE true
              ON CONFLICT (tag) DO UPDATE SET rank = max(rank, excluded.rank)",
-        )
+        ))
         .bind(json_text(&ranks))
         .execute(&mut *conn)
         .await?;
-        set_checkpoint(conn, "trends", to).await?;
+        set_checkpoint(conn, store, "trends", to).await?;
         Ok(Applied::Done)
     })
 }
@@ -151,12 +152,12 @@ impl TrendStore for SqliteStore {
         // once after start), not on every batch: the delete walks the whole table.
         let prune = batch
             .minutes_kept_from()
-            .filter(|m| *m > self.minutes_pruned_below.load(Ordering::Relaxed));
+            .filter(|m| *m > self.minutes_pruned_below());
         let mut conn = self.begin().await?;
-        let result = insert_trends(&mut conn, batch, prune, from, to).await;
+        let result = insert_trends(&mut conn, self, batch, prune, from, to).await;
         let applied = finish(&mut conn, result).await?;
         if let (Some(below), Applied::Done) = (prune, applied) {
-            self.minutes_pruned_below.store(below, Ordering::Relaxed);
+            self.set_minutes_pruned_below(below);
         }
         Ok(applied)
     }
@@ -168,16 +169,17 @@ impl TrendStore for SqliteStore {
         first: i64,
         end: i64,
     ) -> Result<Vec<(i64, u64)>, ReadError> {
-        let rows: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT unit, count FROM trend_counts
+        let sql = self.sql(
+            "SELECT unit, count FROM {g}trend_counts
              WHERE scope = ?1 AND level = ?2 AND unit >= ?3 AND unit < ?4 ORDER BY unit",
-        )
-        .bind(scope)
-        .bind(level_code(level))
-        .bind(first)
-        .bind(end)
-        .fetch_all(&self.pool)
-        .await?;
+        );
+        let rows: Vec<(i64, i64)> = sqlx::query_as(&sql)
+            .bind(scope)
+            .bind(level_code(level))
+            .bind(first)
+            .bind(end)
+            .fetch_all(self.pool())
+            .await?;
         Ok(rows
             .into_iter()
             .map(|(unit, n)| (unit, u64::try_from(n).unwrap_or(0)))
@@ -185,13 +187,14 @@ impl TrendStore for SqliteStore {
     }
 
     async fn trending(&self, floor: f64, limit: usize) -> Result<Vec<(String, f64)>, ReadError> {
-        Ok(sqlx::query_as(
-            "SELECT tag, rank FROM trend_ranks WHERE rank >= ?1 ORDER BY rank DESC, tag LIMIT ?2",
-        )
-        .bind(floor)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?)
+        let sql = self.sql(
+            "SELECT tag, rank FROM {g}trend_ranks WHERE rank >= ?1 ORDER BY rank DESC, tag LIMIT ?2",
+        );
+        Ok(sqlx::query_as(&sql)
+            .bind(floor)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(self.pool())
+            .await?)
     }
 
     async fn histories(
@@ -204,20 +207,21 @@ impl TrendStore for SqliteStore {
             return Ok(vec![Vec::new(); tags.len()]);
         }
         let mut out = Vec::with_capacity(tags.len());
-        for tag in tags {
-            let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+        let sql = self.sql(
                 "WITH RECURSIVE days(day) AS (SELECT ?2 UNION ALL SELECT day + 1 FROM days WHERE day + 1 < ?3)
                  SELECT d.day,
-                     coalesce((SELECT count FROM trend_counts c
+                     coalesce((SELECT count FROM {g}trend_counts c
                          WHERE c.scope = ?1 AND c.level = 2 AND c.unit = d.day), 0),
-                     (SELECT count(*) FROM trend_users u WHERE u.tag = ?1 AND u.day = d.day)
+                     (SELECT count(*) FROM {g}trend_users u WHERE u.tag = ?1 AND u.day = d.day)
                  FROM days d ORDER BY d.day",
-            )
-            .bind(tag)
-            .bind(first)
-            .bind(end)
-            .fetch_all(&self.pool)
-            .await?;
+            );
+        for tag in tags {
+            let rows: Vec<(i64, i64, i64)> = sqlx::query_as(&sql)
+                .bind(tag)
+                .bind(first)
+                .bind(end)
+                .fetch_all(self.pool())
+                .await?;
             out.push(
                 rows.into_iter()
                     .map(|(day, uses, accounts)| DayUsage {
