@@ -18,11 +18,12 @@ use chrono::{DateTime, Utc};
 use ulid::Ulid;
 
 use crate::read_store::{
-    Applied, GenerationStore, Generations, LogIdentity, MessageFilter, MessageStore, ReadError,
-    ReadModels, RedisStore, SqliteStore, StoredMessage, TrendStore,
+    Applied, GenerationStore, Generations, LogIdentity, MessageFilter, MessageStore, ReadBackend,
+    ReadError, ReadModels, RedisStore, SqliteStore, StoredMessage, TrendStore,
 };
 use crate::trends::{
-    ALL, DayUsage, Level, MINUTES_PER_DAY, Minute, TrendBatch, TrendHit, TrendRules, minute_of,
+    ALL, Buckets, DayUsage, Level, MINUTES_PER_DAY, Minute, READ_CHUNK, TrendBatch, TrendHit,
+    TrendRules, count_buckets, minute_of,
 };
 
 /// A message by `user` with `tags`; messages made later get larger ids (1 ms apart).
@@ -249,7 +250,10 @@ async fn counts(
     first: i64,
     end: i64,
 ) -> Vec<(i64, u64)> {
-    let mut counts = store.trend_counts(scope, level, first, end).await.unwrap();
+    let mut counts = store
+        .trend_counts(scope, level, &[(first, end)])
+        .await
+        .unwrap();
     counts.sort_unstable();
     counts
 }
@@ -445,6 +449,243 @@ pub async fn trend_counts_at_each_level(store: Arc<dyn TrendStore>) {
             .await
             .is_empty()
     );
+    // Several ranges, out of order and overlapping: each unit once.
+    let start = (day - 2) * MINUTES_PER_DAY;
+    let ranges = [
+        (day * MINUTES_PER_DAY, (day + 1) * MINUTES_PER_DAY),
+        (start + 30, start + 61),
+        (start, start + 1),
+        (start + 59, start + 60),
+        (start - 10 * MINUTES_PER_DAY, start + 1),
+    ];
+    let mut read = store
+        .trend_counts(ALL, Level::Minute, &ranges)
+        .await
+        .unwrap();
+    read.sort_unstable();
+    assert_eq!(
+        read,
+        [
+            (start, 1),
+            (start + 59, 1),
+            (start + 60, 1),
+            (day * MINUTES_PER_DAY + 1439, 2)
+        ]
+    );
+    let mut read = store
+        .trend_counts(
+            "go",
+            Level::Hour,
+            &[
+                ((day - 1) * 24 + 1, day * 24),
+                ((day - 2) * 24 + 1, (day - 2) * 24 + 2),
+                (0, 0),
+            ],
+        )
+        .await
+        .unwrap();
+    read.sort_unstable();
+    assert_eq!(read, [((day - 2) * 24 + 1, 1), ((day - 1) * 24 + 1, 1)]);
+    // A range of 10,000 years of days reads the few that exist.
+    assert_eq!(
+        counts(&*store, "rust", Level::Day, day - 3_652_425, day + 1).await,
+        [(day - 2, 3), (day, 1)]
+    );
+    assert!(
+        store
+            .trend_counts("rust", Level::Day, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A trend store that notes the units of every counter read it passes on.
+struct Metered {
+    store: Arc<dyn TrendStore>,
+    reads: std::sync::Mutex<Vec<(Level, i64)>>,
+}
+
+impl Metered {
+    /// The hours and minutes asked for over every read since the last call, and the most
+    /// units one read asked for.
+    fn take(&self) -> (i64, i64, i64) {
+        let reads = std::mem::take(&mut *self.reads.lock().unwrap());
+        let at = |level| -> i64 {
+            reads
+                .iter()
+                .filter(|(l, _)| *l == level)
+                .map(|(_, n)| n)
+                .sum()
+        };
+        let most = reads.iter().map(|(_, n)| *n).max().unwrap_or(0);
+        (at(Level::Hour), at(Level::Minute), most)
+    }
+}
+
+#[async_trait::async_trait]
+impl ReadBackend for Metered {
+    async fn checkpoint(&self, projection: &str) -> Result<Position, ReadError> {
+        self.store.checkpoint(projection).await
+    }
+    async fn reset(&self, projection: &str) -> Result<(), ReadError> {
+        self.store.reset(projection).await
+    }
+    async fn ping(&self) -> Result<(), ReadError> {
+        self.store.ping().await
+    }
+    fn backend(&self) -> &'static str {
+        self.store.backend()
+    }
+}
+
+#[async_trait::async_trait]
+impl TrendStore for Metered {
+    async fn apply_trends(
+        &self,
+        batch: &TrendBatch,
+        from: Position,
+        to: Position,
+    ) -> Result<Applied, ReadError> {
+        self.store.apply_trends(batch, from, to).await
+    }
+    async fn trend_counts(
+        &self,
+        scope: &str,
+        level: Level,
+        ranges: &[(i64, i64)],
+    ) -> Result<Vec<(i64, u64)>, ReadError> {
+        let units = ranges.iter().map(|(first, end)| (end - first).max(0)).sum();
+        self.reads.lock().unwrap().push((level, units));
+        self.store.trend_counts(scope, level, ranges).await
+    }
+    async fn trending(&self, floor: f64, limit: usize) -> Result<Vec<(String, f64)>, ReadError> {
+        self.store.trending(floor, limit).await
+    }
+    async fn histories(
+        &self,
+        tags: &[String],
+        first: i64,
+        end: i64,
+    ) -> Result<Vec<Vec<DayUsage>>, ReadError> {
+        self.store.histories(tags, first, end).await
+    }
+}
+
+/// Bucket counts equal a count over the hits, for buckets of any length starting
+/// anywhere; hour and minute counters are read only for days and hours with hits that a
+/// bucket edge cuts, so a span of 10,000 years costs what its few hits cost, and every read
+/// covers at most [`READ_CHUNK`] units.
+pub async fn trend_buckets_match_the_hits(store: Arc<dyn TrendStore>) {
+    let day = today();
+    let hits = [
+        hit(1, day - 3, 0, "a", &["rust"]),
+        hit(2, day - 3, 637, "b", &["rust", "go"]),
+        hit(3, day - 3, 1439, "a", &[]),
+        hit(4, day - 2, 720, "c", &["rust"]),
+        hit(5, day - 2, 721, "c", &["rust"]),
+        hit(6, day - 1, 59, "a", &["go"]),
+        hit(7, day - 1, 60, "b", &["rust"]),
+        hit(8, day, 1, "d", &["rust"]),
+        hit(9, day, 1438, "a", &["rust", "go"]),
+    ];
+    store
+        .apply_trends(&batch(&hits, &rules()), 0, 9)
+        .await
+        .unwrap();
+    let metered = Metered {
+        store,
+        reads: std::sync::Mutex::new(Vec::new()),
+    };
+    let expected = |scope: &str, b: &Buckets| -> Vec<u64> {
+        let mut out = vec![0; b.len() as usize];
+        for h in &hits {
+            if scope == ALL || h.tags.iter().any(|t| t == scope) {
+                if let Some(i) = b.index_of(h.minute) {
+                    out[i] += 1;
+                }
+            }
+        }
+        out
+    };
+    let with_hits = |scope: &str, level: Level| -> i64 {
+        let units: std::collections::BTreeSet<i64> = hits
+            .iter()
+            .filter(|h| scope == ALL || h.tags.iter().any(|t| t == scope))
+            .map(|h| level.unit_of(h.minute))
+            .collect();
+        units.len() as i64
+    };
+    let d = MINUTES_PER_DAY;
+    let start = (day - 4) * d;
+    let mut questions = Vec::new();
+    for offset in [0, 17, 637, d + 720] {
+        for step in [1, 7, 60, 90, d, d + 1, 2 * d, 60_001] {
+            for to in [(day + 1) * d, day * d + 1438, (day - 2) * d + 721] {
+                questions.push(Buckets {
+                    from: start + offset,
+                    to,
+                    step,
+                });
+            }
+        }
+    }
+    for b in questions {
+        for scope in ["rust", "go", ALL] {
+            let counted = count_buckets(&metered, scope, &b).await.unwrap();
+            assert_eq!(counted, expected(scope, &b), "{scope} {b:?}");
+            let (_, _, most) = metered.take();
+            assert!(most <= READ_CHUNK, "{most} units in one read");
+        }
+    }
+
+    // 10,000 years (0000-01-01 to 9999-12-31) in buckets of 1,000 hours and of 100 years.
+    let years = Buckets {
+        from: -1_036_120_320,
+        to: 4_223_370_240,
+        step: 60_000,
+    };
+    for (b, scope) in [
+        (years, "rust"),
+        (years, ALL),
+        (
+            Buckets {
+                step: 52_596_000,
+                ..years
+            },
+            "go",
+        ),
+    ] {
+        let counted = count_buckets(&metered, scope, &b).await.unwrap();
+        assert_eq!(counted, expected(scope, &b), "{scope} {b:?}");
+        let (hours, minutes, most) = metered.take();
+        assert_eq!(minutes, 0, "no minutes when every edge is on the hour");
+        assert!(most <= READ_CHUNK, "{most} units in one read");
+        assert!(
+            hours <= 24 * with_hits(scope, Level::Day),
+            "{hours} hours read"
+        );
+    }
+    // 366 days in 7-minute buckets, off the hour: minutes only for hours with hits.
+    let b = Buckets {
+        from: (day - 300) * d + 7,
+        to: (day + 66) * d + 7,
+        step: 7,
+    };
+    for scope in ["rust", ALL] {
+        let counted = count_buckets(&metered, scope, &b).await.unwrap();
+        assert_eq!(counted, expected(scope, &b), "{scope}");
+        let (hours, minutes, most) = metered.take();
+        assert!(most <= READ_CHUNK, "{most} units in one read");
+        assert!(
+            minutes <= 60 * with_hits(scope, Level::Hour),
+            "{minutes} minutes read"
+        );
+        assert!(
+            hours <= 24 * with_hits(scope, Level::Day),
+            "{hours} hours read"
+        );
+    }
 }
 
 /// Only hashtags that score are ranked: enough distinct users, more than the day before.
@@ -784,6 +1025,10 @@ macro_rules! read_store_suite {
         #[tokio::test]
         async fn trend_counts_at_each_level() {
             $crate::testing::trend_counts_at_each_level($fresh.await.trends).await;
+        }
+        #[tokio::test]
+        async fn trend_buckets_match_the_hits() {
+            $crate::testing::trend_buckets_match_the_hits($fresh.await.trends).await;
         }
         #[tokio::test]
         async fn trending_ranks_by_distinct_users() {

@@ -1,9 +1,10 @@
 //! Hashtag trends: counting messages per time bucket, and which hashtags are trending now.
 //!
 //! Counts are kept at three resolutions (minute, hour, day) per hashtag and for all
-//! messages. A question for buckets of any length that start anywhere is answered from the
-//! coarsest resolution whose units line up with every bucket edge: 30 days in `1h` buckets
-//! starting on the hour read 720 hour counters, the same starting at 10:37 read minutes.
+//! messages. A question for buckets of any length that start anywhere is answered from day
+//! counters where a whole day lies inside one bucket, from hour counters where a whole hour
+//! does, and from minute counters only around bucket edges off the hour; the finer
+//! counters are read only for days and hours that have any hits (see [`count_buckets`]).
 //!
 //! Trending now follows the spirit of Mastodon's trending tags. For a hashtag on a UTC day,
 //! `observed` is the number of distinct users who used it that day and `expected` the number
@@ -23,11 +24,13 @@
 //! stores only persist it.
 
 mod batch;
+mod count;
 
 use cairn_events::Position;
 use chrono::{DateTime, Utc};
 
 pub use batch::{ScopeCounts, TagDay, TrendBatch};
+pub use count::{READ_CHUNK, count_buckets};
 
 /// Minutes since the Unix epoch: the finest resolution of trends.
 pub type Minute = i64;
@@ -177,25 +180,56 @@ impl Buckets {
             .then(|| ((minute - self.from) / self.step) as usize)
     }
 
-    /// The reads that answer these buckets: the coarsest level whose units line up with
-    /// every bucket start, over the whole units that fit, then minutes for the rest (a last
-    /// bucket cut short mid-unit). Each read is (level, first unit, end unit).
-    pub fn plan(&self) -> Vec<(Level, i64, i64)> {
-        let level = [Level::Day, Level::Hour]
-            .into_iter()
-            .find(|l| self.from % l.minutes() == 0 && self.step % l.minutes() == 0)
-            .unwrap_or(Level::Minute);
-        let unit = level.minutes();
-        let whole_end = self.to - (self.to - self.from).rem_euclid(unit);
-        let mut reads = Vec::new();
-        if whole_end > self.from {
-            reads.push((level, self.from / unit, whole_end / unit));
+    /// The bucket that holds all of `start..end` (minutes), if one does: the range lies
+    /// inside the buckets and crosses no bucket edge.
+    pub fn whole(&self, start: Minute, end: Minute) -> Option<usize> {
+        if start < self.from || end > self.to || end <= start {
+            return None;
         }
-        if whole_end < self.to && whole_end >= self.from {
-            reads.push((Level::Minute, whole_end, self.to));
-        }
-        reads
+        let i = self.index_of(start)?;
+        (self.index_of(end - 1) == Some(i)).then_some(i)
     }
+
+    /// Whether buckets start off whole hours, so that the hours around their edges are
+    /// counted from minute counters.
+    pub fn off_hours(&self) -> bool {
+        self.from % MINUTES_PER_HOUR != 0 || self.step % MINUTES_PER_HOUR != 0
+    }
+
+    /// The earliest bucket edge (a start, or the end) off a whole hour: minute counters are
+    /// read from that hour on. `None` when every edge is on the hour.
+    pub fn first_edge_off_hours(&self) -> Option<Minute> {
+        let on_hour = |m: Minute| m % MINUTES_PER_HOUR == 0;
+        if !on_hour(self.from) {
+            return Some(self.from);
+        }
+        let second = self.from.saturating_add(self.step);
+        if !on_hour(self.step) && second < self.to {
+            return Some(second);
+        }
+        (!on_hour(self.to)).then_some(self.to)
+    }
+}
+
+/// Sort `ranges` (each `first..end`) and merge the ones that overlap or touch; empty ones
+/// are dropped.
+pub fn merge_ranges(ranges: &mut Vec<(i64, i64)>) {
+    ranges.retain(|(first, end)| first < end);
+    ranges.sort_unstable();
+    let mut merged: Vec<(i64, i64)> = Vec::with_capacity(ranges.len());
+    for &(first, end) in ranges.iter() {
+        match merged.last_mut() {
+            Some(last) if first <= last.1 => last.1 = last.1.max(end),
+            _ => merged.push((first, end)),
+        }
+    }
+    *ranges = merged;
+}
+
+/// Whether `unit` lies in one of `ranges` (sorted and merged by [`merge_ranges`]).
+pub fn in_ranges(ranges: &[(i64, i64)], unit: i64) -> bool {
+    let after = ranges.partition_point(|(first, _)| *first <= unit);
+    after > 0 && ranges.get(after - 1).is_some_and(|(_, end)| unit < *end)
 }
 
 /// Parse a Go-style duration (`1m`, `90m`, `1h30m`, `1.5h`, `24h`) into whole minutes.
@@ -278,39 +312,76 @@ mod tests {
     }
 
     #[test]
-    fn plans_read_the_coarsest_aligned_level() {
+    fn whole_units_lie_inside_one_bucket() {
         let day = MINUTES_PER_DAY;
-        // 30 days in 1h buckets from midnight: hours only.
+        // Buckets of 90 minutes from 10:30 on day 100, up to 02:00 the next day.
         let b = Buckets {
-            from: 100 * day,
-            to: 130 * day,
-            step: 60,
+            from: 100 * day + 630,
+            to: 101 * day + 120,
+            step: 90,
         };
-        assert_eq!(b.plan(), vec![(Level::Hour, 2400, 3120)]);
-        assert_eq!(b.len(), 720);
-        // Days, with a tail that ends mid-day.
+        assert_eq!(b.len(), 11);
+        assert_eq!(b.whole(100 * day + 630, 100 * day + 720), Some(0));
+        assert_eq!(b.whole(100 * day + 660, 100 * day + 720), Some(0));
+        assert_eq!(
+            b.whole(100 * day + 660, 100 * day + 780),
+            None,
+            "crosses 12:00"
+        );
+        assert_eq!(
+            b.whole(100 * day + 600, 100 * day + 660),
+            None,
+            "starts before"
+        );
+        assert_eq!(b.whole(101 * day + 60, 101 * day + 180), None, "ends after");
+        assert_eq!(b.whole(101 * day + 90, 101 * day + 120), Some(10));
+        assert_eq!(
+            b.whole(101 * day + 60, 101 * day + 120),
+            None,
+            "crosses 01:30"
+        );
+        assert_eq!(b.index_of(101 * day + 120), None);
+        assert!(b.off_hours());
+        assert_eq!(b.first_edge_off_hours(), Some(100 * day + 630));
+        // On the hour with an hour-long step: only an end off the hour needs minutes.
         let b = Buckets {
             from: 100 * day,
             to: 102 * day + 37,
-            step: day,
-        };
-        assert_eq!(
-            b.plan(),
-            vec![
-                (Level::Day, 100, 102),
-                (Level::Minute, 102 * day, 102 * day + 37)
-            ]
-        );
-        assert_eq!(b.bounds(2), (102 * day, 102 * day + 37));
-        // Starting at 10:37: minutes.
-        let b = Buckets {
-            from: 100 * day + 637,
-            to: 101 * day,
             step: 60,
         };
-        assert_eq!(b.plan(), vec![(Level::Minute, 100 * day + 637, 101 * day)]);
-        assert_eq!(b.index_of(100 * day + 637 + 61), Some(1));
-        assert_eq!(b.index_of(101 * day), None);
+        assert!(!b.off_hours());
+        assert_eq!(b.first_edge_off_hours(), Some(102 * day + 37));
+        assert_eq!(Buckets { to: 102 * day, ..b }.first_edge_off_hours(), None);
+        // On the hour with a 90-minute step: the second start is off the hour.
+        let b = Buckets { step: 90, ..b };
+        assert_eq!(b.first_edge_off_hours(), Some(100 * day + 90));
+        // Before the epoch too.
+        let b = Buckets {
+            from: -3 * day,
+            to: -day,
+            step: day,
+        };
+        assert_eq!(b.whole(-2 * day, -day), Some(1));
+        assert_eq!(b.first_edge_off_hours(), None);
+    }
+
+    #[test]
+    fn ranges_merge_and_contain() {
+        let mut ranges = vec![(10, 20), (5, 6), (19, 25), (30, 30), (25, 27), (-4, -2)];
+        merge_ranges(&mut ranges);
+        assert_eq!(ranges, [(-4, -2), (5, 6), (10, 27)]);
+        for (unit, inside) in [
+            (-5, false),
+            (-4, true),
+            (-2, false),
+            (5, true),
+            (6, false),
+            (26, true),
+            (27, false),
+        ] {
+            assert_eq!(in_ranges(&ranges, unit), inside, "{unit}");
+        }
+        assert!(!in_ranges(&[], 0));
     }
 
     #[test]

@@ -17,6 +17,7 @@ crate::on_both_backends!(
     trends: dunder_trend_buckets,
     trend_input_errors,
     trend_matches_a_brute_force_count,
+    huge_trend_questions_are_bounded,
     trending_now,
     minute_counters_expire
 );
@@ -173,6 +174,10 @@ pub async fn trend_input_errors(backend: Backend) {
             "invalid_date_range",
         ),
         (
+            "from_date=2019-09-22T10:00:10Z&to_date=2019-09-22T10:00:50Z",
+            "invalid_date_range",
+        ),
+        (
             "from_date=2019-09-22&to_date=2019-09-23&aggregation=30s",
             "invalid_aggregation",
         ),
@@ -316,6 +321,86 @@ pub async fn trend_matches_a_brute_force_count(backend: Backend) {
         app.wait_projected().await;
         if round == "live" {
             assert_eq!(app.get("/trends/hashtags").await.1, before);
+        }
+    }
+}
+
+/// Questions over thousands of years answer from what they read, not from their span:
+/// per-minute spans past 366 days and spans past 10,000 years are refused, and buckets of
+/// whole hours over 10,000 years are counted exactly.
+pub async fn huge_trend_questions_are_bounded(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let posted = [
+        (at(22, 10, 0, 0), "cats"),
+        (at(22, 10, 59, 0), "cats"),
+        (at(23, 23, 59, 0), "dogs"),
+        (
+            Utc.with_ymd_and_hms(2026, 11, 25, 11, 7, 0).unwrap(),
+            "cats",
+        ),
+    ];
+    for (user, (when, tag)) in posted.iter().enumerate() {
+        posted_at(&app, user, *when, &[tag]).await;
+    }
+    app.wait_projected().await;
+
+    // The question of the issue, and spans off the hour just past 366 days.
+    for query in [
+        "from_date=0000-01-01&to_date=9999-12-31&aggregation=60001m",
+        "from_date=0000-01-01&to_date=9999-12-31&aggregation=60001m&hashtag=cats",
+        "from_date=2019-01-01T00:07:00Z&to_date=2020-01-02T00:08:00Z&aggregation=7m",
+        "from_date=2019-01-01T00:00:00Z&to_date=2020-01-02T00:01:00Z&aggregation=7m",
+        "from_date=-0001-01-01&to_date=9999-12-31&aggregation=8760h",
+        "from_date=2019-01-01&to_date=%2B12020-01-01&aggregation=87600h",
+    ] {
+        let (status, body) = app.get(&format!("/trend?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["code"], "span_too_long", "{query}: {body}");
+    }
+    // Just inside the limits.
+    let (status, body) = app
+        .get("/trend?from_date=2019-01-01T00:07:00Z&to_date=2020-01-02T00:07:00Z&aggregation=7m&hashtag=cats")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"]["trends"].as_array().map(Vec::len),
+        Some(2),
+        "{body}"
+    );
+
+    let stamp = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let expected = |from: DateTime<Utc>, to: DateTime<Utc>, step: Duration, tag: &str| {
+        let mut out = Vec::new();
+        for (when, t) in &posted {
+            if *t != tag || *when < from || *when >= to {
+                continue;
+            }
+            let i = (*when - from).num_minutes() / step.num_minutes();
+            let lower = from + step * i as i32;
+            let upper = (lower + step).min(to);
+            match out.last_mut() {
+                Some((l, _, n)) if *l == stamp(lower) => *n += 1,
+                _ => out.push((stamp(lower), stamp(upper), 1)),
+            }
+        }
+        out
+    };
+    let (from, to) = (
+        Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).unwrap(),
+        Utc.with_ymd_and_hms(9999, 12, 31, 0, 0, 0).unwrap(),
+    );
+    for (aggregation, step) in [
+        ("1000h", Duration::hours(1000)),
+        ("876600h", Duration::days(36_525)),
+        ("8761h", Duration::hours(8761)),
+    ] {
+        for tag in ["cats", "dogs"] {
+            let query = format!(
+                "from_date=0000-01-01&to_date=9999-12-31&aggregation={aggregation}&hashtag={tag}"
+            );
+            let answer = trend(&app, &query).await;
+            assert_eq!(answer, expected(from, to, step, tag), "{query}");
+            assert!(!answer.is_empty(), "{query}");
         }
     }
 }

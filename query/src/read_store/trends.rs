@@ -22,14 +22,16 @@ pub trait TrendStore: ReadBackend {
     ) -> Result<Applied, ReadError>;
 
     /// The counters of `scope` (a hashtag key, or [`crate::trends::ALL`]) at `level` for
-    /// the units `first..end` (counted from the epoch): (unit, count), each unit once, in
-    /// no particular order, no zeros.
+    /// the units in `ranges` (each `first..end`, counted from the epoch; in any order, and
+    /// they may overlap): (unit, count), each unit once, in no particular order, no zeros.
+    /// A store reads only counters that exist, in pieces of bounded size; the answer is
+    /// held whole, so callers keep the units of one call bounded (see
+    /// [`crate::trends::count_buckets`]).
     async fn trend_counts(
         &self,
         scope: &str,
         level: Level,
-        first: i64,
-        end: i64,
+        ranges: &[(i64, i64)],
     ) -> Result<Vec<(i64, u64)>, ReadError>;
 
     /// Hashtags whose rank is at least `floor`, highest first, at most `limit`.

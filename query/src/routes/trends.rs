@@ -15,10 +15,17 @@ use utoipa::{IntoParams, ToSchema};
 use cairn_events::domain::message::Hashtag;
 
 use super::{QueryError, QueryState, parse_date};
-use crate::trends::{ALL, Buckets, Level, MINUTES_PER_DAY, minute_of, parse_aggregation, time_of};
+use crate::trends::{
+    ALL, Buckets, Level, MINUTES_PER_DAY, count_buckets, minute_of, parse_aggregation, time_of,
+};
 
 /// The most buckets one `/trend` answer may hold.
 pub const MAX_BUCKETS: i64 = 100_000;
+/// The longest `/trend` span, in days: 10,000 years (every date with a four-digit year).
+pub const MAX_SPAN_DAYS: i64 = 3_652_425;
+/// The longest `/trend` span of buckets that do not start on whole hours, in days: those
+/// are counted from minute counters around each bucket edge.
+pub const MAX_MINUTE_SPAN_DAYS: i64 = 366;
 /// Default and largest `limit` of `/trends/hashtags`.
 pub const DEFAULT_TRENDING: usize = 10;
 pub const MAX_TRENDING: usize = 100;
@@ -174,6 +181,12 @@ pub struct TrendParams {
 ///
 /// Buckets of `aggregation` start at `from_date` and follow each other up to `to_date`;
 /// each includes its start and excludes its end, and the last one ends at `to_date`.
+///
+/// Limits (400): `to_date` at least a minute after `from_date` (both truncated to the
+/// minute; `invalid_date_range`), at most 100,000 buckets (`too_many_buckets`), a span of
+/// at most 10,000 years, and at most 366 days when the buckets do not start on whole hours
+/// (a `from_date` or an `aggregation` off the hour: those are counted per minute;
+/// `span_too_long`).
 #[utoipa::path(
     get,
     path = "/trend",
@@ -181,7 +194,7 @@ pub struct TrendParams {
     params(TrendParams),
     responses(
         (status = 200, description = "Counts per bucket, oldest first", body = TrendBody),
-        (status = 400, description = "Missing or bad dates, aggregation or hashtag; too many buckets; buckets off the hour where per-minute counts are no longer kept", body = super::ErrorBody),
+        (status = 400, description = "Missing or bad dates, aggregation or hashtag; a range under a minute; too many buckets; a span too long; buckets off the hour where per-minute counts are no longer kept", body = super::ErrorBody),
         (status = 503, description = "Read store unavailable, or the read model being rebuilt (`read_model_rebuilding`)", body = super::ErrorBody),
     )
 )]
@@ -197,10 +210,16 @@ pub async fn trend(
             .and_then(|raw| parse_date(name, raw))
     };
     let (from, to) = (date("from_date")?, date("to_date")?);
-    if from >= to {
+    if minute_of(from) >= minute_of(to) {
         return Err(QueryError::bad(
             "invalid_date_range",
-            "from_date must be before to_date",
+            "from_date must be before to_date, by at least a minute once both are truncated to the minute",
+        ));
+    }
+    if minute_of(to) - minute_of(from) > MAX_SPAN_DAYS * MINUTES_PER_DAY {
+        return Err(QueryError::bad(
+            "span_too_long",
+            "from_date and to_date may be at most 10,000 years apart",
         ));
     }
     let step = parse_aggregation(params.get("aggregation").map_or("1h", String::as_str))
@@ -236,14 +255,21 @@ pub async fn trend(
         ));
     }
 
-    let plan = buckets.plan();
+    if buckets.off_hours() && buckets.to - buckets.from > MAX_MINUTE_SPAN_DAYS * MINUTES_PER_DAY {
+        return Err(QueryError::bad(
+            "span_too_long",
+            format!(
+                "buckets that do not start on whole hours are counted per minute, over at most {MAX_MINUTE_SPAN_DAYS} days; ask for a shorter range, or for buckets of whole hours from a whole hour"
+            ),
+        ));
+    }
     let now = minute_of(state.clock.now());
     if let (Some(kept_from), Some(days)) = (
         state.rules.minutes_kept_from(now),
         state.rules.minute_retention_days,
-    ) && plan
-        .iter()
-        .any(|(level, first, _)| *level == Level::Minute && *first < kept_from)
+    ) && buckets
+        .first_edge_off_hours()
+        .is_some_and(|edge| edge < kept_from)
     {
         return Err(QueryError::bad(
             "minutes_expired",
@@ -255,17 +281,7 @@ pub async fn trend(
     }
 
     let trends = state.trends().await?;
-    let mut counts = vec![0_u64; usize::try_from(buckets.len()).unwrap_or(0)];
-    for (level, first, end) in plan {
-        for (unit, n) in trends.trend_counts(&scope, level, first, end).await? {
-            if let Some(slot) = buckets
-                .index_of(unit * level.minutes())
-                .and_then(|i| counts.get_mut(i))
-            {
-                *slot += n;
-            }
-        }
-    }
+    let counts = count_buckets(&*trends, &scope, &buckets).await?;
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         trend_json(&buckets, &counts, fill),

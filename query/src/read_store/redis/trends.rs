@@ -31,7 +31,8 @@ use cairn_events::Position;
 use super::{Conn, RedisStore};
 use crate::read_store::{Applied, ReadError, TrendStore};
 use crate::trends::{
-    DayUsage, Level, MINUTES_PER_DAY, MINUTES_PER_HOUR, ScopeCounts, TagDay, TrendBatch,
+    DayUsage, Level, MINUTES_PER_DAY, MINUTES_PER_HOUR, ScopeCounts, TagDay, TrendBatch, in_ranges,
+    merge_ranges,
 };
 
 /// Adds one scope's counts from one batch, once. KEYS[1] is the scope's `pos`: the last
@@ -266,6 +267,108 @@ impl RedisStore {
     }
 }
 
+/// Commands one pipeline of counter reads holds.
+const READS_PER_PIPELINE: usize = 256;
+/// Fields of one hash read by name; more are read with the whole hash.
+const FIELDS_BY_NAME: usize = 32;
+
+/// How one level's counters sit in hashes.
+struct Layout {
+    level: Level,
+    /// The key's kind: `m`, `h` or `d`.
+    kind: &'static str,
+    /// Units per hash, and per field (a field of `m` packs an hour's minutes).
+    per_hash: i64,
+    per_field: i64,
+}
+
+impl Layout {
+    fn of(level: Level) -> Self {
+        let (kind, per_hash, per_field) = match level {
+            Level::Minute => ("m", MINUTES_PER_DAY, MINUTES_PER_HOUR),
+            Level::Hour => ("h", 24 * DAYS_PER_HOUR_HASH, 1),
+            Level::Day => ("d", DAYS_PER_DAY_HASH, 1),
+        };
+        Layout {
+            level,
+            kind,
+            per_hash,
+            per_field,
+        }
+    }
+
+    /// The field holding `unit` in its hash: the hour of the day for minutes, the unit
+    /// itself for hours and days.
+    fn field(&self, unit: i64) -> i64 {
+        match self.level {
+            Level::Minute => unit.div_euclid(MINUTES_PER_HOUR).rem_euclid(24),
+            Level::Hour | Level::Day => unit,
+        }
+    }
+
+    /// The hashes to read for `ranges` (sorted, merged): per hash number, the fields to
+    /// read by name, or `None` for the whole hash.
+    fn reads(&self, ranges: &[(i64, i64)]) -> Vec<(i64, Option<Vec<i64>>)> {
+        let mut reads: Vec<(i64, Option<Vec<i64>>)> = Vec::new();
+        for &(first, end) in ranges {
+            let mut unit = first;
+            while unit < end {
+                let block = unit.div_euclid(self.per_hash);
+                let block_end = ((block + 1) * self.per_hash).min(end);
+                let (from, to) = (self.field(unit), self.field(block_end - 1));
+                if reads.last().is_none_or(|(b, _)| *b != block) {
+                    reads.push((block, Some(Vec::new())));
+                }
+                if let Some((_, read)) = reads.last_mut() {
+                    let whole = (block_end - unit) == self.per_hash;
+                    match read {
+                        Some(fields)
+                            if !whole
+                                && fields.len() + ((to - from + 1) as usize) <= FIELDS_BY_NAME =>
+                        {
+                            let after = fields.last().copied().unwrap_or(i64::MIN);
+                            fields.extend((from..=to).filter(|f| *f > after));
+                        }
+                        _ => *read = None,
+                    }
+                }
+                unit = block_end;
+            }
+        }
+        reads
+    }
+
+    /// Call `each` with every (unit, count) one field holds.
+    fn counts(
+        &self,
+        block: i64,
+        field: i64,
+        value: &str,
+        mut each: impl FnMut(i64, u64),
+    ) -> Result<(), ReadError> {
+        let corrupt =
+            || ReadError::Corrupt(format!("trend counters {value:?} of {}:{block}", self.kind));
+        if self.level != Level::Minute {
+            each(field, value.parse().map_err(|_| corrupt())?);
+            return Ok(());
+        }
+        if value.is_empty() {
+            return Ok(());
+        }
+        let start = block * MINUTES_PER_DAY + field * self.per_field;
+        for pair in value.split(',') {
+            let (m, n) = pair.split_once(':').ok_or_else(corrupt)?;
+            let m: i64 = m.parse().map_err(|_| corrupt())?;
+            each(start + m, n.parse().map_err(|_| corrupt())?);
+        }
+        Ok(())
+    }
+}
+
+fn from_value<T: redis::FromRedisValue>(value: redis::Value) -> Result<T, ReadError> {
+    redis::from_redis_value(value).map_err(|e| ReadError::Corrupt(e.to_string()))
+}
+
 #[async_trait]
 impl TrendStore for RedisStore {
     async fn apply_trends(
@@ -304,45 +407,44 @@ impl TrendStore for RedisStore {
         &self,
         scope: &str,
         level: Level,
-        first: i64,
-        end: i64,
+        ranges: &[(i64, i64)],
     ) -> Result<Vec<(i64, u64)>, ReadError> {
-        if end <= first {
-            return Ok(Vec::new());
-        }
-        // The hashes holding units first..end.
-        let (kind, units_per_hash) = match level {
-            Level::Minute => ("m", MINUTES_PER_DAY),
-            Level::Hour => ("h", 24 * DAYS_PER_HOUR_HASH),
-            Level::Day => ("d", DAYS_PER_DAY_HASH),
-        };
+        let mut ranges = ranges.to_vec();
+        merge_ranges(&mut ranges);
+        let layout = Layout::of(level);
         let base = self.scope_base(scope);
-        let blocks = first.div_euclid(units_per_hash)..=(end - 1).div_euclid(units_per_hash);
-        let mut pipe = redis::pipe();
-        for block in blocks.clone() {
-            pipe.hgetall(format!("{base}{kind}:{block}"));
-        }
+        let reads = layout.reads(&ranges);
         let mut conn = self.conn.clone();
-        let wanted = |(unit, n): &(i64, u64)| (first..end).contains(unit) && *n > 0;
-        if level != Level::Minute {
-            let hashes: Vec<Vec<(i64, u64)>> = pipe.query_async(&mut conn).await?;
-            return Ok(hashes.into_iter().flatten().filter(wanted).collect());
-        }
-        let days: Vec<Vec<(i64, String)>> = pipe.query_async(&mut conn).await?;
         let mut out = Vec::new();
-        for (day, hours) in blocks.zip(days) {
-            for (hour, packed) in hours {
-                let start = day * MINUTES_PER_DAY + hour * MINUTES_PER_HOUR;
-                for pair in packed.split(',') {
-                    let parsed = pair.split_once(':').and_then(|(m, n)| {
-                        Some((start + m.parse::<i64>().ok()?, n.parse::<u64>().ok()?))
-                    });
-                    let pair = parsed.ok_or_else(|| {
-                        ReadError::Corrupt(format!("minute counters {packed:?} of day {day}"))
-                    })?;
-                    if wanted(&pair) {
-                        out.push(pair);
+        // A bounded pipeline at a time, each reply parsed and dropped before the next.
+        for piece in reads.chunks(READS_PER_PIPELINE) {
+            let mut pipe = redis::pipe();
+            for (block, fields) in piece {
+                let key = format!("{base}{}:{block}", layout.kind);
+                match fields {
+                    None => pipe.hgetall(key),
+                    Some(fields) => pipe.cmd("HMGET").arg(key).arg(fields),
+                };
+            }
+            let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+            for ((block, fields), reply) in piece.iter().zip(replies) {
+                let pairs: Vec<(i64, String)> = match fields {
+                    None => from_value(reply)?,
+                    Some(fields) => {
+                        let values: Vec<Option<String>> = from_value(reply)?;
+                        fields
+                            .iter()
+                            .zip(values)
+                            .filter_map(|(field, value)| Some((*field, value?)))
+                            .collect()
                     }
+                };
+                for (field, value) in pairs {
+                    layout.counts(*block, field, &value, |unit, n| {
+                        if n > 0 && in_ranges(&ranges, unit) {
+                            out.push((unit, n));
+                        }
+                    })?;
                 }
             }
         }

@@ -15,7 +15,7 @@ use sqlx::sqlite::SqliteConnection;
 
 use super::{BoxFuture, SqliteStore, checkpoint_is, finish, json_text, set_checkpoint};
 use crate::read_store::{Applied, ReadError, TrendStore};
-use crate::trends::{DayUsage, Level, Minute, TrendBatch};
+use crate::trends::{DayUsage, Level, Minute, TrendBatch, merge_ranges};
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS {g}trend_counts (
@@ -166,22 +166,28 @@ impl TrendStore for SqliteStore {
         &self,
         scope: &str,
         level: Level,
-        first: i64,
-        end: i64,
+        ranges: &[(i64, i64)],
     ) -> Result<Vec<(i64, u64)>, ReadError> {
+        let mut ranges = ranges.to_vec();
+        merge_ranges(&mut ranges);
+        if ranges.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One index range per range asked for (CROSS JOIN keeps the ranges outside).
         let sql = self.sql(
-            "SELECT unit, count FROM {g}trend_counts
-             WHERE scope = ?1 AND level = ?2 AND unit >= ?3 AND unit < ?4 ORDER BY unit",
+            "SELECT c.unit, c.count FROM json_each(?3) AS r CROSS JOIN {g}trend_counts AS c
+             WHERE c.scope = ?1 AND c.level = ?2
+               AND c.unit >= r.value ->> 0 AND c.unit < r.value ->> 1",
         );
         let rows: Vec<(i64, i64)> = sqlx::query_as(&sql)
             .bind(scope)
             .bind(level_code(level))
-            .bind(first)
-            .bind(end)
+            .bind(json_text(&ranges))
             .fetch_all(self.pool())
             .await?;
         Ok(rows
             .into_iter()
+            .filter(|(_, n)| *n > 0)
             .map(|(unit, n)| (unit, u64::try_from(n).unwrap_or(0)))
             .collect())
     }
