@@ -8,6 +8,7 @@ mod durability;
 mod files;
 mod helpers;
 mod messages;
+mod outages;
 mod pages;
 mod roles;
 mod service;
