@@ -387,6 +387,8 @@ mod tests {
         ("body_limit", "4096", "4096"),
         ("request_timeout", "5", "5"),
         ("read_your_writes_ms", "0", "0"),
+        ("database_timeout_ms", "250", "250"),
+        ("redis_timeout_ms", "250", "250"),
         (
             "trusted_proxies",
             "10.0.0.1, fd00::/8",
