@@ -24,7 +24,8 @@ pub async fn open_events(config: &Config) -> anyhow::Result<Arc<dyn EventStore>>
 
 /// Open the configured backend: the event store with its due index and outbox.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    cairn_events::open(config.database_url.as_deref(), &config.data_dir)
+    let timeout = Duration::from_millis(config.database_timeout_ms);
+    cairn_events::open(config.database_url.as_deref(), &config.data_dir, timeout)
         .await
         .with_context(|| format!("opening the event store at {}", config.database_for_log()))
 }
@@ -158,11 +159,13 @@ pub async fn open_read(
 ) -> anyhow::Result<Arc<dyn GenerationStore>> {
     Ok(match &config.redis_url {
         Some(url) => Arc::new(
-            RedisStore::connect(url, &config.redis_prefix)
-                .await
-                .with_context(|| {
-                    format!("connecting to Redis at {}", crate::config::redact(url))
-                })?,
+            RedisStore::connect_with_timeout(
+                url,
+                &config.redis_prefix,
+                Duration::from_millis(config.redis_timeout_ms),
+            )
+            .await
+            .with_context(|| format!("connecting to Redis at {}", crate::config::redact(url)))?,
         ),
         None => {
             let first = events

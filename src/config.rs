@@ -89,6 +89,13 @@ settings! {
         /// Longest a write waits for its read model to catch up before answering, in
         /// milliseconds.
         read_your_writes_ms: u64 = 2000,
+        /// Longest one call to Postgres may take (a connection included), in milliseconds.
+        /// A call that fails because Postgres is unreachable makes the next ones fail at once,
+        /// until Postgres answers again.
+        database_timeout_ms: u64 = 1000,
+        /// Longest one call to Redis may take (a connection included), in milliseconds; the
+        /// same fail-fast rule applies to Redis.
+        redis_timeout_ms: u64 = 1000,
         /// Proxies whose `X-Forwarded-For` is believed: addresses or CIDR ranges. Empty: the
         /// peer address is the client.
         trusted_proxies: Vec<IpRange> = Vec::new(),
@@ -323,6 +330,12 @@ impl Config {
         if self.body_limit < 1024 {
             bail!("CAIRN_BODY_LIMIT must be at least 1024 bytes");
         }
+        if !(10..=60_000).contains(&self.database_timeout_ms) {
+            bail!("CAIRN_DATABASE_TIMEOUT_MS must be 10 to 60000 milliseconds");
+        }
+        if !(10..=60_000).contains(&self.redis_timeout_ms) {
+            bail!("CAIRN_REDIS_TIMEOUT_MS must be 10 to 60000 milliseconds");
+        }
         if self.request_timeout == 0 {
             bail!("CAIRN_REQUEST_TIMEOUT must be at least 1 second");
         }
@@ -418,6 +431,8 @@ mod tests {
         ("idle_timeout", "20", "20"),
         ("max_connections", "500", "500"),
         ("read_your_writes_ms", "0", "0"),
+        ("database_timeout_ms", "250", "250"),
+        ("redis_timeout_ms", "250", "250"),
         (
             "trusted_proxies",
             "10.0.0.1, fd00::/8",

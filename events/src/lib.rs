@@ -13,6 +13,7 @@
 //! transaction on SQLite), so a position becomes visible only after all smaller ones.
 #![forbid(unsafe_code)]
 
+pub mod circuit;
 mod clock;
 pub mod domain;
 mod envelope;

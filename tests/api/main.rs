@@ -9,6 +9,7 @@ mod durability;
 mod files;
 mod helpers;
 mod messages;
+mod outages;
 mod pages;
 mod rebuild;
 mod roles;

@@ -1,24 +1,30 @@
 //! The two event store backends and how one is chosen.
 
+mod guarded;
 pub mod postgres;
 pub mod sqlite;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::{Store, StoreError};
 
+pub use guarded::Guarded;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Open the event store named by `database_url`: a `postgres://` URL selects Postgres;
 /// none selects the embedded SQLite file `events.db` in `data_dir`. Migrations are applied.
+/// Each call to a Postgres server is bounded by `timeout` and fails at once while the
+/// server is known to be down (see [`Guarded`]).
 pub async fn open(
     database_url: Option<&str>,
     data_dir: &Path,
+    timeout: Duration,
 ) -> Result<Arc<dyn Store>, StoreError> {
     match database_url {
-        Some(url) => Ok(open_postgres(url).await?),
+        Some(url) => Ok(Arc::new(Guarded::new(open_postgres(url).await?, timeout))),
         None => Ok(open_sqlite(&data_dir.join("events.db")).await?),
     }
 }

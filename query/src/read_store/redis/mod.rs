@@ -22,24 +22,33 @@
 //!
 //! This file holds what the models share: the connection (one Redis or a cluster), key
 //! naming, generations and the checkpoint, pipelining by slot, and resets.
+//!
+//! Every call is bounded by the configured timeout (connecting included), and a call that
+//! finds Redis unreachable opens the store's [`Circuit`]: later calls fail at once, without
+//! waiting on a reconnection, until a `PING` in the background is answered again. So a Redis
+//! that is down costs a request one timeout at most, and then nothing.
 
 mod messages;
 mod trends;
 
-use std::sync::LazyLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use cairn_events::Position;
+use cairn_events::circuit::Circuit;
 use redis::AsyncCommands;
 use redis::RedisFuture;
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 
 use super::{
     Applied, Generation, GenerationStore, Generations, ReadBackend, ReadError, ReadModels,
 };
+
+/// The longest one call may take unless configured otherwise.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Moves a checkpoint from ARGV[1] to ARGV[2] only if it is still at ARGV[1].
 const CHECKPOINT_CAS_SOURCE: &str = r"
@@ -106,19 +115,124 @@ pub struct RedisStore {
     generation: Option<Generation>,
 }
 
-/// A connection to one Redis (or a primary), or to a Redis Cluster.
+/// A connection to one Redis (or a primary), or to a Redis Cluster, whose calls are bounded
+/// by a timeout and fail at once while the circuit is open.
 #[derive(Clone)]
-enum Conn {
+struct Conn {
+    link: Link,
+    timeout: Duration,
+    circuit: Arc<Circuit>,
+}
+
+#[derive(Clone)]
+enum Link {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
 
+impl Conn {
+    /// A connection to one Redis at `url`, sharing `circuit`.
+    async fn single(
+        url: redis::ConnectionInfo,
+        timeout: Duration,
+        circuit: Arc<Circuit>,
+    ) -> Result<Self, redis::RedisError> {
+        // Without TCP_NODELAY a pipelined write can sit out a delayed ACK (~40 ms).
+        let tcp = url.tcp_settings().clone().set_nodelay(true);
+        let client = redis::Client::open(url.set_tcp_settings(tcp))?;
+        // Few, short reconnection attempts: while they fail, callers are answered by the
+        // circuit, and the probe starts the next attempt.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(timeout);
+        let manager = tokio::time::timeout(
+            timeout * 4,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| timed_out())??;
+        Ok(Conn {
+            link: Link::Single(manager),
+            timeout,
+            circuit,
+        })
+    }
+
+    fn is_single(&self) -> bool {
+        matches!(self.link, Link::Single(_))
+    }
+
+    /// Whether `error` means Redis could not be reached (rather than a refused command).
+    fn is_outage(error: &redis::RedisError) -> bool {
+        error.is_io_error()
+            || error.is_timeout()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || error.is_unrecoverable_error()
+            || matches!(
+                error.kind(),
+                redis::ErrorKind::ClusterConnectionNotFound
+                    | redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown)
+            )
+    }
+
+    /// Run one call through the circuit and the timeout.
+    async fn guard<T>(
+        &self,
+        call: impl Future<Output = Result<T, redis::RedisError>>,
+    ) -> Result<T, redis::RedisError> {
+        if self.circuit.is_open() {
+            return Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "Redis is unreachable; waiting for it to answer again",
+            )));
+        }
+        let result = tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or_else(|_| Err(timed_out()));
+        if let Err(error) = &result
+            && Self::is_outage(error)
+        {
+            let (link, timeout) = (self.link.clone(), self.timeout);
+            self.circuit.trip(move || {
+                let mut link = link.clone();
+                async move {
+                    let ping = redis::cmd("PING");
+                    let answer = match &mut link {
+                        Link::Single(c) => c.req_packed_command(&ping),
+                        Link::Cluster(c) => c.req_packed_command(&ping),
+                    };
+                    tokio::time::timeout(timeout, answer)
+                        .await
+                        .is_ok_and(|r| r.is_ok())
+                }
+            });
+        }
+        result
+    }
+}
+
+fn timed_out() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "Redis did not answer in time",
+    ))
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
+        Box::pin(async move {
+            let mut link = self.link.clone();
+            self.guard(async move {
+                match &mut link {
+                    Link::Single(c) => c.req_packed_command(cmd).await,
+                    Link::Cluster(c) => c.req_packed_command(cmd).await,
+                }
+            })
+            .await
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -127,16 +241,22 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<redis::Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
+        Box::pin(async move {
+            let mut link = self.link.clone();
+            self.guard(async move {
+                match &mut link {
+                    Link::Single(c) => c.req_packed_commands(pipeline, offset, count).await,
+                    Link::Cluster(c) => c.req_packed_commands(pipeline, offset, count).await,
+                }
+            })
+            .await
+        })
     }
 
     fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+        match &self.link {
+            Link::Single(c) => c.get_db(),
+            Link::Cluster(c) => c.get_db(),
         }
     }
 }
@@ -174,6 +294,16 @@ impl RedisStore {
     /// Connect to `url`: `redis://…` (or `rediss://`) for one Redis,
     /// `redis+cluster://host:port,host:port…` for a Redis Cluster.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, ReadError> {
+        Self::connect_with_timeout(url, prefix, DEFAULT_TIMEOUT).await
+    }
+
+    /// As [`RedisStore::connect`], each call (a connection included) bounded by `timeout`.
+    pub async fn connect_with_timeout(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, ReadError> {
+        let circuit = Circuit::new("redis");
         let (conn, cluster) = match cluster_seeds(url) {
             Some((access, seeds)) => {
                 let mut infos = Vec::with_capacity(seeds.len());
@@ -187,16 +317,24 @@ impl RedisStore {
                     .map(|i| i.tcp_settings().clone())
                     .unwrap_or_default()
                     .set_nodelay(true);
-                let client = ClusterClient::builder(infos).tcp_settings(tcp).build()?;
-                let conn = client.get_async_connection().await?;
-                (Conn::Cluster(conn), Some(access))
+                let client = ClusterClient::builder(infos)
+                    .tcp_settings(tcp)
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .build()?;
+                let conn = tokio::time::timeout(timeout * 4, client.get_async_connection())
+                    .await
+                    .map_err(|_| timed_out())??;
+                let conn = Conn {
+                    link: Link::Cluster(conn),
+                    timeout,
+                    circuit,
+                };
+                (conn, Some(access))
             }
             None => {
-                // Without TCP_NODELAY a pipelined write can sit out a delayed ACK (~40 ms).
                 let info = redis::IntoConnectionInfo::into_connection_info(url)?;
-                let tcp = info.tcp_settings().clone().set_nodelay(true);
-                let client = redis::Client::open(info.set_tcp_settings(tcp))?;
-                (Conn::Single(ConnectionManager::new(client).await?), None)
+                (Conn::single(info, timeout, circuit).await?, None)
             }
         };
         let store = RedisStore {
@@ -232,8 +370,8 @@ impl RedisStore {
             // `ip:port@cport[,hostname]`
             let host_port = address.split('@').next().unwrap_or_default();
             let url = format!("{}://{}{host_port}", access.scheme, access.userinfo);
-            let client = redis::Client::open(url)?;
-            out.push(Conn::Single(ConnectionManager::new(client).await?));
+            let info = redis::IntoConnectionInfo::into_connection_info(url)?;
+            out.push(Conn::single(info, self.conn.timeout, self.conn.circuit.clone()).await?);
         }
         Ok(out)
     }
@@ -351,7 +489,7 @@ impl RedisStore {
         if sizes.iter().sum::<usize>() == 0 {
             return Ok(sizes.iter().map(|_| Vec::new()).collect());
         }
-        if let Conn::Single(_) = conn {
+        if conn.is_single() {
             let mut pipe = redis::pipe();
             for cmd in groups.into_iter().flatten() {
                 pipe.add_command(cmd);
