@@ -114,13 +114,10 @@ impl TokenRegistry {
                 if let Ok(e) = TokenIssued::decode(envelope) {
                     tokens.hash_of.insert(e.token_id, e.token_hash.clone());
                     if !tokens.revoked.contains(&e.token_hash) {
-                        tokens
-                            .by_hash
-                            .entry(e.token_hash)
-                            .or_insert(TokenEntry {
-                                user_id: e.user_id,
-                                expires_at: e.expires_at,
-                            });
+                        tokens.by_hash.entry(e.token_hash).or_insert(TokenEntry {
+                            user_id: e.user_id,
+                            expires_at: e.expires_at,
+                        });
                     }
                 }
             }

@@ -30,7 +30,9 @@ pub enum UserError {
     NoSuchUser(String),
     #[error("no live token matches {0:?}")]
     NoSuchToken(String),
-    #[error("that token is already taken (a token belongs to one user, and a revoked one is never issued again)")]
+    #[error(
+        "that token is already taken (a token belongs to one user, and a revoked one is never issued again)"
+    )]
     TokenTaken,
     #[error(transparent)]
     Store(#[from] StoreError),

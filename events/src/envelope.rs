@@ -164,7 +164,12 @@ impl AppendRequest {
 
     /// Every stream the request writes, its own first: (stream, expected, events).
     pub(crate) fn parts(&self) -> impl Iterator<Item = (&str, ExpectedVersion, &[NewEvent])> {
-        std::iter::once((self.stream_id.as_str(), self.expected, self.events.as_slice())).chain(
+        std::iter::once((
+            self.stream_id.as_str(),
+            self.expected,
+            self.events.as_slice(),
+        ))
+        .chain(
             self.also
                 .iter()
                 .map(|s| (s.stream_id.as_str(), s.expected, s.events.as_slice())),
@@ -181,7 +186,11 @@ impl AppendRequest {
                     "an append needs at least one event per stream".into(),
                 ));
             }
-            if self.parts().take(i).any(|(earlier, _, _)| earlier == stream_id) {
+            if self
+                .parts()
+                .take(i)
+                .any(|(earlier, _, _)| earlier == stream_id)
+            {
                 return Err(StoreError::Invalid(format!(
                     "stream {stream_id} is named twice in one append"
                 )));

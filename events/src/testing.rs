@@ -186,8 +186,11 @@ pub async fn concurrent_writers_one_winner(store: Arc<dyn EventStore>) {
 pub async fn several_streams_in_one_append(store: Arc<dyn EventStore>) {
     let first = store
         .append(
-            request("note-m", ExpectedVersion::NoStream, &[1, 2])
-                .and_stream("claim-x", ExpectedVersion::NoStream, vec![noted(3)]),
+            request("note-m", ExpectedVersion::NoStream, &[1, 2]).and_stream(
+                "claim-x",
+                ExpectedVersion::NoStream,
+                vec![noted(3)],
+            ),
         )
         .await
         .unwrap();
@@ -202,14 +205,20 @@ pub async fn several_streams_in_one_append(store: Arc<dyn EventStore>) {
     );
     let claim = store.read_stream("claim-x").await.unwrap();
     assert_eq!(
-        claim.iter().map(|e| (e.version, e.position)).collect::<Vec<_>>(),
+        claim
+            .iter()
+            .map(|e| (e.version, e.position))
+            .collect::<Vec<_>>(),
         [(1, 3)]
     );
 
     let taken = store
         .append(
-            request("note-n", ExpectedVersion::NoStream, &[4])
-                .and_stream("claim-x", ExpectedVersion::NoStream, vec![noted(5)]),
+            request("note-n", ExpectedVersion::NoStream, &[4]).and_stream(
+                "claim-x",
+                ExpectedVersion::NoStream,
+                vec![noted(5)],
+            ),
         )
         .await;
     assert!(
@@ -220,10 +229,11 @@ pub async fn several_streams_in_one_append(store: Arc<dyn EventStore>) {
     assert_eq!(store.head().await.unwrap(), 3);
 
     let twice = store
-        .append(
-            request("note-o", ExpectedVersion::Any, &[6])
-                .and_stream("note-o", ExpectedVersion::Any, vec![noted(7)]),
-        )
+        .append(request("note-o", ExpectedVersion::Any, &[6]).and_stream(
+            "note-o",
+            ExpectedVersion::Any,
+            vec![noted(7)],
+        ))
         .await;
     assert!(matches!(twice, Err(StoreError::Invalid(_))), "{twice:?}");
 
@@ -233,8 +243,11 @@ pub async fn several_streams_in_one_append(store: Arc<dyn EventStore>) {
         tasks.push(tokio::spawn(async move {
             store
                 .append(
-                    request(&format!("note-k{i}"), ExpectedVersion::NoStream, &[i])
-                        .and_stream("claim-y", ExpectedVersion::NoStream, vec![noted(i)]),
+                    request(&format!("note-k{i}"), ExpectedVersion::NoStream, &[i]).and_stream(
+                        "claim-y",
+                        ExpectedVersion::NoStream,
+                        vec![noted(i)],
+                    ),
                 )
                 .await
                 .is_ok()

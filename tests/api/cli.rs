@@ -361,7 +361,11 @@ pub async fn dunder_users_named_by_email_address(backend: Backend) {
     assert_eq!(listed("user_name=jane%2Bops%40example.com").await, janes);
     assert_eq!(listed("user_name=jane%2Bops@example.com").await, janes);
     // Exactly that name: no prefix, no other address.
-    for query in ["user_name=john", "user_name=john@example", "user_name=jane@example.com"] {
+    for query in [
+        "user_name=john",
+        "user_name=john@example",
+        "user_name=jane@example.com",
+    ] {
         assert!(listed(query).await.is_empty(), "{query}");
     }
     // In a query string an unencoded '+' is a space, which no name contains.
@@ -415,7 +419,11 @@ pub async fn one_token_one_user_however_many_add_it_at_once(backend: Backend) {
     let winner = winners[0].clone();
     // The others left nothing behind: one user, one token.
     let list = cairn(&env, &["user", "list"]).await;
-    assert_eq!(list.lines().filter(|l| l.starts_with("racer")).count(), 1, "{list}");
+    assert_eq!(
+        list.lines().filter(|l| l.starts_with("racer")).count(),
+        1,
+        "{list}"
+    );
     assert_eq!(list.matches("  token ").count(), 1, "{list}");
 
     let post = || {

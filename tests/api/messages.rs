@@ -513,7 +513,9 @@ pub async fn hashtags_in_any_script_match_in_either_form(backend: Backend) {
     let shouted = "CAF\u{c9}";
     let first = app.post(&token, "one", &[decomposed, "हिन्दी"]).await;
     let second = app.post(&token, "two", &[precomposed, "தமிழ்"]).await;
-    let third = app.post(&token, "three", &["#हिन्दी", "#தமிழ்", shouted]).await;
+    let third = app
+        .post(&token, "three", &["#हिन्दी", "#தமிழ்", shouted])
+        .await;
     // Stored in NFC, with the spelling given.
     let (_, shown) = app.get(&format!("/message/{first}")).await;
     assert_eq!(shown["data"]["hashtags"], json!(["Caf\u{e9}", "हिन्दी"]));
@@ -570,8 +572,9 @@ fn encode(text: &str) -> String {
 /// issued again: here two users hold the same token, as tokens imported before each token
 /// was claimed could.
 pub async fn a_revoked_token_never_authenticates_again(backend: Backend) {
+    use cairn_command::auth::hash_token;
     use cairn_command::users::{self, UserError};
-    use cairn_events::domain::user::{TokenIssued, UserCreated, UserName, hash_token};
+    use cairn_events::domain::user::{TokenIssued, UserCreated, UserName};
     use cairn_events::{AppendRequest, ExpectedVersion, Metadata, NewEvent};
 
     let app = spawn_app(backend).await;
@@ -611,7 +614,8 @@ pub async fn a_revoked_token_never_authenticates_again(backend: Backend) {
     users::revoke_token(&*app.events, "c2hhcmVk").await.unwrap();
     app.sync_tokens().await;
     expect_error(
-        app.post_message("c2hhcmVk", &json!({"text": "still?"})).await,
+        app.post_message("c2hhcmVk", &json!({"text": "still?"}))
+            .await,
         401,
         "unauthorized",
     )

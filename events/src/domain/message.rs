@@ -4,9 +4,9 @@ use std::collections::HashSet;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use ulid::Ulid;
 use unicode_normalization::char::is_combining_mark;
 use unicode_normalization::{UnicodeNormalization, is_nfc};
-use ulid::Ulid;
 use uuid::Uuid;
 
 use crate::DomainEvent;
@@ -187,7 +187,16 @@ mod tests {
 
     #[test]
     fn letters_marks_and_digits_of_any_script() {
-        for tag in ["हिन्दी", "தமிழ்", "ไทย", "日本語", "русский", "ünï_1", "٣٤", "x\u{20DD}"] {
+        for tag in [
+            "हिन्दी",
+            "தமிழ்",
+            "ไทย",
+            "日本語",
+            "русский",
+            "ünï_1",
+            "٣٤",
+            "x\u{20DD}",
+        ] {
             assert_eq!(Hashtag::parse(tag).unwrap().as_str(), tag, "{tag}");
         }
         for tag in ["a b", "a-b", "a.b", "\u{301}a", "🙂", "a\u{200B}"] {

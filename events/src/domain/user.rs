@@ -167,12 +167,27 @@ mod tests {
 
     #[test]
     fn names_are_any_visible_characters() {
-        for name in ["john@example.com", "a+b@example.com", "ædith", "x", "李", "o'brien"] {
+        for name in [
+            "john@example.com",
+            "a+b@example.com",
+            "ædith",
+            "x",
+            "李",
+            "o'brien",
+        ] {
             assert_eq!(UserName::parse(name).unwrap().as_str(), name);
         }
         let longest = "é".repeat(MAX_NAME_CHARS);
         assert!(UserName::parse(&longest).is_ok());
-        for name in ["", "a b", "tab\there", "new\nline", "nul\0", "\u{85}", &"x".repeat(256)] {
+        for name in [
+            "",
+            "a b",
+            "tab\there",
+            "new\nline",
+            "nul\0",
+            "\u{85}",
+            &"x".repeat(256),
+        ] {
             assert!(UserName::parse(name).is_err(), "{name:?} is refused");
         }
     }
@@ -190,11 +205,17 @@ mod tests {
     fn long_names_have_a_hashed_stream_id() {
         let long = UserName::parse(&"字".repeat(MAX_NAME_CHARS)).unwrap();
         let id = long.stream_id();
-        assert!(id.starts_with("user-sha256:") && id.len() == 5 + 7 + 64, "{id}");
+        assert!(
+            id.starts_with("user-sha256:") && id.len() == 5 + 7 + 64,
+            "{id}"
+        );
         let other = UserName::parse(&"字".repeat(MAX_NAME_CHARS - 1)).unwrap();
         assert_ne!(other.stream_id(), id);
         assert_eq!(
-            UserName::parse(&"a".repeat(MAX_NAME_CHARS)).unwrap().stream_id().len(),
+            UserName::parse(&"a".repeat(MAX_NAME_CHARS))
+                .unwrap()
+                .stream_id()
+                .len(),
             5 + MAX_NAME_CHARS
         );
     }
