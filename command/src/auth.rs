@@ -5,8 +5,13 @@
 //! memory, fed by the `user` event streams, so checking a token costs no database round
 //! trip; the registry follows the log (woken by appends, and at least once a second), so a
 //! revocation made anywhere takes effect everywhere within a second.
+//!
+//! A token is unique across users (its claim stream sees to it, see `users`), and a
+//! revocation retires the token itself, not only one user's grant of it: a revoked hash
+//! never authenticates again, whoever it was issued to. Tokens issued twice before claims
+//! existed belong to the first user they were issued to.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -18,7 +23,6 @@ use cairn_events::domain::user::{self, TokenIssued, TokenRevoked, UserCreated};
 use cairn_events::{DomainEvent, Envelope, EventStore, Position};
 use chrono::{DateTime, Utc};
 use rand::Rng;
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -40,15 +44,10 @@ pub fn mint_token() -> String {
     )
 }
 
-/// The stored form of a token.
-pub fn hash_token(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use cairn_events::domain::user::hash_token;
 
 #[derive(Clone, Debug)]
 struct TokenEntry {
-    token_id: Uuid,
     user_id: Uuid,
     expires_at: Option<DateTime<Utc>>,
 }
@@ -58,6 +57,8 @@ struct Tokens {
     by_hash: HashMap<String, TokenEntry>,
     hash_of: HashMap<Uuid, String>,
     names: HashMap<Uuid, String>,
+    /// Hashes of revoked tokens: refused for good.
+    revoked: HashSet<String>,
 }
 
 /// The authenticated caller of a request.
@@ -112,25 +113,20 @@ impl TokenRegistry {
             TokenIssued::TYPE => {
                 if let Ok(e) = TokenIssued::decode(envelope) {
                     tokens.hash_of.insert(e.token_id, e.token_hash.clone());
-                    tokens.by_hash.insert(
-                        e.token_hash,
-                        TokenEntry {
-                            token_id: e.token_id,
+                    if !tokens.revoked.contains(&e.token_hash) {
+                        tokens.by_hash.entry(e.token_hash).or_insert(TokenEntry {
                             user_id: e.user_id,
                             expires_at: e.expires_at,
-                        },
-                    );
+                        });
+                    }
                 }
             }
             TokenRevoked::TYPE => {
                 if let Ok(e) = TokenRevoked::decode(envelope)
                     && let Some(hash) = tokens.hash_of.remove(&e.token_id)
-                    && tokens
-                        .by_hash
-                        .get(&hash)
-                        .is_some_and(|t| t.token_id == e.token_id)
                 {
                     tokens.by_hash.remove(&hash);
+                    tokens.revoked.insert(hash);
                 }
             }
             _ => {}

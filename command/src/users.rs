@@ -1,14 +1,19 @@
 //! Users and tokens, managed from the CLI (`cairn user add`, `cairn token revoke`, ...).
 //!
-//! A user is the stream `user-<name>`; its tokens are events in it. These functions are
-//! the use cases; the CLI only parses arguments and prints.
+//! A user is the stream `user-<name>`; its tokens are events in it. Issuing a token also
+//! opens the stream `token-<hash>` in the same append, expecting it not to exist, so a
+//! token string is held by one user only, however many `cairn user add` run at once, and a
+//! revoked token (its stream stays) is never issued again. These functions are the use
+//! cases; the CLI only parses arguments and prints.
 
 use std::collections::BTreeMap;
 
-use cairn_events::domain::user::{self, TokenIssued, TokenRevoked, UserCreated, UserName};
+use cairn_events::domain::user::{
+    self, TokenClaimed, TokenIssued, TokenRevoked, UserCreated, UserName, token_stream_id,
+};
 use cairn_events::{
     AppendRequest, DomainEvent, Envelope, EventStore, ExpectedVersion, Metadata, NewEvent,
-    Position, StoreError,
+    Position, StoreError, category_of,
 };
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -25,7 +30,9 @@ pub enum UserError {
     NoSuchUser(String),
     #[error("no live token matches {0:?}")]
     NoSuchToken(String),
-    #[error("that token is already in use")]
+    #[error(
+        "that token is already taken (a token belongs to one user, and a revoked one is never issued again)"
+    )]
     TokenTaken,
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -127,16 +134,33 @@ pub async fn list_users(events: &dyn EventStore) -> Result<Vec<User>, UserError>
     Ok(streams.values().filter_map(|s| fold(s)).collect())
 }
 
+/// Tokens issued before each token had a claim stream are found among the users' events:
+/// such a token, revoked or not, is taken too.
 async fn ensure_token_unused(events: &dyn EventStore, hash: &str) -> Result<(), UserError> {
     let users = list_users(events).await?;
-    if users
-        .iter()
-        .flat_map(|u| &u.tokens)
-        .any(|t| !t.revoked && t.hash == hash)
-    {
+    if users.iter().flat_map(|u| &u.tokens).any(|t| t.hash == hash) {
         return Err(UserError::TokenTaken);
     }
     Ok(())
+}
+
+/// `request`, also claiming the token of `issued` (its stream must not exist yet).
+fn claiming(request: AppendRequest, issued: &TokenIssued, metadata: Metadata) -> AppendRequest {
+    let claim = TokenClaimed {
+        token_id: issued.token_id,
+        user_id: issued.user_id,
+    };
+    request.and_stream(
+        token_stream_id(&issued.token_hash),
+        ExpectedVersion::NoStream,
+        vec![NewEvent::new(&claim, metadata)],
+    )
+}
+
+/// A conflict on a token's claim stream: the token is taken.
+fn token_conflict(error: &StoreError) -> bool {
+    matches!(error, StoreError::Conflict { stream_id, .. }
+        if category_of(stream_id) == user::TOKEN_CATEGORY)
 }
 
 /// The token to issue: a new one, or an imported string (flagged weak).
@@ -202,14 +226,15 @@ pub async fn add_user(
         ExpectedVersion::NoStream,
         vec![
             NewEvent::new(&created, metadata.clone()),
-            NewEvent::new(&issued, metadata),
+            NewEvent::new(&issued, metadata.clone()),
         ],
     );
-    match events.append(request).await {
+    match events.append(claiming(request, &issued, metadata)).await {
         Ok(appended) => Ok(Written {
             value: token,
             position: appended.last_position,
         }),
+        Err(e) if token_conflict(&e) => Err(UserError::TokenTaken),
         Err(StoreError::Conflict { .. }) => Err(UserError::Exists(name.to_string())),
         Err(e) => Err(e.into()),
     }
@@ -226,13 +251,17 @@ pub async fn add_token(
     let stream = events.read_stream(&name.stream_id()).await?;
     let user = fold(&stream).ok_or_else(|| UserError::NoSuchUser(name.to_string()))?;
     let (token, issued) = token_event(events, user.id, import_token, expires_at).await?;
-    let appended = events
-        .append(AppendRequest::new(
-            name.stream_id(),
-            ExpectedVersion::Exact(user.version),
-            vec![NewEvent::new(&issued, cli())],
-        ))
-        .await?;
+    let metadata = cli();
+    let request = AppendRequest::new(
+        name.stream_id(),
+        ExpectedVersion::Exact(user.version),
+        vec![NewEvent::new(&issued, metadata.clone())],
+    );
+    let appended = match events.append(claiming(request, &issued, metadata)).await {
+        Ok(appended) => appended,
+        Err(e) if token_conflict(&e) => return Err(UserError::TokenTaken),
+        Err(e) => return Err(e.into()),
+    };
     Ok(Written {
         value: token,
         position: appended.last_position,

@@ -101,13 +101,28 @@ impl fmt::Display for ExpectedVersion {
 }
 
 /// Events for one stream, appended atomically, with the work they leave behind.
+///
+/// A request may also append to further streams ([`AppendRequest::and_stream`]), each with
+/// its own expected version: all of its events are committed or none. That is how a
+/// uniqueness rule spanning streams is kept: the request opens a stream named by the unique
+/// value with [`ExpectedVersion::NoStream`] beside its own events.
 #[derive(Clone, Debug)]
 pub struct AppendRequest {
     pub stream_id: String,
     pub expected: ExpectedVersion,
     pub events: Vec<NewEvent>,
+    /// Further streams written in the same commit.
+    pub also: Vec<StreamEvents>,
     /// Due items and outbox messages, committed with the events or not at all.
     pub effects: Effects,
+}
+
+/// Events for a further stream of an [`AppendRequest`].
+#[derive(Clone, Debug)]
+pub struct StreamEvents {
+    pub stream_id: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
 }
 
 impl AppendRequest {
@@ -120,8 +135,25 @@ impl AppendRequest {
             stream_id: stream_id.into(),
             expected,
             events,
+            also: Vec::new(),
             effects: Effects::default(),
         }
+    }
+
+    /// The same request, also appending `events` to `stream_id` if that stream is at
+    /// `expected`; a conflict on either stream fails the whole request.
+    pub fn and_stream(
+        mut self,
+        stream_id: impl Into<String>,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Self {
+        self.also.push(StreamEvents {
+            stream_id: stream_id.into(),
+            expected,
+            events,
+        });
+        self
     }
 
     /// The same request, leaving `effects` behind when it commits.
@@ -130,14 +162,39 @@ impl AppendRequest {
         self
     }
 
+    /// Every stream the request writes, its own first: (stream, expected, events).
+    pub(crate) fn parts(&self) -> impl Iterator<Item = (&str, ExpectedVersion, &[NewEvent])> {
+        std::iter::once((
+            self.stream_id.as_str(),
+            self.expected,
+            self.events.as_slice(),
+        ))
+        .chain(
+            self.also
+                .iter()
+                .map(|s| (s.stream_id.as_str(), s.expected, s.events.as_slice())),
+        )
+    }
+
     pub(crate) fn validate(&self) -> Result<(), StoreError> {
-        if self.stream_id.is_empty() || self.stream_id.len() > 512 {
-            return Err(StoreError::Invalid("stream id must be 1-512 bytes".into()));
-        }
-        if self.events.is_empty() {
-            return Err(StoreError::Invalid(
-                "an append needs at least one event".into(),
-            ));
+        for (i, (stream_id, _, events)) in self.parts().enumerate() {
+            if stream_id.is_empty() || stream_id.len() > 512 {
+                return Err(StoreError::Invalid("stream id must be 1-512 bytes".into()));
+            }
+            if events.is_empty() {
+                return Err(StoreError::Invalid(
+                    "an append needs at least one event per stream".into(),
+                ));
+            }
+            if self
+                .parts()
+                .take(i)
+                .any(|(earlier, _, _)| earlier == stream_id)
+            {
+                return Err(StoreError::Invalid(format!(
+                    "stream {stream_id} is named twice in one append"
+                )));
+            }
         }
         Ok(())
     }
@@ -146,10 +203,12 @@ impl AppendRequest {
 /// The outcome of a successful append.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Appended {
+    /// The request's own stream (not the further ones).
     pub stream_id: String,
-    /// The stream version of the last appended event.
+    /// The version of the request's own stream after its last event.
     pub version: i64,
-    /// The global position of the first and last appended events.
+    /// The global position of the first and last appended events, of every stream of the
+    /// request (they are contiguous).
     pub first_position: Position,
     pub last_position: Position,
 }

@@ -4,7 +4,8 @@
 //! transaction is in flight, new requests queue up; the writer then takes everything
 //! queued (up to [`MAX_BATCH`]) into the next transaction. Under load this turns N fsyncs
 //! into one without adding a timer to the quiet path. Each request is checked against its
-//! stream's version on its own, so one caller's conflict fails only that caller.
+//! stream's version on its own (every stream of it, when it writes several), so one
+//! caller's conflict fails only that caller.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -109,32 +110,43 @@ pub(crate) fn plan<'a>(
     let mut results = Vec::with_capacity(requests.len());
     let mut next_position = head + 1;
     for request in requests {
-        let actual = versions.get(&request.stream_id).copied().unwrap_or(0);
-        if !request.expected.allows(actual) {
+        let actual = |versions: &HashMap<String, i64>, stream: &str| {
+            versions.get(stream).copied().unwrap_or(0)
+        };
+        if let Some((stream_id, expected, _)) = request
+            .parts()
+            .find(|(stream, expected, _)| !expected.allows(actual(&versions, stream)))
+        {
             results.push(Err(StoreError::Conflict {
-                stream_id: request.stream_id.clone(),
-                expected: request.expected,
-                actual,
+                stream_id: stream_id.to_owned(),
+                expected,
+                actual: actual(&versions, stream_id),
             }));
             continue;
         }
         let first_position = next_position;
-        let mut version = actual;
-        for event in &request.events {
-            version += 1;
-            rows.push(PlannedRow {
-                position: next_position,
-                stream_id: &request.stream_id,
-                category: category_of(&request.stream_id),
-                version,
-                event,
-            });
-            next_position += 1;
+        let mut own_version = 0;
+        for (part, (stream_id, _, events)) in request.parts().enumerate() {
+            let mut version = actual(&versions, stream_id);
+            for event in events {
+                version += 1;
+                rows.push(PlannedRow {
+                    position: next_position,
+                    stream_id,
+                    category: category_of(stream_id),
+                    version,
+                    event,
+                });
+                next_position += 1;
+            }
+            versions.insert(stream_id.to_owned(), version);
+            if part == 0 {
+                own_version = version;
+            }
         }
-        versions.insert(request.stream_id.clone(), version);
         results.push(Ok(Appended {
             stream_id: request.stream_id.clone(),
-            version,
+            version: own_version,
             first_position,
             last_position: next_position - 1,
         }));

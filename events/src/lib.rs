@@ -33,7 +33,7 @@ use tokio::sync::watch;
 pub use clock::Clock;
 pub use envelope::{
     AppendRequest, Appended, DecodeError, DomainEvent, Envelope, ExpectedVersion, Metadata,
-    NewEvent, category_of,
+    NewEvent, StreamEvents, category_of,
 };
 pub use group_commit::AppendStats;
 pub use store::{open, open_postgres, open_sqlite};

@@ -180,6 +180,102 @@ pub async fn concurrent_writers_one_winner(store: Arc<dyn EventStore>) {
     );
 }
 
+/// A request writing several streams commits all of them or none: a conflict on any one
+/// of them fails it whole, and of concurrent requests opening the same further stream
+/// exactly one wins, in one group-committed transaction or in several.
+pub async fn several_streams_in_one_append(store: Arc<dyn EventStore>) {
+    let first = store
+        .append(
+            request("note-m", ExpectedVersion::NoStream, &[1, 2]).and_stream(
+                "claim-x",
+                ExpectedVersion::NoStream,
+                vec![noted(3)],
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            first.stream_id.as_str(),
+            first.version,
+            first.first_position,
+            first.last_position
+        ),
+        ("note-m", 2, 1, 3)
+    );
+    let claim = store.read_stream("claim-x").await.unwrap();
+    assert_eq!(
+        claim
+            .iter()
+            .map(|e| (e.version, e.position))
+            .collect::<Vec<_>>(),
+        [(1, 3)]
+    );
+
+    let taken = store
+        .append(
+            request("note-n", ExpectedVersion::NoStream, &[4]).and_stream(
+                "claim-x",
+                ExpectedVersion::NoStream,
+                vec![noted(5)],
+            ),
+        )
+        .await;
+    assert!(
+        matches!(&taken, Err(StoreError::Conflict { stream_id, actual: 1, .. }) if stream_id == "claim-x"),
+        "{taken:?}"
+    );
+    assert!(store.read_stream("note-n").await.unwrap().is_empty());
+    assert_eq!(store.head().await.unwrap(), 3);
+
+    let twice = store
+        .append(request("note-o", ExpectedVersion::Any, &[6]).and_stream(
+            "note-o",
+            ExpectedVersion::Any,
+            vec![noted(7)],
+        ))
+        .await;
+    assert!(matches!(twice, Err(StoreError::Invalid(_))), "{twice:?}");
+
+    let mut tasks = Vec::new();
+    for i in 0..16u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .append(
+                    request(&format!("note-k{i}"), ExpectedVersion::NoStream, &[i]).and_stream(
+                        "claim-y",
+                        ExpectedVersion::NoStream,
+                        vec![noted(i)],
+                    ),
+                )
+                .await
+                .is_ok()
+        }));
+    }
+    let mut winners = Vec::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        if task.await.unwrap() {
+            winners.push(i);
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    for i in 0..16 {
+        let own = store.read_stream(&format!("note-k{i}")).await.unwrap();
+        assert_eq!(own.len(), usize::from(winners.contains(&i)), "note-k{i}");
+    }
+    let claim = store.read_stream("claim-y").await.unwrap();
+    assert_eq!(claim.len(), 1);
+    assert_eq!(Noted::decode(&claim[0]).unwrap().n, winners[0] as u64);
+    // Positions stay dense.
+    let all = store.read_all(0, 1000, &[]).await.unwrap();
+    assert!(
+        all.iter()
+            .enumerate()
+            .all(|(i, e)| e.position == i as i64 + 1)
+    );
+}
+
 /// A reader following the log while writers append concurrently sees every event exactly
 /// once, in position order, with no gaps.
 pub async fn catch_up_never_skips(store: Arc<dyn EventStore>) {
@@ -593,6 +689,10 @@ macro_rules! event_store_suite {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_writers_one_winner() {
             $crate::testing::concurrent_writers_one_winner($fresh.await).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn several_streams_in_one_append() {
+            $crate::testing::several_streams_in_one_append($fresh.await).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn catch_up_never_skips() {

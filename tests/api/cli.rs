@@ -12,7 +12,9 @@ crate::on_both_backends!(
     rebuild_from_the_command_line_while_serving,
     dead_letters_from_the_command_line,
     senders_blocked_from_the_command_line,
-    administrative_commands_are_quiet_and_colourless
+    administrative_commands_are_quiet_and_colourless,
+    dunder_users_named_by_email_address,
+    one_token_one_user_however_many_add_it_at_once
 );
 
 pub async fn users_and_tokens_from_the_command_line(backend: Backend) {
@@ -358,4 +360,193 @@ pub async fn administrative_commands_are_quiet_and_colourless(backend: Backend) 
     let fresh = backend_env(backend).await;
     let (_, stderr) = run(&fresh, &["migrate"], Some("info")).await;
     assert!(stderr.contains("INFO"), "{stderr}");
+}
+
+/// Dunder named users by whatever its token decoded to, e-mail addresses in its own tests:
+/// such a team imports each user under that name with its token, posts with its `curl`
+/// line, and finds the messages by `?user_name=` written plainly or percent-encoded.
+pub async fn dunder_users_named_by_email_address(backend: Backend) {
+    let env = backend_env(backend).await;
+    let (_server, base) = start_server(&env).await;
+    let client = crate::helpers::http();
+    // `printf john@example.com | base64`
+    let john = "am9obkBleGFtcGxlLmNvbQ==".to_owned();
+    let imported = cairn_user_add(&env, &["john@example.com", "--token", &john]).await;
+    assert_eq!(imported, john);
+    let ops = "amFuZStvcHNAZXhhbXBsZS5jb20=".to_owned();
+    cairn_user_add(&env, &["jane+ops@example.com", "--token", &ops]).await;
+
+    let post = |token: String, text: &'static str| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let response = client
+                .post(format!("{base}/message"))
+                .header("Authorization", format!("Bearer {token}"))
+                .body(format!(r#"{{"text": "{text}", "hashtags": ["dunder"]}}"#))
+                .send()
+                .await
+                .unwrap();
+            if response.status() != 201 {
+                return None;
+            }
+            let body: serde_json::Value = response.json().await.unwrap();
+            Some(body["data"]["id"].as_str().unwrap().to_owned())
+        }
+    };
+    let by_john = crate::helpers::eventually("the imported token to be accepted", PATIENCE, || {
+        post(john.clone(), "from john")
+    })
+    .await;
+    let by_jane =
+        crate::helpers::eventually("the second imported token to be accepted", PATIENCE, || {
+            post(ops.clone(), "from jane")
+        })
+        .await;
+
+    let listed = |query: &'static str| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let response = client
+                .get(format!("{base}/message?{query}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{query}");
+            let page: serde_json::Value = response.json().await.unwrap();
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    let name = m["user"]["name"].as_str().unwrap();
+                    (m["id"].as_str().unwrap().to_owned(), name.to_owned())
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let johns = vec![(by_john.clone(), "john@example.com".to_owned())];
+    for query in [
+        "user_name=john@example.com",
+        "user_name=john%40example.com",
+        "user_name=John@Example.COM",
+        "user_name=john@example.com&hashtag=dunder",
+    ] {
+        assert_eq!(listed(query).await, johns, "{query}");
+    }
+    let janes = vec![(by_jane, "jane+ops@example.com".to_owned())];
+    assert_eq!(listed("user_name=jane%2Bops%40example.com").await, janes);
+    assert_eq!(listed("user_name=jane%2Bops@example.com").await, janes);
+    // Exactly that name: no prefix, no other address.
+    for query in [
+        "user_name=john",
+        "user_name=john@example",
+        "user_name=jane@example.com",
+    ] {
+        assert!(listed(query).await.is_empty(), "{query}");
+    }
+    // In a query string an unencoded '+' is a space, which no name contains.
+    let spaced = client
+        .get(format!("{base}/message?user_name=jane+ops@example.com"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(spaced.status(), 400);
+
+    // Names are 1-255 characters without white space or control characters.
+    let longest = format!("{}@example.com", "a".repeat(255 - 12));
+    cairn(&env, &["user", "add", &longest]).await;
+    for bad in ["john doe", "tab\there", &format!("a{longest}"), ""] {
+        let refused = cairn_output(&env, &["user", "add", bad]).await;
+        assert!(!refused.status.success(), "{bad:?}");
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert!(said.contains("user name"), "{bad:?}: {said}");
+    }
+    let list = cairn(&env, &["user", "list"]).await;
+    assert!(list.contains("john@example.com\t"), "{list}");
+    assert!(list.contains(&format!("{longest}\t")), "{list}");
+}
+
+/// Four `cairn user add … --token same` at once: exactly one user gets the token, the
+/// others are told it is taken and exit non-zero. Revoked, it is refused for everyone and
+/// cannot be issued again, to anyone.
+pub async fn one_token_one_user_however_many_add_it_at_once(backend: Backend) {
+    let env = backend_env(backend).await;
+    let (_server, base) = start_server(&env).await;
+    let client = crate::helpers::http();
+    let adds = (0..4).map(|i| {
+        let env = env.clone();
+        async move {
+            let name = format!("racer{i}");
+            let output = cairn_output(&env, &["user", "add", &name, "--token", "c2FtZQ=="]).await;
+            (name, output)
+        }
+    });
+    let outcomes = futures_util::future::join_all(adds).await;
+    let winners: Vec<&String> = outcomes
+        .iter()
+        .filter(|(_, output)| output.status.success())
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(winners.len(), 1, "{outcomes:?}");
+    for (_, output) in outcomes.iter().filter(|(_, o)| !o.status.success()) {
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(said.contains("token is already taken"), "{said}");
+    }
+    let winner = winners[0].clone();
+    // The others left nothing behind: one user, one token.
+    let list = cairn(&env, &["user", "list"]).await;
+    assert_eq!(
+        list.lines().filter(|l| l.starts_with("racer")).count(),
+        1,
+        "{list}"
+    );
+    assert_eq!(list.matches("  token ").count(), 1, "{list}");
+
+    let post = || {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let response = client
+                .post(format!("{base}/message"))
+                .header("Authorization", "Bearer c2FtZQ==")
+                .body(r#"{"text": "who am I"}"#)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap();
+            (status, body["data"]["id"].as_str().map(str::to_owned))
+        }
+    };
+    let id = crate::helpers::eventually("the token to be accepted", PATIENCE, || async {
+        match post().await {
+            (201, id) => id,
+            _ => None,
+        }
+    })
+    .await;
+    let message: serde_json::Value = client
+        .get(format!("{base}/message/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(message["data"]["user"]["name"], winner.as_str());
+
+    cairn(&env, &["token", "revoke", "c2FtZQ=="]).await;
+    until("the revoked token to be refused", PATIENCE, || async {
+        post().await.0 == 401
+    })
+    .await;
+    for args in [
+        vec!["user", "add", "latecomer", "--token", "c2FtZQ=="],
+        vec!["token", "add", &winner, "--token", "c2FtZQ=="],
+    ] {
+        let output = cairn_output(&env, &args).await;
+        assert!(!output.status.success(), "{args:?}");
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(said.contains("token is already taken"), "{args:?}: {said}");
+    }
+    assert_eq!(post().await.0, 401);
 }

@@ -14,6 +14,9 @@ crate::on_both_backends!(messages:
     idempotency_key_returns_the_first_answer,
     rebuild_equals_live,
     limit_and_pagination_walk_everything,
+    thousands_of_hashtags_are_refused_at_once,
+    hashtags_in_any_script_match_in_either_form,
+    a_revoked_token_never_authenticates_again,
 );
 
 pub async fn round_trip(backend: Backend) {
@@ -463,4 +466,181 @@ pub async fn limit_and_pagination_walk_everything(backend: Backend) {
     assert_eq!(seen, posted);
     assert_eq!(app.list_ids("/message?limit=1000").await.len(), 25);
     assert_eq!(app.list_ids("/message").await.len(), 25);
+}
+
+/// Distinct short tags: `n` in base 36.
+fn tag(mut n: usize) -> String {
+    let mut digits = Vec::new();
+    loop {
+        digits.push(char::from_digit((n % 36) as u32, 36).unwrap());
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    digits.iter().rev().collect()
+}
+
+/// A body with thousands of distinct hashtags (under the body limit) is refused with the
+/// usual code as soon as the 31st is seen, and the server answers others meanwhile.
+pub async fn thousands_of_hashtags_are_refused_at_once(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let token = app.add_user("gil").await;
+    for count in [12_000, 125_000] {
+        let tags: Vec<String> = (0..count).map(tag).collect();
+        let body = json!({"text": "so many", "hashtags": tags});
+        assert!(body.to_string().len() < app.config.body_limit, "{count}");
+        let live = async {
+            let (status, _) = app.get("/health/live").await;
+            status
+        };
+        let (posted, live) = tokio::join!(app.post_message(&token, &body), live);
+        expect_error(posted, 400, "invalid_hashtags").await;
+        assert_eq!(live, 200);
+    }
+    assert!(app.list_ids("/message").await.is_empty());
+}
+
+/// Hashtags of any script: letters, combining marks and digits. A tag is kept in NFC, so
+/// `café` typed with a combining accent and the precomposed one are the same tag, and
+/// matching ignores case after normalising: each form finds the messages posted with the
+/// other, in listings and trend counts.
+pub async fn hashtags_in_any_script_match_in_either_form(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let token = app.add_user("hana").await;
+    let decomposed = "Cafe\u{301}";
+    let precomposed = "caf\u{e9}";
+    let shouted = "CAF\u{c9}";
+    let first = app.post(&token, "one", &[decomposed, "हिन्दी"]).await;
+    let second = app.post(&token, "two", &[precomposed, "தமிழ்"]).await;
+    let third = app
+        .post(&token, "three", &["#हिन्दी", "#தமிழ்", shouted])
+        .await;
+    // Stored in NFC, with the spelling given.
+    let (_, shown) = app.get(&format!("/message/{first}")).await;
+    assert_eq!(shown["data"]["hashtags"], json!(["Caf\u{e9}", "हिन्दी"]));
+
+    let all = [third.as_str(), second.as_str(), first.as_str()];
+    for form in [decomposed, precomposed, shouted, "CAFE\u{301}"] {
+        let query = format!("/message?hashtag={}", encode(form));
+        assert_eq!(app.list_ids(&query).await, all, "{form:?}");
+    }
+    assert_eq!(
+        app.list_ids(&format!("/message?hashtag={}", encode("हिन्दी")))
+            .await,
+        [third.as_str(), first.as_str()]
+    );
+    assert_eq!(
+        app.list_ids(&format!("/message?hashtag=%23{}", encode("தமிழ்")))
+            .await,
+        [third.as_str(), second.as_str()]
+    );
+
+    app.wait_projected().await;
+    let from = (Utc::now() - Days::days(1)).format("%Y-%m-%d");
+    let to = (Utc::now() + Days::days(1)).format("%Y-%m-%d");
+    let count = |tag: &'static str| {
+        let (app, from, to) = (&app, from.to_string(), to.to_string());
+        async move {
+            let query = format!(
+                "/trend?from_date={from}&to_date={to}&aggregation=48h&hashtag={}",
+                encode(tag)
+            );
+            let (status, body) = app.get(&query).await;
+            assert_eq!(status, 200, "{query}: {body}");
+            body["data"]["trends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["count"].as_u64().unwrap())
+                .sum::<u64>()
+        }
+    };
+    for form in [decomposed, precomposed, shouted] {
+        assert_eq!(count(form).await, 3, "{form:?}");
+    }
+    assert_eq!(count("हिन्दी").await, 2);
+    assert_eq!(count("தமிழ்").await, 2);
+}
+
+/// Percent-encode every byte of `text` for a query string.
+fn encode(text: &str) -> String {
+    text.bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+/// A token revoked once is refused for every user it was ever issued to, and is never
+/// issued again: here two users hold the same token, as tokens imported before each token
+/// was claimed could.
+pub async fn a_revoked_token_never_authenticates_again(backend: Backend) {
+    use cairn_command::auth::hash_token;
+    use cairn_command::users::{self, UserError};
+    use cairn_events::domain::user::{TokenIssued, UserCreated, UserName};
+    use cairn_events::{AppendRequest, ExpectedVersion, Metadata, NewEvent};
+
+    let app = spawn_app(backend).await;
+    users::add_user(&*app.events, "ann", None, Some("c2hhcmVk"), None)
+        .await
+        .unwrap();
+    // Written as a store without token claims wrote it.
+    let bob = uuid::Uuid::now_v7();
+    let created = UserCreated {
+        user_id: bob,
+        name: UserName::parse("bob").unwrap(),
+        email: None,
+    };
+    let issued = TokenIssued {
+        token_id: uuid::Uuid::now_v7(),
+        user_id: bob,
+        token_hash: hash_token("c2hhcmVk"),
+        weak: true,
+        expires_at: None,
+    };
+    app.events
+        .append(AppendRequest::new(
+            "user-bob",
+            ExpectedVersion::NoStream,
+            vec![
+                NewEvent::new(&created, Metadata::default()),
+                NewEvent::new(&issued, Metadata::default()),
+            ],
+        ))
+        .await
+        .unwrap();
+    app.sync_tokens().await;
+    let id = app.post("c2hhcmVk", "whose?", &[]).await;
+    let (_, posted) = app.get(&format!("/message/{id}")).await;
+    assert_eq!(posted["data"]["user"]["name"], "ann", "the first holder");
+
+    users::revoke_token(&*app.events, "c2hhcmVk").await.unwrap();
+    app.sync_tokens().await;
+    expect_error(
+        app.post_message("c2hhcmVk", &json!({"text": "still?"}))
+            .await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    for again in [
+        users::add_token(&*app.events, "ann", Some("c2hhcmVk"), None).await,
+        users::add_token(&*app.events, "bob", Some("c2hhcmVk"), None).await,
+        users::add_user(&*app.events, "cy", None, Some("c2hhcmVk"), None).await,
+    ] {
+        assert!(
+            matches!(again, Err(UserError::TokenTaken)),
+            "{:?}",
+            again.map(|w| w.value)
+        );
+    }
+    // A token revoked without ever being shared is retired the same way.
+    let minted = app.add_user("dee").await;
+    users::revoke_token(&*app.events, &minted).await.unwrap();
+    let taken = users::add_user(&*app.events, "eve", None, Some(&minted), None).await;
+    assert!(matches!(taken, Err(UserError::TokenTaken)));
+    app.sync_tokens().await;
+    expect_error(
+        app.post_message(&minted, &json!({"text": "revoked"})).await,
+        401,
+        "unauthorized",
+    )
+    .await;
 }

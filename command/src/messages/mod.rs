@@ -57,7 +57,8 @@ struct PostMessage {
         example = "hello from the terminal #cairn"
     )]
     text: Option<String>,
-    /// Up to 30 hashtags, with or without `#`: letters, digits and `_`, up to 64 characters.
+    /// Up to 30 distinct hashtags, with or without `#`: letters, combining marks, digits and
+    /// `_` of any script, up to 64 characters (counted in Unicode NFC).
     #[serde(default)]
     #[schema(max_items = 30, inline, value_type = Option<Vec<HashtagInput>>, example = json!(["cairn", "hello"]))]
     hashtags: Option<Vec<String>>,

@@ -207,7 +207,10 @@ impl BatchWriter for PgBatchWriter {
             .bind(APPEND_LOCK)
             .execute(&mut *tx)
             .await?;
-        let streams: Vec<&str> = requests.iter().map(|r| r.stream_id.as_str()).collect();
+        let streams: Vec<&str> = requests
+            .iter()
+            .flat_map(|r| r.parts().map(|(stream, _, _)| stream))
+            .collect();
         // Each stream's version (one backward index probe per stream: `= ANY($1) GROUP BY`
         // lets a generic plan scan the whole log), and the head as the row without a stream.
         let found: Vec<(Option<String>, i64)> = sqlx::query_as(

@@ -207,7 +207,10 @@ fn insert_batch<'a>(
     requests: &'a [AppendRequest],
 ) -> BoxFuture<'a, Result<Vec<Result<Appended, StoreError>>, sqlx::Error>> {
     Box::pin(async move {
-        let streams: Vec<&str> = requests.iter().map(|r| r.stream_id.as_str()).collect();
+        let streams: Vec<&str> = requests
+            .iter()
+            .flat_map(|r| r.parts().map(|(stream, _, _)| stream))
+            .collect();
         let streams = serde_json::to_string(&streams).unwrap_or_else(|_| "[]".into());
         let current: Vec<(String, i64)> = sqlx::query_as(
             "SELECT stream_id, max(version) FROM events
