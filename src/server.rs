@@ -9,9 +9,10 @@
 //!   accepted until a permit is free, and the others wait in the listen backlog;
 //! - a connection must finish a request head within `header_timeout` of opening, or of
 //!   the first byte of its next request, and one with no request under way and nothing
-//!   sent either way for `idle_timeout` is closed. hyper's own header timeout runs from the moment it waits for a head, so it
-//!   would close an idle keep-alive connection after the header timeout too; instead a
-//!   watchdog per connection follows what the connection does ([`Activity`]);
+//!   sent either way for `idle_timeout` is closed. hyper's own header timeout runs from
+//!   the moment it waits for a head, so it would close an idle keep-alive connection after
+//!   the header timeout too; instead a watchdog per connection follows what the connection
+//!   does ([`Activity`]);
 //! - when a client is accepted while every slot is taken, the connections that hold a slot
 //!   without using it (no request under way, and nothing of a head for a second, or a head
 //!   that has taken longer than that) are closed to make room: slow clients cannot keep a
