@@ -189,8 +189,17 @@ impl Deployment {
         }
     }
 
-    fn checkpoint_key(&self) -> String {
-        format!("{}:{{messages}}:checkpoint", self.prefix)
+    /// The checkpoint of the messages model's live generation, once one is live.
+    async fn checkpoint_key(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+    ) -> anyhow::Result<Option<String>> {
+        let live: Option<u64> = redis::cmd("HGET")
+            .arg(format!("{}:{{messages}}:generations", self.prefix))
+            .arg("live")
+            .query_async(conn)
+            .await?;
+        Ok(live.map(|g| format!("{}:g{g}:{{messages}}:checkpoint", self.prefix)))
     }
 
     /// Drop the database and the Redis keys.
@@ -265,13 +274,15 @@ async fn wait_projected(deployment: &Deployment, position: i64) -> anyhow::Resul
     let client = redis::Client::open(redis_url())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     loop {
-        let at: Option<i64> = redis::cmd("HGET")
-            .arg(deployment.checkpoint_key())
-            .arg("pos")
-            .query_async(&mut conn)
-            .await?;
-        if at.unwrap_or(0) >= position {
-            return Ok(());
+        if let Some(key) = deployment.checkpoint_key(&mut conn).await? {
+            let at: Option<i64> = redis::cmd("HGET")
+                .arg(key)
+                .arg("pos")
+                .query_async(&mut conn)
+                .await?;
+            if at.unwrap_or(0) >= position {
+                return Ok(());
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -534,8 +545,12 @@ async fn bench_lag(
     // The watcher: a thread polling the checkpoint every 100 µs.
     let watcher = {
         let (pending, lags, done) = (pending.clone(), lags.clone(), done.clone());
-        let key = deployment.checkpoint_key();
         let client = redis::Client::open(redis_url())?;
+        let mut async_conn = client.get_multiplexed_async_connection().await?;
+        let key = deployment
+            .checkpoint_key(&mut async_conn)
+            .await?
+            .context("the messages model has a live generation")?;
         std::thread::spawn(move || -> anyhow::Result<()> {
             let mut conn = client.get_connection()?;
             loop {
