@@ -182,18 +182,26 @@ async fn copy_baseline(conn: &mut PgConnection, messages: &[Generated]) -> anyho
     Ok(())
 }
 
-/// Wait until the trends checkpoint in Redis reaches `position`.
+/// Wait until the checkpoint of the trends model's live generation in Redis reaches
+/// `position`.
 async fn wait_trends(prefix: &str, position: i64) -> anyhow::Result<()> {
     let client = redis::Client::open(redis_url())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     loop {
-        let at: Option<i64> = redis::cmd("HGET")
-            .arg(format!("{prefix}:{{trends}}:checkpoint"))
-            .arg("pos")
+        let live: Option<u64> = redis::cmd("HGET")
+            .arg(format!("{prefix}:{{trends}}:generations"))
+            .arg("live")
             .query_async(&mut conn)
             .await?;
-        if at.unwrap_or(0) >= position {
-            return Ok(());
+        if let Some(g) = live {
+            let at: Option<i64> = redis::cmd("HGET")
+                .arg(format!("{prefix}:g{g}:{{trends}}:checkpoint"))
+                .arg("pos")
+                .query_async(&mut conn)
+                .await?;
+            if at.unwrap_or(0) >= position {
+                return Ok(());
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
