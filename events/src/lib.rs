@@ -19,6 +19,7 @@ pub mod domain;
 mod envelope;
 mod group_commit;
 pub mod migrate;
+pub mod schedule;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -232,7 +232,12 @@ pub fn decide(
                 return Ok(Decision::Nothing);
             }
             Changes {
-                event: CapsuleEvent::Released(CapsuleReleased { capsule_id }),
+                event: CapsuleEvent::Released(CapsuleReleased {
+                    capsule_id,
+                    occurrence: Some(1),
+                    scheduled_at: Some(state.submitted.send_at),
+                    next_at: None,
+                }),
                 unschedule: vec![key(capsule_id, RELEASE)],
                 schedule: purge_file(state, now + rules.file_retention),
                 email: Some(EmailKind::Delivery),
@@ -387,6 +392,7 @@ mod tests {
                 bytes: 3,
                 text_location: TextLocation::Before,
             }),
+            schedule: None,
         }
     }
 
@@ -562,7 +568,12 @@ mod tests {
             confirmed(1),
             (
                 48,
-                CapsuleEvent::Released(CapsuleReleased { capsule_id: id() }),
+                CapsuleEvent::Released(CapsuleReleased {
+                    capsule_id: id(),
+                    occurrence: Some(1),
+                    scheduled_at: Some(at(48)),
+                    next_at: None,
+                }),
             ),
         ]);
         assert_eq!(
@@ -597,7 +608,12 @@ mod tests {
         );
         let released = (
             48,
-            CapsuleEvent::Released(CapsuleReleased { capsule_id: id() }),
+            CapsuleEvent::Released(CapsuleReleased {
+                capsule_id: id(),
+                occurrence: Some(1),
+                scheduled_at: Some(at(48)),
+                next_at: None,
+            }),
         );
         let cancelled = (
             2,

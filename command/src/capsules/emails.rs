@@ -6,6 +6,7 @@
 //! never queues twice and a resend after a crash carries the same Message-ID.
 
 use cairn_events::OutboxMessage;
+use cairn_events::domain::capsule;
 use cairn_events::domain::email::Email;
 use chrono::{DateTime, Datelike, Utc};
 use minijinja::{Environment, context};
@@ -210,6 +211,8 @@ impl Emails {
             // From the outbox id, not the capsule id: Message-IDs end up in mail logs and
             // replies, and the capsule id is what confirms.
             message_id: format!("<{}@{}>", id.simple(), self.links.message_id_domain()),
+            record_in: Some(capsule::stream_id(capsule.capsule_id)),
+            purpose: Some(kind.name().to_owned()),
         };
         Ok(email.into_outbox(id))
     }

@@ -168,6 +168,7 @@ impl Capsules {
             send_at: submission.send_at,
             text: submission.text,
             attachment: submission.attachment,
+            schedule: None,
         };
         let sender_blocked = first.is_none() && self.is_blocked(&submitted.sender.email).await?;
         let sender = submitted.sender.email.sender_key();

@@ -232,9 +232,36 @@ pub struct CapsuleSubmitted {
     pub capsule_id: Uuid,
     pub sender: Party,
     pub recipient: Party,
+    /// When it is delivered; for a recurring capsule, its first occurrence.
     pub send_at: DateTime<Utc>,
     pub text: String,
     pub attachment: Option<Attachment>,
+    /// For a recurring capsule: when it repeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+}
+
+/// When a recurring capsule is delivered: every time `cron` fires in `time_zone`
+/// ([`crate::schedule::Recurrence`]), counted from its submission, up to `until`
+/// (inclusive) or `count` occurrences (skipped ones included), or for ever.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub cron: String,
+    /// An IANA zone name, as given (`UTC` when none was).
+    pub time_zone: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+}
+
+impl Schedule {
+    /// The expression and zone, parsed (they were checked when the capsule was written).
+    pub fn recurrence(
+        &self,
+    ) -> Result<crate::schedule::Recurrence, crate::schedule::ScheduleError> {
+        crate::schedule::Recurrence::parse(&self.cron, &self.time_zone)
+    }
 }
 
 impl DomainEvent for CapsuleSubmitted {
@@ -275,10 +302,36 @@ impl DomainEvent for CapsuleExpired {
     const SCHEMA_VERSION: i32 = 1;
 }
 
-/// The capsule was released: its delivery email is queued.
+/// The capsule (or one occurrence of a recurring one) was released: its delivery email
+/// is queued. Events written before recurring capsules carry only the id: occurrence 1 at
+/// the send time, the last.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CapsuleReleased {
     pub capsule_id: Uuid,
+    /// Which occurrence, from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurrence: Option<u32>,
+    /// When it was due (the event's own time is when it was released).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<DateTime<Utc>>,
+    /// When the next occurrence is due; none: this was the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_at: Option<DateTime<Utc>>,
+}
+
+/// An occurrence of a recurring capsule that was not delivered because a later one was
+/// already due when the scheduler came to it (after downtime, only the latest missed
+/// occurrence is delivered).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapsuleOccurrenceSkipped {
+    pub capsule_id: Uuid,
+    pub occurrence: u32,
+    pub scheduled_at: DateTime<Utc>,
+}
+
+impl DomainEvent for CapsuleOccurrenceSkipped {
+    const TYPE: &'static str = "capsule.occurrence_skipped";
+    const SCHEMA_VERSION: i32 = 1;
 }
 
 impl DomainEvent for CapsuleReleased {

@@ -20,6 +20,33 @@ pub struct Email {
     /// Stable: derived from the cause (`<capsule-id.kind@host>`), so a resend after a
     /// crash is recognisable as the same message.
     pub message_id: String,
+    /// The stream the email's sending is recorded in ([`EmailSent`]), if any: its cause's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_in: Option<String>,
+    /// What the email is (`confirm`, `delivery`, …), for that record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+}
+
+/// An email was accepted by the mail server (or written to the outbox directory). Appended
+/// by the email worker to the stream the email names ([`Email::record_in`]) after each
+/// successful send: a resend after a crash is recorded again, with the same Message-ID.
+/// No address or content: only what tells the email apart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailSent {
+    /// The outbox message's id.
+    pub outbox_id: Uuid,
+    pub message_id: String,
+    /// What the email was (`confirm`, `delivery`, …), as its cause named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// Tries before the one that succeeded.
+    pub retries: i32,
+}
+
+impl crate::DomainEvent for EmailSent {
+    const TYPE: &'static str = "email.sent";
+    const SCHEMA_VERSION: i32 = 1;
 }
 
 impl Email {
