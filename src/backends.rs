@@ -114,6 +114,7 @@ pub async fn capsules(
             .and_then(chrono::Duration::try_seconds)
             .context("CAIRN_CAPSULE_MIN_LEAD is too large")?,
         file_retention: chrono::Duration::days(i64::try_from(config.capsule_file_retention_days)?),
+        min_interval: chrono::Duration::seconds(i64::try_from(config.capsule_min_interval)?),
     };
     let window = Duration::from_secs(config.capsule_limit_window);
     capsules.limits = Arc::new(capsules::Limits {

@@ -120,6 +120,9 @@ settings! {
         /// Seconds a capsule's send time must be ahead of its submission; 0 allows any
         /// future time.
         capsule_min_lead: u64 = 0,
+        /// Seconds that must separate two deliveries of a recurring capsule: a capsule is
+        /// a letter, not a pager.
+        capsule_min_interval: u64 = 3600,
         /// Sender addresses whose capsules are refused.
         blocked_senders: Vec<String> = Vec::new(),
         /// Web origins allowed to call Cairn from a browser (e.g. the Chronoria client's
@@ -321,6 +324,9 @@ impl Config {
                 "CAIRN_TREND_MINUTE_RETENTION_DAYS must be 1 to 36500 days (unset keeps every minute)"
             );
         }
+        if !(1..=366 * 24 * 3600).contains(&self.capsule_min_interval) {
+            bail!("CAIRN_CAPSULE_MIN_INTERVAL must be 1 second to 366 days");
+        }
         if self.capsule_min_lead > 100 * 365 * 24 * 3600 {
             bail!("CAIRN_CAPSULE_MIN_LEAD must be at most 100 years");
         }
@@ -453,6 +459,7 @@ mod tests {
             r#""Ops <ops@example.com>""#,
         ),
         ("capsule_min_lead", "60", "60"),
+        ("capsule_min_interval", "60", "60"),
         (
             "blocked_senders",
             "a@x.test,b@x.test",

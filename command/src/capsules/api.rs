@@ -20,7 +20,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
-use super::{CONFIRM_WITHIN, CapsuleError, Capsules, Refusal, Status, Submission};
+use super::{CONFIRM_WITHIN, CapsuleError, Capsules, Refusal, Status, Submission, series};
 
 pub fn router() -> Router<Capsules> {
     Router::new()
@@ -32,7 +32,7 @@ pub fn router() -> Router<Capsules> {
 #[derive(OpenApi)]
 #[openapi(
     paths(submit, status),
-    components(schemas(NewCapsule, PartyInput, Submitted, CapsuleView, PartyView, ErrorBody))
+    components(schemas(NewCapsule, PartyInput, ScheduleInput, ScheduleView, Submitted, CapsuleView, PartyView, ErrorBody))
 )]
 pub struct CapsuleApi;
 
@@ -46,17 +46,65 @@ struct PartyInput {
     name: String,
 }
 
-/// A text capsule.
+/// A text capsule: delivered once at `send_at`, or repeatedly on a `schedule`.
 #[derive(Deserialize, ToSchema)]
 struct NewCapsule {
     sender: PartyInput,
     recipient: PartyInput,
-    /// When to deliver it (RFC 3339), in the future.
+    /// When to deliver it (RFC 3339), in the future. With a `schedule`: when the series
+    /// starts (default: now). One of the two is required.
     #[schema(format = DateTime, example = "2030-01-01T09:00:00Z")]
-    send_at: String,
+    send_at: Option<String>,
+    schedule: Option<ScheduleInput>,
     /// 1 to 10,000 characters.
     #[schema(min_length = 1, max_length = 10000)]
     text: String,
+}
+
+/// When a recurring capsule is delivered. Daylight-saving changes follow Vixie cron: a
+/// time skipped by the change fires right after it, a time that happens twice fires once
+/// (unless the hour is `*` or a step). Occurrences missed while the service was down are
+/// not all sent afterwards: the latest one is, and the others are recorded as skipped.
+#[derive(Deserialize, ToSchema)]
+struct ScheduleInput {
+    /// 5 fields (minute hour day-of-month month day-of-week), 6 with seconds first, or
+    /// `@yearly`, `@monthly`, `@weekly`, `@daily`, `@hourly`. `L` (last day, `5L` last
+    /// Friday), `#` (`MON#1`: first Monday) and `W` are understood. Two occurrences must be
+    /// at least the server's minimum interval apart (an hour by default).
+    #[schema(max_length = 200, example = "0 9 * * MON#1")]
+    cron: String,
+    /// An IANA time zone; default `UTC`.
+    #[schema(example = "Europe/Berlin")]
+    time_zone: Option<String>,
+    /// The last time it may fire: an RFC 3339 time, or a date (through the end of that
+    /// day in `time_zone`).
+    #[schema(example = "2027-03-31")]
+    until: Option<String>,
+    /// How many occurrences in all (skipped ones included).
+    #[schema(minimum = 1, maximum = 4294967295_u64)]
+    count: Option<u64>,
+}
+
+/// A recurring capsule's schedule as accepted.
+#[derive(Serialize, ToSchema)]
+struct ScheduleView {
+    cron: String,
+    time_zone: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    until: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count: Option<u32>,
+}
+
+impl ScheduleView {
+    fn of(schedule: &capsule::Schedule) -> Self {
+        ScheduleView {
+            cron: schedule.cron.clone(),
+            time_zone: schedule.time_zone.clone(),
+            until: schedule.until.map(stamp),
+            count: schedule.count,
+        }
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -71,6 +119,17 @@ struct SubmittedData {
     status: Status,
     /// When the capsule expires unless confirmed (RFC 3339).
     confirm_by: String,
+    /// When it is delivered (RFC 3339); for a recurring capsule, the first occurrence.
+    send_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schedule: Option<ScheduleView>,
+    /// A recurring capsule's next occurrences after the first (up to two).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    then: Option<Vec<String>>,
+    /// Anything the sender should know about the schedule, such as "fires only in leap
+    /// years".
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    notes: Vec<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -96,6 +155,13 @@ struct CapsuleData {
     submitted_at: String,
     send_at: String,
     has_file: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schedule: Option<ScheduleView>,
+    /// When the next delivery is due, while one is to come (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_at: Option<String>,
+    /// How many deliveries were made (skipped occurrences are not counted).
+    deliveries: u32,
 }
 
 fn stamp(t: DateTime<Utc>) -> String {
@@ -149,30 +215,73 @@ async fn submit(
         };
         let sender = party(&input.sender)?;
         let recipient = party(&input.recipient)?;
-        let send_at = DateTime::parse_from_rfc3339(&input.send_at)
-            .map_err(|_| Refusal::InvalidFutureTime)?
-            .with_timezone(&Utc);
+        let send_at = input
+            .send_at
+            .as_deref()
+            .map(|raw| {
+                DateTime::parse_from_rfc3339(raw)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| Refusal::InvalidFutureTime)
+            })
+            .transpose()?;
+        let schedule = input
+            .schedule
+            .as_ref()
+            .map(|s| {
+                let count = s.count.map(|c| c.to_string());
+                series::parse_input(
+                    &s.cron,
+                    s.time_zone.as_deref(),
+                    s.until.as_deref(),
+                    count.as_deref(),
+                )
+            })
+            .transpose()
+            .map_err(Refusal::InvalidSchedule)?;
+        let id = capsules.new_id(key.as_deref());
+        let first = capsules.written_before(id, key.as_deref()).await?;
+        let (send_at, plan) = match (&schedule, send_at) {
+            (Some(schedule), start) if first.is_none() => {
+                let plan = capsules.plan(schedule, start)?;
+                (plan.first, Some(plan))
+            }
+            (Some(_), start) => (start.unwrap_or_else(|| capsules.now()), None),
+            (None, Some(send_at)) => (send_at, None),
+            (None, None) => return Err(Refusal::InvalidFutureTime.into()),
+        };
         let submission = Submission {
             sender,
             recipient,
             send_at,
             text: input.text,
             attachment: None,
+            schedule: schedule.clone(),
         };
-        let id = capsules.new_id(key.as_deref());
-        let first = capsules.written_before(id, key.as_deref()).await?;
         capsules
             .submit_as(id, first.as_ref(), submission, client)
-            .await
+            .await?;
+        // A retry answers with what was written the first time.
+        Ok::<_, CapsuleError>(match first {
+            Some(first) => (first.submitted.send_at, first.submitted.schedule, None),
+            None => (send_at, schedule, plan),
+        })
     }
     .await;
-    outcome.map_err(CapsuleError::json)?;
+    let (send_at, schedule, plan) = outcome.map_err(CapsuleError::json)?;
+    let mut notes = Vec::new();
+    if plan.as_ref().is_some_and(|p| p.leap_days_only) {
+        notes.push("it fires only on 29 February, so only in leap years".to_owned());
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(Submitted {
             data: SubmittedData {
                 status: Status::Pending,
                 confirm_by: stamp(capsules.now() + CONFIRM_WITHIN),
+                send_at: stamp(send_at),
+                schedule: schedule.as_ref().map(ScheduleView::of),
+                then: plan.map(|p| p.then.into_iter().map(stamp).collect()),
+                notes,
             },
         }),
     )
@@ -214,6 +323,9 @@ async fn status(
             submitted_at: stamp(state.submitted_at),
             send_at: stamp(state.submitted.send_at),
             has_file: state.submitted.attachment.is_some(),
+            schedule: state.submitted.schedule.as_ref().map(ScheduleView::of),
+            next_at: state.next_occurrence().map(|o| stamp(o.scheduled_at)),
+            deliveries: state.deliveries,
         },
     }))
 }

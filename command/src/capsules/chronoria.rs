@@ -19,7 +19,7 @@ use cairn_http::{ApiError, ClientIp, IdempotencyKey, InvalidIdempotencyKey};
 use chrono::DateTime;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use super::{CapsuleError, Capsules, Refusal, Refused, Submission};
+use super::{CapsuleError, Capsules, Refusal, Refused, Submission, series};
 
 /// The body of `POST /api/submit/text`. Field names match in any case.
 #[derive(ToSchema)]
@@ -286,14 +286,33 @@ pub(super) fn parse_submission(
     let recipient_email = EmailAddress::parse(text_of("recipientemail"))?;
     let sender_name = PersonName::parse(text_of("sendername"))?;
     let recipient_name = PersonName::parse(text_of("recipientname"))?;
-    let send_ms: i64 = text_of("sendtime")
-        .trim()
-        .parse()
-        .map_err(|_| Refusal::InvalidFutureTime)?;
-    let send_at = DateTime::from_timestamp_millis(send_ms).ok_or(Refusal::InvalidFutureTime)?;
-    if new {
-        capsules.check_send_time(send_at)?;
-    }
+    let optional = |name: &str| fields.get(name).map(String::as_str);
+    // Cairn's own fields: a recurring capsule (`sendTime`, if given, is when it starts).
+    let schedule = optional("cron")
+        .map(|cron| {
+            series::parse_input(cron, optional("timezone"), optional("until"), optional("count"))
+        })
+        .transpose()
+        .map_err(Refusal::InvalidSchedule)?;
+    let send_at = match text_of("sendtime").trim() {
+        "" if schedule.is_some() => None,
+        raw => {
+            let send_ms: i64 = raw.parse().map_err(|_| Refusal::InvalidFutureTime)?;
+            Some(DateTime::from_timestamp_millis(send_ms).ok_or(Refusal::InvalidFutureTime)?)
+        }
+    };
+    let send_at = match (&schedule, new) {
+        (Some(schedule), true) => capsules.plan(schedule, send_at)?.first,
+        // A retry: the schedule is compared, not the first occurrence.
+        (Some(_), false) => send_at.unwrap_or_else(|| capsules.now()),
+        (None, new) => {
+            let send_at = send_at.ok_or(Refusal::InvalidFutureTime)?;
+            if new {
+                capsules.check_send_time(send_at)?;
+            }
+            send_at
+        }
+    };
     let text = text_of("text").to_owned();
     capsule::validate_text(&text, attachment.is_some())?;
     Ok(Submission {
@@ -308,5 +327,6 @@ pub(super) fn parse_submission(
         send_at,
         text,
         attachment,
+        schedule,
     })
 }

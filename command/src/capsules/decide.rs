@@ -13,7 +13,7 @@
 use cairn_events::DueItem;
 use cairn_events::domain::capsule::{
     self, Attachment, CapsuleCancelled, CapsuleConfirmed, CapsuleExpired, CapsuleFilePurged,
-    CapsuleReleased, CapsuleSubmitted,
+    CapsuleOccurrenceSkipped, CapsuleReleased, CapsuleSubmitted,
 };
 use cairn_events::{DecodeError, DomainEvent, Envelope, Metadata, NewEvent};
 use chrono::{DateTime, Datelike, Duration, Utc};
@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use super::emails::EmailKind;
 use super::error::Refusal;
+use super::series;
 use super::state::{CapsuleState, Status};
 
 /// How long a sender has to confirm.
@@ -38,6 +39,8 @@ pub struct Rules {
     pub min_lead: Duration,
     /// How long a delivered capsule's file is kept.
     pub file_retention: Duration,
+    /// The least time between two occurrences of a recurring capsule.
+    pub min_interval: Duration,
 }
 
 impl Default for Rules {
@@ -45,6 +48,7 @@ impl Default for Rules {
         Rules {
             min_lead: Duration::zero(),
             file_retention: Duration::days(30),
+            min_interval: Duration::hours(1),
         }
     }
 }
@@ -62,7 +66,7 @@ pub enum Command {
     Confirm,
     /// Cancel before the release; only with the recipient's address.
     Cancel { recipient_email: String },
-    /// The scheduler: the send time has come.
+    /// The scheduler: the send time (of the next occurrence) has come.
     Release,
     /// The scheduler: nobody confirmed in time.
     Expire,
@@ -79,6 +83,7 @@ pub enum CapsuleEvent {
     Released(CapsuleReleased),
     Expired(CapsuleExpired),
     FilePurged(CapsuleFilePurged),
+    OccurrenceSkipped(CapsuleOccurrenceSkipped),
 }
 
 impl CapsuleEvent {
@@ -92,6 +97,9 @@ impl CapsuleEvent {
             CapsuleExpired::TYPE => CapsuleEvent::Expired(CapsuleExpired::decode(envelope)?),
             CapsuleFilePurged::TYPE => {
                 CapsuleEvent::FilePurged(CapsuleFilePurged::decode(envelope)?)
+            }
+            CapsuleOccurrenceSkipped::TYPE => {
+                CapsuleEvent::OccurrenceSkipped(CapsuleOccurrenceSkipped::decode(envelope)?)
             }
             _ => return Ok(None),
         }))
@@ -109,6 +117,7 @@ impl CapsuleEvent {
             CapsuleEvent::Released(e) => new(e, metadata, at),
             CapsuleEvent::Expired(e) => new(e, metadata, at),
             CapsuleEvent::FilePurged(e) => new(e, metadata, at),
+            CapsuleEvent::OccurrenceSkipped(e) => new(e, metadata, at),
         }
     }
 }
@@ -116,6 +125,8 @@ impl CapsuleEvent {
 /// An event and the work it leaves, all written in one append.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Changes {
+    /// Occurrences of a recurring capsule passed over, written before `event`.
+    pub skipped: Vec<CapsuleOccurrenceSkipped>,
     pub event: CapsuleEvent,
     /// Due items to add (or move).
     pub schedule: Vec<DueItem>,
@@ -207,6 +218,7 @@ pub fn decide(
                 return Err(Refused::NotPending);
             }
             Changes {
+                skipped: Vec::new(),
                 event: CapsuleEvent::Confirmed(CapsuleConfirmed { capsule_id }),
                 unschedule: vec![key(capsule_id, EXPIRE)],
                 schedule: vec![due(capsule_id, RELEASE, state.submitted.send_at.max(now))],
@@ -221,6 +233,7 @@ pub fn decide(
                 return Err(Refused::NotCancellable);
             }
             Changes {
+                skipped: Vec::new(),
                 event: CapsuleEvent::Cancelled(CapsuleCancelled { capsule_id }),
                 unschedule: vec![key(capsule_id, EXPIRE), key(capsule_id, RELEASE)],
                 schedule: purge_file(state, now),
@@ -228,18 +241,47 @@ pub fn decide(
             }
         }
         Command::Release => {
-            if state.status != Status::Active {
+            let Some(due) = state.next_occurrence().filter(|_| state.status == Status::Active)
+            else {
                 return Ok(Decision::Nothing);
-            }
+            };
+            let release = match &state.submitted.schedule {
+                // Not yet due: another scheduler released the one due (a retry after a
+                // conflict finds the next occurrence here).
+                Some(_) if due.scheduled_at > now => return Ok(Decision::Nothing),
+                Some(schedule) => series::release(schedule, due, now),
+                None => series::Release {
+                    skipped: Vec::new(),
+                    delivered: due,
+                    next_at: None,
+                },
+            };
+            let (schedule, unschedule) = match release.next_at {
+                // The same key: the item moves to the next occurrence.
+                Some(next) => (vec![self::due(capsule_id, RELEASE, next)], Vec::new()),
+                None => (
+                    purge_file(state, now + rules.file_retention),
+                    vec![key(capsule_id, RELEASE)],
+                ),
+            };
             Changes {
+                skipped: release
+                    .skipped
+                    .iter()
+                    .map(|o| CapsuleOccurrenceSkipped {
+                        capsule_id,
+                        occurrence: o.number,
+                        scheduled_at: o.scheduled_at,
+                    })
+                    .collect(),
                 event: CapsuleEvent::Released(CapsuleReleased {
                     capsule_id,
-                    occurrence: Some(1),
-                    scheduled_at: Some(state.submitted.send_at),
-                    next_at: None,
+                    occurrence: Some(release.delivered.number),
+                    scheduled_at: Some(release.delivered.scheduled_at),
+                    next_at: release.next_at,
                 }),
-                unschedule: vec![key(capsule_id, RELEASE)],
-                schedule: purge_file(state, now + rules.file_retention),
+                unschedule,
+                schedule,
                 email: Some(EmailKind::Delivery),
             }
         }
@@ -248,6 +290,7 @@ pub fn decide(
                 return Ok(Decision::Nothing);
             }
             Changes {
+                skipped: Vec::new(),
                 event: CapsuleEvent::Expired(CapsuleExpired { capsule_id }),
                 unschedule: vec![key(capsule_id, EXPIRE)],
                 schedule: purge_file(state, now),
@@ -263,6 +306,7 @@ pub fn decide(
                 return Ok(Decision::Nothing);
             }
             Changes {
+                skipped: Vec::new(),
                 event: CapsuleEvent::FilePurged(CapsuleFilePurged { capsule_id }),
                 unschedule: vec![key(capsule_id, PURGE)],
                 schedule: Vec::new(),
@@ -306,6 +350,7 @@ fn submit(
         .map_err(|invalid| Refused::Invalid(invalid.into()))?;
     let capsule_id = submitted.capsule_id;
     Ok(Decision::Append(Box::new(Changes {
+        skipped: Vec::new(),
         event: CapsuleEvent::Submitted(submitted.clone()),
         schedule: vec![due(capsule_id, EXPIRE, now + CONFIRM_WITHIN)],
         unschedule: Vec::new(),
@@ -321,9 +366,15 @@ fn same_capsule(first: &CapsuleSubmitted, again: &CapsuleSubmitted) -> bool {
             .as_ref()
             .map(|a| (a.file_name.clone(), a.bytes, a.text_location))
     };
+    // A recurring capsule's first occurrence depends on when it was submitted: a retry
+    // asks for the same schedule.
+    let same_time = match (&first.schedule, &again.schedule) {
+        (None, None) => first.send_at == again.send_at,
+        (first, again) => first == again,
+    };
     first.sender == again.sender
         && first.recipient == again.recipient
-        && first.send_at == again.send_at
+        && same_time
         && first.text == again.text
         && file(first) == file(again)
 }

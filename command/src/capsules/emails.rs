@@ -6,7 +6,7 @@
 //! never queues twice and a resend after a crash carries the same Message-ID.
 
 use cairn_events::OutboxMessage;
-use cairn_events::domain::capsule;
+use cairn_events::domain::capsule::{self, CapsuleReleased, Schedule};
 use cairn_events::domain::email::Email;
 use chrono::{DateTime, Datelike, Utc};
 use minijinja::{Environment, context};
@@ -169,9 +169,15 @@ impl Emails {
         &self,
         state: &CapsuleState,
         kind: EmailKind,
+        released: Option<&CapsuleReleased>,
         now: DateTime<Utc>,
     ) -> Result<OutboxMessage, CapsuleError> {
         let capsule = &state.submitted;
+        let schedule = capsule.schedule.as_ref();
+        // Each delivery of a recurring capsule is an email of its own.
+        let occurrence = released
+            .filter(|_| schedule.is_some())
+            .and_then(|r| r.occurrence);
         let to_self = capsule.sender.email.key() == capsule.recipient.email.key();
         let attachment = capsule.attachment.as_ref();
         let values = context! {
@@ -190,6 +196,11 @@ impl Emails {
             download_url => attachment.map(|_| self.links.page("download", capsule.capsule_id)),
             file_name => attachment.map(|a| a.file_name.as_str()),
             text_first => attachment.is_some_and(|a| a.text_location == cairn_events::domain::capsule::TextLocation::Before),
+            recurring => schedule.is_some(),
+            schedule => schedule.map(|s| format!("{} ({})", s.cron, s.time_zone)),
+            series_end => schedule.and_then(series_end),
+            occurrence,
+            next_at => released.and_then(|r| r.next_at).map(long_date),
         };
         let render = |part: &str| {
             self.env
@@ -197,7 +208,10 @@ impl Emails {
                 .and_then(|t| t.render(&values))
                 .map_err(|e| CapsuleError::Template(e.to_string()))
         };
-        let id = outbox_id(capsule.capsule_id, kind);
+        let id = match occurrence {
+            Some(n) => outbox_id_of(&format!("{}:{}:{n}", capsule.capsule_id, kind.name())),
+            None => outbox_id(capsule.capsule_id, kind),
+        };
         let (to, to_name) = match kind {
             EmailKind::Delivery => (&capsule.recipient.email, &capsule.recipient.name),
             _ => (&capsule.sender.email, &capsule.sender.name),
@@ -220,10 +234,25 @@ impl Emails {
 
 /// The outbox id of a capsule's email of one kind: the same every time it is asked for.
 fn outbox_id(capsule_id: Uuid, kind: EmailKind) -> Uuid {
-    let digest = Sha256::digest(format!("{capsule_id}:{}", kind.name()).as_bytes());
+    outbox_id_of(&format!("{capsule_id}:{}", kind.name()))
+}
+
+fn outbox_id_of(cause: &str) -> Uuid {
+    let digest = Sha256::digest(cause.as_bytes());
     let mut bytes = [0_u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// How a series ends, in words, if it does: `after 10 deliveries`, `on 31 March 2027 at
+/// 23:59 UTC`.
+fn series_end(schedule: &Schedule) -> Option<String> {
+    match (schedule.count, schedule.until) {
+        (Some(1), _) => Some("after 1 delivery".to_owned()),
+        (Some(n), _) => Some(format!("after {n} deliveries")),
+        (None, Some(until)) => Some(format!("on {}", long_date(until))),
+        (None, None) => None,
+    }
 }
 
 /// `2 December 2026 at 14:05 UTC`: how emails and pages write a time.

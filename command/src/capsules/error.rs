@@ -9,13 +9,12 @@ use axum::http::StatusCode;
 use cairn_events::StoreError;
 use cairn_events::domain::capsule::InvalidField;
 use cairn_http::{ApiError, InvalidIdempotencyKey};
-use serde::{Deserialize, Serialize};
 
 use super::decide::Refused;
+use super::series::ScheduleField;
 
 /// Why an input was refused: Chronoria's error codes, which its client shows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
     InvalidEmail,
     InvalidName,
@@ -24,6 +23,8 @@ pub enum Refusal {
     InvalidTextLoc,
     InvalidFile,
     InvalidId,
+    /// A recurring capsule's schedule, naming the part refused.
+    InvalidSchedule(ScheduleField),
 }
 
 impl Refusal {
@@ -37,6 +38,7 @@ impl Refusal {
             Refusal::InvalidTextLoc => "INVALID_TEXT_LOC",
             Refusal::InvalidFile => "INVALID_FILE",
             Refusal::InvalidId => "INVALID_ID",
+            Refusal::InvalidSchedule(_) => "INVALID_SCHEDULE",
         }
     }
 
@@ -49,6 +51,24 @@ impl Refusal {
             Refusal::InvalidText => "text must be 1 to 10,000 characters",
             Refusal::InvalidId => "that is not a capsule id",
             Refusal::InvalidFile | Refusal::InvalidTextLoc => "the file is not acceptable",
+            Refusal::InvalidSchedule(field) => match field {
+                ScheduleField::Cron => {
+                    "schedule.cron must be a cron expression: 5 fields (minute hour day-of-month month day-of-week), 6 with seconds first, or @yearly, @monthly, @weekly, @daily, @hourly"
+                }
+                ScheduleField::TooOften => {
+                    "schedule.cron fires more often than the server's minimum interval between deliveries"
+                }
+                ScheduleField::NoOccurrence => {
+                    "schedule.cron has no occurrence in the future (before schedule.until, if given)"
+                }
+                ScheduleField::TimeZone => {
+                    "schedule.time_zone must be an IANA time zone name, such as UTC or Europe/Berlin"
+                }
+                ScheduleField::Until => {
+                    "schedule.until must be an RFC 3339 time or a date (YYYY-MM-DD) in the future"
+                }
+                ScheduleField::Count => "schedule.count must be a whole number from 1",
+            },
         }
     }
 }

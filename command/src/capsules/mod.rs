@@ -21,6 +21,7 @@ pub mod error;
 pub mod files;
 pub mod limits;
 pub mod pages;
+pub mod series;
 pub mod state;
 pub mod timers;
 pub mod upload;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 
 use cairn_events::domain::capsule::{self, CapsuleSubmitted, EmailAddress};
 use cairn_events::{
-    AppendRequest, Clock, Effects, EventStore, ExpectedVersion, Metadata, NewEvent, OutboxMessage,
+    AppendRequest, Clock, Effects, EventStore, ExpectedVersion, Metadata, NewEvent,
     StoreError,
 };
 use chrono::{DateTime, Utc};
@@ -59,6 +60,9 @@ pub struct Submission {
     pub send_at: DateTime<Utc>,
     pub text: String,
     pub attachment: Option<capsule::Attachment>,
+    /// For a recurring capsule; `send_at` is then its first occurrence
+    /// ([`Capsules::plan`]).
+    pub schedule: Option<capsule::Schedule>,
 }
 
 /// The capsule use cases, over one event store.
@@ -118,6 +122,24 @@ impl Capsules {
         decide::check_send_time(send_at, self.now(), self.rules.min_lead)
     }
 
+    /// Check a recurring capsule's schedule for a submission now, its series starting at
+    /// `start` (`None`: now): its first occurrence (the capsule's send time) and the next
+    /// ones.
+    pub fn plan(
+        &self,
+        schedule: &capsule::Schedule,
+        start: Option<DateTime<Utc>>,
+    ) -> Result<series::Checked, Refusal> {
+        let now = self.now();
+        if let Some(start) = start {
+            self.check_send_time(start)?;
+        }
+        let earliest = now + self.rules.min_lead;
+        // A start the sender gave is included; "now" is not.
+        let after = start.map_or(earliest, |s| (s - chrono::Duration::milliseconds(1)).max(earliest));
+        series::check(schedule, after, self.rules.min_interval).map_err(Refusal::InvalidSchedule)
+    }
+
     /// Write a new capsule, sent from `client`; it waits for confirmation. Returns its id.
     pub async fn submit(
         &self,
@@ -168,7 +190,7 @@ impl Capsules {
             send_at: submission.send_at,
             text: submission.text,
             attachment: submission.attachment,
-            schedule: None,
+            schedule: submission.schedule,
         };
         let sender_blocked = first.is_none() && self.is_blocked(&submitted.sender.email).await?;
         let sender = submitted.sender.email.sender_key();
@@ -335,14 +357,26 @@ impl Capsules {
             | decide::CapsuleEvent::FilePurged(_) => "scheduler",
             _ => "sender",
         };
+        let released = match &changes.event {
+            decide::CapsuleEvent::Released(released) => Some(released),
+            _ => None,
+        };
         let outbox = match changes.email {
-            Some(kind) => vec![self.email(state, kind, now)?],
+            Some(kind) => vec![self.emails.render(state, kind, released, now)?],
             None => Vec::new(),
         };
+        let events = changes
+            .skipped
+            .iter()
+            .map(|skipped| NewEvent::at(skipped, Self::metadata(actor), now))
+            .chain(std::iter::once(
+                changes.event.to_new(Self::metadata(actor), now),
+            ))
+            .collect();
         let request = AppendRequest::new(
             capsule::stream_id(state.submitted.capsule_id),
             expected,
-            vec![changes.event.to_new(Self::metadata(actor), now)],
+            events,
         )
         .with_effects(Effects {
             schedule: changes.schedule,
@@ -385,15 +419,6 @@ impl Capsules {
             ))
             .await?;
         Ok(())
-    }
-
-    fn email(
-        &self,
-        state: &CapsuleState,
-        kind: EmailKind,
-        now: DateTime<Utc>,
-    ) -> Result<OutboxMessage, CapsuleError> {
-        self.emails.render(state, kind, now)
     }
 }
 

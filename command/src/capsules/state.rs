@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::decide::CapsuleEvent;
+use super::series::Occurrence;
 
 /// Where a capsule is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,18 +37,28 @@ pub struct CapsuleState {
     pub version: i64,
     /// Whether its file was deleted from blob storage.
     pub file_purged: bool,
+    /// The last occurrence released or skipped (0: none yet).
+    pub last_occurrence: u32,
+    /// How many occurrences were released.
+    pub deliveries: u32,
+    /// When the next occurrence is due, while there is one: the send time, then, for a
+    /// recurring capsule, what each release names.
+    pub next_at: Option<DateTime<Utc>>,
 }
 
 impl CapsuleState {
     /// A capsule just submitted at `at`, before its first event is written (version 0).
     pub fn submitted(submitted: CapsuleSubmitted, at: DateTime<Utc>) -> Self {
         CapsuleState {
-            submitted,
             submitted_at: at,
             status: Status::Pending,
             since: at,
             version: 0,
             file_purged: false,
+            last_occurrence: 0,
+            deliveries: 0,
+            next_at: Some(submitted.send_at),
+            submitted,
         }
     }
 
@@ -81,11 +92,36 @@ impl CapsuleState {
             CapsuleEvent::Confirmed(_) => Status::Active,
             CapsuleEvent::Cancelled(_) => Status::Cancelled,
             CapsuleEvent::Expired(_) => Status::Expired,
-            CapsuleEvent::Released(_) => Status::Released,
+            CapsuleEvent::OccurrenceSkipped(skipped) => {
+                self.last_occurrence = skipped.occurrence;
+                return self;
+            }
+            CapsuleEvent::Released(released) => {
+                self.last_occurrence = released.occurrence.unwrap_or(1);
+                self.deliveries = self.deliveries.saturating_add(1);
+                self.next_at = released.next_at;
+                if released.next_at.is_some() {
+                    // A recurring capsule stays active until its last occurrence.
+                    return self;
+                }
+                Status::Released
+            }
         };
+        if status != Status::Released {
+            self.next_at = self.next_at.filter(|_| status == Status::Active || status == Status::Pending);
+        }
         self.status = status;
         self.since = at;
         self
+    }
+
+    /// The occurrence to release next, while one is to come (pending or active).
+    pub fn next_occurrence(&self) -> Option<Occurrence> {
+        let scheduled_at = self.next_at?;
+        matches!(self.status, Status::Pending | Status::Active).then_some(Occurrence {
+            number: self.last_occurrence.saturating_add(1),
+            scheduled_at,
+        })
     }
 
     /// The capsule's file, while blob storage keeps it.

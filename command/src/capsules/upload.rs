@@ -34,7 +34,7 @@ use cairn_http::{ApiError, ClientIp, IdempotencyKey, InvalidIdempotencyKey};
 /// characters, 40,000 bytes) and the part headers.
 const FORM_ALLOWANCE: u64 = 256 * 1024;
 /// The fields read; others are skipped unread (but counted against the allowance).
-const FIELDS: [&str; 9] = [
+const FIELDS: [&str; 13] = [
     "senderemail",
     "sendername",
     "recipientemail",
@@ -44,6 +44,10 @@ const FIELDS: [&str; 9] = [
     "textlocation",
     "filename",
     "formfile",
+    "cron",
+    "timezone",
+    "until",
+    "count",
 ];
 /// Most bytes the parser may pull while it looks for the next part's headers: a header
 /// that never ends would otherwise be buffered (and rescanned) to the body limit. The
