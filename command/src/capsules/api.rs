@@ -32,7 +32,16 @@ pub fn router() -> Router<Capsules> {
 #[derive(OpenApi)]
 #[openapi(
     paths(submit, status),
-    components(schemas(NewCapsule, PartyInput, ScheduleInput, ScheduleView, Submitted, CapsuleView, PartyView, ErrorBody))
+    components(schemas(
+        NewCapsule,
+        PartyInput,
+        ScheduleInput,
+        ScheduleView,
+        Submitted,
+        CapsuleView,
+        PartyView,
+        ErrorBody
+    ))
 )]
 pub struct CapsuleApi;
 

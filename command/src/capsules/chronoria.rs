@@ -290,7 +290,12 @@ pub(super) fn parse_submission(
     // Cairn's own fields: a recurring capsule (`sendTime`, if given, is when it starts).
     let schedule = optional("cron")
         .map(|cron| {
-            series::parse_input(cron, optional("timezone"), optional("until"), optional("count"))
+            series::parse_input(
+                cron,
+                optional("timezone"),
+                optional("until"),
+                optional("count"),
+            )
         })
         .transpose()
         .map_err(Refusal::InvalidSchedule)?;

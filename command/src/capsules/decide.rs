@@ -241,7 +241,9 @@ pub fn decide(
             }
         }
         Command::Release => {
-            let Some(due) = state.next_occurrence().filter(|_| state.status == Status::Active)
+            let Some(due) = state
+                .next_occurrence()
+                .filter(|_| state.status == Status::Active)
             else {
                 return Ok(Decision::Nothing);
             };
@@ -789,6 +791,266 @@ mod tests {
             .when(Command::PurgeFile, 24),
             Ok(Decision::Nothing),
             "no file, nothing to delete"
+        );
+    }
+
+    // Recurring capsules.
+
+    fn utc(rfc3339: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(rfc3339)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_timezone(&Utc)
+    }
+
+    /// A confirmed recurring capsule on `cron` in `zone`, submitted at `submitted`.
+    fn series(
+        cron: &str,
+        zone: &str,
+        count: Option<u32>,
+        file: bool,
+        submitted: &str,
+    ) -> CapsuleState {
+        let schedule = capsule::Schedule {
+            cron: cron.into(),
+            time_zone: zone.into(),
+            until: None,
+            count,
+        };
+        let at = utc(submitted);
+        let first = series::check(&schedule, at, Duration::hours(1))
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .first;
+        let submitted = CapsuleSubmitted {
+            send_at: first,
+            schedule: Some(schedule),
+            ..capsule(file)
+        };
+        CapsuleState::submitted(submitted, at).evolve(
+            &CapsuleEvent::Confirmed(CapsuleConfirmed { capsule_id: id() }),
+            at,
+        )
+    }
+
+    /// Run the scheduler on `state` until `end`: each release at the time its due item
+    /// says (the confirmation scheduled the first at the send time). Returns the state and
+    /// the releases made, with the skipped occurrences each wrote.
+    fn run_until(
+        mut state: CapsuleState,
+        end: DateTime<Utc>,
+    ) -> (
+        CapsuleState,
+        Vec<(CapsuleReleased, Vec<CapsuleOccurrenceSkipped>)>,
+    ) {
+        let mut releases = Vec::new();
+        let mut due_at = Some(state.submitted.send_at);
+        while let Some(now) = due_at.filter(|t| *t <= end) {
+            let Ok(Decision::Append(changes)) =
+                decide(Some(&state), &Command::Release, now, &Rules::default())
+            else {
+                panic!("a due release at {now} did nothing");
+            };
+            due_at = changes
+                .schedule
+                .iter()
+                .find(|item| item.action == RELEASE)
+                .map(|item| item.due_at);
+            for skipped in &changes.skipped {
+                state = state.evolve(&CapsuleEvent::OccurrenceSkipped(skipped.clone()), now);
+            }
+            state = state.evolve(&changes.event, now);
+            let CapsuleEvent::Released(released) = changes.event else {
+                panic!("a release wrote {:?}", changes.event);
+            };
+            releases.push((released, changes.skipped));
+        }
+        (state, releases)
+    }
+
+    fn released_at(releases: &[(CapsuleReleased, Vec<CapsuleOccurrenceSkipped>)]) -> Vec<String> {
+        releases
+            .iter()
+            .filter_map(|(r, _)| r.scheduled_at)
+            .map(|t| t.format("%m-%d %H:%M").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_daily_capsule_is_released_once_on_each_daylight_saving_day() {
+        // Berlin springs forward on 28 March 2027 (02:30 does not exist) and falls back on
+        // 31 October 2027 (02:30 happens twice).
+        let state = series(
+            "30 2 * * *",
+            "Europe/Berlin",
+            None,
+            false,
+            "2027-03-26T12:00:00Z",
+        );
+        let (_, releases) = run_until(state, utc("2027-03-29T12:00:00Z"));
+        assert_eq!(
+            released_at(&releases),
+            ["03-27 01:30", "03-28 01:00", "03-29 00:30"]
+        );
+        let state = series(
+            "30 2 * * *",
+            "Europe/Berlin",
+            None,
+            false,
+            "2027-10-29T12:00:00Z",
+        );
+        let (_, releases) = run_until(state, utc("2027-11-01T12:00:00Z"));
+        assert_eq!(
+            released_at(&releases),
+            ["10-30 00:30", "10-31 00:30", "11-01 01:30"]
+        );
+        let numbers: Vec<Option<u32>> = releases.iter().map(|(r, _)| r.occurrence).collect();
+        assert_eq!(numbers, [Some(1), Some(2), Some(3)]);
+    }
+
+    #[test]
+    fn an_hourly_capsule_is_released_every_real_hour() {
+        // The Berlin day of 28 March 2027 runs from 23:00 UTC the day before, for 23
+        // hours; that of 31 October from 22:00 UTC, for 25.
+        for (submitted, end, hours) in [
+            ("2027-03-27T22:59:00Z", "2027-03-28T21:59:00Z", 23),
+            ("2027-10-30T21:59:00Z", "2027-10-31T22:59:00Z", 25),
+        ] {
+            let state = series("0 * * * *", "Europe/Berlin", None, false, submitted);
+            let (_, releases) = run_until(state, utc(end));
+            assert_eq!(releases.len(), hours, "{submitted}");
+            assert!(releases.iter().all(|(_, skipped)| skipped.is_empty()));
+        }
+    }
+
+    #[test]
+    fn after_downtime_the_latest_missed_occurrence_is_released_and_older_ones_skipped() {
+        let state = series("0 9 * * *", "UTC", None, false, "2027-01-10T12:00:00Z");
+        let late = utc("2027-01-13T10:00:00Z");
+        let then = changes(decide(
+            Some(&state),
+            &Command::Release,
+            late,
+            &Rules::default(),
+        ));
+        let skipped: Vec<u32> = then.skipped.iter().map(|s| s.occurrence).collect();
+        assert_eq!(skipped, [1, 2]);
+        let CapsuleEvent::Released(released) = &then.event else {
+            panic!("{:?}", then.event)
+        };
+        assert_eq!(released.occurrence, Some(3));
+        assert_eq!(released.scheduled_at, Some(utc("2027-01-13T09:00:00Z")));
+        assert_eq!(released.next_at, Some(utc("2027-01-14T09:00:00Z")));
+        assert_eq!(
+            then.schedule,
+            vec![due(id(), RELEASE, utc("2027-01-14T09:00:00Z"))]
+        );
+        assert_eq!(then.unschedule, Vec::<String>::new());
+        assert_eq!(then.email, Some(EmailKind::Delivery));
+    }
+
+    #[test]
+    fn a_release_retried_after_another_scheduler_released_finds_nothing_due() {
+        let state = series("0 9 * * *", "UTC", None, false, "2027-01-10T12:00:00Z");
+        let (state, releases) = run_until(state, utc("2027-01-11T09:00:00Z"));
+        assert_eq!(releases.len(), 1);
+        let again = decide(
+            Some(&state),
+            &Command::Release,
+            utc("2027-01-11T09:00:01Z"),
+            &Rules::default(),
+        );
+        assert_eq!(again, Ok(Decision::Nothing));
+    }
+
+    #[test]
+    fn a_series_keeps_its_file_until_its_last_occurrence() {
+        let state = series("0 9 * * *", "UTC", Some(3), true, "2027-01-10T12:00:00Z");
+        let (state, releases) = run_until(state, utc("2027-01-12T12:00:00Z"));
+        assert_eq!(releases.len(), 2);
+        assert_eq!(state.status, Status::Active);
+        assert!(state.downloadable_file().is_some());
+        let purge = decide(
+            Some(&state),
+            &Command::PurgeFile,
+            utc("2027-01-12T12:00:00Z"),
+            &Rules::default(),
+        );
+        assert_eq!(purge, Ok(Decision::Nothing), "not while the series goes on");
+        let last = changes(decide(
+            Some(&state),
+            &Command::Release,
+            utc("2027-01-13T09:00:00Z"),
+            &Rules::default(),
+        ));
+        assert_eq!(last.unschedule, vec![key(id(), RELEASE)]);
+        assert_eq!(
+            last.schedule,
+            vec![due(
+                id(),
+                PURGE,
+                utc("2027-01-13T09:00:00Z") + Duration::days(30)
+            )]
+        );
+        let state = state.evolve(&last.event, utc("2027-01-13T09:00:00Z"));
+        assert_eq!(state.status, Status::Released);
+        assert_eq!(state.deliveries, 3);
+        assert_eq!(state.next_occurrence(), None);
+    }
+
+    #[test]
+    fn cancelling_a_series_stops_every_later_occurrence() {
+        let state = series("0 9 * * *", "UTC", None, true, "2027-01-10T12:00:00Z");
+        let (state, _) = run_until(state, utc("2027-01-12T12:00:00Z"));
+        let then = changes(decide(
+            Some(&state),
+            &cancel("ada@example.com"),
+            utc("2027-01-12T12:00:00Z"),
+            &Rules::default(),
+        ));
+        assert_eq!(then.unschedule, vec![key(id(), EXPIRE), key(id(), RELEASE)]);
+        let state = state.evolve(&then.event, utc("2027-01-12T12:00:00Z"));
+        let later = decide(
+            Some(&state),
+            &Command::Release,
+            utc("2027-01-13T09:00:00Z"),
+            &Rules::default(),
+        );
+        assert_eq!(later, Ok(Decision::Nothing));
+    }
+
+    #[test]
+    fn a_retried_recurring_submission_compares_its_schedule() {
+        let state = series("0 9 * * *", "UTC", None, false, "2027-01-10T12:00:00Z");
+        let retry = CapsuleSubmitted {
+            // Computed again later: another first occurrence.
+            send_at: utc("2027-01-12T09:00:00Z"),
+            ..state.submitted.clone()
+        };
+        assert_eq!(
+            decide(
+                Some(&state),
+                &submit(retry.clone()),
+                utc("2027-01-11T12:00:00Z"),
+                &Rules::default()
+            ),
+            Ok(Decision::Nothing)
+        );
+        let other = CapsuleSubmitted {
+            schedule: Some(capsule::Schedule {
+                cron: "0 10 * * *".into(),
+                time_zone: "UTC".into(),
+                until: None,
+                count: None,
+            }),
+            ..retry
+        };
+        assert_eq!(
+            decide(
+                Some(&state),
+                &submit(other),
+                utc("2027-01-11T12:00:00Z"),
+                &Rules::default()
+            ),
+            Err(Refused::KeyReused)
         );
     }
 }

@@ -30,8 +30,7 @@ use std::sync::Arc;
 
 use cairn_events::domain::capsule::{self, CapsuleSubmitted, EmailAddress};
 use cairn_events::{
-    AppendRequest, Clock, Effects, EventStore, ExpectedVersion, Metadata, NewEvent,
-    StoreError,
+    AppendRequest, Clock, Effects, EventStore, ExpectedVersion, Metadata, NewEvent, StoreError,
 };
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -136,7 +135,9 @@ impl Capsules {
         }
         let earliest = now + self.rules.min_lead;
         // A start the sender gave is included; "now" is not.
-        let after = start.map_or(earliest, |s| (s - chrono::Duration::milliseconds(1)).max(earliest));
+        let after = start.map_or(earliest, |s| {
+            (s - chrono::Duration::milliseconds(1)).max(earliest)
+        });
         series::check(schedule, after, self.rules.min_interval).map_err(Refusal::InvalidSchedule)
     }
 

@@ -94,8 +94,7 @@ pub fn check(
     let zone = recurrence.zone();
     let leap_days_only = std::iter::once(first)
         .chain(then.iter().copied())
-        .all(|t| is_leap_day(t, zone))
-        && then.len() == 2;
+        .all(|t| is_leap_day(t, zone));
     Ok(Checked {
         first,
         then,
@@ -118,7 +117,9 @@ pub fn parse_input(
     count: Option<&str>,
 ) -> Result<Schedule, ScheduleField> {
     let zone = match time_zone.map(str::trim).filter(|z| !z.is_empty()) {
-        Some(name) => cairn_events::schedule::parse_zone(name).map_err(|_| ScheduleField::TimeZone)?,
+        Some(name) => {
+            cairn_events::schedule::parse_zone(name).map_err(|_| ScheduleField::TimeZone)?
+        }
         None => Tz::UTC,
     };
     let until = match until.map(str::trim).filter(|u| !u.is_empty()) {
@@ -250,8 +251,14 @@ mod tests {
         let check = |s: &Schedule| check(s, now, HOUR).map(|c| c.first);
         assert_eq!(check(&schedule("0 9 * * *")), Ok(t("2027-01-11T09:00:00Z")));
         assert_eq!(check(&schedule("nope")), Err(ScheduleField::Cron));
-        assert_eq!(check(&schedule("*/5 * * * *")), Err(ScheduleField::TooOften));
-        assert_eq!(check(&schedule("0 0 30 2 *")), Err(ScheduleField::NoOccurrence));
+        assert_eq!(
+            check(&schedule("*/5 * * * *")),
+            Err(ScheduleField::TooOften)
+        );
+        assert_eq!(
+            check(&schedule("0 0 30 2 *")),
+            Err(ScheduleField::NoOccurrence)
+        );
         let zone = Schedule {
             time_zone: "Nowhere/Special".into(),
             ..schedule("0 9 * * *")
@@ -285,8 +292,13 @@ mod tests {
 
     #[test]
     fn request_fields() {
-        let parsed = parse_input("0 9 * * *", Some("europe/berlin"), Some("2027-03-31"), Some("10"))
-            .unwrap_or_else(|e| panic!("{e:?}"));
+        let parsed = parse_input(
+            "0 9 * * *",
+            Some("europe/berlin"),
+            Some("2027-03-31"),
+            Some("10"),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(parsed.time_zone, "Europe/Berlin");
         assert_eq!(parsed.until, Some(t("2027-03-31T21:59:59.999Z")));
         assert_eq!(parsed.count, Some(10));
@@ -295,10 +307,20 @@ mod tests {
         assert_eq!(utc.time_zone, "UTC");
         assert_eq!(utc.until.map(|u| u.timestamp()), Some(1_900_000_000));
         assert_eq!(parse_input(" ", None, None, None), Err(ScheduleField::Cron));
-        assert_eq!(parse_input("@daily", Some("Atlantis"), None, None), Err(ScheduleField::TimeZone));
-        assert_eq!(parse_input("@daily", None, Some("soon"), None), Err(ScheduleField::Until));
+        assert_eq!(
+            parse_input("@daily", Some("Atlantis"), None, None),
+            Err(ScheduleField::TimeZone)
+        );
+        assert_eq!(
+            parse_input("@daily", None, Some("soon"), None),
+            Err(ScheduleField::Until)
+        );
         for bad in ["0", "-1", "1.5", "ten", "99999999999"] {
-            assert_eq!(parse_input("@daily", None, None, Some(bad)), Err(ScheduleField::Count), "{bad}");
+            assert_eq!(
+                parse_input("@daily", None, None, Some(bad)),
+                Err(ScheduleField::Count),
+                "{bad}"
+            );
         }
     }
 
@@ -360,10 +382,18 @@ mod tests {
             count: Some(3),
             ..schedule("0 9 * * *")
         };
-        let r = release(&counted, occurrence(3, "2027-01-13T09:00:00Z"), t("2027-01-13T09:00:01Z"));
+        let r = release(
+            &counted,
+            occurrence(3, "2027-01-13T09:00:00Z"),
+            t("2027-01-13T09:00:01Z"),
+        );
         assert_eq!(r.next_at, None);
         // Missed ones past the count are not invented.
-        let r = release(&counted, occurrence(2, "2027-01-12T09:00:00Z"), t("2027-02-01T00:00:00Z"));
+        let r = release(
+            &counted,
+            occurrence(2, "2027-01-12T09:00:00Z"),
+            t("2027-02-01T00:00:00Z"),
+        );
         assert_eq!(r.skipped, [occurrence(2, "2027-01-12T09:00:00Z")]);
         assert_eq!(r.delivered, occurrence(3, "2027-01-13T09:00:00Z"));
         assert_eq!(r.next_at, None);
@@ -371,9 +401,21 @@ mod tests {
             until: Some(t("2027-01-12T09:00:00Z")),
             ..schedule("0 9 * * *")
         };
-        let r = release(&until, occurrence(1, "2027-01-11T09:00:00Z"), t("2027-01-11T09:00:01Z"));
-        assert_eq!(r.next_at, Some(t("2027-01-12T09:00:00Z")), "until is inclusive");
-        let r = release(&until, occurrence(2, "2027-01-12T09:00:00Z"), t("2027-01-12T09:00:01Z"));
+        let r = release(
+            &until,
+            occurrence(1, "2027-01-11T09:00:00Z"),
+            t("2027-01-11T09:00:01Z"),
+        );
+        assert_eq!(
+            r.next_at,
+            Some(t("2027-01-12T09:00:00Z")),
+            "until is inclusive"
+        );
+        let r = release(
+            &until,
+            occurrence(2, "2027-01-12T09:00:00Z"),
+            t("2027-01-12T09:00:01Z"),
+        );
         assert_eq!(r.next_at, None);
     }
 
@@ -383,6 +425,9 @@ mod tests {
         let r = release(&schedule("0 * * * *"), due, t("2027-12-31T00:00:00Z"));
         assert_eq!(r.skipped.len(), MAX_SKIPPED_EVENTS);
         assert_eq!(r.delivered.scheduled_at, t("2027-12-31T00:00:00Z"));
-        assert_eq!(r.skipped.last().map(|o| o.number), Some(r.delivered.number - 1));
+        assert_eq!(
+            r.skipped.last().map(|o| o.number),
+            Some(r.delivered.number - 1)
+        );
     }
 }

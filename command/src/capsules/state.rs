@@ -108,7 +108,9 @@ impl CapsuleState {
             }
         };
         if status != Status::Released {
-            self.next_at = self.next_at.filter(|_| status == Status::Active || status == Status::Pending);
+            self.next_at = self
+                .next_at
+                .filter(|_| status == Status::Active || status == Status::Pending);
         }
         self.status = status;
         self.since = at;
