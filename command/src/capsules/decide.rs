@@ -55,6 +55,9 @@ impl Default for Rules {
 
 /// What someone (or the scheduler) asks of a capsule.
 #[derive(Clone, Debug, PartialEq)]
+// Commands and events are made one at a time, never stored in bulk: boxing the
+// submission would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Write a new capsule; under an id written before, a retry of it.
     Submit {
@@ -76,6 +79,7 @@ pub enum Command {
 
 /// The event a decision appends.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum CapsuleEvent {
     Submitted(CapsuleSubmitted),
     Confirmed(CapsuleConfirmed),
