@@ -12,6 +12,7 @@ mod messages;
 mod outages;
 mod pages;
 mod rebuild;
+mod recurring;
 mod roles;
 mod service;
 mod smtp;

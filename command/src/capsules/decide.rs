@@ -351,7 +351,12 @@ fn submit(
     if sender_blocked {
         return Err(Refused::BlockedSender);
     }
-    check_send_time(submitted.send_at, now, rules.min_lead).map_err(Refused::Invalid)?;
+    // A recurring capsule's first occurrence was found after the time its schedule was
+    // checked at ([`super::Capsules::plan`]); it may have come since, as a send time may
+    // while its capsule waits for confirmation.
+    if submitted.schedule.is_none() {
+        check_send_time(submitted.send_at, now, rules.min_lead).map_err(Refused::Invalid)?;
+    }
     capsule::validate_text(&submitted.text, submitted.attachment.is_some())
         .map_err(|invalid| Refused::Invalid(invalid.into()))?;
     let capsule_id = submitted.capsule_id;
