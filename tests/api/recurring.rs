@@ -19,7 +19,8 @@ crate::on_both_backends!(
     recurring: a_recurring_capsule_is_delivered_at_each_occurrence,
     cancelling_stops_the_series,
     occurrences_missed_while_down_are_skipped,
-    schedules_are_checked
+    schedules_are_checked,
+    deliveries_count_against_the_sender_limit
 );
 
 async fn config(backend: Backend) -> (Config, SmtpSink) {
@@ -408,4 +409,30 @@ pub async fn schedules_are_checked(backend: Backend) {
         app.submit_file(bad_form).await,
         (400, "INVALID_SCHEDULE".into())
     );
+}
+
+pub async fn deliveries_count_against_the_sender_limit(backend: Backend) {
+    let (mut config, sink) = config(backend).await;
+    config.capsule_limit_per_sender = 4;
+    config.capsule_limit_window = 3600;
+    let app = spawn_with(config).await;
+    let id = submit_and_confirm(&app, &sink, json!({"cron": "* * * * * *", "count": 3})).await;
+    until("the series to end", PATIENCE, || async {
+        occurrences(&app, &id).await.0.last() == Some(&3)
+    })
+    .await;
+    let (released, _) = occurrences(&app, &id).await;
+    // The submission counted once; each delivery after the first once more.
+    let spent = 1 + released.iter().filter(|n| **n > 1).count();
+    let mut accepted = 0;
+    loop {
+        let (status, body) = submit(&app, &capsule(json!({"cron": "@daily"}))).await;
+        match status {
+            202 => accepted += 1,
+            429 => break,
+            other => panic!("{other}: {body}"),
+        }
+        assert!(accepted <= 4, "the limit held");
+    }
+    assert_eq!(accepted, 4 - spent, "released {released:?}");
 }

@@ -329,8 +329,18 @@ impl Capsules {
                 self.files.delete(&file.blob).await?;
             }
             let expected = ExpectedVersion::Exact(state.version);
+            let later_occurrence = matches!(
+                &changes.event,
+                decide::CapsuleEvent::Released(r) if r.occurrence.is_some_and(|n| n > 1)
+            );
             match self.append(&state, *changes, expected, now).await {
-                Ok(()) => return Ok(Outcome::Written),
+                Ok(()) => {
+                    if later_occurrence {
+                        let sender = state.submitted.sender.email.sender_key();
+                        self.limits.count_occurrence(&sender).await;
+                    }
+                    return Ok(Outcome::Written);
+                }
                 Err(CapsuleError::Store(StoreError::Conflict { .. })) => continue,
                 Err(e) => return Err(e),
             }

@@ -132,6 +132,22 @@ impl Limits {
         admit(&checks, Instant::now())
     }
 
+    /// Count a delivery of a recurring capsule after its first against its sender, where
+    /// the sender's limit has room: a series spends the sender's allowance as capsules
+    /// submitted one by one would. The delivery itself is never held back.
+    pub async fn count_occurrence(&self, sender: &str) {
+        // The checks are the client's, then the sender's: no client here.
+        let no_client = SlidingLog::new(0, Duration::ZERO);
+        let checks = [(&no_client, ""), (&self.per_sender, sender)];
+        if let Some(shared) = &self.shared
+            && shared.admit(&checks, true).await.is_some()
+        {
+            return;
+        }
+        // Over the limit, nothing is counted; that is all this asks.
+        let _ = admit(&checks, Instant::now());
+    }
+
     /// How long `client` must wait before submitting, without counting anything.
     pub async fn check_client(&self, client: &str) -> Option<Duration> {
         let checks = [(&self.per_client, client)];
