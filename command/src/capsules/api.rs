@@ -184,7 +184,7 @@ fn stamp(t: DateTime<Utc>) -> String {
     request_body(content = NewCapsule, content_type = "application/json"),
     responses(
         (status = 202, description = "Written; waiting for the sender's confirmation", body = Submitted),
-        (status = 400, description = "Bad JSON, address, name, time or text; a blocked sender", body = ErrorBody),
+        (status = 400, description = "Bad JSON, address, name, time or text; `invalid_schedule` naming the part of the schedule refused (expression, zone, end, count, no future occurrence, more often than the server's minimum interval); a blocked sender", body = ErrorBody),
         (status = 413, description = "`body_too_large`: the body is larger than the configured limit", body = ErrorBody),
         (status = 415, description = "The body was not sent as `application/json`", body = ErrorBody),
         (status = 422, description = "`idempotency_key_reused`: the key was sent before with another capsule", body = ErrorBody),

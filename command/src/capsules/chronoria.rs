@@ -34,12 +34,28 @@ struct TextCapsule {
     recipient_email: String,
     #[schema(min_length = 1, max_length = 255, example = "Grace")]
     recipient_name: String,
-    /// When to deliver it, in milliseconds since the Unix epoch, in the future.
+    /// When to deliver it, in milliseconds since the Unix epoch, in the future. Required
+    /// unless `cron` is given.
     #[schema(format = Int64, example = 1893456000000_i64)]
-    send_time: i64,
+    send_time: Option<i64>,
     /// 1 to 10,000 characters.
     #[schema(min_length = 1, max_length = 10000)]
     text: String,
+    /// Cairn's addition, optional: make the capsule recurring. A cron expression (5
+    /// fields, 6 with seconds, or `@yearly` … `@hourly`; see `POST /capsules`); `sendTime`
+    /// is then when the series starts (default: now).
+    #[schema(max_length = 200, example = "0 9 * * MON#1")]
+    cron: Option<String>,
+    /// With `cron`: an IANA time zone (default `UTC`).
+    #[schema(example = "Europe/Berlin")]
+    time_zone: Option<String>,
+    /// With `cron`: the last time it may fire, in milliseconds since the Unix epoch, as an
+    /// RFC 3339 time, or as a date (through the end of that day).
+    #[schema(example = "2027-03-31")]
+    until: Option<String>,
+    /// With `cron`: how many occurrences in all.
+    #[schema(minimum = 1, maximum = 4294967295_u64)]
+    count: Option<u64>,
 }
 
 /// The query of the confirm route.
@@ -216,7 +232,7 @@ async fn download_link(
     request_body(content = TextCapsule, content_type = "application/json"),
     responses(
         (status = 200, description = "Submitted; it waits for the sender's confirmation (24 hours)"),
-        (status = 400, description = "`INVALID_EMAIL`, `INVALID_NAME`, `INVALID_FUTURE_TIME`, `INVALID_TEXT` or `BLOCKED_SENDER_EMAIL`", body = String, content_type = "text/plain"),
+        (status = 400, description = "`INVALID_EMAIL`, `INVALID_NAME`, `INVALID_FUTURE_TIME`, `INVALID_TEXT`, `INVALID_SCHEDULE` (`cron`, `timeZone`, `until` or `count`: not valid, no future occurrence, or firing more often than the server allows) or `BLOCKED_SENDER_EMAIL`", body = String, content_type = "text/plain"),
         (status = 413, description = "`PAYLOAD_TOO_LARGE`: the body is larger than the configured limit", body = String, content_type = "text/plain"),
         (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: the body must be sent as `application/json`", body = String, content_type = "text/plain"),
         (status = 422, description = "`IDEMPOTENCY_KEY_REUSED`: the key was sent before with another capsule", body = String, content_type = "text/plain"),

@@ -162,9 +162,10 @@ struct FileCapsule {
     recipient_email: String,
     #[schema(min_length = 1, max_length = 255, example = "Grace")]
     recipient_name: String,
-    /// When to deliver it, in milliseconds since the Unix epoch, in the future.
+    /// When to deliver it, in milliseconds since the Unix epoch, in the future. Required
+    /// unless `cron` is given.
     #[schema(format = Int64, example = 1893456000000_i64)]
-    send_time: i64,
+    send_time: Option<i64>,
     /// At most 10,000 characters; may be empty.
     #[schema(max_length = 10000)]
     text: String,
@@ -175,6 +176,21 @@ struct FileCapsule {
     /// The name the file downloads as (default: the part's own file name).
     #[schema(rename = "FileName", max_length = 255)]
     file_name: Option<String>,
+    /// Cairn's addition, optional: make the capsule recurring. A cron expression (5
+    /// fields, 6 with seconds, or `@yearly` … `@hourly`; see `POST /capsules`); `sendTime`
+    /// is then when the series starts (default: now).
+    #[schema(max_length = 200, example = "0 9 * * MON#1")]
+    cron: Option<String>,
+    /// With `cron`: an IANA time zone (default `UTC`).
+    #[schema(example = "Europe/Berlin")]
+    time_zone: Option<String>,
+    /// With `cron`: the last time it may fire, in milliseconds since the Unix epoch, as an
+    /// RFC 3339 time, or as a date (through the end of that day).
+    #[schema(example = "2027-03-31")]
+    until: Option<String>,
+    /// With `cron`: how many occurrences in all.
+    #[schema(minimum = 1, maximum = 4294967295_u64)]
+    count: Option<u64>,
 }
 
 /// Where the text goes in the delivered email: before or after the download link.
@@ -286,10 +302,10 @@ async fn next_field(
 #[utoipa::path(post, path = "/api/submit/file", tag = "capsules",
     params(("Idempotency-Key" = Option<String>, Header,
         description = "Makes a retry safe: the same key and capsule answer as the first time, and the retry's upload is dropped")),
-    request_body(content = FileCapsule, content_type = "multipart/form-data", description = "The fields of `/api/submit/text` (`senderEmail`, `senderName`, `recipientEmail`, `recipientName`, `sendTime`, `text`, which may be empty), `textLocation` (`Before` or `After`: the text before or after the download link), `FormFile` (the file, at most 200,000,000 bytes) and `FileName` (the name it downloads as; the part's own file name if missing). Names match in any case, in any order; other fields are ignored."),
+    request_body(content = FileCapsule, content_type = "multipart/form-data", description = "The fields of `/api/submit/text` (`senderEmail`, `senderName`, `recipientEmail`, `recipientName`, `sendTime`, `text`, which may be empty), `textLocation` (`Before` or `After`: the text before or after the download link), `FormFile` (the file, at most 200,000,000 bytes), `FileName` (the name it downloads as; the part's own file name if missing), and optionally `cron`, `timeZone`, `until` and `count` for a recurring capsule (as in `/api/submit/text`). Names match in any case, in any order; other fields are ignored."),
     responses(
         (status = 200, description = "Submitted; it waits for the sender's confirmation (24 hours)"),
-        (status = 400, description = "`INVALID_EMAIL`, `INVALID_NAME`, `INVALID_FUTURE_TIME`, `INVALID_TEXT`, `INVALID_TEXT_LOC`, `INVALID_FILE`, `INVALID_IDEMPOTENCY_KEY` or `BLOCKED_SENDER_EMAIL`", body = String, content_type = "text/plain"),
+        (status = 400, description = "`INVALID_EMAIL`, `INVALID_NAME`, `INVALID_FUTURE_TIME`, `INVALID_TEXT`, `INVALID_TEXT_LOC`, `INVALID_FILE`, `INVALID_SCHEDULE`, `INVALID_IDEMPOTENCY_KEY` or `BLOCKED_SENDER_EMAIL`", body = String, content_type = "text/plain"),
         (status = 408, description = "`REQUEST_TIMEOUT`: the body stopped arriving, or came slower than 16 KiB/s on average after the first minute", body = String, content_type = "text/plain"),
         (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: the body must be `multipart/form-data`", body = String, content_type = "text/plain"),
         (status = 422, description = "`IDEMPOTENCY_KEY_REUSED`: the key was sent before with another capsule", body = String, content_type = "text/plain"),
