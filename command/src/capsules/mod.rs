@@ -19,6 +19,7 @@ pub mod decide;
 pub mod emails;
 pub mod error;
 pub mod files;
+pub mod history;
 pub mod limits;
 pub mod pages;
 pub mod state;
@@ -287,6 +288,23 @@ impl Capsules {
             .await?;
         CapsuleState::of(&events)
             .map_err(|e| CapsuleError::Store(StoreError::Corrupt(e.to_string())))
+    }
+
+    /// The capsule as its events tell it, and its history ([`history::History`]), from
+    /// one read of its stream.
+    pub async fn load_with_history(
+        &self,
+        capsule_id: Uuid,
+    ) -> Result<Option<(CapsuleState, history::History)>, CapsuleError> {
+        let events = self
+            .events
+            .read_stream(&capsule::stream_id(capsule_id))
+            .await?;
+        let corrupt =
+            |e: cairn_events::DecodeError| CapsuleError::Store(StoreError::Corrupt(e.to_string()));
+        let state = CapsuleState::of(&events).map_err(corrupt)?;
+        let history = history::History::of(&events).map_err(corrupt)?;
+        Ok(state.zip(history))
     }
 
     /// Load, decide, append; on a conflict, load and decide again.
