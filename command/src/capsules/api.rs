@@ -108,33 +108,44 @@ struct CapsuleData {
 #[serde(tag = "event", rename_all = "snake_case")]
 enum HistoryEntry {
     /// The capsule was written; it waited for its sender's confirmation.
-    Submitted { at: String },
+    Submitted {
+        #[schema(format = DateTime)]
+        at: String,
+    },
     /// Its sender confirmed it.
-    Confirmed { at: String },
+    Confirmed {
+        #[schema(format = DateTime)]
+        at: String,
+    },
     /// An occurrence (the only one, for a capsule that does not repeat) was released: its
     /// delivery email was queued.
     Released {
+        #[schema(format = DateTime)]
         at: String,
         /// Which occurrence, from 1.
         #[schema(minimum = 1)]
         occurrence: u32,
         /// When it was due (`at` is when it was released).
+        #[schema(format = DateTime)]
         scheduled_at: String,
         /// When the next occurrence is due; `null` after the last.
-        #[schema(required = true)]
+        #[schema(required = true, format = DateTime)]
         next_at: Option<String>,
     },
     /// An occurrence was not delivered: a later one was already due when the scheduler
     /// came to it (after downtime, only the latest missed occurrence is delivered).
     OccurrenceSkipped {
+        #[schema(format = DateTime)]
         at: String,
         #[schema(minimum = 1)]
         occurrence: u32,
+        #[schema(format = DateTime)]
         scheduled_at: String,
     },
     /// The mail server accepted an email about the capsule. A resend after a crash is
     /// recorded again, with the same Message-ID.
     EmailSent {
+        #[schema(format = DateTime)]
         at: String,
         /// What the email was: `confirm` (to the sender, asking to confirm), `active` (the
         /// receipt), `delivery` (the capsule, to its recipient), `cancelled`, `expired`;
@@ -149,11 +160,20 @@ enum HistoryEntry {
         retries: i32,
     },
     /// It was cancelled; no later occurrence is delivered.
-    Cancelled { at: String },
+    Cancelled {
+        #[schema(format = DateTime)]
+        at: String,
+    },
     /// Nobody confirmed it in time.
-    Expired { at: String },
+    Expired {
+        #[schema(format = DateTime)]
+        at: String,
+    },
     /// Its file was deleted from storage.
-    FileDeleted { at: String },
+    FileDeleted {
+        #[schema(format = DateTime)]
+        at: String,
+    },
 }
 
 impl From<&history::Entry> for HistoryEntry {
