@@ -219,13 +219,16 @@ mod tests {
 
     /// 2027-03-01 plus `hours`.
     fn at(hours: i64) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2027, 3, 1, 0, 0, 0).unwrap() + chrono::Duration::hours(hours)
+        Utc.with_ymd_and_hms(2027, 3, 1, 0, 0, 0)
+            .single()
+            .expect("a fixed time")
+            + chrono::Duration::hours(hours)
     }
 
     fn submitted(schedule: Option<Schedule>) -> CapsuleSubmitted {
         let party = |email: &str, name: &str| Party {
-            email: EmailAddress::parse(email).unwrap(),
-            name: PersonName::parse(name).unwrap(),
+            email: EmailAddress::parse(email).expect("an address"),
+            name: PersonName::parse(name).expect("a name"),
         };
         CapsuleSubmitted {
             capsule_id: id(),
@@ -255,6 +258,10 @@ mod tests {
                 metadata: event.metadata,
             })
             .collect()
+    }
+
+    fn fold(events: &[Envelope]) -> History {
+        History::of(events).expect("readable").expect("a capsule")
     }
 
     fn new(event: &impl DomainEvent) -> NewEvent {
@@ -287,7 +294,7 @@ mod tests {
 
     #[test]
     fn an_empty_stream_has_no_history() {
-        assert_eq!(History::of(&[]).unwrap(), None);
+        assert_eq!(History::of(&[]).expect("an empty stream"), None);
     }
 
     #[test]
@@ -310,7 +317,7 @@ mod tests {
             (49, sent("delivery", "<c@x>", 1)),
             (800, new(&CapsuleFilePurged { capsule_id })),
         ]);
-        let history = History::of(&events).unwrap().unwrap();
+        let history = fold(&events);
         assert!(!history.recurring);
         assert_eq!(
             history.entries,
@@ -361,7 +368,7 @@ mod tests {
             (1, new(&CapsuleConfirmed { capsule_id: id() })),
             (50, old),
         ]);
-        let history = History::of(&events).unwrap().unwrap();
+        let history = fold(&events);
         assert_eq!(
             history.entries[2],
             entry(
@@ -411,7 +418,7 @@ mod tests {
             (120, released(4, 120, None)),
             (120, sent("delivery", "<four@x>", 0)),
         ]);
-        let history = History::of(&events).unwrap().unwrap();
+        let history = fold(&events);
         assert!(history.recurring);
         let kinds: Vec<&Happened> = history.entries.iter().map(|e| &e.what).collect();
         assert_eq!(
@@ -465,7 +472,7 @@ mod tests {
             (2, new(&CapsuleCancelled { capsule_id })),
             (2, sent("cancelled", "<c@x>", 0)),
         ]);
-        let history = History::of(&cancelled).unwrap().unwrap();
+        let history = fold(&cancelled);
         assert_eq!(history.entries[2], entry(2, Happened::Cancelled));
         assert_eq!(
             history.entries[3].in_words(false),
@@ -477,7 +484,7 @@ mod tests {
             (24, new(&CapsuleExpired { capsule_id })),
             (24, new(&CapsuleFilePurged { capsule_id })),
         ]);
-        let history = History::of(&expired).unwrap().unwrap();
+        let history = fold(&expired);
         assert_eq!(
             history.entries,
             vec![
@@ -493,7 +500,7 @@ mod tests {
         let mut unknown = new(&CapsuleConfirmed { capsule_id: id() });
         unknown.event_type = "capsule.something_new".into();
         let events = stream(vec![(0, new(&submitted(None))), (1, unknown)]);
-        let history = History::of(&events).unwrap().unwrap();
+        let history = fold(&events);
         assert_eq!(history.entries, vec![entry(0, Happened::Submitted)]);
         let words = format!("{:?}", history);
         for personal in ["ada@", "grace@", "Ada", "Grace", "secret"] {

@@ -98,7 +98,9 @@ impl PagesState {
     /// The capsule named in the path, for `page`; the page to answer with when there is
     /// none (a link cut short, an unknown or expired capsule) or it cannot be read.
     async fn load(&self, page: &str, raw: &str) -> Result<(Uuid, CapsuleState), Response> {
-        let id = self.parse(page, raw)?;
+        let Ok(id) = capsule::parse_id(raw) else {
+            return Err(self.invalid_link(page));
+        };
         match self.capsules.load(id).await {
             Ok(Some(state)) => Ok((id, state)),
             Ok(None) => Err(self.missing(page, NOT_FOUND)),
@@ -112,7 +114,9 @@ impl PagesState {
         page: &str,
         raw: &str,
     ) -> Result<(CapsuleState, History), Response> {
-        let id = self.parse(page, raw)?;
+        let Ok(id) = capsule::parse_id(raw) else {
+            return Err(self.invalid_link(page));
+        };
         match self.capsules.load_with_history(id).await {
             Ok(Some(found)) => Ok(found),
             Ok(None) => Err(self.missing(page, NOT_FOUND)),
@@ -120,14 +124,12 @@ impl PagesState {
         }
     }
 
-    /// The capsule id in the path; the page saying the link is not valid when it is not one.
-    fn parse(&self, page: &str, raw: &str) -> Result<Uuid, Response> {
-        capsule::parse_id(raw).map_err(|_| {
-            self.missing(
-                page,
-                "This link is not valid: check that it was copied whole.",
-            )
-        })
+    /// `page`, saying that the link is not valid (its id does not parse).
+    fn invalid_link(&self, page: &str) -> Response {
+        self.missing(
+            page,
+            "This link is not valid: check that it was copied whole.",
+        )
     }
 
     /// `page`, saying in `words` that there is no such capsule.

@@ -126,10 +126,14 @@ mod tests {
     #[test]
     fn recorded_emails_count_in_the_version_only() {
         let capsule_id = Uuid::from_u128(3);
-        let at = |hours| Utc.with_ymd_and_hms(2027, 1, 1, hours, 0, 0).unwrap();
+        let at = |hours| {
+            Utc.with_ymd_and_hms(2027, 1, 1, hours, 0, 0)
+                .single()
+                .expect("a fixed time")
+        };
         let party = |email: &str| Party {
-            email: EmailAddress::parse(email).unwrap(),
-            name: PersonName::parse("Someone").unwrap(),
+            email: EmailAddress::parse(email).expect("an address"),
+            name: PersonName::parse("Someone").expect("a name"),
         };
         let submitted = CapsuleSubmitted {
             capsule_id,
@@ -169,7 +173,9 @@ mod tests {
             metadata: e.metadata,
         })
         .collect();
-        let state = CapsuleState::of(&events).unwrap().unwrap();
+        let state = CapsuleState::of(&events)
+            .expect("readable")
+            .expect("a capsule");
         assert_eq!(state.status, Status::Active);
         assert_eq!(state.since, at(2), "since the confirmation, not the email");
         assert_eq!(state.version, 4);
