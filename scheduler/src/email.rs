@@ -7,6 +7,10 @@
 //! sends the message again when the claim runs out, with the same Message-ID, so the
 //! window is one claim and the duplicate is recognisable. Sent messages are deleted once
 //! their retention has passed.
+//!
+//! An email that names a stream (a capsule's) has each sending recorded there as an
+//! `email.sent` event, after the server's `250` and before the settlement, so a capsule's
+//! history lists every email it caused with its Message-ID; a resend is recorded again.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -6,12 +6,14 @@
 //! version it read, together with the work the decision leaves: due items (the expiry of
 //! an unconfirmed capsule, the release of a confirmed one) and the email, so an email is
 //! queued exactly when its cause is committed. A conflicting writer (a confirm racing the
-//! expiry) makes the loser read again and decide anew.
+//! expiry, or the email worker recording a send in the stream) makes the loser read again
+//! and decide anew.
 //!
 //! The layout every job follows: `decide.rs` (the rules), `state.rs` (the fold they are
 //! made on), `error.rs` (how failures are answered), one file per way in (`api.rs`,
 //! `chronoria.rs`, `upload.rs`, `pages.rs`), `files/` (blob storage, signed links, the
-//! download route), `emails.rs`, `limits.rs`, and `timers.rs` (what the scheduler runs).
+//! download route), `emails.rs`, `limits.rs`, `timers.rs` (what the scheduler runs), and
+//! `history.rs` (what the status view and the cancel page show of a capsule's events).
 
 pub mod api;
 pub mod chronoria;
