@@ -151,7 +151,7 @@ impl Application {
                 capsules.clone(),
                 shutdown.clone(),
             )));
-            let mut worker = EmailWorker::new(store.clone(), mailer(config)?);
+            let mut worker = EmailWorker::new(store.clone(), events.clone(), mailer(config)?);
             worker.policy.hold = Duration::from_secs(config.outbox_claim_seconds);
             tasks.push(tokio::spawn(worker.run(shutdown.clone())));
         }

@@ -7,14 +7,21 @@
 //! sends the message again when the claim runs out, with the same Message-ID, so the
 //! window is one claim and the duplicate is recognisable. Sent messages are deleted once
 //! their retention has passed.
+//!
+//! An email that names a stream (a capsule's) has each sending recorded there as an
+//! `email.sent` event, after the server's `250` and before the settlement, so a capsule's
+//! history lists every email it caused with its Message-ID; a resend is recorded again.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cairn_events::domain::email::{Email, OUTBOX_KIND};
-use cairn_events::{Outbox, Outcome, QueuedMessage};
+use cairn_events::domain::email::{Email, EmailSent, OUTBOX_KIND};
+use cairn_events::{
+    AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent, Outbox, Outcome, QueuedMessage,
+    StoreError,
+};
 use chrono::Utc;
 use lettre::address::Envelope;
 use lettre::message::header::{Header, HeaderName, HeaderValue};
@@ -450,6 +457,8 @@ impl Policy {
 
 pub struct EmailWorker {
     outbox: Arc<dyn Outbox>,
+    /// Where the sends of emails that name a stream are recorded ([`EmailSent`]).
+    events: Arc<dyn EventStore>,
     mailer: Arc<dyn Mailer>,
     pub policy: Policy,
 }
@@ -460,9 +469,14 @@ const IDLE: Duration = Duration::from_secs(5);
 const BATCH: usize = 16;
 
 impl EmailWorker {
-    pub fn new(outbox: Arc<dyn Outbox>, mailer: Arc<dyn Mailer>) -> Self {
+    pub fn new(
+        outbox: Arc<dyn Outbox>,
+        events: Arc<dyn EventStore>,
+        mailer: Arc<dyn Mailer>,
+    ) -> Self {
         EmailWorker {
             outbox,
+            events,
             mailer,
             policy: Policy::default(),
         }
@@ -483,12 +497,13 @@ impl EmailWorker {
                     // A claimed batch is sent at once, over the transport's pool.
                     let mut sending = tokio::task::JoinSet::new();
                     for message in messages {
-                        let (outbox, mailer, policy) = (
-                            self.outbox.clone(),
-                            self.mailer.clone(),
-                            self.policy.clone(),
-                        );
-                        sending.spawn(deliver(outbox, mailer, policy, message));
+                        let worker = Worker {
+                            outbox: self.outbox.clone(),
+                            events: self.events.clone(),
+                            mailer: self.mailer.clone(),
+                            policy: self.policy.clone(),
+                        };
+                        sending.spawn(deliver(worker, message));
                     }
                     while let Some(done) = sending.join_next().await {
                         if let Err(panicked) = done {
@@ -528,30 +543,53 @@ impl EmailWorker {
     }
 }
 
-/// Send one claimed message and settle it.
-async fn deliver(
+/// What sending one message needs, shared by the sends of a batch.
+struct Worker {
     outbox: Arc<dyn Outbox>,
+    events: Arc<dyn EventStore>,
     mailer: Arc<dyn Mailer>,
     policy: Policy,
-    queued: QueuedMessage,
-) {
+}
+
+/// Send one claimed message, record the sending in the stream it names, and settle it.
+async fn deliver(worker: Worker, queued: QueuedMessage) {
+    let Worker {
+        outbox,
+        events,
+        mailer,
+        policy,
+    } = worker;
     let id = queued.message.id;
+    let retry = |error: String| {
+        let delay = policy.delay(queued.attempts);
+        let at =
+            Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(1));
+        Outcome::Retry { error, at }
+    };
     let outcome = match serde_json::from_value::<Email>(queued.message.payload.clone()) {
         Err(e) => Outcome::Dead {
             error: format!("unreadable email: {e}"),
         },
         Ok(email) => match mailer.send(&email).await {
-            Ok(()) => Outcome::Sent,
+            Ok(()) => match record(&*events, &queued, &email).await {
+                Ok(()) => Outcome::Sent,
+                Err(error) if passing(&error) && queued.attempts + 1 < policy.max_attempts => {
+                    retry(format!(
+                        "sent, but the sending could not be recorded: {error}"
+                    ))
+                }
+                Err(error) => {
+                    // Sending it again would not get it recorded: the email went, and only
+                    // its line in the history is missing.
+                    tracing::error!(%id, %error, "an email was sent but its sending could not be recorded");
+                    Outcome::Sent
+                }
+            },
             Err(SendError::Permanent(error)) => Outcome::Dead { error },
             Err(SendError::Transient(error)) if queued.attempts + 1 >= policy.max_attempts => {
                 Outcome::Dead { error }
             }
-            Err(SendError::Transient(error)) => {
-                let delay = policy.delay(queued.attempts);
-                let at = Utc::now()
-                    + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(1));
-                Outcome::Retry { error, at }
-            }
+            Err(SendError::Transient(error)) => retry(error),
         },
     };
     match &outcome {
@@ -566,6 +604,53 @@ async fn deliver(
         tracing::warn!(%id, %error, "could not settle an email");
     }
 }
+
+/// Append [`EmailSent`] to the stream `email` names (its cause's), if it names one.
+///
+/// Before the message is settled, so that every send the outbox counts as done is in the
+/// history: if this fails the message is settled as a retry, and sent (with the same
+/// Message-ID) and recorded again later. The opposite order could lose the record for
+/// good, and a recipient's mail client folds the resend into the first by its Message-ID.
+async fn record(
+    events: &dyn EventStore,
+    queued: &QueuedMessage,
+    email: &Email,
+) -> Result<(), StoreError> {
+    let Some(stream) = &email.record_in else {
+        return Ok(());
+    };
+    let sent = EmailSent {
+        outbox_id: queued.message.id,
+        message_id: email.message_id.clone(),
+        purpose: email.purpose.clone(),
+        retries: queued.attempts,
+    };
+    let metadata = Metadata {
+        actor: Some(ACTOR.to_owned()),
+        correlation_id: None,
+        causation_id: None,
+    };
+    events
+        .append(AppendRequest::new(
+            stream.clone(),
+            ExpectedVersion::Any,
+            vec![NewEvent::new(&sent, metadata)],
+        ))
+        .await
+        .map(|_| ())
+}
+
+/// Whether recording may work on a later try: the store was out of reach, not the
+/// record at fault (a stream name it refuses).
+fn passing(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::Unavailable(_) | StoreError::Closed | StoreError::Conflict { .. }
+    )
+}
+
+/// Who the recorded sends are by, in their events' metadata.
+const ACTOR: &str = "email-worker";
 
 #[cfg(test)]
 mod tests {

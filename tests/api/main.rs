@@ -8,6 +8,7 @@ mod connections;
 mod durability;
 mod files;
 mod helpers;
+mod history;
 mod messages;
 mod outages;
 mod pages;

@@ -1,6 +1,7 @@
 //! Capsules in Cairn's own JSON conventions, for scripts: `POST /capsules` to submit and
-//! `GET /capsules/{id}` for the status view reachable through the emailed links. Errors
-//! are `{"error": …, "code": …}` with the right status.
+//! `GET /capsules/{id}` for the status view reachable through the emailed links, with the
+//! capsule's history ([`super::history`]). Errors are `{"error": …, "code": …}` with the
+//! right status.
 //!
 //! A submission does not answer the capsule's id: the id is what confirms, and only the
 //! sender's mailbox may learn it, or anyone could schedule email to any address.
@@ -20,6 +21,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
+use super::history::{self, Happened};
 use super::{CONFIRM_WITHIN, CapsuleError, Capsules, Refusal, Status, Submission, series};
 
 pub fn router() -> Router<Capsules> {
@@ -171,10 +173,132 @@ struct CapsuleData {
     next_at: Option<String>,
     /// How many deliveries were made (skipped occurrences are not counted).
     deliveries: u32,
+    /// What happened to the capsule, oldest first, straight from its events.
+    history: Vec<HistoryEntry>,
+}
+
+/// One entry of a capsule's history. `at` is when it happened (RFC 3339, to the
+/// millisecond); `event` says what, and which other fields come with it.
+#[derive(Serialize, ToSchema)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum HistoryEntry {
+    /// The capsule was written; it waited for its sender's confirmation.
+    Submitted {
+        #[schema(format = DateTime)]
+        at: String,
+    },
+    /// Its sender confirmed it.
+    Confirmed {
+        #[schema(format = DateTime)]
+        at: String,
+    },
+    /// An occurrence (the only one, for a capsule that does not repeat) was released: its
+    /// delivery email was queued.
+    Released {
+        #[schema(format = DateTime)]
+        at: String,
+        /// Which occurrence, from 1.
+        #[schema(minimum = 1)]
+        occurrence: u32,
+        /// When it was due (`at` is when it was released).
+        #[schema(format = DateTime)]
+        scheduled_at: String,
+        /// When the next occurrence is due; `null` after the last.
+        #[schema(required = true, format = DateTime)]
+        next_at: Option<String>,
+    },
+    /// An occurrence was not delivered: a later one was already due when the scheduler
+    /// came to it (after downtime, only the latest missed occurrence is delivered).
+    OccurrenceSkipped {
+        #[schema(format = DateTime)]
+        at: String,
+        #[schema(minimum = 1)]
+        occurrence: u32,
+        #[schema(format = DateTime)]
+        scheduled_at: String,
+    },
+    /// The mail server accepted an email about the capsule. A resend after a crash is
+    /// recorded again, with the same Message-ID.
+    EmailSent {
+        #[schema(format = DateTime)]
+        at: String,
+        /// What the email was: `confirm` (to the sender, asking to confirm), `active` (the
+        /// receipt), `delivery` (the capsule, to its recipient), `cancelled`, `expired`;
+        /// `null` if its cause did not say.
+        #[schema(required = true, example = "delivery")]
+        purpose: Option<String>,
+        /// The email's Message-ID header.
+        #[schema(example = "<0190a3c2e0f47c3d8e1b2a4f5c6d7e8f@capsules.example>")]
+        message_id: String,
+        /// Failed tries before the one that succeeded.
+        #[schema(minimum = 0)]
+        retries: i32,
+    },
+    /// It was cancelled; no later occurrence is delivered.
+    Cancelled {
+        #[schema(format = DateTime)]
+        at: String,
+    },
+    /// Nobody confirmed it in time.
+    Expired {
+        #[schema(format = DateTime)]
+        at: String,
+    },
+    /// Its file was deleted from storage.
+    FileDeleted {
+        #[schema(format = DateTime)]
+        at: String,
+    },
+}
+
+impl From<&history::Entry> for HistoryEntry {
+    fn from(entry: &history::Entry) -> Self {
+        let at = exact(entry.at);
+        match &entry.what {
+            Happened::Submitted => HistoryEntry::Submitted { at },
+            Happened::Confirmed => HistoryEntry::Confirmed { at },
+            Happened::Released {
+                occurrence,
+                scheduled_at,
+                next_at,
+            } => HistoryEntry::Released {
+                at,
+                occurrence: *occurrence,
+                scheduled_at: exact(*scheduled_at),
+                next_at: next_at.map(exact),
+            },
+            Happened::Skipped {
+                occurrence,
+                scheduled_at,
+            } => HistoryEntry::OccurrenceSkipped {
+                at,
+                occurrence: *occurrence,
+                scheduled_at: exact(*scheduled_at),
+            },
+            Happened::EmailSent {
+                purpose,
+                message_id,
+                retries,
+            } => HistoryEntry::EmailSent {
+                at,
+                purpose: purpose.clone(),
+                message_id: message_id.clone(),
+                retries: *retries,
+            },
+            Happened::Cancelled => HistoryEntry::Cancelled { at },
+            Happened::Expired => HistoryEntry::Expired { at },
+            Happened::FileDeleted => HistoryEntry::FileDeleted { at },
+        }
+    }
 }
 
 fn stamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// A time in the history: to the millisecond, so that how late a release was shows.
+fn exact(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// Submit a text capsule; the sender gets an email to confirm it.
@@ -297,12 +421,12 @@ async fn submit(
         .into_response())
 }
 
-/// A capsule's status, for whoever has its id (from its emails). Addresses and the text
-/// are not shown.
+/// A capsule's status and history, for whoever has its id (from its emails). Addresses
+/// and the text are not shown.
 #[utoipa::path(get, path = "/capsules/{id}", tag = "capsules",
     params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The capsule's id, from its emails")),
     responses(
-        (status = 200, description = "The capsule's status", body = CapsuleView),
+        (status = 200, description = "The capsule's status and history", body = CapsuleView),
         (status = 400, description = "Not a capsule id", body = ErrorBody),
         (status = 404, description = "No such capsule", body = ErrorBody),
     ))]
@@ -313,11 +437,12 @@ async fn status(
     let outcome = async {
         let Path(raw) = id.map_err(|_| Refusal::InvalidId)?;
         let id = capsule::parse_id(&raw)?;
-        let state = capsules.load(id).await?.ok_or(CapsuleError::NotFound)?;
-        Ok::<_, CapsuleError>((id, state))
+        let found = capsules.load_with_history(id).await?;
+        let (state, history) = found.ok_or(CapsuleError::NotFound)?;
+        Ok::<_, CapsuleError>((id, state, history))
     }
     .await;
-    let (id, state) = outcome.map_err(CapsuleError::json)?;
+    let (id, state, history) = outcome.map_err(CapsuleError::json)?;
     Ok(Json(CapsuleView {
         data: CapsuleData {
             id: id.to_string(),
@@ -335,6 +460,7 @@ async fn status(
             schedule: state.submitted.schedule.as_ref().map(ScheduleView::of),
             next_at: state.next_occurrence().map(|o| stamp(o.scheduled_at)),
             deliveries: state.deliveries,
+            history: history.entries.iter().map(HistoryEntry::from).collect(),
         },
     }))
 }

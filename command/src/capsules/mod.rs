@@ -6,12 +6,14 @@
 //! version it read, together with the work the decision leaves: due items (the expiry of
 //! an unconfirmed capsule, the release of a confirmed one) and the email, so an email is
 //! queued exactly when its cause is committed. A conflicting writer (a confirm racing the
-//! expiry) makes the loser read again and decide anew.
+//! expiry, or the email worker recording a send in the stream) makes the loser read again
+//! and decide anew.
 //!
 //! The layout every job follows: `decide.rs` (the rules), `state.rs` (the fold they are
 //! made on), `error.rs` (how failures are answered), one file per way in (`api.rs`,
 //! `chronoria.rs`, `upload.rs`, `pages.rs`), `files/` (blob storage, signed links, the
-//! download route), `emails.rs`, `limits.rs`, and `timers.rs` (what the scheduler runs).
+//! download route), `emails.rs`, `limits.rs`, `timers.rs` (what the scheduler runs), and
+//! `history.rs` (what the status view and the cancel page show of a capsule's events).
 
 pub mod api;
 pub mod chronoria;
@@ -19,6 +21,7 @@ pub mod decide;
 pub mod emails;
 pub mod error;
 pub mod files;
+pub mod history;
 pub mod limits;
 pub mod pages;
 pub mod series;
@@ -310,6 +313,23 @@ impl Capsules {
             .await?;
         CapsuleState::of(&events)
             .map_err(|e| CapsuleError::Store(StoreError::Corrupt(e.to_string())))
+    }
+
+    /// The capsule as its events tell it, and its history ([`history::History`]), from
+    /// one read of its stream.
+    pub async fn load_with_history(
+        &self,
+        capsule_id: Uuid,
+    ) -> Result<Option<(CapsuleState, history::History)>, CapsuleError> {
+        let events = self
+            .events
+            .read_stream(&capsule::stream_id(capsule_id))
+            .await?;
+        let corrupt =
+            |e: cairn_events::DecodeError| CapsuleError::Store(StoreError::Corrupt(e.to_string()));
+        let state = CapsuleState::of(&events).map_err(corrupt)?;
+        let history = history::History::of(&events).map_err(corrupt)?;
+        Ok(state.zip(history))
     }
 
     /// Load, decide, append; on a conflict, load and decide again.

@@ -2,6 +2,8 @@
 //! `/download/{id}` under `CAIRN_PUBLIC_URL`, server-rendered, working without
 //! JavaScript. A GET never changes anything (mail scanners fetch links to look at them):
 //! it shows what would happen and a button; the form's POST acts and shows the outcome.
+//! The cancel page also shows the capsule's history ([`super::history`]), so whoever holds
+//! the link can see what was sent and when without asking anyone.
 
 use std::sync::Arc;
 
@@ -18,6 +20,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::emails::long_date;
+use super::history::{History, exact_time};
 use super::{CapsuleError, CapsuleState, Capsules, Refused, Status};
 
 #[derive(Clone)]
@@ -95,23 +98,47 @@ impl PagesState {
     /// The capsule named in the path, for `page`; the page to answer with when there is
     /// none (a link cut short, an unknown or expired capsule) or it cannot be read.
     async fn load(&self, page: &str, raw: &str) -> Result<(Uuid, CapsuleState), Response> {
-        let missing = |words: &str| {
-            self.render(
-                StatusCode::NOT_FOUND,
-                page,
-                context! { unavailable => words, outcome => words },
-            )
-        };
         let Ok(id) = capsule::parse_id(raw) else {
-            return Err(missing(
-                "This link is not valid: check that it was copied whole.",
-            ));
+            return Err(self.invalid_link(page));
         };
         match self.capsules.load(id).await {
             Ok(Some(state)) => Ok((id, state)),
-            Ok(None) => Err(missing(NOT_FOUND)),
+            Ok(None) => Err(self.missing(page, NOT_FOUND)),
             Err(error) => Err(self.unavailable(page, error)),
         }
+    }
+
+    /// As [`PagesState::load`], with the capsule's history.
+    async fn load_with_history(
+        &self,
+        page: &str,
+        raw: &str,
+    ) -> Result<(CapsuleState, History), Response> {
+        let Ok(id) = capsule::parse_id(raw) else {
+            return Err(self.invalid_link(page));
+        };
+        match self.capsules.load_with_history(id).await {
+            Ok(Some(found)) => Ok(found),
+            Ok(None) => Err(self.missing(page, NOT_FOUND)),
+            Err(error) => Err(self.unavailable(page, error)),
+        }
+    }
+
+    /// `page`, saying that the link is not valid (its id does not parse).
+    fn invalid_link(&self, page: &str) -> Response {
+        self.missing(
+            page,
+            "This link is not valid: check that it was copied whole.",
+        )
+    }
+
+    /// `page`, saying in `words` that there is no such capsule.
+    fn missing(&self, page: &str, words: &str) -> Response {
+        self.render(
+            StatusCode::NOT_FOUND,
+            page,
+            context! { unavailable => words, outcome => words },
+        )
     }
 
     fn unavailable(&self, page: &str, error: CapsuleError) -> Response {
@@ -140,6 +167,22 @@ fn describe(state: &CapsuleState) -> Value {
         recipient => state.submitted.recipient.name.as_str(),
         send_at => long_date(state.submitted.send_at),
     }
+}
+
+/// A capsule's history as the pages show it: each entry's time (exact, and in words) and
+/// what happened, in words.
+fn timeline(history: &History) -> Value {
+    history
+        .entries
+        .iter()
+        .map(|entry| {
+            context! {
+                at => entry.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                when => exact_time(entry.at),
+                what => entry.in_words(history.recurring),
+            }
+        })
+        .collect()
 }
 
 /// Why a capsule cannot be confirmed or cancelled, in words.
@@ -238,7 +281,7 @@ async fn show_cancel(
     State(pages): State<PagesState>,
     id: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let (_, state) = match pages.load("cancel.html", &path_id(id)).await {
+    let (state, history) = match pages.load_with_history("cancel.html", &path_id(id)).await {
         Ok(found) => found,
         Err(page) => return page,
     };
@@ -247,7 +290,7 @@ async fn show_cancel(
     pages.render(
         StatusCode::OK,
         "cancel.html",
-        context! { open, unavailable, ..describe(&state) },
+        context! { open, unavailable, history => timeline(&history), ..describe(&state) },
     )
 }
 

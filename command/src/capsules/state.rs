@@ -146,3 +146,76 @@ impl CapsuleState {
         EmailAddress::parse(given).is_ok_and(|e| e.key() == self.submitted.recipient.email.key())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use cairn_events::domain::capsule::{
+        CapsuleConfirmed, CapsuleSubmitted, EmailAddress, Party, PersonName,
+    };
+    use cairn_events::domain::email::EmailSent;
+    use cairn_events::{Envelope, Metadata, NewEvent};
+    use chrono::{TimeZone, Utc};
+    use uuid::Uuid;
+
+    use super::{CapsuleState, Status};
+
+    /// The email worker appends `email.sent` to a capsule's stream: the fold passes over
+    /// it for the status, and counts it in the version the next append expects.
+    #[test]
+    fn recorded_emails_count_in_the_version_only() {
+        let capsule_id = Uuid::from_u128(3);
+        let at = |hours| {
+            Utc.with_ymd_and_hms(2027, 1, 1, hours, 0, 0)
+                .single()
+                .expect("a fixed time")
+        };
+        let party = |email: &str| Party {
+            email: EmailAddress::parse(email).expect("an address"),
+            name: PersonName::parse("Someone").expect("a name"),
+        };
+        let submitted = CapsuleSubmitted {
+            capsule_id,
+            sender: party("ada@example.com"),
+            recipient: party("grace@example.com"),
+            send_at: at(20),
+            text: "hello".into(),
+            attachment: None,
+            schedule: None,
+        };
+        let sent = EmailSent {
+            outbox_id: Uuid::from_u128(4),
+            message_id: "<m@x>".into(),
+            purpose: Some("confirm".into()),
+            retries: 0,
+        };
+        let events: Vec<Envelope> = [
+            (1, NewEvent::new(&submitted, Metadata::default())),
+            (1, NewEvent::new(&sent, Metadata::default())),
+            (
+                2,
+                NewEvent::new(&CapsuleConfirmed { capsule_id }, Metadata::default()),
+            ),
+            (3, NewEvent::new(&sent, Metadata::default())),
+        ]
+        .into_iter()
+        .zip(1..)
+        .map(|((hours, e), version)| Envelope {
+            position: version,
+            event_id: e.event_id,
+            stream_id: format!("capsule-{capsule_id}"),
+            version,
+            event_type: e.event_type,
+            schema_version: e.schema_version,
+            payload: e.payload,
+            occurred_at: at(hours),
+            metadata: e.metadata,
+        })
+        .collect();
+        let state = CapsuleState::of(&events)
+            .expect("readable")
+            .expect("a capsule");
+        assert_eq!(state.status, Status::Active);
+        assert_eq!(state.since, at(2), "since the confirmation, not the email");
+        assert_eq!(state.version, 4);
+    }
+}
