@@ -92,6 +92,9 @@ pub async fn test_config(backend: Backend) -> Config {
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: temp_dir(),
+        // Tests look at the due index; maintenance items would be in it.
+        maintenance_files: "off".into(),
+        maintenance_outbox: "off".into(),
         ..Config::default()
     };
     if let Some(redis) = backend.redis_url() {
