@@ -80,6 +80,7 @@ impl PostgresStore {
     #[tracing::instrument(skip_all)]
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)?.application_name("cairn");
+        let options_for_listener = options.clone();
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(5))
@@ -90,7 +91,17 @@ impl PostgresStore {
         let initial = fetch_head(&pool).await?;
         let (head, _) = watch::channel(initial);
         // Listen before anyone reads, so no append committed after a read goes unnoticed.
-        let mut listener = PgListener::connect_with(&pool).await?;
+        // The listener's connection comes from a pool of its own: it holds the holder lock,
+        // which must never be lent to other queries, and closing that pool when the store
+        // is dropped frees the lock.
+        let listener_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options_for_listener)
+            .await?;
+        let mut listener = PgListener::connect_with(&listener_pool).await?;
         listener
             .listen_all([CHANNEL, DUE_CHANNEL, OUTBOX_CHANNEL])
             .await?;
@@ -103,6 +114,7 @@ impl PostgresStore {
         let (listening, stopped) = tokio::sync::oneshot::channel();
         tokio::spawn(follow_notifications(
             listener,
+            listener_pool,
             pool.clone(),
             head.clone(),
             signals.clone(),
@@ -227,6 +239,7 @@ async fn recover(
 
 async fn follow_notifications(
     mut listener: PgListener,
+    listener_pool: PgPool,
     pool: PgPool,
     head: watch::Sender<Position>,
     signals: WorkSignals,
@@ -242,7 +255,11 @@ async fn follow_notifications(
     };
     loop {
         let received = tokio::select! {
-            _ = &mut stopped => return,
+            _ = &mut stopped => {
+                drop(listener);
+                listener_pool.close().await;
+                return;
+            }
             received = tokio::time::timeout(KEEP_ALIVE, listener.try_recv()) => received,
         };
         match received {
