@@ -12,9 +12,9 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use cairn_events::{EventStore, Store};
-use cairn_scheduler::SchedulerMetrics;
 use cairn_query::routes::StartupGate;
 use cairn_query::{GenerationStore, RunnerHandle};
+use cairn_scheduler::SchedulerMetrics;
 use serde_json::json;
 use utoipa::OpenApi;
 

@@ -754,20 +754,27 @@ pub async fn claims_pass_on_when_their_holder_dies(
 
     // The holder is gone: its claims pass on now, long before they run out.
     let now = now_ms();
-    let taken = eventually("the dead holder's claims to pass on", Duration::from_secs(10), || {
-        let second = second.clone();
-        async move {
-            let taken = second.claim_due(now, 10, hold).await.unwrap();
-            (!taken.is_empty()).then_some(taken)
-        }
-    })
+    let taken = eventually(
+        "the dead holder's claims to pass on",
+        Duration::from_secs(10),
+        || {
+            let second = second.clone();
+            async move {
+                let taken = second.claim_due(now, 10, hold).await.unwrap();
+                (!taken.is_empty()).then_some(taken)
+            }
+        },
+    )
     .await;
     let mut taken_keys: Vec<String> = taken.iter().map(|i| i.key.clone()).collect();
     taken_keys.sort();
     assert_eq!(taken_keys, keys);
     let resent = second.claim_outbox("email", now, 10, hold).await.unwrap();
     assert_eq!(resent.len(), 2);
-    assert!(resent.iter().all(|m| m.attempts == 1), "the first try counts");
+    assert!(
+        resent.iter().all(|m| m.attempts == 1),
+        "the first try counts"
+    );
     let mut metrics = String::new();
     second.work_stats().render(&mut metrics);
     assert!(

@@ -18,8 +18,8 @@
 //! from its cause.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -128,8 +128,7 @@ pub trait DueIndex: Send + Sync + 'static {
     ) -> Result<Vec<DueItem>, StoreError>;
 
     /// Extend this process's claims on `keys` until `until`; how many it still held.
-    async fn renew_due(&self, keys: &[String], until: DateTime<Utc>)
-    -> Result<u64, StoreError>;
+    async fn renew_due(&self, keys: &[String], until: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// Drop an item whose action turned out to have nothing to do (the command that
     /// does something drops it itself, through [`Effects::unschedule`]). An item that was
@@ -143,11 +142,8 @@ pub trait DueIndex: Send + Sync + 'static {
 
     /// Move a claimed item to its next time `next` and release the claim (a periodic job
     /// that ran). Whether it moved: not if it was moved or taken by another process since.
-    async fn reschedule_due(
-        &self,
-        item: &DueItem,
-        next: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
+    async fn reschedule_due(&self, item: &DueItem, next: DateTime<Utc>)
+    -> Result<bool, StoreError>;
 
     /// Make sure `item` is in the index: insert it if its key is absent; move it to
     /// `item.due_at` if it is there, unclaimed and not yet due at `now` (a changed
@@ -155,8 +151,7 @@ pub trait DueIndex: Send + Sync + 'static {
     async fn plan_due(&self, item: &DueItem, now: DateTime<Utc>) -> Result<(), StoreError>;
 
     /// Depths and the next items, for `/metrics` and `cairn scheduler status`.
-    async fn due_status(&self, now: DateTime<Utc>, next: usize)
-    -> Result<DueStatus, StoreError>;
+    async fn due_status(&self, now: DateTime<Utc>, next: usize) -> Result<DueStatus, StoreError>;
 
     /// This process's holder id, recorded in its claims.
     fn holder(&self) -> i64;
@@ -218,7 +213,8 @@ impl WorkStats {
     }
 
     pub(crate) fn outbox_taken_over(&self, n: usize) {
-        self.outbox_taken_over.fetch_add(n as u64, Ordering::Relaxed);
+        self.outbox_taken_over
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Append these counters to a Prometheus exposition.

@@ -617,9 +617,19 @@ async fn deliver(
         }
         Outcome::Dead { error } => tracing::error!(%id, %error, "email is a dead letter"),
     }
-    if let Err(error) = outbox.settle(id, outcome.clone()).await {
-        // The claim runs out and the message is sent again, with the same Message-ID.
-        tracing::warn!(%id, %error, "could not settle an email");
+    // A message sent but not settled is sent again: worth a few tries.
+    for attempt in 1..=3 {
+        match outbox.settle(id, outcome.clone()).await {
+            Ok(()) => break,
+            Err(error) if attempt < 3 => {
+                tracing::warn!(%id, %error, "could not settle an email; trying again");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(error) => {
+                // The claim runs out and the message is sent again, with the same Message-ID.
+                tracing::warn!(%id, %error, "could not settle an email");
+            }
+        }
     }
     outcome
 }

@@ -15,8 +15,7 @@ use chrono::{DateTime, Utc};
 /// Upper bounds of the lateness buckets, in seconds: the sleeper aims at milliseconds, a
 /// takeover after a crash at a second or two, a backlog at more.
 const LATENESS_BUCKETS: [f64; 16] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
-    300.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
 #[derive(Default)]
@@ -134,12 +133,7 @@ impl SchedulerMetrics {
 }
 
 /// Render the due index's and the outbox's depths (shared by every process) at `now`.
-pub fn render_depths(
-    out: &mut String,
-    due: &DueStatus,
-    outbox: &OutboxStatus,
-    now: DateTime<Utc>,
-) {
+pub fn render_depths(out: &mut String, due: &DueStatus, outbox: &OutboxStatus, now: DateTime<Utc>) {
     gauge(
         out,
         "cairn_due_items",

@@ -1,7 +1,8 @@
 //! The due-index sleeper.
 //!
 //! Each round claims up to [`BATCH`] due items for a short [`Sleeper::hold`], renewed
-//! while the round runs, and runs their actions concurrently: items of one stream one
+//! while the round runs, and runs their actions concurrently (at most [`CONCURRENCY`] at
+//! once): items of one stream one
 //! after another (earliest first, so a release and an expiry of one capsule do not race),
 //! different streams at once, so a burst of releases fills the event store's group
 //! commits. An action that succeeds has dropped its item itself (its command's append
@@ -30,6 +31,10 @@ use crate::renew::renew_while;
 
 /// The most items claimed in one round.
 pub const BATCH: usize = 512;
+
+/// The most actions run at once: enough to fill the event store's group commits, few
+/// enough that they do not queue for the database's connections past its timeout.
+pub const CONCURRENCY: usize = 32;
 
 /// How long a claim lasts unless renewed, by default.
 pub const HOLD: Duration = Duration::from_secs(5);
@@ -181,9 +186,14 @@ async fn round(context: &Context, now: DateTime<Utc>) -> Result<bool, cairn_even
         streams[slot].push(item);
     }
     let mut running = tokio::task::JoinSet::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
     for stream in streams {
-        let context = context.clone();
+        let (context, permits) = (context.clone(), permits.clone());
         running.spawn(async move {
+            // Never closed: a permit always comes.
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
             for item in &stream {
                 handle(&context, item).await;
             }

@@ -13,6 +13,7 @@ mod outages;
 mod pages;
 mod rebuild;
 mod roles;
+mod schedulers;
 mod service;
 mod smtp;
 mod trends;

@@ -3,7 +3,6 @@
 //! no capsule keeps must be for the sweep (a maintenance job the binary schedules) to
 //! delete it. The binary only hands these to the sleeper; the rules are the capsules'.
 
-
 use async_trait::async_trait;
 use cairn_events::domain::capsule;
 use cairn_events::{DueAction, DueItem, Handled};

@@ -634,19 +634,25 @@ impl DueIndex for PostgresStore {
         .fetch_one(&self.pool)
         .await?;
         // Each half walks a partial index; the claimed half is small.
-        let rows: Vec<(String, String, String, DateTime<Utc>, Option<i64>, Option<DateTime<Utc>>)> =
-            sqlx::query_as(
-                "SELECT * FROM (
+        let rows: Vec<(
+            String,
+            String,
+            String,
+            DateTime<Utc>,
+            Option<i64>,
+            Option<DateTime<Utc>>,
+        )> = sqlx::query_as(
+            "SELECT * FROM (
                      (SELECT key, stream_id, action, due_at, claimed_by, claimed_until
                       FROM due_items WHERE claimed_until IS NULL ORDER BY due_at LIMIT $1)
                      UNION ALL
                      (SELECT key, stream_id, action, due_at, claimed_by, claimed_until
                       FROM due_items WHERE claimed_until IS NOT NULL ORDER BY due_at LIMIT $1)
                  ) AS n ORDER BY due_at, key LIMIT $1",
-            )
-            .bind(i64::try_from(next).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?;
+        )
+        .bind(i64::try_from(next).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
         Ok(DueStatus {
             depth: u64::try_from(depth).unwrap_or(0),
             overdue: u64::try_from(overdue).unwrap_or(0),

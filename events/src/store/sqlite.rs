@@ -543,19 +543,26 @@ impl Outbox for SqliteStore {
         hold: Duration,
     ) -> Result<Vec<QueuedMessage>, StoreError> {
         let mut tx = self.work.begin_with("BEGIN IMMEDIATE").await?;
-        let rows: Vec<(String, String, String, i32, i64, Option<String>, Option<i64>)> =
-            sqlx::query_as(
-                "SELECT id, kind, payload, attempts, queued_at, last_error, claimed_by FROM outbox
+        let rows: Vec<(
+            String,
+            String,
+            String,
+            i32,
+            i64,
+            Option<String>,
+            Option<i64>,
+        )> = sqlx::query_as(
+            "SELECT id, kind, payload, attempts, queued_at, last_error, claimed_by FROM outbox
                  WHERE state = 'queued' AND kind = ?1
                    AND (ready_at <= ?2 OR (claimed_by IS NOT NULL AND claimed_by <> ?3))
                  ORDER BY ready_at LIMIT ?4",
-            )
-            .bind(kind)
-            .bind(millis(now))
-            .bind(self.holder)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&mut *tx)
-            .await?;
+        )
+        .bind(kind)
+        .bind(millis(now))
+        .bind(self.holder)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
         let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
         sqlx::query(
             "UPDATE outbox SET ready_at = ?2, attempts = attempts + 1, claimed_by = ?3
