@@ -256,3 +256,50 @@ async fn kill_at_release_costs_little() {
         );
     }
 }
+
+/// Not a pass/fail test: prints how fast two scheduler processes release a burst of
+/// 10,000 capsules due at one instant. Run with
+/// `cargo nextest run --test api burst --run-ignored only --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints figures; run by hand"]
+async fn burst_of_releases() {
+    const CAPSULES: usize = 10_000;
+    let sink = SmtpSink::start().await;
+    let env = scheduler_env(&sink).await;
+    let url = env_value(&env, "CAIRN_DATABASE_URL").unwrap().to_owned();
+    let (_a, _b) = tokio::join!(
+        start_server_as(&env, "scheduler"),
+        start_server_as(&env, "scheduler"),
+    );
+    let store: Arc<dyn Store> = open_postgres(&url).await.unwrap();
+    let send_at = Utc::now() + chrono::Duration::seconds(20);
+    confirmed_capsules(&store, CAPSULES, send_at, chrono::Duration::zero()).await;
+    assert!(Utc::now() < send_at, "written before they are due");
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    until("every release", Duration::from_secs(300), || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM events WHERE event_type = 'capsule.released'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            n == CAPSULES as i64
+        }
+    })
+    .await;
+    let (first, last): (DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
+        "SELECT min(occurred_at), max(occurred_at) FROM events
+         WHERE event_type = 'capsule.released'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let took = (last - send_at).to_std().unwrap_or_default();
+    println!(
+        "{CAPSULES} releases due at one instant, 2 schedulers: first {:?} after, last {took:?} after: {:.0} releases/s",
+        (first - send_at).to_std().unwrap_or_default(),
+        CAPSULES as f64 / took.as_secs_f64()
+    );
+}
