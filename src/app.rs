@@ -19,7 +19,8 @@ use cairn_http::ApiError;
 use cairn_query::projections::{CheckpointPoller, Messages, Projection, Trends};
 use cairn_query::routes::{QueryState, StartupGate};
 use cairn_query::{GenerationStore, Runner, RunnerHandle};
-use cairn_scheduler::{EmailWorker, Sleeper};
+use cairn_scheduler::maintenance::FnJob;
+use cairn_scheduler::{EmailWorker, Maintenance, SchedulerMetrics, Sleeper};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use utoipa_swagger_ui::SwaggerUi;
@@ -105,9 +106,13 @@ impl Application {
             .catch_up(&*events)
             .await
             .context("loading users and tokens")?;
-        tasks.push(tokio::spawn(
-            tokens.clone().follow(events.clone(), shutdown.clone()),
-        ));
+        // Only the processes that authenticate requests follow new tokens (an idle
+        // scheduler sends no query).
+        if matches!(role, Role::All | Role::Command) {
+            tasks.push(tokio::spawn(
+                tokens.clone().follow(events.clone(), shutdown.clone()),
+            ));
+        }
 
         let runner = if matches!(role, Role::All | Role::Projector) {
             let private = config.redis_url.is_none();
@@ -141,20 +146,32 @@ impl Application {
         } else {
             None
         };
-        if let (Role::All | Role::Scheduler, Some(capsules)) = (role, &capsules) {
-            let actions = Arc::new(CapsuleTimers {
+        let scheduler = if let (Role::All | Role::Scheduler, Some(capsules)) = (role, &capsules) {
+            let metrics = Arc::new(SchedulerMetrics::default());
+            let maintenance = Arc::new(maintenance(config, &store, capsules, clock.clone())?);
+            maintenance
+                .plan()
+                .await
+                .context("planning the maintenance jobs")?;
+            let actions = maintenance.around(Arc::new(CapsuleTimers {
                 capsules: capsules.clone(),
-            });
-            let sleeper = Sleeper::new(store.clone(), actions).with_clock(clock.clone());
+            }));
+            let mut sleeper = Sleeper::new(store.clone(), actions)
+                .with_clock(clock.clone())
+                .with_metrics(metrics.clone());
+            sleeper.hold = Duration::from_secs(config.due_claim_seconds);
             tasks.push(tokio::spawn(sleeper.run(shutdown.clone())));
-            tasks.push(tokio::spawn(timers::sweep_files(
-                capsules.clone(),
-                shutdown.clone(),
-            )));
-            let mut worker = EmailWorker::new(store.clone(), events.clone(), mailer(config)?);
+            let mut worker = EmailWorker::new(store.clone(), events.clone(), mailer(config)?)
+                .with_metrics(metrics.clone());
             worker.policy.hold = Duration::from_secs(config.outbox_claim_seconds);
             tasks.push(tokio::spawn(worker.run(shutdown.clone())));
-        }
+            Some(ops::SchedulerOps {
+                metrics,
+                store: store.clone(),
+            })
+        } else {
+            None
+        };
         let read_your_writes: Arc<dyn ReadYourWrites> = match (&runner, &config.redis_url) {
             (Some(handle), _) => Arc::new(handle.clone()),
             (None, Some(_)) => Arc::new(CheckpointPoller {
@@ -174,6 +191,7 @@ impl Application {
             runner: runner.clone(),
             gate: gate.clone(),
             requests: Arc::default(),
+            scheduler,
         };
         let mut router = Router::new()
             .route("/", get(crate::home::page))
@@ -322,6 +340,53 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// The maintenance jobs the configuration turns on, on their schedules.
+fn maintenance(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    capsules: &cairn_command::capsules::Capsules,
+    clock: Clock,
+) -> anyhow::Result<Maintenance> {
+    let mut maintenance = Maintenance::new(store.clone(), clock);
+    if let Some(schedule) = crate::config::maintenance_schedule(&config.maintenance_files)? {
+        let capsules = capsules.clone();
+        maintenance = maintenance.job(
+            "files",
+            schedule,
+            Arc::new(FnJob(move || {
+                let capsules = capsules.clone();
+                async move {
+                    // The blob store's clock is the wall clock, whatever the capsules' says.
+                    let cutoff = chrono::Utc::now() - timers::SWEEP_AFTER;
+                    let swept = capsules
+                        .sweep_files(cutoff)
+                        .await
+                        .map_err(|e| format!("sweeping capsule files: {e}"))?;
+                    if swept > 0 {
+                        tracing::info!(swept, "deleted files no capsule keeps");
+                    }
+                    Ok(())
+                }
+            })),
+        );
+    }
+    if let Some(schedule) = crate::config::maintenance_schedule(&config.maintenance_outbox)? {
+        let (outbox, keep) = (
+            store.clone(),
+            cairn_scheduler::email::Policy::default().keep_sent,
+        );
+        maintenance = maintenance.job(
+            "outbox",
+            schedule,
+            Arc::new(FnJob(move || {
+                let outbox = outbox.clone();
+                async move { cairn_scheduler::email::purge_sent(&*outbox, keep).await }
+            })),
+        );
+    }
+    Ok(maintenance)
 }
 
 /// A model that has never been built, over a log without events it reads, is complete as

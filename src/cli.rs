@@ -62,6 +62,21 @@ pub enum Command {
         #[command(subcommand)]
         command: OutboxCommand,
     },
+    /// Look at the scheduler's work: the due index and the outbox.
+    Scheduler {
+        #[command(subcommand)]
+        command: SchedulerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SchedulerCommand {
+    /// The next due items, the due index's and the outbox's depths, and the dead letters.
+    Status {
+        /// How many of the next due items (and dead letters) to list.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -222,6 +237,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Outbox { command } => outbox(&config, command).await,
+        Command::Scheduler { command } => scheduler(&config, command).await,
         Command::Sender { command } => senders(&config, command).await,
         Command::Projections {
             command: ProjectionCommand::Rebuild { name },
@@ -323,6 +339,60 @@ async fn outbox(config: &Config, command: OutboxCommand) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+async fn scheduler(config: &Config, command: SchedulerCommand) -> anyhow::Result<()> {
+    let SchedulerCommand::Status { limit } = command;
+    let store = backends::open_store(config).await?;
+    let now = Utc::now();
+    let due = store.due_status(now, limit).await?;
+    let outbox = store.outbox_status().await?;
+    let time = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    match due.oldest_overdue {
+        Some(oldest) => println!(
+            "due items: {} ({} overdue, the oldest due {})",
+            due.depth,
+            due.overdue,
+            time(oldest)
+        ),
+        None => println!("due items: {} (none overdue)", due.depth),
+    }
+    for pending in &due.next {
+        let claim = match (pending.claimed_by, pending.claimed_until) {
+            (Some(holder), Some(until)) => {
+                format!("\tclaimed by process {holder} until {}", time(until))
+            }
+            (None, Some(at)) => format!("\tput off until {} after a failure", time(at)),
+            _ => String::new(),
+        };
+        println!(
+            "  {}\t{}\t{}{claim}",
+            time(pending.item.due_at),
+            pending.item.action,
+            pending.item.key
+        );
+    }
+    println!(
+        "outbox: {} queued ({} waiting for a retry), {} dead letters{}",
+        outbox.queued,
+        outbox.retrying,
+        outbox.dead,
+        outbox
+            .oldest_queued
+            .map(|t| format!(", the oldest queued {}", time(t)))
+            .unwrap_or_default()
+    );
+    for dead in store.dead_letters(limit).await? {
+        println!(
+            "  dead {}\t{}\t{} tries\tqueued {}\t{}",
+            dead.message.id,
+            dead.message.kind,
+            dead.attempts,
+            time(dead.queued_at),
+            dead.last_error.as_deref().unwrap_or("-"),
+        );
     }
     Ok(())
 }

@@ -135,9 +135,18 @@ settings! {
         /// The window of those limits, in seconds. With Redis, the limits are counted
         /// there, shared by every process; else in the process.
         capsule_limit_window: u64 = 3600,
-        /// How long an email worker's claim on a message lasts, in seconds: a worker that
-        /// dies mid-send delays the resend by at most this.
-        outbox_claim_seconds: u64 = 120,
+        /// How long an email worker's claim on a message lasts unless renewed, in seconds
+        /// (it is renewed while the message is being sent). On Postgres a worker that dies
+        /// loses its claims at once; elsewhere its resends wait this long at most.
+        outbox_claim_seconds: u64 = 5,
+        /// The same for a scheduler's claim on a due item (a capsule's release).
+        due_claim_seconds: u64 = 5,
+        /// When the sweep of stored files no capsule keeps runs: a cron expression (5
+        /// fields, or 6 with seconds first; UTC), or `off`. Once across all processes.
+        maintenance_files: String = "0 */6 * * *".into(),
+        /// When sent emails past their retention (7 days) are deleted from the outbox: a
+        /// cron expression (UTC), or `off`. Once across all processes.
+        maintenance_outbox: String = "30 * * * *".into(),
         /// Where capsule files are kept: a directory path or `file:///…`. Unset: `blobs/` in
         /// the data directory. Kept out of logs: its query may hold credentials.
         blob_url: Option<Secret> = None,
@@ -164,6 +173,16 @@ impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(***)")
     }
+}
+
+/// A maintenance job's schedule: `None` for `off`.
+pub fn maintenance_schedule(
+    setting: &str,
+) -> Result<Option<cairn_events::schedule::Recurrence>, cairn_events::schedule::ScheduleError> {
+    if setting.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    cairn_events::schedule::Recurrence::parse(setting, "UTC").map(Some)
 }
 
 /// The variable that overrides a setting.
@@ -294,8 +313,19 @@ impl Config {
         if self.trending_half_life_minutes < 1 {
             bail!("CAIRN_TRENDING_HALF_LIFE_MINUTES must be at least 1");
         }
-        if self.outbox_claim_seconds == 0 {
-            bail!("CAIRN_OUTBOX_CLAIM_SECONDS must be at least 1");
+        if !(1..=3600).contains(&self.outbox_claim_seconds) {
+            bail!("CAIRN_OUTBOX_CLAIM_SECONDS must be 1 to 3600 seconds");
+        }
+        if !(1..=3600).contains(&self.due_claim_seconds) {
+            bail!("CAIRN_DUE_CLAIM_SECONDS must be 1 to 3600 seconds");
+        }
+        for (name, setting) in [
+            ("files", &self.maintenance_files),
+            ("outbox", &self.maintenance_outbox),
+        ] {
+            if let Err(error) = maintenance_schedule(setting) {
+                bail!("CAIRN_MAINTENANCE_{}: {error}", name.to_ascii_uppercase());
+            }
         }
         if self
             .link_key
@@ -470,6 +500,9 @@ mod tests {
         ("capsule_limit_per_sender", "1", "1"),
         ("capsule_limit_window", "60", "60"),
         ("outbox_claim_seconds", "30", "30"),
+        ("due_claim_seconds", "3", "3"),
+        ("maintenance_files", "0 3 * * *", r#""0 3 * * *""#),
+        ("maintenance_outbox", "off", r#""off""#),
         ("blob_url", "/srv/blobs", r#""/srv/blobs""#),
         ("link_key", "k", r#""k""#),
         ("capsule_link_hours", "1", "1"),

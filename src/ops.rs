@@ -11,9 +11,10 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use cairn_events::EventStore;
+use cairn_events::{EventStore, Store};
 use cairn_query::routes::StartupGate;
 use cairn_query::{GenerationStore, RunnerHandle};
+use cairn_scheduler::SchedulerMetrics;
 use serde_json::json;
 use utoipa::OpenApi;
 
@@ -31,6 +32,15 @@ pub struct OpsState {
     /// Closed while this process's own read models are still catching up after a start.
     pub gate: StartupGate,
     pub requests: Arc<RequestCounts>,
+    /// Set where this process runs the scheduler.
+    pub scheduler: Option<SchedulerOps>,
+}
+
+/// What `/metrics` reports of the scheduler.
+#[derive(Clone)]
+pub struct SchedulerOps {
+    pub metrics: Arc<SchedulerMetrics>,
+    pub store: Arc<dyn Store>,
 }
 
 /// Middleware: answer a request that takes longer than the limit with a JSON 503.
@@ -212,7 +222,9 @@ pub async fn ready(State(ops): State<OpsState>) -> Response {
     response
 }
 
-/// Prometheus metrics: requests, append batch sizes, projection lag.
+/// Prometheus metrics: requests, append batch sizes, projection lag; where the scheduler
+/// runs, due-item lateness, the due index's and the outbox's depths, emails by outcome and
+/// claims taken over.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(ops): State<OpsState>) -> Response {
@@ -245,6 +257,18 @@ pub async fn metrics(State(ops): State<OpsState>) -> Response {
             out,
             "cairn_projection_lag_events{{projection=\"messages\"}} {lag}"
         );
+    }
+    if let Some(scheduler) = &ops.scheduler {
+        scheduler.metrics.render(&mut out);
+        scheduler.store.work_stats().render(&mut out);
+        let now = chrono::Utc::now();
+        let (due, outbox) = tokio::join!(
+            scheduler.store.due_status(now, 0),
+            scheduler.store.outbox_status()
+        );
+        if let (Ok(due), Ok(outbox)) = (due, outbox) {
+            cairn_scheduler::metrics::render_depths(&mut out, &due, &outbox, now);
+        }
     }
     (
         [(

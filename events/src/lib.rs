@@ -39,7 +39,8 @@ pub use envelope::{
 pub use group_commit::AppendStats;
 pub use store::{open, open_postgres, open_sqlite};
 pub use work::{
-    DueAction, DueIndex, DueItem, Effects, Handled, Outbox, OutboxMessage, Outcome, QueuedMessage,
+    DueAction, DueIndex, DueItem, DueStatus, Effects, Handled, Outbox, OutboxMessage, OutboxStatus,
+    Outcome, PendingItem, QueuedMessage, WorkStats,
 };
 
 /// A place in the global log: 1 is the first event ever appended; 0 means "before any".

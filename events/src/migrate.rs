@@ -20,6 +20,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "work",
         sql: include_str!("../../migrations/postgres/0002_work.sql"),
     },
+    Migration {
+        version: 3,
+        name: "claims",
+        sql: include_str!("../../migrations/postgres/0003_claims.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -32,5 +37,10 @@ pub const SQLITE: &[Migration] = &[
         version: 2,
         name: "work",
         sql: include_str!("../../migrations/sqlite/0002_work.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "claims",
+        sql: include_str!("../../migrations/sqlite/0003_claims.sql"),
     },
 ];

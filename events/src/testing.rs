@@ -674,6 +674,190 @@ pub async fn outbox_messages_retry_and_die(store: Arc<dyn Store>) {
     );
 }
 
+/// Claims are renewed while their holder works; a live holder's claims are never taken
+/// by another (`live_peers`: the backend allows several processes at once); once the
+/// holder is gone (dropped here, as a process killed) they are taken over at once, not
+/// when they run out, and counted. `second` opens another store on the same storage; it
+/// is awaited while `first` lives if `live_peers`, else after `first` is dropped.
+pub async fn claims_pass_on_when_their_holder_dies(
+    first: Arc<dyn Store>,
+    second: impl std::future::Future<Output = Arc<dyn Store>>,
+    live_peers: bool,
+) {
+    let now = now_ms();
+    let past = now - chrono::Duration::seconds(1);
+    let items: Vec<DueItem> = (0..3).map(|i| due(&format!("h{i}"), past)).collect();
+    first
+        .append(
+            request("note-held", ExpectedVersion::NoStream, &[1]).with_effects(Effects {
+                schedule: items.clone(),
+                outbox: vec![mail(1), mail(2)],
+                ..Effects::default()
+            }),
+        )
+        .await
+        .unwrap();
+    let hold = Duration::from_secs(2);
+    let claimed = first.claim_due(now, 10, hold).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let keys: Vec<String> = claimed.iter().map(|i| i.key.clone()).collect();
+    let sending = first
+        .claim_outbox("email", Utc::now(), 10, hold)
+        .await
+        .unwrap();
+    let ids: Vec<uuid::Uuid> = sending.iter().map(|m| m.message.id).collect();
+    assert_eq!(ids.len(), 2);
+
+    // Renewed past the first hold: still held, and the earliest time anything may be
+    // claimed moves with the renewal.
+    let renewed = now + chrono::Duration::seconds(60);
+    assert_eq!(first.renew_due(&keys, renewed).await.unwrap(), 3);
+    assert_eq!(first.next_due().await.unwrap(), Some(renewed));
+    assert_eq!(first.renew_outbox(&ids, renewed).await.unwrap(), 2);
+    assert_eq!(first.next_ready("email").await.unwrap(), Some(renewed));
+    let later = now + chrono::Duration::seconds(30);
+    assert!(first.claim_due(later, 10, hold).await.unwrap().is_empty());
+    assert!(
+        first
+            .claim_outbox("email", later, 10, hold)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let first_holder = first.holder();
+    let second = if live_peers {
+        let second = second.await;
+        assert_ne!(second.holder(), first_holder, "each process its own holder");
+        assert!(
+            second.claim_due(later, 10, hold).await.unwrap().is_empty(),
+            "a live holder's claims are not taken"
+        );
+        assert!(
+            second
+                .claim_outbox("email", later, 10, hold)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            second.renew_due(&keys, renewed).await.unwrap(),
+            0,
+            "only the holder renews"
+        );
+        drop(first);
+        second
+    } else {
+        drop(first);
+        second.await
+    };
+
+    // The holder is gone: its claims pass on now, long before they run out.
+    let now = now_ms();
+    let taken = eventually(
+        "the dead holder's claims to pass on",
+        Duration::from_secs(10),
+        || {
+            let second = second.clone();
+            async move {
+                let taken = second.claim_due(now, 10, hold).await.unwrap();
+                (!taken.is_empty()).then_some(taken)
+            }
+        },
+    )
+    .await;
+    let mut taken_keys: Vec<String> = taken.iter().map(|i| i.key.clone()).collect();
+    taken_keys.sort();
+    assert_eq!(taken_keys, keys);
+    let resent = second.claim_outbox("email", now, 10, hold).await.unwrap();
+    assert_eq!(resent.len(), 2);
+    assert!(
+        resent.iter().all(|m| m.attempts == 1),
+        "the first try counts"
+    );
+    let mut metrics = String::new();
+    second.work_stats().render(&mut metrics);
+    assert!(
+        metrics.contains("cairn_claims_taken_over_total{queue=\"due\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("cairn_claims_taken_over_total{queue=\"outbox\"} 2"),
+        "{metrics}"
+    );
+
+    // A put-off item is held by nobody: it waits for its time, whoever is alive.
+    let item = &taken[0];
+    let at = now + chrono::Duration::seconds(30);
+    second.retry_due(item, at).await.unwrap();
+    assert!(
+        !second
+            .claim_due(now, 10, hold)
+            .await
+            .unwrap()
+            .iter()
+            .any(|i| i.key == item.key)
+    );
+    let status = second.due_status(now, 10).await.unwrap();
+    assert_eq!((status.depth, status.overdue), (3, 3));
+    let parked = status.next.iter().find(|p| p.item.key == item.key).unwrap();
+    assert_eq!((parked.claimed_by, parked.claimed_until), (None, Some(at)));
+    assert!(
+        status
+            .next
+            .iter()
+            .filter(|p| p.item.key != item.key)
+            .all(|p| p.claimed_by == Some(second.holder()))
+    );
+    let outbox = second.outbox_status().await.unwrap();
+    assert_eq!((outbox.queued, outbox.dead), (2, 0));
+}
+
+/// A periodic job's item: planned once (planning again leaves it, or moves it when its
+/// schedule changed and it is not yet due), then moved on by its holder after each run.
+pub async fn periodic_items_are_planned_and_moved_on(store: Arc<dyn Store>) {
+    let now = now_ms();
+    let next = now + chrono::Duration::minutes(10);
+    let item = DueItem {
+        key: "maintenance:test".into(),
+        stream_id: "maintenance-test".into(),
+        action: "maintenance".into(),
+        due_at: next,
+    };
+    store.plan_due(&item, now).await.unwrap();
+    store.plan_due(&item, now).await.unwrap();
+    assert_eq!(store.next_due().await.unwrap(), Some(next));
+    // A changed schedule moves an item not yet due.
+    let sooner = DueItem {
+        due_at: now + chrono::Duration::minutes(5),
+        ..item.clone()
+    };
+    store.plan_due(&sooner, now).await.unwrap();
+    assert_eq!(store.next_due().await.unwrap(), Some(sooner.due_at));
+    // Once due, planning leaves it: the missed run happens.
+    let due_time = sooner.due_at + chrono::Duration::seconds(1);
+    store.plan_due(&item, due_time).await.unwrap();
+    let claimed = store
+        .claim_due(due_time, 10, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(claimed, vec![sooner.clone()]);
+    let after = sooner.due_at + chrono::Duration::hours(1);
+    assert!(store.reschedule_due(&claimed[0], after).await.unwrap());
+    assert!(
+        !store.reschedule_due(&claimed[0], after).await.unwrap(),
+        "moved already"
+    );
+    assert_eq!(store.next_due().await.unwrap(), Some(after));
+    assert!(
+        store
+            .claim_due(due_time, 10, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// Run the whole suite, each case on a fresh store from `fresh`.
 #[macro_export]
 macro_rules! event_store_suite {
@@ -717,6 +901,10 @@ macro_rules! event_store_suite {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn outbox_messages_retry_and_die() {
             $crate::testing::outbox_messages_retry_and_die($fresh.await).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn periodic_items_are_planned_and_moved_on() {
+            $crate::testing::periodic_items_are_planned_and_moved_on($fresh.await).await;
         }
     };
 }

@@ -8,11 +8,18 @@
 //! [`AppendRequest`](crate::AppendRequest)) and is written only if the append is accepted.
 //!
 //! Both kinds are claimed rather than taken: a claim hides an item from other processes
-//! for a while, and a worker that dies mid-way simply lets its claim run out, so the item
-//! is done again (at least once). Whoever acts on an item therefore makes the action
-//! idempotent: a due item's command checks the stream's state, an email carries a
-//! Message-ID derived from its cause.
+//! for a short while, and records which process holds it. The holder renews its claims
+//! while the work runs, so a long batch or a slow send is never started twice; a holder
+//! that dies mid-way loses its claims at once where the backend can tell (on Postgres each
+//! process holds a session advisory lock for as long as it lives, and a claim whose
+//! holder's lock is free counts as run out), else when they run out, and the item is done
+//! again (at least once). Whoever acts on an item therefore makes the action idempotent: a
+//! due item's command checks the stream's state, an email carries a Message-ID derived
+//! from its cause.
 
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -101,13 +108,18 @@ pub trait DueAction: Send + Sync + 'static {
 }
 
 /// The due index: what the scheduler sleeps on.
+///
+/// Claims are held by this store's process (its holder id, [`DueIndex::holder`]): they
+/// hide an item from other processes until they run out or the holder dies.
 #[async_trait]
 pub trait DueIndex: Send + Sync + 'static {
-    /// The earliest due time of an item nobody holds a claim on.
+    /// The earliest time something may become claimable: the earliest due time of an
+    /// unclaimed item, or the earliest end of a claim.
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
 
     /// Claim up to `limit` items due at `now`, earliest first, for `hold`: other claims
-    /// skip them until then. Items claimed elsewhere are skipped, not waited for.
+    /// skip them until then, or until this process dies. Items claimed elsewhere are
+    /// skipped, not waited for; claims of a dead holder are taken over.
     async fn claim_due(
         &self,
         now: DateTime<Utc>,
@@ -115,25 +127,123 @@ pub trait DueIndex: Send + Sync + 'static {
         hold: Duration,
     ) -> Result<Vec<DueItem>, StoreError>;
 
+    /// Extend this process's claims on `keys` until `until`; how many it still held.
+    async fn renew_due(&self, keys: &[String], until: DateTime<Utc>) -> Result<u64, StoreError>;
+
     /// Drop an item whose action turned out to have nothing to do (the command that
     /// does something drops it itself, through [`Effects::unschedule`]). An item that was
     /// moved since it was claimed (a later `due_at`) stays.
     async fn finish_due(&self, item: &DueItem) -> Result<(), StoreError>;
 
-    /// Keep a claimed item hidden until `at`: the next try of an action that failed. An
-    /// item moved since it was claimed is left as it is.
+    /// Put a claimed item off until `at` (the next try of an action that failed), holding
+    /// it no longer. An item moved since it was claimed, or claimed by another process
+    /// since, is left as it is.
     async fn retry_due(&self, item: &DueItem, at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Move a claimed item to its next time `next` and release the claim (a periodic job
+    /// that ran). Whether it moved: not if it was moved or taken by another process since.
+    async fn reschedule_due(&self, item: &DueItem, next: DateTime<Utc>)
+    -> Result<bool, StoreError>;
+
+    /// Make sure `item` is in the index: insert it if its key is absent; move it to
+    /// `item.due_at` if it is there, unclaimed and not yet due at `now` (a changed
+    /// schedule). An overdue or claimed item stays as it is.
+    async fn plan_due(&self, item: &DueItem, now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Depths and the next items, for `/metrics` and `cairn scheduler status`.
+    async fn due_status(&self, now: DateTime<Utc>, next: usize) -> Result<DueStatus, StoreError>;
+
+    /// This process's holder id, recorded in its claims.
+    fn holder(&self) -> i64;
+
+    /// Counters about claims, for `/metrics`.
+    fn work_stats(&self) -> Arc<WorkStats>;
 
     /// Changes when an item is scheduled (by this process or, on Postgres, any other),
     /// so a sleeping scheduler can look again at the earliest due time.
     fn due_changed(&self) -> watch::Receiver<u64>;
 }
 
+/// A due item as `cairn scheduler status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingItem {
+    pub item: DueItem,
+    /// The holder id of the process that claimed it, while a claim is held.
+    pub claimed_by: Option<i64>,
+    /// The end of its claim, or the next try of an item put off.
+    pub claimed_until: Option<DateTime<Utc>>,
+}
+
+/// The due index at a glance.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DueStatus {
+    /// Items in the index.
+    pub depth: u64,
+    /// Items whose due time has passed.
+    pub overdue: u64,
+    /// The due time of the oldest overdue item.
+    pub oldest_overdue: Option<DateTime<Utc>>,
+    /// The earliest items, earliest first.
+    pub next: Vec<PendingItem>,
+}
+
+/// The outbox at a glance.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutboxStatus {
+    /// Messages waiting to be sent (claimed ones included).
+    pub queued: u64,
+    /// Of those, messages that failed at least once.
+    pub retrying: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// When the oldest waiting message was queued.
+    pub oldest_queued: Option<DateTime<Utc>>,
+}
+
+/// Claims taken over from a holder that died or let them run out, by this process.
+#[derive(Debug, Default)]
+pub struct WorkStats {
+    due_taken_over: AtomicU64,
+    outbox_taken_over: AtomicU64,
+}
+
+impl WorkStats {
+    pub(crate) fn due_taken_over(&self, n: usize) {
+        self.due_taken_over.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn outbox_taken_over(&self, n: usize) {
+        self.outbox_taken_over
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Append these counters to a Prometheus exposition.
+    pub fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP cairn_claims_taken_over_total Claims this process took over from a holder that died or let them run out."
+        );
+        let _ = writeln!(out, "# TYPE cairn_claims_taken_over_total counter");
+        for (queue, n) in [
+            ("due", &self.due_taken_over),
+            ("outbox", &self.outbox_taken_over),
+        ] {
+            let _ = writeln!(
+                out,
+                "cairn_claims_taken_over_total{{queue=\"{queue}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
 /// The outbox: what the workers send.
+///
+/// Claims are held by this store's process, as in the [`DueIndex`].
 #[async_trait]
 pub trait Outbox: Send + Sync + 'static {
     /// Claim up to `limit` messages of `kind` that are ready at `now`, oldest first, for
-    /// `hold`.
+    /// `hold`; messages claimed by a dead holder are taken over.
     async fn claim_outbox(
         &self,
         kind: &str,
@@ -142,7 +252,13 @@ pub trait Outbox: Send + Sync + 'static {
         hold: Duration,
     ) -> Result<Vec<QueuedMessage>, StoreError>;
 
-    /// Record the outcome of a try.
+    /// Extend this process's claims on `ids` until `until`; how many it still held.
+    async fn renew_outbox(&self, ids: &[Uuid], until: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// The earliest time a message of `kind` becomes ready (a retry, the end of a claim).
+    async fn next_ready(&self, kind: &str) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// Record the outcome of a try, and release the claim.
     async fn settle(&self, id: Uuid, outcome: Outcome) -> Result<(), StoreError>;
 
     /// Dead letters, oldest first.
@@ -153,6 +269,9 @@ pub trait Outbox: Send + Sync + 'static {
 
     /// Delete sent messages sent before `before`; how many.
     async fn purge_sent(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Counts, for `/metrics` and `cairn scheduler status`.
+    async fn outbox_status(&self) -> Result<OutboxStatus, StoreError>;
 
     /// Changes when a message is queued, so an idle worker can look again.
     fn outbox_changed(&self) -> watch::Receiver<u64>;

@@ -1,13 +1,14 @@
 //! The event store behaviour suite on both backends, plus the checks only one backend needs.
 #![allow(clippy::unwrap_used)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_events::domain::message::MessagePosted;
 use cairn_events::store::postgres::{APPEND_LOCK, LOCK_CLASS};
 use cairn_events::testing::{fresh_postgres, fresh_postgres_url, fresh_sqlite, temp_dir, until};
 use cairn_events::{
-    AppendRequest, DomainEvent, Envelope, EventStore, ExpectedVersion, Metadata, NewEvent,
+    AppendRequest, DomainEvent, Envelope, EventStore, ExpectedVersion, Metadata, NewEvent, Store,
 };
 
 /// How long a test waits for a condition before it fails.
@@ -16,11 +17,30 @@ const WAIT: Duration = Duration::from_secs(10);
 mod sqlite {
     use super::*;
     cairn_events::event_store_suite!(fresh_sqlite());
+
+    /// One process owns an embedded store: a new run takes the last one's claims at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn claims_pass_on_when_their_holder_dies() {
+        let path = temp_dir().join("events.db");
+        let first: Arc<dyn Store> = cairn_events::open_sqlite(&path).await.unwrap();
+        let second = async { cairn_events::open_sqlite(&path).await.unwrap() as Arc<dyn Store> };
+        cairn_events::testing::claims_pass_on_when_their_holder_dies(first, second, false).await;
+    }
 }
 
 mod postgres {
     use super::*;
     cairn_events::event_store_suite!(fresh_postgres());
+
+    /// Two processes on one database: a live one's claims stay its own; a dead one's pass
+    /// on at once (its advisory lock is freed with its connection).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn claims_pass_on_when_their_holder_dies() {
+        let url = fresh_postgres_url().await;
+        let first: Arc<dyn Store> = cairn_events::open_postgres(&url).await.unwrap();
+        let second = async { cairn_events::open_postgres(&url).await.unwrap() as Arc<dyn Store> };
+        cairn_events::testing::claims_pass_on_when_their_holder_dies(first, second, true).await;
+    }
 }
 
 /// Events are the permanent record: a payload stored by the first schema must decode.

@@ -1,16 +1,20 @@
 //! The email worker: sends the outbox's emails, after the transaction that queued them.
 //!
-//! A message is claimed for a while, sent, then settled: sent, to be retried later (a
-//! transient failure: exponential backoff with jitter), or dead after too many tries (a
+//! A message is claimed for a few seconds (renewed while it is being sent, so a slow
+//! server never gets it from two workers), sent, then settled: sent, to be retried later
+//! (a transient failure: exponential backoff with jitter), or dead after too many tries (a
 //! permanent refusal gives up at once). Dead letters are listed and revived from the CLI.
 //! SMTP gives no exactly-once: a crash between the server's `250` and the settlement
-//! sends the message again when the claim runs out, with the same Message-ID, so the
-//! window is one claim and the duplicate is recognisable. Sent messages are deleted once
-//! their retention has passed.
+//! sends the message again when another worker takes the claim over (at once on Postgres,
+//! else when it runs out), with the same Message-ID, so the duplicate is recognisable.
+//! Sent messages are deleted once their retention has passed (a maintenance job).
 //!
 //! An email that names a stream (a capsule's) has each sending recorded there as an
 //! `email.sent` event, after the server's `250` and before the settlement, so a capsule's
 //! history lists every email it caused with its Message-ID; a resend is recorded again.
+//!
+//! An idle worker sleeps until the next retry is due or a message is queued, looking at
+//! the clock at least once a minute but asking the database nothing meanwhile.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,10 +23,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cairn_events::domain::email::{Email, EmailSent, OUTBOX_KIND};
 use cairn_events::{
-    AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent, Outbox, Outcome, QueuedMessage,
-    StoreError,
+    AppendRequest, Clock, EventStore, ExpectedVersion, Metadata, NewEvent, Outbox, Outcome,
+    QueuedMessage, StoreError,
 };
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use lettre::address::Envelope;
 use lettre::message::header::{Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
@@ -31,6 +35,9 @@ use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::SchedulerMetrics;
+use crate::renew::renew_while;
 
 /// Why a send failed.
 #[derive(Debug, thiserror::Error)]
@@ -424,7 +431,9 @@ pub struct Policy {
     /// The first retry's delay; each later one doubles, up to `max_delay`.
     pub first_delay: Duration,
     pub max_delay: Duration,
-    /// How long a claim hides a message being sent: the longest a crash delays a resend.
+    /// How long a claim hides a message unless renewed (it is renewed while the message
+    /// is being sent): the longest a crash delays a resend where the crash is not seen
+    /// at once.
     pub hold: Duration,
     /// How long sent messages are kept before they are deleted.
     pub keep_sent: Duration,
@@ -436,7 +445,7 @@ impl Default for Policy {
             max_attempts: 8,
             first_delay: Duration::from_secs(10),
             max_delay: Duration::from_secs(3600),
-            hold: Duration::from_secs(120),
+            hold: Duration::from_secs(5),
             keep_sent: Duration::from_secs(7 * 24 * 3600),
         }
     }
@@ -457,14 +466,15 @@ impl Policy {
 
 pub struct EmailWorker {
     outbox: Arc<dyn Outbox>,
-    /// Where the sends of emails that name a stream are recorded ([`EmailSent`]).
+    /// Where sendings are recorded.
     events: Arc<dyn EventStore>,
     mailer: Arc<dyn Mailer>,
+    metrics: Arc<SchedulerMetrics>,
     pub policy: Policy,
 }
 
-/// The longest an idle worker sleeps before looking for retries that fell due.
-const IDLE: Duration = Duration::from_secs(5);
+/// The longest an idle worker sleeps before it looks at the clock again.
+const IDLE: Duration = Duration::from_secs(60);
 /// Messages claimed (and sent concurrently) at once.
 const BATCH: usize = 16;
 
@@ -478,87 +488,125 @@ impl EmailWorker {
             outbox,
             events,
             mailer,
+            metrics: Arc::default(),
             policy: Policy::default(),
         }
+    }
+
+    /// Report into `metrics` (shared with `/metrics`).
+    pub fn with_metrics(mut self, metrics: Arc<SchedulerMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Send until `shutdown`; a send in progress is finished and settled first.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut queued = self.outbox.outbox_changed();
-        let mut last_purge = std::time::Instant::now();
+        // When a message may next be ready (a retry, a claim running out).
+        let mut next: Option<DateTime<Utc>> = None;
+        let mut look = true;
         loop {
-            queued.borrow_and_update();
-            let claimed = self
-                .outbox
-                .claim_outbox(OUTBOX_KIND, Utc::now(), BATCH, self.policy.hold)
-                .await;
-            let wait = match claimed {
-                Ok(messages) if !messages.is_empty() => {
-                    // A claimed batch is sent at once, over the transport's pool.
-                    let mut sending = tokio::task::JoinSet::new();
-                    for message in messages {
-                        let worker = Worker {
-                            outbox: self.outbox.clone(),
-                            events: self.events.clone(),
-                            mailer: self.mailer.clone(),
-                            policy: self.policy.clone(),
-                        };
-                        sending.spawn(deliver(worker, message));
-                    }
-                    while let Some(done) = sending.join_next().await {
-                        if let Err(panicked) = done {
-                            // Its claim runs out and the message is tried again.
-                            tracing::error!(%panicked, "sending an email panicked");
-                        }
-                    }
-                    continue;
-                }
-                Ok(_) => IDLE,
-                Err(error) => {
-                    tracing::warn!(%error, "outbox unavailable; trying again");
-                    Duration::from_secs(1)
-                }
-            };
-            if last_purge.elapsed() > Duration::from_secs(3600) {
-                last_purge = std::time::Instant::now();
-                self.purge().await;
+            if shutdown.is_cancelled() {
+                return;
             }
+            let now = Utc::now();
+            if look || next.is_some_and(|at| at <= now) {
+                queued.borrow_and_update();
+                match self.round(now).await {
+                    Ok(true) => {
+                        look = true;
+                        continue;
+                    }
+                    Ok(false) => match self.outbox.next_ready(OUTBOX_KIND).await {
+                        Ok(at) => {
+                            next = at;
+                            look = false;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "outbox unavailable; trying again");
+                            next = Some(now + chrono::Duration::seconds(1));
+                        }
+                    },
+                    Err(error) => {
+                        tracing::warn!(%error, "outbox unavailable; trying again");
+                        next = Some(now + chrono::Duration::seconds(1));
+                    }
+                }
+            }
+            let wait = next.map_or(IDLE, |at| {
+                (at - Utc::now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .min(IDLE)
+            });
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = queued.changed() => {}
+                _ = queued.changed() => look = true,
                 () = tokio::time::sleep(wait) => {}
             }
         }
     }
 
-    async fn purge(&self) {
-        let before = Utc::now()
-            - chrono::Duration::from_std(self.policy.keep_sent)
-                .unwrap_or(chrono::Duration::days(7));
-        match self.outbox.purge_sent(before).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(n, "sent emails past their retention deleted"),
-            Err(error) => tracing::warn!(%error, "could not delete old sent emails"),
+    /// Claim and send a batch; whether there was anything.
+    async fn round(&self, now: DateTime<Utc>) -> Result<bool, cairn_events::StoreError> {
+        let messages = self
+            .outbox
+            .claim_outbox(OUTBOX_KIND, now, BATCH, self.policy.hold)
+            .await?;
+        if messages.is_empty() {
+            return Ok(false);
         }
+        let ids: Vec<uuid::Uuid> = messages.iter().map(|m| m.message.id).collect();
+        let outbox = self.outbox.clone();
+        let _renewal = renew_while(Clock::system(), self.policy.hold, "emails", move |until| {
+            let (outbox, ids) = (outbox.clone(), ids.clone());
+            async move { outbox.renew_outbox(&ids, until).await }
+        });
+        // A claimed batch is sent at once, over the transport's pool.
+        let mut sending = tokio::task::JoinSet::new();
+        for message in messages {
+            let (outbox, events, mailer, policy) = (
+                self.outbox.clone(),
+                self.events.clone(),
+                self.mailer.clone(),
+                self.policy.clone(),
+            );
+            sending.spawn(deliver(outbox, events, mailer, policy, message));
+        }
+        while let Some(done) = sending.join_next().await {
+            match done {
+                Ok(Outcome::Sent) => self.metrics.email_sent(),
+                Ok(Outcome::Retry { .. }) => self.metrics.email_retried(),
+                Ok(Outcome::Dead { .. }) => self.metrics.email_dead(),
+                // Its claim runs out and the message is tried again.
+                Err(panicked) => tracing::error!(%panicked, "sending an email panicked"),
+            }
+        }
+        Ok(true)
     }
 }
 
-/// What sending one message needs, shared by the sends of a batch.
-struct Worker {
+/// Delete sent messages older than `keep`: the outbox's maintenance job.
+pub async fn purge_sent(outbox: &dyn Outbox, keep: Duration) -> Result<(), String> {
+    let before = Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::days(7));
+    match outbox.purge_sent(before).await {
+        Ok(0) => Ok(()),
+        Ok(n) => {
+            tracing::info!(n, "sent emails past their retention deleted");
+            Ok(())
+        }
+        Err(error) => Err(format!("could not delete old sent emails: {error}")),
+    }
+}
+
+/// Send one claimed message and settle it.
+async fn deliver(
     outbox: Arc<dyn Outbox>,
     events: Arc<dyn EventStore>,
     mailer: Arc<dyn Mailer>,
     policy: Policy,
-}
-
-/// Send one claimed message, record the sending in the stream it names, and settle it.
-async fn deliver(worker: Worker, queued: QueuedMessage) {
-    let Worker {
-        outbox,
-        events,
-        mailer,
-        policy,
-    } = worker;
+    queued: QueuedMessage,
+) -> Outcome {
     let id = queued.message.id;
     let retry = |error: String| {
         let delay = policy.delay(queued.attempts);
@@ -599,10 +647,21 @@ async fn deliver(worker: Worker, queued: QueuedMessage) {
         }
         Outcome::Dead { error } => tracing::error!(%id, %error, "email is a dead letter"),
     }
-    if let Err(error) = outbox.settle(id, outcome).await {
-        // The claim runs out and the message is sent again, with the same Message-ID.
-        tracing::warn!(%id, %error, "could not settle an email");
+    // A message sent but not settled is sent again: worth a few tries.
+    for attempt in 1..=3 {
+        match outbox.settle(id, outcome.clone()).await {
+            Ok(()) => break,
+            Err(error) if attempt < 3 => {
+                tracing::warn!(%id, %error, "could not settle an email; trying again");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(error) => {
+                // The claim runs out and the message is sent again, with the same Message-ID.
+                tracing::warn!(%id, %error, "could not settle an email");
+            }
+        }
     }
+    outcome
 }
 
 /// Append [`EmailSent`] to the stream `email` names (its cause's), if it names one.

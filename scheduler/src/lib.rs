@@ -12,7 +12,12 @@
 #![forbid(unsafe_code)]
 
 pub mod email;
+pub mod maintenance;
+pub mod metrics;
+mod renew;
 pub mod sleeper;
 
 pub use email::{EmailWorker, FileMailer, Mailer, SendError, SmtpMailer};
+pub use maintenance::{Job, Maintenance};
+pub use metrics::SchedulerMetrics;
 pub use sleeper::Sleeper;

@@ -1,15 +1,24 @@
 //! The due-index sleeper.
 //!
-//! Each round claims up to [`BATCH`] due items for [`Sleeper::hold`] and runs their
-//! actions one after another. An action that succeeds has dropped its item itself (its
-//! command's append carries the unschedule), or says there was nothing to do, and the
-//! sleeper drops it. An action that fails or panics keeps the item claimed, and it is
-//! tried again later: after the claim's hold at first, then after as long as the item
-//! has been overdue (so the waits double), at most an hour apart, never given up: a
-//! release must not be lost to a passing fault. If this process dies, the claim runs out
-//! and another scheduler process takes the item. Several sleepers (in one process or
-//! many) never run one item at the same time.
+//! Each round claims up to [`BATCH`] due items for a short [`Sleeper::hold`], renewed
+//! while the round runs, and runs their actions concurrently (at most [`CONCURRENCY`] at
+//! once): items of one stream one
+//! after another (earliest first, so a release and an expiry of one capsule do not race),
+//! different streams at once, so a burst of releases fills the event store's group
+//! commits. An action that succeeds has dropped its item itself (its command's append
+//! carries the unschedule), or says there was nothing to do, and the sleeper drops it. An
+//! action that fails or panics puts its item off: after the claim's hold at first, then
+//! after as long as the item has been overdue (so the waits double), at most an hour apart,
+//! never given up: a release must not be lost to a passing fault. If this process dies,
+//! its claims are taken over (at once on Postgres, else when they run out). Several
+//! sleepers (in one process or many) never run one item at the same time.
+//!
+//! Between rounds the sleeper sleeps until the earliest time something may become
+//! claimable, woken early when an item is scheduled. It wakes at least once a minute to
+//! look at the clock (a wall clock that jumped), but asks the database again only when
+//! that time has come or it was woken: an idle scheduler sends no query.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +26,18 @@ use cairn_events::{Clock, DueAction, DueIndex, DueItem, Handled};
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::SchedulerMetrics;
+use crate::renew::renew_while;
+
 /// The most items claimed in one round.
-pub const BATCH: usize = 100;
+pub const BATCH: usize = 512;
+
+/// The most actions run at once: enough to fill the event store's group commits, few
+/// enough that they do not queue for the database's connections past its timeout.
+pub const CONCURRENCY: usize = 32;
+
+/// How long a claim lasts unless renewed, by default.
+pub const HOLD: Duration = Duration::from_secs(5);
 
 /// The longest wait between two tries of a failing item.
 pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(3600);
@@ -36,11 +55,23 @@ pub struct Sleeper {
     due: Arc<dyn DueIndex>,
     action: Arc<dyn DueAction>,
     clock: Clock,
-    /// How long a claim hides an item from other sleepers: also the pause before an item
-    /// whose action failed is tried again.
+    metrics: Arc<SchedulerMetrics>,
+    /// How long a claim hides an item from other sleepers unless renewed (it is renewed
+    /// while its action runs): also the pause before an item whose action failed is
+    /// tried again.
     pub hold: Duration,
-    /// The longest sleep before the clock and the index are looked at again.
+    /// The longest sleep before the clock is looked at again.
     pub max_sleep: Duration,
+}
+
+/// What a round's tasks share.
+#[derive(Clone)]
+struct Context {
+    due: Arc<dyn DueIndex>,
+    action: Arc<dyn DueAction>,
+    clock: Clock,
+    metrics: Arc<SchedulerMetrics>,
+    hold: Duration,
 }
 
 impl Sleeper {
@@ -49,7 +80,8 @@ impl Sleeper {
             due,
             action,
             clock: Clock::system(),
-            hold: Duration::from_secs(60),
+            metrics: Arc::default(),
+            hold: HOLD,
             max_sleep: Duration::from_secs(60),
         }
     }
@@ -59,92 +91,156 @@ impl Sleeper {
         self
     }
 
-    /// Run until `shutdown`; an action in progress is finished first.
+    /// Report into `metrics` (shared with `/metrics`).
+    pub fn with_metrics(mut self, metrics: Arc<SchedulerMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Run until `shutdown`; a round in progress is finished first.
     pub async fn run(self, shutdown: CancellationToken) {
+        let context = Context {
+            due: self.due.clone(),
+            action: self.action.clone(),
+            clock: self.clock.clone(),
+            metrics: self.metrics.clone(),
+            hold: self.hold,
+        };
         let mut scheduled = self.due.due_changed();
+        // When something may next become claimable; `None` with `look` false: nothing is
+        // scheduled at all.
+        let mut next: Option<DateTime<Utc>> = None;
+        let mut look = true;
         loop {
-            // Mark the wake-ups seen before looking, so a schedule made after the look
-            // ends the sleep below.
-            scheduled.borrow_and_update();
-            let now = self.clock.now();
             if shutdown.is_cancelled() {
                 return;
             }
-            let wait = match self.round(now).await {
-                Ok(true) => continue,
-                Ok(false) => self.until_next(now).await,
-                Err(error) => {
-                    tracing::warn!(%error, "due index unavailable; trying again");
-                    Duration::from_secs(1)
+            let now = self.clock.now();
+            if look || next.is_some_and(|at| at <= now) {
+                // Mark the wake-ups seen before looking, so a schedule made after the
+                // look ends the sleep below.
+                scheduled.borrow_and_update();
+                match round(&context, now).await {
+                    Ok(true) => {
+                        // There may be more: look again at once.
+                        look = true;
+                        continue;
+                    }
+                    Ok(false) => match self.due.next_due().await {
+                        Ok(at) => {
+                            next = at;
+                            look = false;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "due index unavailable; trying again");
+                            next = Some(now + chrono::Duration::seconds(1));
+                        }
+                    },
+                    Err(error) => {
+                        tracing::warn!(%error, "due index unavailable; trying again");
+                        next = Some(now + chrono::Duration::seconds(1));
+                    }
                 }
-            };
+            }
+            let now = self.clock.now();
+            let wait = next.map_or(self.max_sleep, |at| {
+                (at - now)
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .min(self.max_sleep)
+            });
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = scheduled.changed() => {}
+                _ = scheduled.changed() => look = true,
                 () = tokio::time::sleep(wait) => {}
             }
         }
     }
+}
 
-    /// Claim and run what is due at `now`; whether there was anything.
-    async fn round(&self, now: DateTime<Utc>) -> Result<bool, cairn_events::StoreError> {
-        let items = self.due.claim_due(now, BATCH, self.hold).await?;
-        for item in &items {
-            self.handle(item).await;
-        }
-        Ok(!items.is_empty())
+/// Claim and run what is due at `now`; whether there was anything.
+async fn round(context: &Context, now: DateTime<Utc>) -> Result<bool, cairn_events::StoreError> {
+    let items = context.due.claim_due(now, BATCH, context.hold).await?;
+    if items.is_empty() {
+        return Ok(false);
     }
+    let keys: Vec<String> = items.iter().map(|i| i.key.clone()).collect();
+    let due = context.due.clone();
+    let _renewal = renew_while(
+        context.clock.clone(),
+        context.hold,
+        "due items",
+        move |until| {
+            let (due, keys) = (due.clone(), keys.clone());
+            async move { due.renew_due(&keys, until).await }
+        },
+    );
+    // Items arrive earliest first; each stream's keep that order.
+    let mut streams: Vec<Vec<DueItem>> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for item in items {
+        let slot = *index.entry(item.stream_id.clone()).or_insert_with(|| {
+            streams.push(Vec::new());
+            streams.len() - 1
+        });
+        streams[slot].push(item);
+    }
+    let mut running = tokio::task::JoinSet::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    for stream in streams {
+        let (context, permits) = (context.clone(), permits.clone());
+        running.spawn(async move {
+            // Never closed: a permit always comes.
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
+            for item in &stream {
+                handle(&context, item).await;
+            }
+        });
+    }
+    while running.join_next().await.is_some() {}
+    Ok(true)
+}
 
-    async fn handle(&self, item: &DueItem) {
-        let action = self.action.clone();
-        let task = {
-            let item = item.clone();
-            tokio::spawn(async move { action.run(&item).await })
-        };
-        let outcome = match task.await {
-            Ok(outcome) => outcome,
-            Err(panicked) => Err(format!("the action panicked: {panicked}")),
-        };
-        match outcome {
-            Ok(Handled::Done) => {
-                tracing::debug!(key = %item.key, action = %item.action, "due item done");
-            }
-            Ok(Handled::Nothing) => {
-                if let Err(error) = self.due.finish_due(item).await {
-                    // Harmless: the claim runs out, and the action finds nothing again.
-                    tracing::warn!(key = %item.key, %error, "could not drop a due item");
-                }
-            }
-            Err(error) => {
-                let now = self.clock.now();
-                let wait = retry_after(now - item.due_at, self.hold);
-                let at = chrono::Duration::from_std(wait).map_or(now, |wait| now + wait);
-                tracing::warn!(
-                    key = %item.key,
-                    action = %item.action,
-                    %error,
-                    retry_in = ?wait,
-                    "due item failed; it is tried again later"
-                );
-                if let Err(error) = self.due.retry_due(item, at).await {
-                    // The claim runs out all the same: it is tried again sooner.
-                    tracing::warn!(key = %item.key, %error, "could not put a due item off");
-                }
+async fn handle(context: &Context, item: &DueItem) {
+    let action = context.action.clone();
+    let task = {
+        let item = item.clone();
+        tokio::spawn(async move { action.run(&item).await })
+    };
+    let outcome = match task.await {
+        Ok(outcome) => outcome,
+        Err(panicked) => Err(format!("the action panicked: {panicked}")),
+    };
+    match outcome {
+        Ok(Handled::Done) => {
+            context
+                .metrics
+                .done(&item.action, item.due_at, context.clock.now());
+            tracing::debug!(key = %item.key, action = %item.action, "due item done");
+        }
+        Ok(Handled::Nothing) => {
+            if let Err(error) = context.due.finish_due(item).await {
+                // Harmless: the claim runs out, and the action finds nothing again.
+                tracing::warn!(key = %item.key, %error, "could not drop a due item");
             }
         }
-    }
-
-    /// How long to sleep after a round that found nothing due at `now`.
-    async fn until_next(&self, now: DateTime<Utc>) -> Duration {
-        match self.due.next_due().await {
-            Ok(Some(next)) => (next - now)
-                .to_std()
-                .unwrap_or(Duration::ZERO)
-                .min(self.max_sleep),
-            Ok(None) => self.max_sleep,
-            Err(error) => {
-                tracing::warn!(%error, "due index unavailable; trying again");
-                Duration::from_secs(1)
+        Err(error) => {
+            context.metrics.due_failed();
+            let now = context.clock.now();
+            let wait = retry_after(now - item.due_at, context.hold);
+            let at = chrono::Duration::from_std(wait).map_or(now, |wait| now + wait);
+            tracing::warn!(
+                key = %item.key,
+                action = %item.action,
+                %error,
+                retry_in = ?wait,
+                "due item failed; it is tried again later"
+            );
+            if let Err(error) = context.due.retry_due(item, at).await {
+                // The claim runs out all the same: it is tried again sooner.
+                tracing::warn!(key = %item.key, %error, "could not put a due item off");
             }
         }
     }

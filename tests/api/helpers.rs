@@ -92,6 +92,9 @@ pub async fn test_config(backend: Backend) -> Config {
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: temp_dir(),
+        // Tests look at the due index; maintenance items would be in it.
+        maintenance_files: "off".into(),
+        maintenance_outbox: "off".into(),
         ..Config::default()
     };
     if let Some(redis) = backend.redis_url() {
@@ -426,8 +429,13 @@ pub async fn cairn_user_add(env: &[(String, String)], args: &[&str]) -> String {
 
 /// Start `cairn serve` on a free port; returns the child and its base URL.
 pub async fn start_server(env: &[(String, String)]) -> (Child, String) {
+    start_server_as(env, "all").await
+}
+
+/// Start `cairn serve --role <role>` on a free port; returns the child and its base URL.
+pub async fn start_server_as(env: &[(String, String)], role: &str) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .arg("serve")
+        .args(["serve", "--role", role])
         .envs(env.iter().cloned())
         .env("CAIRN_LISTEN", "127.0.0.1:0")
         .env("CAIRN_LOG_FORMAT", "json")

@@ -15,6 +15,7 @@ mod pages;
 mod rebuild;
 mod recurring;
 mod roles;
+mod schedulers;
 mod service;
 mod smtp;
 mod trends;

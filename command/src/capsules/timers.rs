@@ -1,14 +1,11 @@
 //! What the scheduler runs for capsules: their due items (release at the send time, expiry
-//! of an unconfirmed capsule, deletion of a file whose capsule is over) and, now and then,
-//! the sweep of stored files no capsule keeps. The binary only hands these to the sleeper
-//! and the task list; the rules are the capsules'.
-
-use std::time::Duration;
+//! of an unconfirmed capsule, deletion of a file whose capsule is over) and how old a file
+//! no capsule keeps must be for the sweep (a maintenance job the binary schedules) to
+//! delete it. The binary only hands these to the sleeper; the rules are the capsules'.
 
 use async_trait::async_trait;
 use cairn_events::domain::capsule;
 use cairn_events::{DueAction, DueItem, Handled};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{Capsules, EXPIRE, Outcome, PURGE, RELEASE};
@@ -53,24 +50,3 @@ pub fn capsule_of(item: &DueItem) -> Option<Uuid> {
 /// How old a stored file no capsule keeps must be before the sweep deletes it: uploads in
 /// progress, and capsules being written, are far younger.
 pub const SWEEP_AFTER: chrono::Duration = chrono::Duration::days(1);
-
-/// Until `shutdown`: a minute after start, then every six hours, delete stored files no
-/// capsule keeps (an upload cut off by a crash, or stored but never submitted) once they
-/// are [`SWEEP_AFTER`] old.
-pub async fn sweep_files(capsules: Capsules, shutdown: CancellationToken) {
-    let mut wait = Duration::from_secs(60);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
-        }
-        // The blob store's clock is the wall clock, whatever the capsules' clock says.
-        let cutoff = chrono::Utc::now() - SWEEP_AFTER;
-        match capsules.sweep_files(cutoff).await {
-            Ok(0) => {}
-            Ok(swept) => tracing::info!(swept, "deleted files no capsule keeps"),
-            Err(error) => tracing::warn!(%error, "sweeping capsule files failed; trying later"),
-        }
-        wait = Duration::from_secs(6 * 3600);
-    }
-}

@@ -22,8 +22,8 @@ use uuid::Uuid;
 
 use crate::circuit::Circuit;
 use crate::{
-    AppendRequest, AppendStats, Appended, DueIndex, DueItem, Envelope, EventStore, Lease, Outbox,
-    Outcome, Position, QueuedMessage, Store, StoreError,
+    AppendRequest, AppendStats, Appended, DueIndex, DueItem, DueStatus, Envelope, EventStore,
+    Lease, Outbox, OutboxStatus, Outcome, Position, QueuedMessage, Store, StoreError, WorkStats,
 };
 
 /// A store whose calls are bounded by a timeout and fail fast while it is down.
@@ -167,8 +167,36 @@ impl<S: Store> DueIndex for Guarded<S> {
         self.call(self.inner.finish_due(item)).await
     }
 
+    async fn renew_due(&self, keys: &[String], until: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.call(self.inner.renew_due(keys, until)).await
+    }
+
     async fn retry_due(&self, item: &DueItem, at: DateTime<Utc>) -> Result<(), StoreError> {
         self.call(self.inner.retry_due(item, at)).await
+    }
+
+    async fn reschedule_due(
+        &self,
+        item: &DueItem,
+        next: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.call(self.inner.reschedule_due(item, next)).await
+    }
+
+    async fn plan_due(&self, item: &DueItem, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.call(self.inner.plan_due(item, now)).await
+    }
+
+    async fn due_status(&self, now: DateTime<Utc>, next: usize) -> Result<DueStatus, StoreError> {
+        self.call(self.inner.due_status(now, next)).await
+    }
+
+    fn holder(&self) -> i64 {
+        self.inner.holder()
+    }
+
+    fn work_stats(&self) -> Arc<WorkStats> {
+        self.inner.work_stats()
     }
 
     fn due_changed(&self) -> watch::Receiver<u64> {
@@ -189,6 +217,14 @@ impl<S: Store> Outbox for Guarded<S> {
             .await
     }
 
+    async fn renew_outbox(&self, ids: &[Uuid], until: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.call(self.inner.renew_outbox(ids, until)).await
+    }
+
+    async fn next_ready(&self, kind: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.call(self.inner.next_ready(kind)).await
+    }
+
     async fn settle(&self, id: Uuid, outcome: Outcome) -> Result<(), StoreError> {
         self.call(self.inner.settle(id, outcome)).await
     }
@@ -203,6 +239,10 @@ impl<S: Store> Outbox for Guarded<S> {
 
     async fn purge_sent(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         self.call(self.inner.purge_sent(before)).await
+    }
+
+    async fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
+        self.call(self.inner.outbox_status()).await
     }
 
     fn outbox_changed(&self) -> watch::Receiver<u64> {

@@ -8,12 +8,20 @@
 //! commit pays back by putting many appends in each transaction.
 //!
 //! Wake-ups: the batch sends `NOTIFY cairn_events` with the new head; every process
-//! LISTENs from the moment it opens the store, and re-reads the head every second in case
-//! a notification was lost while its listener reconnected.
+//! LISTENs from the moment it opens the store. When the listener's connection is lost,
+//! notifications sent meanwhile are lost with it: on reconnecting, the head is read again
+//! and every sleeper is woken to look for itself. Once a minute the listener's connection
+//! re-reads the head, which is also its keep-alive: an idle process sends nothing else.
+//!
+//! Claims: the listener's connection also holds a session advisory lock on this process's
+//! holder id for as long as the process lives (see `work`). Postgres frees the lock the
+//! moment the connection closes, a `kill -9` included, so a claim whose holder's lock is
+//! free (`pg_locks`) is taken over at once by whoever claims next.
 
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,8 +36,9 @@ use crate::group_commit::{BatchWriter, Committer, plan};
 use crate::migrate::POSTGRES as MIGRATIONS;
 use crate::work::{BatchWork, WorkSignals, after, earliest_first, oldest_first};
 use crate::{
-    AppendRequest, AppendStats, Appended, DueIndex, DueItem, Envelope, EventStore, Lease, Outbox,
-    OutboxMessage, Outcome, Position, QueuedMessage, StoreError,
+    AppendRequest, AppendStats, Appended, DueIndex, DueItem, DueStatus, Envelope, EventStore,
+    Lease, Outbox, OutboxMessage, OutboxStatus, Outcome, PendingItem, Position, QueuedMessage,
+    StoreError, WorkStats,
 };
 
 /// Advisory-lock class for Cairn's own locks (the first key of the two-key form).
@@ -40,6 +49,15 @@ pub const APPEND_LOCK: i32 = 1;
 const MIGRATE_LOCK: i32 = 2;
 /// Class for named leases (second key is `hashtext(name)`).
 const LEASE_CLASS: i32 = 0x4361_6973;
+/// Class for process holder ids (second key is the id).
+pub const HOLDER_CLASS: i32 = 0x4361_6974;
+/// How often an idle listener checks its connection (and re-reads the head).
+const KEEP_ALIVE: Duration = Duration::from_secs(60);
+/// The holder ids whose process is alive: those whose advisory lock is held, in this
+/// database. Spliced into the claim statements.
+const ALIVE: &str = "SELECT objid::bigint FROM pg_locks
+     WHERE locktype = 'advisory' AND classid = 1130457460::oid AND objsubid = 2 AND granted
+       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
 const CHANNEL: &str = "cairn_events";
 /// Notified when a due item is scheduled, and when an outbox message is queued.
 const DUE_CHANNEL: &str = "cairn_due";
@@ -51,12 +69,18 @@ pub struct PostgresStore {
     head: watch::Sender<Position>,
     signals: WorkSignals,
     stats: Arc<AppendStats>,
+    holder: Arc<AtomicI64>,
+    work_stats: Arc<WorkStats>,
+    /// Dropped with the store: stops the listener, which closes its connection and so
+    /// frees the holder lock.
+    _listening: tokio::sync::oneshot::Sender<()>,
 }
 
 impl PostgresStore {
     #[tracing::instrument(skip_all)]
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)?.application_name("cairn");
+        let options_for_listener = options.clone();
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(5))
@@ -67,16 +91,35 @@ impl PostgresStore {
         let initial = fetch_head(&pool).await?;
         let (head, _) = watch::channel(initial);
         // Listen before anyone reads, so no append committed after a read goes unnoticed.
-        let mut listener = PgListener::connect_with(&pool).await?;
+        // The listener's connection comes from a pool of its own: it holds the holder lock,
+        // which must never be lent to other queries, and closing that pool when the store
+        // is dropped frees the lock.
+        let listener_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options_for_listener)
+            .await?;
+        let mut listener = PgListener::connect_with(&listener_pool).await?;
         listener
             .listen_all([CHANNEL, DUE_CHANNEL, OUTBOX_CHANNEL])
             .await?;
+        let holder = Arc::new(AtomicI64::new(take_holder(&mut listener, None).await?));
+        tracing::info!(
+            holder = holder.load(Ordering::Relaxed),
+            "holding claims as this id"
+        );
         let signals = WorkSignals::new();
+        let (listening, stopped) = tokio::sync::oneshot::channel();
         tokio::spawn(follow_notifications(
             listener,
+            listener_pool,
             pool.clone(),
             head.clone(),
             signals.clone(),
+            holder.clone(),
+            stopped,
         ));
 
         let stats = Arc::new(AppendStats::default());
@@ -94,6 +137,9 @@ impl PostgresStore {
             head,
             signals,
             stats,
+            holder,
+            work_stats: Arc::default(),
+            _listening: listening,
         })
     }
 
@@ -146,11 +192,59 @@ async fn fetch_head(pool: &PgPool) -> Result<Position, StoreError> {
     )
 }
 
+/// Lock a holder id on the listener's connection: `prefer` if it is free (the id this
+/// process had before its connection was lost), else a new random one.
+async fn take_holder(listener: &mut PgListener, prefer: Option<i64>) -> Result<i64, StoreError> {
+    let mut candidate = prefer;
+    for _ in 0..16 {
+        // Random positive ids: an id is free unless a live process holds it.
+        let id = candidate
+            .take()
+            .unwrap_or_else(|| i64::from((uuid::Uuid::now_v7().as_u128() as u32) >> 1).max(1));
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+            .bind(HOLDER_CLASS)
+            .bind(i32::try_from(id).unwrap_or(1))
+            .fetch_one(&mut *listener)
+            .await?;
+        if got {
+            return Ok(id);
+        }
+    }
+    Err(StoreError::Invalid("no free holder id".into()))
+}
+
+/// After the listener's connection was lost: take the holder id again (claims renewed
+/// meanwhile may have been taken over: they are done at least once), wake every sleeper to
+/// look at what was scheduled or queued unheard, and read the head.
+async fn recover(
+    listener: &mut PgListener,
+    pool: &PgPool,
+    signals: &WorkSignals,
+    holder: &AtomicI64,
+) -> Option<Position> {
+    let before = holder.load(Ordering::Relaxed);
+    match take_holder(listener, Some(before)).await {
+        Ok(id) => {
+            if id != before {
+                tracing::warn!(before, now = id, "holder id changed after a reconnect");
+            }
+            holder.store(id, Ordering::Relaxed);
+        }
+        Err(error) => tracing::warn!(%error, "could not take the holder id again"),
+    }
+    signals.bump_due();
+    signals.bump_outbox();
+    fetch_head(pool).await.ok()
+}
+
 async fn follow_notifications(
     mut listener: PgListener,
+    listener_pool: PgPool,
     pool: PgPool,
     head: watch::Sender<Position>,
     signals: WorkSignals,
+    holder: Arc<AtomicI64>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
     let advance = |seen: Position| {
         head.send_if_modified(|h| {
@@ -160,8 +254,16 @@ async fn follow_notifications(
         });
     };
     loop {
-        match tokio::time::timeout(Duration::from_secs(1), listener.recv()).await {
-            Ok(Ok(notification)) => match notification.channel() {
+        let received = tokio::select! {
+            _ = &mut stopped => {
+                drop(listener);
+                listener_pool.close().await;
+                return;
+            }
+            received = tokio::time::timeout(KEEP_ALIVE, listener.try_recv()) => received,
+        };
+        match received {
+            Ok(Ok(Some(notification))) => match notification.channel() {
                 DUE_CHANNEL => signals.bump_due(),
                 OUTBOX_CHANNEL => signals.bump_outbox(),
                 _ => {
@@ -170,19 +272,29 @@ async fn follow_notifications(
                     }
                 }
             },
+            Ok(Ok(None)) => {
+                tracing::warn!("event notifications interrupted; reconnected");
+                if let Some(seen) = recover(&mut listener, &pool, &signals, &holder).await {
+                    advance(seen);
+                }
+            }
             Ok(Err(error)) => {
                 tracing::warn!(%error, "event notifications interrupted; reconnecting");
                 tokio::time::sleep(Duration::from_millis(250)).await;
-                // What was scheduled or queued meanwhile went unheard: look again.
-                signals.bump_due();
-                signals.bump_outbox();
-                if let Ok(seen) = fetch_head(&pool).await {
+                if let Some(seen) = recover(&mut listener, &pool, &signals, &holder).await {
                     advance(seen);
                 }
             }
             Err(_) => {
-                if let Ok(seen) = fetch_head(&pool).await {
-                    advance(seen);
+                // The keep-alive, on the listener's own connection: a connection that
+                // died silently fails here, and the next receive reconnects.
+                let seen: Result<Position, _> =
+                    sqlx::query_scalar("SELECT coalesce(max(position), 0)::bigint FROM events")
+                        .fetch_one(&mut listener)
+                        .await;
+                match seen {
+                    Ok(seen) => advance(seen),
+                    Err(error) => tracing::warn!(%error, "event listener keep-alive failed"),
                 }
             }
         }
@@ -321,7 +433,8 @@ async fn write_work(tx: &mut PgConnection, work: &BatchWork<'_>) -> Result<(), s
                  INSERT INTO due_items (key, stream_id, action, due_at)
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[])
                  ON CONFLICT (key) DO UPDATE SET stream_id = excluded.stream_id,
-                     action = excluded.action, due_at = excluded.due_at, claimed_until = NULL
+                     action = excluded.action, due_at = excluded.due_at, claimed_until = NULL,
+                     claimed_by = NULL
              )
              SELECT pg_notify($5, '')",
         )
@@ -377,6 +490,13 @@ fn queued(row: QueuedRow) -> QueuedMessage {
     }
 }
 
+type ClaimedRow = (String, String, String, DateTime<Utc>, Option<i64>);
+
+/// Count the claims among `prev` holders that belonged to another process.
+fn taken_over(prev: impl Iterator<Item = Option<i64>>, me: i64) -> usize {
+    prev.filter(|p| p.is_some_and(|p| p != me)).count()
+}
+
 #[async_trait]
 impl DueIndex for PostgresStore {
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -396,20 +516,40 @@ impl DueIndex for PostgresStore {
         limit: usize,
         hold: Duration,
     ) -> Result<Vec<DueItem>, StoreError> {
-        let rows: Vec<(String, String, String, DateTime<Utc>)> = sqlx::query_as(
-            "UPDATE due_items d SET claimed_until = $2
-             FROM (SELECT key FROM due_items
+        let me = self.holder();
+        let rows: Vec<ClaimedRow> = sqlx::query_as(&format!(
+            "UPDATE due_items d SET claimed_until = $2, claimed_by = $4
+             FROM (SELECT key, claimed_by AS prev FROM due_items
                    WHERE (claimed_until IS NULL AND due_at <= $1) OR claimed_until <= $1
+                      OR (claimed_by IS NOT NULL AND claimed_by <> $4
+                          AND claimed_by NOT IN ({ALIVE}))
                    ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED) AS c
              WHERE d.key = c.key
-             RETURNING d.key, d.stream_id, d.action, d.due_at",
-        )
+             RETURNING d.key, d.stream_id, d.action, d.due_at, c.prev"
+        ))
         .bind(now)
         .bind(after(now, hold))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(me)
         .fetch_all(&self.pool)
         .await?;
-        Ok(earliest_first(rows))
+        self.work_stats
+            .due_taken_over(taken_over(rows.iter().map(|r| r.4), me));
+        Ok(earliest_first(
+            rows.into_iter().map(|(k, s, a, d, _)| (k, s, a, d)),
+        ))
+    }
+
+    async fn renew_due(&self, keys: &[String], until: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE due_items SET claimed_until = $3 WHERE key = ANY($1) AND claimed_by = $2",
+        )
+        .bind(keys)
+        .bind(self.holder())
+        .bind(until)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     async fn finish_due(&self, item: &DueItem) -> Result<(), StoreError> {
@@ -422,13 +562,126 @@ impl DueIndex for PostgresStore {
     }
 
     async fn retry_due(&self, item: &DueItem, at: DateTime<Utc>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE due_items SET claimed_until = $3 WHERE key = $1 AND due_at = $2")
-            .bind(&item.key)
-            .bind(item.due_at)
-            .bind(at)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE due_items SET claimed_until = $3, claimed_by = NULL
+             WHERE key = $1 AND due_at = $2 AND claimed_by = $4",
+        )
+        .bind(&item.key)
+        .bind(item.due_at)
+        .bind(at)
+        .bind(self.holder())
+        .execute(&self.pool)
+        .await?;
         Ok(())
+    }
+
+    async fn reschedule_due(
+        &self,
+        item: &DueItem,
+        next: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let moved = sqlx::query(
+            "WITH moved AS (
+                 UPDATE due_items SET due_at = $3, claimed_until = NULL, claimed_by = NULL
+                 WHERE key = $1 AND due_at = $2 AND claimed_by = $4 RETURNING key
+             )
+             SELECT pg_notify($5, '') FROM moved",
+        )
+        .bind(&item.key)
+        .bind(item.due_at)
+        .bind(next)
+        .bind(self.holder())
+        .bind(DUE_CHANNEL)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            > 0;
+        if moved {
+            self.signals.bump_due();
+        }
+        Ok(moved)
+    }
+
+    async fn plan_due(&self, item: &DueItem, now: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query(
+            "WITH planned AS (
+                 INSERT INTO due_items (key, stream_id, action, due_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (key) DO UPDATE SET due_at = excluded.due_at
+                 WHERE due_items.claimed_until IS NULL AND due_items.due_at > $5
+                   AND due_items.due_at <> excluded.due_at
+                 RETURNING key
+             )
+             SELECT pg_notify($6, '') FROM planned",
+        )
+        .bind(&item.key)
+        .bind(&item.stream_id)
+        .bind(&item.action)
+        .bind(item.due_at)
+        .bind(now)
+        .bind(DUE_CHANNEL)
+        .execute(&self.pool)
+        .await?;
+        self.signals.bump_due();
+        Ok(())
+    }
+
+    async fn due_status(&self, now: DateTime<Utc>, next: usize) -> Result<DueStatus, StoreError> {
+        let (depth, overdue, oldest): (i64, i64, Option<DateTime<Utc>>) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE due_at <= $1),
+                    min(due_at) FILTER (WHERE due_at <= $1)
+             FROM due_items",
+        )
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        // Each half walks a partial index; the claimed half is small.
+        let rows: Vec<(
+            String,
+            String,
+            String,
+            DateTime<Utc>,
+            Option<i64>,
+            Option<DateTime<Utc>>,
+        )> = sqlx::query_as(
+            "SELECT * FROM (
+                     (SELECT key, stream_id, action, due_at, claimed_by, claimed_until
+                      FROM due_items WHERE claimed_until IS NULL ORDER BY due_at LIMIT $1)
+                     UNION ALL
+                     (SELECT key, stream_id, action, due_at, claimed_by, claimed_until
+                      FROM due_items WHERE claimed_until IS NOT NULL ORDER BY due_at LIMIT $1)
+                 ) AS n ORDER BY due_at, key LIMIT $1",
+        )
+        .bind(i64::try_from(next).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(DueStatus {
+            depth: u64::try_from(depth).unwrap_or(0),
+            overdue: u64::try_from(overdue).unwrap_or(0),
+            oldest_overdue: oldest,
+            next: rows
+                .into_iter()
+                .map(
+                    |(key, stream_id, action, due_at, claimed_by, claimed_until)| PendingItem {
+                        item: DueItem {
+                            key,
+                            stream_id,
+                            action,
+                            due_at,
+                        },
+                        claimed_by,
+                        claimed_until,
+                    },
+                )
+                .collect(),
+        })
+    }
+
+    fn holder(&self) -> i64 {
+        self.holder.load(Ordering::Relaxed)
+    }
+
+    fn work_stats(&self) -> Arc<WorkStats> {
+        self.work_stats.clone()
     }
 
     fn due_changed(&self) -> watch::Receiver<u64> {
@@ -445,41 +698,84 @@ impl Outbox for PostgresStore {
         limit: usize,
         hold: Duration,
     ) -> Result<Vec<QueuedMessage>, StoreError> {
-        let rows: Vec<QueuedRow> = sqlx::query_as(
-            "UPDATE outbox o SET ready_at = $3, attempts = o.attempts + 1
-             FROM (SELECT id FROM outbox
-                   WHERE state = 'queued' AND kind = $1 AND ready_at <= $2
+        let me = self.holder();
+        let rows: Vec<(
+            Uuid,
+            String,
+            serde_json::Value,
+            i32,
+            DateTime<Utc>,
+            Option<String>,
+            Option<i64>,
+        )> = sqlx::query_as(&format!(
+            "UPDATE outbox o SET ready_at = $3, attempts = o.attempts + 1, claimed_by = $5
+             FROM (SELECT id, claimed_by AS prev FROM outbox
+                   WHERE state = 'queued' AND kind = $1
+                     AND (ready_at <= $2
+                          OR (claimed_by IS NOT NULL AND claimed_by <> $5
+                              AND claimed_by NOT IN ({ALIVE})))
                    ORDER BY ready_at LIMIT $4 FOR UPDATE SKIP LOCKED) AS c
              WHERE o.id = c.id
-             RETURNING o.id, o.kind, o.payload, o.attempts - 1, o.queued_at, o.last_error",
-        )
+             RETURNING o.id, o.kind, o.payload, o.attempts - 1, o.queued_at, o.last_error, c.prev"
+        ))
         .bind(kind)
         .bind(now)
         .bind(after(now, hold))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(me)
         .fetch_all(&self.pool)
         .await?;
-        Ok(oldest_first(rows.into_iter().map(queued).collect()))
+        self.work_stats
+            .outbox_taken_over(taken_over(rows.iter().map(|r| r.6), me));
+        Ok(oldest_first(
+            rows.into_iter()
+                .map(|(i, k, p, a, q, e, _)| queued((i, k, p, a, q, e)))
+                .collect(),
+        ))
+    }
+
+    async fn renew_outbox(&self, ids: &[Uuid], until: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE outbox SET ready_at = $3
+             WHERE id = ANY($1) AND claimed_by = $2 AND state = 'queued'",
+        )
+        .bind(ids)
+        .bind(self.holder())
+        .bind(until)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn next_ready(&self, kind: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT min(ready_at) FROM outbox WHERE state = 'queued' AND kind = $1",
+        )
+        .bind(kind)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     async fn settle(&self, id: Uuid, outcome: Outcome) -> Result<(), StoreError> {
         let query = match &outcome {
             Outcome::Sent => sqlx::query(
-                "UPDATE outbox SET state = 'sent', sent_at = $2, last_error = NULL WHERE id = $1",
+                "UPDATE outbox SET state = 'sent', sent_at = $2, last_error = NULL, claimed_by = NULL
+                 WHERE id = $1",
             )
             .bind(id)
             .bind(Utc::now()),
             Outcome::Retry { error, at } => sqlx::query(
-                "UPDATE outbox SET ready_at = $2, last_error = $3 WHERE id = $1 AND state = 'queued'",
+                "UPDATE outbox SET ready_at = $2, last_error = $3, claimed_by = NULL
+                 WHERE id = $1 AND state = 'queued'",
             )
             .bind(id)
             .bind(*at)
             .bind(error),
-            Outcome::Dead { error } => {
-                sqlx::query("UPDATE outbox SET state = 'dead', last_error = $2 WHERE id = $1")
-                    .bind(id)
-                    .bind(error)
-            }
+            Outcome::Dead { error } => sqlx::query(
+                "UPDATE outbox SET state = 'dead', last_error = $2, claimed_by = NULL WHERE id = $1",
+            )
+            .bind(id)
+            .bind(error),
         };
         query.execute(&self.pool).await?;
         Ok(())
@@ -498,7 +794,7 @@ impl Outbox for PostgresStore {
 
     async fn revive(&self, id: Uuid) -> Result<bool, StoreError> {
         let revived = sqlx::query(
-            "UPDATE outbox SET state = 'queued', attempts = 0, ready_at = $2
+            "UPDATE outbox SET state = 'queued', attempts = 0, ready_at = $2, claimed_by = NULL
              WHERE id = $1 AND state = 'dead'",
         )
         .bind(id)
@@ -525,6 +821,24 @@ impl Outbox for PostgresStore {
                 .await?
                 .rows_affected(),
         )
+    }
+
+    async fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
+        // Each count walks a partial index; sent messages are not counted.
+        let (queued, retrying, dead, oldest): (i64, i64, i64, Option<DateTime<Utc>>) =
+            sqlx::query_as(
+                "SELECT count(*), count(*) FILTER (WHERE attempts > 0 AND claimed_by IS NULL),
+                        (SELECT count(*) FROM outbox WHERE state = 'dead'), min(queued_at)
+                 FROM outbox WHERE state = 'queued'",
+            )
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(OutboxStatus {
+            queued: u64::try_from(queued).unwrap_or(0),
+            retrying: u64::try_from(retrying).unwrap_or(0),
+            dead: u64::try_from(dead).unwrap_or(0),
+            oldest_queued: oldest,
+        })
     }
 
     fn outbox_changed(&self) -> watch::Receiver<u64> {

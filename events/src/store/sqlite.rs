@@ -29,8 +29,9 @@ use crate::group_commit::{BatchWriter, Committer, plan};
 use crate::migrate::SQLITE as MIGRATIONS;
 use crate::work::{BatchWork, WorkSignals, after, earliest_first, oldest_first};
 use crate::{
-    AppendRequest, AppendStats, Appended, DueIndex, DueItem, Envelope, EventStore, Lease, Outbox,
-    OutboxMessage, Outcome, Position, QueuedMessage, StoreError,
+    AppendRequest, AppendStats, Appended, DueIndex, DueItem, DueStatus, Envelope, EventStore,
+    Lease, Outbox, OutboxMessage, OutboxStatus, Outcome, PendingItem, Position, QueuedMessage,
+    StoreError, WorkStats,
 };
 
 /// How often another process's appends are looked for.
@@ -45,6 +46,10 @@ pub struct SqliteStore {
     committer: Committer,
     head: watch::Sender<Position>,
     stats: Arc<AppendStats>,
+    /// This store's holder id. One process owns an embedded store, so a claim held by any
+    /// other id is a previous run's and is taken over at once.
+    holder: i64,
+    work_stats: Arc<WorkStats>,
 }
 
 impl SqliteStore {
@@ -91,6 +96,8 @@ impl SqliteStore {
             committer,
             head,
             stats,
+            holder: i64::from((Uuid::now_v7().as_u128() as u32) >> 1).max(1),
+            work_stats: Arc::default(),
         })
     }
 }
@@ -297,7 +304,8 @@ fn write_work<'a>(
                 "INSERT INTO due_items (key, stream_id, action, due_at)
                  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?1) WHERE true
                  ON CONFLICT (key) DO UPDATE SET stream_id = excluded.stream_id,
-                     action = excluded.action, due_at = excluded.due_at, claimed_until = NULL",
+                     action = excluded.action, due_at = excluded.due_at, claimed_until = NULL,
+                     claimed_by = NULL",
             )
             .bind(serde_json::Value::Array(items).to_string())
             .execute(&mut *conn)
@@ -341,6 +349,11 @@ fn queued(row: QueuedRow) -> Result<QueuedMessage, StoreError> {
     })
 }
 
+/// Count the claims among `prev` holders that belonged to another holder.
+fn taken_over(prev: impl Iterator<Item = Option<i64>>, me: i64) -> usize {
+    prev.filter(|p| p.is_some_and(|p| p != me)).count()
+}
+
 #[async_trait]
 impl DueIndex for SqliteStore {
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -361,23 +374,49 @@ impl DueIndex for SqliteStore {
         limit: usize,
         hold: Duration,
     ) -> Result<Vec<DueItem>, StoreError> {
-        // One statement, so atomic; the single writer connection of `work` and SQLite's
-        // lock keep two claims from taking the same item.
-        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-            "UPDATE due_items SET claimed_until = ?2
-             WHERE key IN (SELECT key FROM due_items
-                           WHERE (claimed_until IS NULL AND due_at <= ?1) OR claimed_until <= ?1
-                           ORDER BY due_at LIMIT ?3)
-             RETURNING key, stream_id, action, due_at",
+        // One transaction on the single connection of `work`, whose writes SQLite
+        // serializes: two claims never take the same item.
+        let mut tx = self.work.begin_with("BEGIN IMMEDIATE").await?;
+        let rows: Vec<(String, String, String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT key, stream_id, action, due_at, claimed_by FROM due_items
+             WHERE (claimed_until IS NULL AND due_at <= ?1) OR claimed_until <= ?1
+                OR (claimed_by IS NOT NULL AND claimed_by <> ?2)
+             ORDER BY due_at LIMIT ?3",
         )
         .bind(millis(now))
-        .bind(millis(after(now, hold)))
+        .bind(self.holder)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.work)
+        .fetch_all(&mut *tx)
         .await?;
+        let keys: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        sqlx::query(
+            "UPDATE due_items SET claimed_until = ?2, claimed_by = ?3
+             WHERE key IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(serde_json::to_string(&keys).unwrap_or_else(|_| "[]".into()))
+        .bind(millis(after(now, hold)))
+        .bind(self.holder)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.work_stats
+            .due_taken_over(taken_over(rows.iter().map(|r| r.4), self.holder));
         Ok(earliest_first(rows.into_iter().map(
-            |(key, stream, action, due_at)| (key, stream, action, from_millis(due_at)),
+            |(key, stream, action, due_at, _)| (key, stream, action, from_millis(due_at)),
         )))
+    }
+
+    async fn renew_due(&self, keys: &[String], until: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE due_items SET claimed_until = ?3
+             WHERE key IN (SELECT value FROM json_each(?1)) AND claimed_by = ?2",
+        )
+        .bind(serde_json::to_string(keys).unwrap_or_else(|_| "[]".into()))
+        .bind(self.holder)
+        .bind(millis(until))
+        .execute(&self.work)
+        .await?
+        .rows_affected())
     }
 
     async fn finish_due(&self, item: &DueItem) -> Result<(), StoreError> {
@@ -390,13 +429,104 @@ impl DueIndex for SqliteStore {
     }
 
     async fn retry_due(&self, item: &DueItem, at: DateTime<Utc>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE due_items SET claimed_until = ?3 WHERE key = ?1 AND due_at = ?2")
-            .bind(&item.key)
-            .bind(millis(item.due_at))
-            .bind(millis(at))
-            .execute(&self.work)
-            .await?;
+        sqlx::query(
+            "UPDATE due_items SET claimed_until = ?3, claimed_by = NULL
+             WHERE key = ?1 AND due_at = ?2 AND claimed_by = ?4",
+        )
+        .bind(&item.key)
+        .bind(millis(item.due_at))
+        .bind(millis(at))
+        .bind(self.holder)
+        .execute(&self.work)
+        .await?;
         Ok(())
+    }
+
+    async fn reschedule_due(
+        &self,
+        item: &DueItem,
+        next: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let moved = sqlx::query(
+            "UPDATE due_items SET due_at = ?3, claimed_until = NULL, claimed_by = NULL
+             WHERE key = ?1 AND due_at = ?2 AND claimed_by = ?4",
+        )
+        .bind(&item.key)
+        .bind(millis(item.due_at))
+        .bind(millis(next))
+        .bind(self.holder)
+        .execute(&self.work)
+        .await?
+        .rows_affected()
+            > 0;
+        if moved {
+            self.signals.bump_due();
+        }
+        Ok(moved)
+    }
+
+    async fn plan_due(&self, item: &DueItem, now: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO due_items (key, stream_id, action, due_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (key) DO UPDATE SET due_at = excluded.due_at
+             WHERE due_items.claimed_until IS NULL AND due_items.due_at > ?5
+               AND due_items.due_at <> excluded.due_at",
+        )
+        .bind(&item.key)
+        .bind(&item.stream_id)
+        .bind(&item.action)
+        .bind(millis(item.due_at))
+        .bind(millis(now))
+        .execute(&self.work)
+        .await?;
+        self.signals.bump_due();
+        Ok(())
+    }
+
+    async fn due_status(&self, now: DateTime<Utc>, next: usize) -> Result<DueStatus, StoreError> {
+        let (depth, overdue, oldest): (i64, i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE due_at <= ?1),
+                    min(due_at) FILTER (WHERE due_at <= ?1)
+             FROM due_items",
+        )
+        .bind(millis(now))
+        .fetch_one(&self.pool)
+        .await?;
+        let rows: Vec<(String, String, String, i64, Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT key, stream_id, action, due_at, claimed_by, claimed_until FROM due_items
+             ORDER BY due_at, key LIMIT ?1",
+        )
+        .bind(i64::try_from(next).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(DueStatus {
+            depth: u64::try_from(depth).unwrap_or(0),
+            overdue: u64::try_from(overdue).unwrap_or(0),
+            oldest_overdue: oldest.map(from_millis),
+            next: rows
+                .into_iter()
+                .map(
+                    |(key, stream_id, action, due_at, claimed_by, claimed_until)| PendingItem {
+                        item: DueItem {
+                            key,
+                            stream_id,
+                            action,
+                            due_at: from_millis(due_at),
+                        },
+                        claimed_by,
+                        claimed_until: claimed_until.map(from_millis),
+                    },
+                )
+                .collect(),
+        })
+    }
+
+    fn holder(&self) -> i64 {
+        self.holder
+    }
+
+    fn work_stats(&self) -> Arc<WorkStats> {
+        self.work_stats.clone()
     }
 
     fn due_changed(&self) -> watch::Receiver<u64> {
@@ -413,45 +543,93 @@ impl Outbox for SqliteStore {
         limit: usize,
         hold: Duration,
     ) -> Result<Vec<QueuedMessage>, StoreError> {
-        let rows: Vec<QueuedRow> = sqlx::query_as(
-            "UPDATE outbox SET ready_at = ?3, attempts = attempts + 1
-             WHERE id IN (SELECT id FROM outbox
-                          WHERE state = 'queued' AND kind = ?1 AND ready_at <= ?2
-                          ORDER BY ready_at LIMIT ?4)
-             RETURNING id, kind, payload, attempts - 1, queued_at, last_error",
+        let mut tx = self.work.begin_with("BEGIN IMMEDIATE").await?;
+        let rows: Vec<(
+            String,
+            String,
+            String,
+            i32,
+            i64,
+            Option<String>,
+            Option<i64>,
+        )> = sqlx::query_as(
+            "SELECT id, kind, payload, attempts, queued_at, last_error, claimed_by FROM outbox
+                 WHERE state = 'queued' AND kind = ?1
+                   AND (ready_at <= ?2 OR (claimed_by IS NOT NULL AND claimed_by <> ?3))
+                 ORDER BY ready_at LIMIT ?4",
         )
         .bind(kind)
         .bind(millis(now))
-        .bind(millis(after(now, hold)))
+        .bind(self.holder)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.work)
+        .fetch_all(&mut *tx)
         .await?;
+        let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        sqlx::query(
+            "UPDATE outbox SET ready_at = ?2, attempts = attempts + 1, claimed_by = ?3
+             WHERE id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
+        .bind(millis(after(now, hold)))
+        .bind(self.holder)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.work_stats
+            .outbox_taken_over(taken_over(rows.iter().map(|r| r.6), self.holder));
         let messages = rows
             .into_iter()
-            .map(queued)
+            .map(|(i, k, p, a, q, e, _)| queued((i, k, p, a, q, e)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(oldest_first(messages))
+    }
+
+    async fn renew_outbox(&self, ids: &[Uuid], until: DateTime<Utc>) -> Result<u64, StoreError> {
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        Ok(sqlx::query(
+            "UPDATE outbox SET ready_at = ?3
+             WHERE id IN (SELECT value FROM json_each(?1)) AND claimed_by = ?2
+               AND state = 'queued'",
+        )
+        .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
+        .bind(self.holder)
+        .bind(millis(until))
+        .execute(&self.work)
+        .await?
+        .rows_affected())
+    }
+
+    async fn next_ready(&self, kind: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let at: Option<i64> = sqlx::query_scalar(
+            "SELECT min(ready_at) FROM outbox WHERE state = 'queued' AND kind = ?1",
+        )
+        .bind(kind)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(at.map(from_millis))
     }
 
     async fn settle(&self, id: Uuid, outcome: Outcome) -> Result<(), StoreError> {
         let id = id.to_string();
         let query = match &outcome {
             Outcome::Sent => sqlx::query(
-                "UPDATE outbox SET state = 'sent', sent_at = ?2, last_error = NULL WHERE id = ?1",
+                "UPDATE outbox SET state = 'sent', sent_at = ?2, last_error = NULL, claimed_by = NULL
+                 WHERE id = ?1",
             )
             .bind(id)
             .bind(millis(Utc::now())),
             Outcome::Retry { error, at } => sqlx::query(
-                "UPDATE outbox SET ready_at = ?2, last_error = ?3 WHERE id = ?1 AND state = 'queued'",
+                "UPDATE outbox SET ready_at = ?2, last_error = ?3, claimed_by = NULL
+                 WHERE id = ?1 AND state = 'queued'",
             )
             .bind(id)
             .bind(millis(*at))
             .bind(error),
-            Outcome::Dead { error } => {
-                sqlx::query("UPDATE outbox SET state = 'dead', last_error = ?2 WHERE id = ?1")
-                    .bind(id)
-                    .bind(error)
-            }
+            Outcome::Dead { error } => sqlx::query(
+                "UPDATE outbox SET state = 'dead', last_error = ?2, claimed_by = NULL WHERE id = ?1",
+            )
+            .bind(id)
+            .bind(error),
         };
         query.execute(&self.work).await?;
         Ok(())
@@ -470,7 +648,7 @@ impl Outbox for SqliteStore {
 
     async fn revive(&self, id: Uuid) -> Result<bool, StoreError> {
         let revived = sqlx::query(
-            "UPDATE outbox SET state = 'queued', attempts = 0, ready_at = ?2
+            "UPDATE outbox SET state = 'queued', attempts = 0, ready_at = ?2, claimed_by = NULL
              WHERE id = ?1 AND state = 'dead'",
         )
         .bind(id.to_string())
@@ -493,6 +671,22 @@ impl Outbox for SqliteStore {
                 .await?
                 .rows_affected(),
         )
+    }
+
+    async fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
+        let (queued, retrying, dead, oldest): (i64, i64, i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE attempts > 0 AND claimed_by IS NULL),
+                    (SELECT count(*) FROM outbox WHERE state = 'dead'), min(queued_at)
+             FROM outbox WHERE state = 'queued'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(OutboxStatus {
+            queued: u64::try_from(queued).unwrap_or(0),
+            retrying: u64::try_from(retrying).unwrap_or(0),
+            dead: u64::try_from(dead).unwrap_or(0),
+            oldest_queued: oldest.map(from_millis),
+        })
     }
 
     fn outbox_changed(&self) -> watch::Receiver<u64> {
