@@ -1,5 +1,5 @@
 // pg-boss as a peer of Cairn's scheduler (benches/support/peers.rs runs it).
-//   node pgboss.cjs work URL POLL_MS|default   a worker; prints READY, then one line per job:
+//   node pgboss.cjs work URL POLL_MS[:BATCH]|default  a worker; prints READY, then one line per job:
 //                                               JOB <kind> <i> <due ms> <started ms>
 //   node pgboss.cjs load URL KIND COUNT T0_MS SPREAD_MS
 //                                               queues COUNT no-op jobs, job i due at
@@ -27,7 +27,10 @@ async function boss(url, options = {}) {
 
 async function work(url, poll) {
   const b = await boss(url);
-  const options = poll === "default" ? {} : { pollingIntervalSeconds: Number(poll) / 1000 };
+  // POLL_MS[:BATCH_SIZE], or `default`.
+  const [ms, batch] = poll.split(":");
+  const options = ms === "default" ? {} : { pollingIntervalSeconds: Number(ms) / 1000 };
+  if (batch) options.batchSize = Number(batch);
   await b.work(QUEUE, options, async (jobs) => {
     const started = now();
     for (const job of jobs) {

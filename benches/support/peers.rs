@@ -9,7 +9,8 @@
 //! Knobs: `BENCH_PEERS` (`pgboss,graphile`), `BENCH_PEERS_DIR` (where npm installs them),
 //! `BENCH_GRAPHILE_POLL_MS` (100: graphile-worker enforces no floor; pg-boss's is 500 ms),
 //! `BENCH_PEER_BURST_SECONDS` (120: how long a burst may take before its rate is projected;
-//! pg-boss by default fetches one job per poll and worker).
+//! pg-boss by default fetches one job per poll and worker), `BENCH_PGBOSS_BATCH` (unset: a
+//! third pg-boss run, at 500 ms, fetching that many jobs a time).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -66,7 +67,10 @@ fn peers() -> Vec<Peer> {
     if wants("graphile") {
         for (label, poll) in [
             ("defaults (poll 2 s)".to_owned(), "default".to_owned()),
-            (format!("poll {graphile_poll} ms"), graphile_poll.to_string()),
+            (
+                format!("poll {graphile_poll} ms"),
+                graphile_poll.to_string(),
+            ),
         ] {
             list.push(Peer {
                 name: "graphile-worker",
@@ -77,6 +81,21 @@ fn peers() -> Vec<Peer> {
             });
         }
     }
+    // Optionally, pg-boss at its minimum poll fetching `BENCH_PGBOSS_BATCH` jobs a time
+    // (its defaults fetch one per poll and worker).
+    if wants("pgboss")
+        && let Some(batch) = std::env::var("BENCH_PGBOSS_BATCH")
+            .ok()
+            .filter(|b| !b.is_empty())
+    {
+        list.push(Peer {
+            name: "pg-boss",
+            script: "pgboss.cjs",
+            label: format!("poll 500 ms, batch {batch}"),
+            poll: format!("500:{batch}"),
+            wipe: "DELETE FROM pgboss.job",
+        });
+    }
     list
 }
 
@@ -84,8 +103,7 @@ fn peers() -> Vec<Peer> {
 /// `Err` says why the part cannot run.
 async fn install() -> anyhow::Result<PathBuf> {
     let version = Command::new("node").arg("--version").output().await;
-    let Ok(version) = version.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    else {
+    let Ok(version) = version.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()) else {
         anyhow::bail!("Node is missing (node not found)");
     };
     let dir = std::env::var("BENCH_PEERS_DIR").map_or_else(
@@ -101,7 +119,10 @@ async fn install() -> anyhow::Result<PathBuf> {
             .is_ok_and(|p| p.contains(&format!("\"version\": \"{want}\"")))
     };
     if !(installed("pg-boss", PG_BOSS) && installed("graphile-worker", GRAPHILE_WORKER)) {
-        println!("  installing pg-boss {PG_BOSS} and graphile-worker {GRAPHILE_WORKER} into {} (Node {version})", dir.display());
+        println!(
+            "  installing pg-boss {PG_BOSS} and graphile-worker {GRAPHILE_WORKER} into {} (Node {version})",
+            dir.display()
+        );
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("package.json"), "{\"private\": true}\n")?;
         let status = Command::new("npm")
@@ -238,8 +259,9 @@ fn starts(jobs: &Mutex<Vec<Job>>, kind: &str) -> (Latencies, usize, usize, f64) 
             repeats += 1;
             continue;
         }
-        late.0
-            .push(Duration::from_secs_f64(((job.started_ms - job.due_ms) / 1000.0).max(0.0)));
+        late.0.push(Duration::from_secs_f64(
+            ((job.started_ms - job.due_ms) / 1000.0).max(0.0),
+        ));
         last = last.max(job.started_ms);
     }
     (late, seen.len(), repeats, last)
@@ -292,6 +314,12 @@ pub async fn bench_peers(
             let deadline = Instant::now() + Duration::from_secs(spread_s + 70);
             wait_kind(&jobs, "p", precision, deadline).await;
             let (mut late, done, repeats, _) = starts(&jobs, "p");
+            if done < precision {
+                // Left over (pg-boss by default fetches one job per poll and worker): drop
+                // them, so the burst is measured alone.
+                let mut conn = sqlx::PgConnection::connect(&url).await?;
+                sqlx::query(peer.wipe).execute(&mut conn).await?;
+            }
             let p99 = late.percentile(99.0);
             summary.add(
                 &format!("peer {what}: precision, {precision} jobs over {spread_s} s, lateness (start - scheduled)"),

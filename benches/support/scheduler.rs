@@ -28,8 +28,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
 use anyhow::Context;
-use cairn_command::capsules::decide::{self, Command as CapsuleCommand, Decision, Rules};
 use cairn_command::capsules::CapsuleState;
+use cairn_command::capsules::decide::{self, Command as CapsuleCommand, Decision, Rules};
 use cairn_events::domain::capsule::{self, CapsuleSubmitted, EmailAddress, Party, PersonName};
 use cairn_events::{AppendRequest, Effects, EventStore, ExpectedVersion, Metadata};
 use chrono::{DateTime, Utc};
@@ -294,6 +294,16 @@ impl Queries {
     }
 }
 
+/// A `pg_stat_activity` row: backend pid, client port, database, when its current (or
+/// last) statement started, and that statement's start.
+type ActivityRow = (
+    i32,
+    Option<i32>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    String,
+);
+
 /// Count the statements the `watched` connections run for `window`, by sampling
 /// `pg_stat_activity` every 5 ms and counting each change of a backend's `query_start`
 /// (set when a statement starts). `pg_stat_statements` would count exactly, but it needs
@@ -317,14 +327,13 @@ pub async fn watch_queries(watched: &Watched, window: Duration) -> anyhow::Resul
             ports = client_ports(pids);
             ports_at = Some(Instant::now());
         }
-        let rows: Vec<(i32, Option<i32>, Option<String>, Option<DateTime<Utc>>, String)> =
-            sqlx::query_as(
-                "SELECT pid, client_port, datname::text, query_start, left(query, 60)
+        let rows: Vec<ActivityRow> = sqlx::query_as(
+            "SELECT pid, client_port, datname::text, query_start, left(query, 60)
                  FROM pg_stat_activity
                  WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
-            )
-            .fetch_all(&mut conn)
-            .await?;
+        )
+        .fetch_all(&mut conn)
+        .await?;
         for (pid, port, database, query_start, sql) in rows {
             let ours = match watched {
                 Watched::Processes(_) => port.is_some_and(|p| ports.contains(&p)),
@@ -349,7 +358,7 @@ pub async fn watch_queries(watched: &Watched, window: Duration) -> anyhow::Resul
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let mut statements: Vec<(String, u64)> = statements.into_iter().collect();
-    statements.sort_by(|a, b| b.1.cmp(&a.1));
+    statements.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     Ok(Queries { count, statements })
 }
 
@@ -407,7 +416,11 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start(schedulers: usize, command: bool, extra: &[(&str, &str)]) -> anyhow::Result<Self> {
+    async fn start(
+        schedulers: usize,
+        command: bool,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let sink = MailSink::start().await?;
         let deployment = Deployment::fresh().await;
         let mut env = deployment.env.clone();
@@ -431,12 +444,22 @@ impl Cluster {
         };
         if command {
             let server = spawn_server_with_role(&cluster.env, "command")?;
-            wait_for_200(&client, &format!("{}/health/live", server.base), Instant::now()).await;
+            wait_for_200(
+                &client,
+                &format!("{}/health/live", server.base),
+                Instant::now(),
+            )
+            .await;
             cluster.command = Some(server);
         }
         for _ in 0..schedulers {
             let server = spawn_server_with_role(&cluster.env, "scheduler")?;
-            wait_for_200(&client, &format!("{}/health/live", server.base), Instant::now()).await;
+            wait_for_200(
+                &client,
+                &format!("{}/health/live", server.base),
+                Instant::now(),
+            )
+            .await;
             cluster.schedulers.push(server);
         }
         Ok(cluster)
@@ -635,7 +658,8 @@ async fn precision(
     let started = Instant::now();
     let first_due = Utc::now() + chrono::Duration::seconds(10);
     let step = spread / count.max(1) as u32;
-    let due_at = |i: usize| first_due + chrono::Duration::from_std(step * i as u32).unwrap_or_default();
+    let due_at =
+        |i: usize| first_due + chrono::Duration::from_std(step * i as u32).unwrap_or_default();
     let capsules = (0..count)
         .map(|i| (format!("p{i}@example.com"), due_at(i)))
         .collect::<Vec<_>>();
@@ -675,17 +699,22 @@ async fn precision(
         ),
         "p99 < 10 ms",
     );
-    println!("  part took {:.0} s before the idle window", started.elapsed().as_secs_f64());
+    println!(
+        "  part took {:.0} s before the idle window",
+        started.elapsed().as_secs_f64()
+    );
 
     // Let the last sends settle, then watch the idle schedulers.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let pids = cluster.scheduler_pids();
     let measured = Idle::measure(&pids, Watched::Processes(pids.clone()), idle).await?;
     figures.idle_cpu_percent = Some(measured.cpu_percent);
-    figures.idle_queries_per_min =
-        Some(measured.queries.count as f64 * 60.0 / measured.seconds);
+    figures.idle_queries_per_min = Some(measured.queries.count as f64 * 60.0 / measured.seconds);
     summary.add(
-        &format!("scheduler idle for {} s: 2 scheduler processes", idle.as_secs()),
+        &format!(
+            "scheduler idle for {} s: 2 scheduler processes",
+            idle.as_secs()
+        ),
         measured.describe(),
         "< 1% of a core; <= 1 query/min",
     );
@@ -699,7 +728,9 @@ async fn burst(
     figures: &mut CairnFigures,
 ) -> anyhow::Result<()> {
     let count: usize = env_or("BENCH_SCHED_BURST", 10_000);
-    println!("\n== scheduler burst: {count} capsules due at one instant, two scheduler processes ==");
+    println!(
+        "\n== scheduler burst: {count} capsules due at one instant, two scheduler processes =="
+    );
     let started = Instant::now();
     let lead = chrono::Duration::seconds(env_or("BENCH_SCHED_BURST_LEAD_SECONDS", 20));
     let due = Utc::now() + lead;
@@ -717,7 +748,10 @@ async fn burst(
         count as f64 / written.as_secs_f64(),
         (due - Utc::now()).num_milliseconds() as f64 / 1000.0
     );
-    anyhow::ensure!(Utc::now() < due, "writing the capsules took past their due time; raise BENCH_SCHED_BURST_LEAD_SECONDS");
+    anyhow::ensure!(
+        Utc::now() < due,
+        "writing the capsules took past their due time; raise BENCH_SCHED_BURST_LEAD_SECONDS"
+    );
     let pids = cluster.scheduler_pids();
     tokio::time::sleep((due - Utc::now()).to_std().unwrap_or_default()).await;
     let cpu_before = cpu_of(&pids);
@@ -736,8 +770,16 @@ async fn burst(
         *per_id.entry(&mail.message_id).or_default() += 1;
     }
     let email_duplicates: usize = per_id.values().map(|n| n - 1).sum();
-    let last_email = mails.iter().map(|m| since(m.at, due_time)).max().unwrap_or_default();
-    let first_email = mails.iter().map(|m| since(m.at, due_time)).min().unwrap_or_default();
+    let last_email = mails
+        .iter()
+        .map(|m| since(m.at, due_time))
+        .max()
+        .unwrap_or_default();
+    let first_email = mails
+        .iter()
+        .map(|m| since(m.at, due_time))
+        .min()
+        .unwrap_or_default();
 
     let releases = cluster.releases(&streams).await?;
     let release_count: usize = releases.values().map(Vec::len).sum();
@@ -858,7 +900,11 @@ async fn recurring_on(
         let bodies: Vec<serde_json::Value> = chunk.iter().map(|&i| body(i)).collect();
         tasks.spawn(async move {
             for body in bodies {
-                let response = client.post(format!("{base}/capsules")).json(&body).send().await?;
+                let response = client
+                    .post(format!("{base}/capsules"))
+                    .json(&body)
+                    .send()
+                    .await?;
                 anyhow::ensure!(response.status() == 202, "submit: {}", response.status());
             }
             Ok(())
@@ -867,15 +913,16 @@ async fn recurring_on(
     while let Some(done) = tasks.join_next().await {
         done??;
     }
-    println!(
-        "  submitted in {:.1} s",
-        submitting.elapsed().as_secs_f64()
-    );
+    println!("  submitted in {:.1} s", submitting.elapsed().as_secs_f64());
     // The confirmation emails carry the ids.
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut ids: HashMap<usize, String> = HashMap::new();
     while ids.len() < capsules {
-        anyhow::ensure!(Instant::now() < deadline, "only {} confirmation emails arrived", ids.len());
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} confirmation emails arrived",
+            ids.len()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
         for mail in cluster.sink.to_prefix("s") {
             if let (Some(id), Some(i)) = (
@@ -894,7 +941,10 @@ async fn recurring_on(
         let (client, base, chunk) = (client.clone(), base.clone(), chunk.to_vec());
         tasks.spawn(async move {
             for id in chunk {
-                let response = client.get(format!("{base}/api/confirm?id={id}")).send().await?;
+                let response = client
+                    .get(format!("{base}/api/confirm?id={id}"))
+                    .send()
+                    .await?;
                 anyhow::ensure!(response.status() == 200, "confirm: {}", response.status());
             }
             Ok(())
@@ -908,7 +958,10 @@ async fn recurring_on(
         submitting.elapsed().as_secs_f64(),
         (start - Utc::now()).num_seconds()
     );
-    anyhow::ensure!(Utc::now() < start - chrono::Duration::seconds(60), "confirming took past the first occurrence; raise BENCH_RECURRING_LEAD_SECONDS");
+    anyhow::ensure!(
+        Utc::now() < start - chrono::Duration::seconds(60),
+        "confirming took past the first occurrence; raise BENCH_RECURRING_LEAD_SECONDS"
+    );
 
     let want = capsules * count as usize;
     let deadline = Instant::now()
@@ -967,18 +1020,23 @@ async fn recurring_on(
         for (k, mail) in mails.iter().enumerate() {
             // The occurrence's scheduled time from its release event; failing that, the
             // latest second `i % 60` of a minute before the arrival.
-            let due = times.get(k).copied().flatten().map(SystemTime::from).unwrap_or_else(|| {
-                let secs = mail
-                    .at
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs();
-                let mut due = secs - secs % 60 + (i % 60) as u64;
-                if due > secs {
-                    due -= 60;
-                }
-                SystemTime::UNIX_EPOCH + Duration::from_secs(due)
-            });
+            let due = times
+                .get(k)
+                .copied()
+                .flatten()
+                .map(SystemTime::from)
+                .unwrap_or_else(|| {
+                    let secs = mail
+                        .at
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs();
+                    let mut due = secs - secs % 60 + (i % 60) as u64;
+                    if due > secs {
+                        due -= 60;
+                    }
+                    SystemTime::UNIX_EPOCH + Duration::from_secs(due)
+                });
             match mail.at.duration_since(due) {
                 Ok(lateness) => late.0.push(lateness),
                 Err(_) => early += 1,
