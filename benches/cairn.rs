@@ -13,6 +13,9 @@
 //!   `support/capsules.rs`).
 //! - `upload`: a 200 MB file capsule up and down, the server's memory sampled throughout
 //!   (see `support/upload.rs`).
+//! - `scheduler`: several scheduler processes: release precision and idle cost, a burst,
+//!   the same against pg-boss and graphile-worker, recurring capsules (see
+//!   `support/scheduler.rs`).
 //!
 //! Every figure is printed as it is measured and again in a summary at the end.
 
@@ -35,6 +38,10 @@ use uuid::Uuid;
 
 #[path = "support/capsules.rs"]
 mod capsules;
+#[path = "support/peers.rs"]
+mod peers;
+#[path = "support/scheduler.rs"]
+mod scheduler;
 #[path = "support/trends.rs"]
 mod trends;
 #[path = "support/upload.rs"]
@@ -723,7 +730,7 @@ fn temp_dir(what: &str) -> PathBuf {
 async fn main() -> anyhow::Result<()> {
     cairn::install_tls_provider();
     let only = std::env::var("BENCH_ONLY")
-        .unwrap_or_else(|_| "write,read,rss,cold,trends,capsules,upload".into());
+        .unwrap_or_else(|_| "write,read,rss,cold,trends,capsules,upload,scheduler".into());
     let wants = |s: &str| {
         only.split(',')
             .any(|o| o.trim() == s || (s == "read" && o.trim() == "lag"))
@@ -755,6 +762,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("upload") {
         upload::bench_upload(&mut summary).await?;
+    }
+    if wants("scheduler") {
+        scheduler::bench_scheduler(&mut summary).await?;
     }
     println!("\n| measure | figure | target |\n|---|---|---|");
     for (what, figure, target) in &summary.0 {
