@@ -173,8 +173,12 @@ struct CapsuleData {
     next_at: Option<String>,
     /// How many deliveries were made (skipped occurrences are not counted).
     deliveries: u32,
-    /// What happened to the capsule, oldest first, straight from its events.
+    /// What happened to the capsule, oldest first, straight from its events: the most
+    /// recent 200 entries.
     history: Vec<HistoryEntry>,
+    /// How many older entries `history` leaves out.
+    #[schema(minimum = 0)]
+    history_omitted: usize,
 }
 
 /// One entry of a capsule's history. `at` is when it happened (RFC 3339, to the
@@ -461,6 +465,7 @@ async fn status(
             next_at: state.next_occurrence().map(|o| stamp(o.scheduled_at)),
             deliveries: state.deliveries,
             history: history.entries.iter().map(HistoryEntry::from).collect(),
+            history_omitted: history.omitted,
         },
     }))
 }

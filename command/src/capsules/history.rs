@@ -26,8 +26,15 @@ use chrono::{DateTime, Utc};
 pub struct History {
     /// Whether the capsule repeats (its releases are then told apart by number).
     pub recurring: bool,
+    /// The most recent [`MAX_ENTRIES`] entries, oldest first.
     pub entries: Vec<Entry>,
+    /// How many older entries were left out: a series that has run for years has
+    /// thousands, and a view of it must stay small.
+    pub omitted: usize,
 }
+
+/// The most entries a history holds.
+pub const MAX_ENTRIES: usize = 200;
 
 /// One thing that happened to a capsule, `at` (when its event was written).
 #[derive(Clone, Debug, PartialEq)]
@@ -79,10 +86,15 @@ impl History {
             return Ok(None);
         };
         let submitted = CapsuleSubmitted::decode(first)?;
-        let mut entries = Vec::with_capacity(events.len());
+        let mut entries = std::collections::VecDeque::with_capacity(events.len().min(MAX_ENTRIES));
+        let mut omitted = 0;
         for envelope in events {
             if let Some(what) = happened(envelope, &submitted)? {
-                entries.push(Entry {
+                if entries.len() == MAX_ENTRIES {
+                    entries.pop_front();
+                    omitted += 1;
+                }
+                entries.push_back(Entry {
                     at: envelope.occurred_at,
                     what,
                 });
@@ -90,7 +102,8 @@ impl History {
         }
         Ok(Some(History {
             recurring: submitted.schedule.is_some(),
-            entries,
+            entries: entries.into(),
+            omitted,
         }))
     }
 }
@@ -516,5 +529,23 @@ mod tests {
         broken.payload = json!({ "message_id": 5 });
         let events = stream(vec![(0, new(&submitted(None))), (1, broken)]);
         assert!(History::of(&events).is_err());
+    }
+
+    #[test]
+    fn a_long_series_keeps_its_most_recent_entries() {
+        let mut events = vec![(0, new(&submitted(None)))];
+        for n in 1..=250 {
+            events.push((n, sent("delivery", &format!("<{n}@x>"), 0)));
+        }
+        let history = fold(&stream(events));
+        assert_eq!(history.entries.len(), super::MAX_ENTRIES);
+        assert_eq!(
+            history.omitted, 51,
+            "the submission and the 50 oldest sends"
+        );
+        assert_eq!(
+            history.entries.last(),
+            Some(&entry(250, email("delivery", "<250@x>", 0)))
+        );
     }
 }

@@ -290,7 +290,7 @@ async fn show_cancel(
     pages.render(
         StatusCode::OK,
         "cancel.html",
-        context! { open, unavailable, history => timeline(&history), ..describe(&state) },
+        context! { open, unavailable, history => timeline(&history), history_omitted => history.omitted, ..describe(&state) },
     )
 }
 
