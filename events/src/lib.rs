@@ -25,6 +25,7 @@ pub mod store;
 pub mod testing;
 pub mod work;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,6 +96,22 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// All events of one stream, oldest first.
     async fn read_stream(&self, stream_id: &str) -> Result<Vec<Envelope>, StoreError>;
+
+    /// All events of each of several streams, oldest first, by stream id (a stream with
+    /// no events is left out). A backend answers it in one round trip where it can.
+    async fn read_streams(
+        &self,
+        stream_ids: &[String],
+    ) -> Result<HashMap<String, Vec<Envelope>>, StoreError> {
+        let mut streams = HashMap::with_capacity(stream_ids.len());
+        for stream_id in stream_ids {
+            let events = self.read_stream(stream_id).await?;
+            if !events.is_empty() {
+                streams.insert(stream_id.clone(), events);
+            }
+        }
+        Ok(streams)
+    }
 
     /// Up to `limit` events after `after`, in global order, restricted to the given stream
     /// categories (the part of a stream id before the first `-`); empty means all.

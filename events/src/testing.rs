@@ -101,6 +101,19 @@ pub async fn round_trip(store: Arc<dyn EventStore>) {
     assert_eq!(after[0].position, 3);
     assert_eq!(store.head().await.unwrap(), 4);
     assert!(store.read_stream("missing-x").await.unwrap().is_empty());
+
+    // Several streams at once, each whole and in order; one with no events left out.
+    let wanted = ["other-b", "missing-x", "note-a"].map(String::from);
+    let streams = store.read_streams(&wanted).await.unwrap();
+    assert_eq!(streams.len(), 2);
+    assert_eq!(streams["note-a"], stream);
+    assert_eq!(
+        streams["other-b"]
+            .iter()
+            .map(|e| (e.version, e.position))
+            .collect::<Vec<_>>(),
+        [(1, 3)]
+    );
     // Timestamps survive to the microsecond.
     assert_eq!(
         all[0].occurred_at.timestamp_micros(),

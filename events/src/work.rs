@@ -17,6 +17,7 @@
 //! due item's command checks the stream's state, an email carries a Message-ID derived
 //! from its cause.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +28,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::StoreError;
+use crate::{Envelope, StoreError};
 
 /// Something to do at a time: the scheduler issues `action` on `stream_id` once `due_at`
 /// has passed.
@@ -105,6 +106,22 @@ pub enum Handled {
 #[async_trait]
 pub trait DueAction: Send + Sync + 'static {
     async fn run(&self, item: &DueItem) -> Result<Handled, String>;
+
+    /// Read at once, before a round's `items` run, the streams their actions would each
+    /// read: one round trip for a burst instead of one per item. The sleeper hands each
+    /// stream to [`DueAction::run_read`] for the stream's first item. By default nothing
+    /// is read and every item runs with [`DueAction::run`]. A failure only costs the
+    /// saving: the items read their own.
+    async fn prefetch(&self, _items: &[DueItem]) -> HashMap<String, Vec<Envelope>> {
+        HashMap::new()
+    }
+
+    /// [`DueAction::run`], given the item's stream as [`DueAction::prefetch`] read it.
+    /// Other processes may have appended since, so the action's append must expect the
+    /// version it decided on (a conflict reads the stream again).
+    async fn run_read(&self, item: &DueItem, _stream: Vec<Envelope>) -> Result<Handled, String> {
+        self.run(item).await
+    }
 }
 
 /// The due index: what the scheduler sleeps on.

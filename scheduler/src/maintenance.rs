@@ -10,11 +10,12 @@
 //! that is missing and moves one whose schedule changed, but leaves an overdue one alone,
 //! so a run missed while no scheduler was up happens as soon as one starts.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use cairn_events::schedule::Recurrence;
-use cairn_events::{Clock, DueAction, DueIndex, DueItem, Handled, StoreError};
+use cairn_events::{Clock, DueAction, DueIndex, DueItem, Envelope, Handled, StoreError};
 use chrono::{DateTime, Utc};
 
 /// The action of maintenance due items.
@@ -134,6 +135,23 @@ impl DueAction for Routed {
             self.maintenance.run(item).await
         } else {
             self.rest.run(item).await
+        }
+    }
+
+    async fn prefetch(&self, items: &[DueItem]) -> HashMap<String, Vec<Envelope>> {
+        let rest: Vec<DueItem> = items
+            .iter()
+            .filter(|item| item.action != ACTION)
+            .cloned()
+            .collect();
+        self.rest.prefetch(&rest).await
+    }
+
+    async fn run_read(&self, item: &DueItem, stream: Vec<Envelope>) -> Result<Handled, String> {
+        if item.action == ACTION {
+            self.maintenance.run(item).await
+        } else {
+            self.rest.run_read(item, stream).await
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The due-index sleeper.
 //!
 //! Each round claims up to [`BATCH`] due items for a short [`Sleeper::hold`], renewed
-//! while the round runs, and runs their actions concurrently (at most [`CONCURRENCY`] at
-//! once): items of one stream one
+//! while the round runs, reads the streams they are about in one go
+//! ([`DueAction::prefetch`]), and runs their actions concurrently (at most
+//! [`CONCURRENCY`] at once): items of one stream one
 //! after another (earliest first, so a release and an expiry of one capsule do not race),
 //! different streams at once, so a burst of releases fills the event store's group
 //! commits. An action that succeeds has dropped its item itself (its command's append
@@ -22,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_events::{Clock, DueAction, DueIndex, DueItem, Handled};
+use cairn_events::{Clock, DueAction, DueIndex, DueItem, Envelope, Handled};
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
@@ -32,9 +33,10 @@ use crate::renew::renew_while;
 /// The most items claimed in one round.
 pub const BATCH: usize = 512;
 
-/// The most actions run at once: enough to fill the event store's group commits, few
-/// enough that they do not queue for the database's connections past its timeout.
-pub const CONCURRENCY: usize = 32;
+/// The most actions run at once: enough to fill the event store's group commits (a
+/// burst's releases read their streams in one query, [`DueAction::prefetch`], and then
+/// only wait for their appends).
+pub const CONCURRENCY: usize = 256;
 
 /// How long a claim lasts unless renewed, by default.
 pub const HOLD: Duration = Duration::from_secs(5);
@@ -175,6 +177,8 @@ async fn round(context: &Context, now: DateTime<Utc>) -> Result<bool, cairn_even
             async move { due.renew_due(&keys, until).await }
         },
     );
+    // One read of every stream the round touches, rather than one per item.
+    let mut read = context.action.prefetch(&items).await;
     // Items arrive earliest first; each stream's keep that order.
     let mut streams: Vec<Vec<DueItem>> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
@@ -189,13 +193,15 @@ async fn round(context: &Context, now: DateTime<Utc>) -> Result<bool, cairn_even
     let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
     for stream in streams {
         let (context, permits) = (context.clone(), permits.clone());
+        // Good for the stream's first item only: the items after it see what it wrote.
+        let mut events = stream.first().and_then(|item| read.remove(&item.stream_id));
         running.spawn(async move {
             // Never closed: a permit always comes.
             let Ok(_permit) = permits.acquire_owned().await else {
                 return;
             };
             for item in &stream {
-                handle(&context, item).await;
+                handle(&context, item, events.take()).await;
             }
         });
     }
@@ -203,11 +209,18 @@ async fn round(context: &Context, now: DateTime<Utc>) -> Result<bool, cairn_even
     Ok(true)
 }
 
-async fn handle(context: &Context, item: &DueItem) {
+/// Run one item's action (with its stream as read at the round's start, if it was) and
+/// settle the item by the outcome.
+async fn handle(context: &Context, item: &DueItem, stream: Option<Vec<Envelope>>) {
     let action = context.action.clone();
     let task = {
         let item = item.clone();
-        tokio::spawn(async move { action.run(&item).await })
+        tokio::spawn(async move {
+            match stream {
+                Some(events) => action.run_read(&item, events).await,
+                None => action.run(&item).await,
+            }
+        })
     };
     let outcome = match task.await {
         Ok(outcome) => outcome,

@@ -33,7 +33,8 @@ use std::sync::Arc;
 
 use cairn_events::domain::capsule::{self, CapsuleSubmitted, EmailAddress};
 use cairn_events::{
-    AppendRequest, Clock, Effects, EventStore, ExpectedVersion, Metadata, NewEvent, StoreError,
+    AppendRequest, Clock, Effects, Envelope, EventStore, ExpectedVersion, Metadata, NewEvent,
+    StoreError,
 };
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -311,8 +312,7 @@ impl Capsules {
             .events
             .read_stream(&capsule::stream_id(capsule_id))
             .await?;
-        CapsuleState::of(&events)
-            .map_err(|e| CapsuleError::Store(StoreError::Corrupt(e.to_string())))
+        CapsuleState::of(&events).map_err(corrupt)
     }
 
     /// The capsule as its events tell it, and its history ([`history::History`]), from
@@ -325,8 +325,6 @@ impl Capsules {
             .events
             .read_stream(&capsule::stream_id(capsule_id))
             .await?;
-        let corrupt =
-            |e: cairn_events::DecodeError| CapsuleError::Store(StoreError::Corrupt(e.to_string()));
         let state = CapsuleState::of(&events).map_err(corrupt)?;
         let history = history::History::of(&events).map_err(corrupt)?;
         Ok(state.zip(history))
@@ -334,8 +332,22 @@ impl Capsules {
 
     /// Load, decide, append; on a conflict, load and decide again.
     async fn execute(&self, capsule_id: Uuid, command: &Command) -> Result<Outcome, CapsuleError> {
+        self.execute_read(capsule_id, command, None).await
+    }
+
+    /// [`Capsules::execute`], deciding first on `read` (the capsule's stream as read a
+    /// moment ago) if given, instead of loading it.
+    async fn execute_read(
+        &self,
+        capsule_id: Uuid,
+        command: &Command,
+        mut read: Option<Vec<Envelope>>,
+    ) -> Result<Outcome, CapsuleError> {
         for _ in 0..3 {
-            let state = self.load(capsule_id).await?;
+            let state = match read.take() {
+                Some(events) => CapsuleState::of(&events).map_err(corrupt)?,
+                None => self.load(capsule_id).await?,
+            };
             let now = self.now();
             let decision = decide::decide(state.as_ref(), command, now, &self.rules)?;
             let (Decision::Append(changes), Some(state)) = (decision, state) else {
@@ -451,6 +463,11 @@ impl Capsules {
             .await?;
         Ok(())
     }
+}
+
+/// A stored event that does not decode.
+fn corrupt(error: cairn_events::DecodeError) -> CapsuleError {
+    CapsuleError::Store(StoreError::Corrupt(error.to_string()))
 }
 
 /// Capsule ids are in the links emailed to people: 122 random bits, so they cannot be

@@ -3,11 +3,14 @@
 //! no capsule keeps must be for the sweep (a maintenance job the binary schedules) to
 //! delete it. The binary only hands these to the sleeper; the rules are the capsules'.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use cairn_events::domain::capsule;
-use cairn_events::{DueAction, DueItem, Handled};
+use cairn_events::{DueAction, DueItem, Envelope, Handled};
 use uuid::Uuid;
 
+use super::decide::Command;
 use super::{Capsules, EXPIRE, Outcome, PURGE, RELEASE};
 
 /// The capsules' due items, as the sleeper's action.
@@ -18,20 +21,49 @@ pub struct CapsuleTimers {
 #[async_trait]
 impl DueAction for CapsuleTimers {
     async fn run(&self, item: &DueItem) -> Result<Handled, String> {
+        self.act(item, None).await
+    }
+
+    async fn prefetch(&self, items: &[DueItem]) -> HashMap<String, Vec<Envelope>> {
+        let streams: Vec<String> = items
+            .iter()
+            .filter(|item| capsule_of(item).is_some())
+            .map(|item| item.stream_id.clone())
+            .collect();
+        if streams.is_empty() {
+            return HashMap::new();
+        }
+        match self.capsules.events.read_streams(&streams).await {
+            Ok(read) => read,
+            Err(error) => {
+                tracing::warn!(%error, "could not read a round's capsules at once; each reads its own");
+                HashMap::new()
+            }
+        }
+    }
+
+    async fn run_read(&self, item: &DueItem, stream: Vec<Envelope>) -> Result<Handled, String> {
+        self.act(item, Some(stream)).await
+    }
+}
+
+impl CapsuleTimers {
+    /// Issue the command an item stands for, deciding on `read` if given.
+    async fn act(&self, item: &DueItem, read: Option<Vec<Envelope>>) -> Result<Handled, String> {
         let Some(id) = capsule_of(item) else {
             tracing::warn!(key = %item.key, "a due item for no capsule; dropped");
             return Ok(Handled::Nothing);
         };
-        let acted = match item.action.as_str() {
-            RELEASE => self.capsules.release(id).await,
-            EXPIRE => self.capsules.expire(id).await,
-            PURGE => self.capsules.purge_file(id).await,
+        let command = match item.action.as_str() {
+            RELEASE => Command::Release,
+            EXPIRE => Command::Expire,
+            PURGE => Command::PurgeFile,
             other => {
                 tracing::warn!(key = %item.key, action = other, "an unknown due action; dropped");
                 return Ok(Handled::Nothing);
             }
         };
-        match acted {
+        match self.capsules.execute_read(id, &command, read).await {
             Ok(Outcome::Written) => Ok(Handled::Done),
             Ok(Outcome::Nothing) => Ok(Handled::Nothing),
             Err(e) => Err(e.to_string()),

@@ -11,6 +11,7 @@
 //! was on its way): the caller is told the store was unavailable, as for any lost answer,
 //! and retries with its idempotency key.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,6 +112,13 @@ impl<S: Store> EventStore for Guarded<S> {
 
     async fn read_stream(&self, stream_id: &str) -> Result<Vec<Envelope>, StoreError> {
         self.call(self.inner.read_stream(stream_id)).await
+    }
+
+    async fn read_streams(
+        &self,
+        stream_ids: &[String],
+    ) -> Result<HashMap<String, Vec<Envelope>>, StoreError> {
+        self.call(self.inner.read_streams(stream_ids)).await
     }
 
     async fn read_all(

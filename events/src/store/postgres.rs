@@ -900,6 +900,38 @@ impl EventStore for PostgresStore {
         rows.iter().map(decode).collect()
     }
 
+    async fn read_streams(
+        &self,
+        stream_ids: &[String],
+    ) -> Result<HashMap<String, Vec<Envelope>>, StoreError> {
+        // One index walk per stream, as `read_stream` does (see the version query in
+        // `write` for why not `= ANY`).
+        let rows = sqlx::query(
+            "SELECT e.position, e.event_id, e.stream_id, e.version, e.event_type, e.schema_version,
+                    e.payload, e.metadata, e.occurred_at
+             FROM unnest($1::text[]) AS s(stream_id)
+             CROSS JOIN LATERAL (
+                 SELECT * FROM events e WHERE e.stream_id = s.stream_id ORDER BY version
+             ) AS e",
+        )
+        .bind(stream_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut streams: HashMap<String, Vec<Envelope>> = HashMap::new();
+        for row in &rows {
+            let event = decode(row)?;
+            streams
+                .entry(event.stream_id.clone())
+                .or_default()
+                .push(event);
+        }
+        // A lateral join's order is the plan's, not a promise.
+        for events in streams.values_mut() {
+            events.sort_by_key(|e| e.version);
+        }
+        Ok(streams)
+    }
+
     async fn read_all(
         &self,
         after: Position,
