@@ -17,7 +17,8 @@
 //!   the same against pg-boss and graphile-worker, recurring capsules (see
 //!   `support/scheduler.rs`).
 //!
-//! Every figure is printed as it is measured and again in a summary at the end.
+//! Every figure is printed as it is measured and again in a summary at the end. The
+//! servers it starts log at `warn` to its stderr; `BENCH_SERVER_LOG` sets their `RUST_LOG`.
 
 use std::collections::VecDeque;
 use std::net::TcpListener;
@@ -119,7 +120,10 @@ fn spawn_server_with_role(env: &[(String, String)], role: &str) -> anyhow::Resul
         .args(["serve", "--role", role])
         .envs(env.iter().cloned())
         .env("CAIRN_LISTEN", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env_remove("CAIRN_CONFIG")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

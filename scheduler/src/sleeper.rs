@@ -1,10 +1,10 @@
 //! The due-index sleeper.
 //!
-//! Each round claims up to [`BATCH`] due items for a short [`Sleeper::hold`], renewed
-//! while the round runs, reads the streams they are about in one go
-//! ([`DueAction::prefetch`]), and runs their actions concurrently (at most
-//! [`CONCURRENCY`] at once): items of one stream one
-//! after another (earliest first, so a release and an expiry of one capsule do not race),
+//! Each round claims up to [`BATCH`] items due within a [`Sleeper::lead`] for a short
+//! [`Sleeper::hold`], renewed while the round runs, reads the streams they are about in one
+//! go ([`DueAction::prefetch`]), and runs their actions, each at its due time, concurrently
+//! (at most [`CONCURRENCY`] at once): the claim and the read are done by the time an item
+//! is due, so its release starts on time. Items of one stream run one after another (earliest first, so a release and an expiry of one capsule do not race),
 //! different streams at once, so a burst of releases fills the event store's group
 //! commits. An action that succeeds has dropped its item itself (its command's append
 //! carries the unschedule), or says there was nothing to do, and the sleeper drops it. An
@@ -14,8 +14,8 @@
 //! its claims are taken over (at once on Postgres, else when they run out). Several
 //! sleepers (in one process or many) never run one item at the same time.
 //!
-//! Between rounds the sleeper sleeps until the earliest time something may become
-//! claimable, woken early when an item is scheduled. It wakes at least once a minute to
+//! Between rounds the sleeper sleeps until the lead before the earliest time something may
+//! become claimable, woken early when an item is scheduled. It wakes at least once a minute to
 //! look at the clock (a wall clock that jumped), but asks the database again only when
 //! that time has come or it was woken: an idle scheduler sends no query.
 
@@ -41,6 +41,10 @@ pub const CONCURRENCY: usize = 256;
 /// How long a claim lasts unless renewed, by default.
 pub const HOLD: Duration = Duration::from_secs(5);
 
+/// How far ahead of their due time items are claimed, by default: the claim and the read
+/// of their streams happen before the due time, and the action runs at it.
+pub const LEAD: Duration = Duration::from_millis(25);
+
 /// The longest wait between two tries of a failing item.
 pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(3600);
 
@@ -62,6 +66,10 @@ pub struct Sleeper {
     /// while its action runs): also the pause before an item whose action failed is
     /// tried again.
     pub hold: Duration,
+    /// How far ahead of its due time an item is claimed (and its stream read); its
+    /// action still runs no earlier than the due time. Claims of others that run out
+    /// within this lead count as run out: live ones are renewed seconds ahead.
+    pub lead: Duration,
     /// The longest sleep before the clock is looked at again.
     pub max_sleep: Duration,
 }
@@ -74,6 +82,8 @@ struct Context {
     clock: Clock,
     metrics: Arc<SchedulerMetrics>,
     hold: Duration,
+    lead: chrono::Duration,
+    shutdown: CancellationToken,
 }
 
 impl Sleeper {
@@ -84,6 +94,7 @@ impl Sleeper {
             clock: Clock::system(),
             metrics: Arc::default(),
             hold: HOLD,
+            lead: LEAD,
             max_sleep: Duration::from_secs(60),
         }
     }
@@ -99,14 +110,18 @@ impl Sleeper {
         self
     }
 
-    /// Run until `shutdown`; a round in progress is finished first.
+    /// Run until `shutdown`; a round in progress is finished first, but for items not
+    /// yet due, which are left to their claims.
     pub async fn run(self, shutdown: CancellationToken) {
+        let lead = chrono::Duration::from_std(self.lead).unwrap_or_default();
         let context = Context {
             due: self.due.clone(),
             action: self.action.clone(),
             clock: self.clock.clone(),
             metrics: self.metrics.clone(),
             hold: self.hold,
+            lead,
+            shutdown: shutdown.clone(),
         };
         let mut scheduled = self.due.due_changed();
         // When something may next become claimable; `None` with `look` false: nothing is
@@ -118,7 +133,7 @@ impl Sleeper {
                 return;
             }
             let now = self.clock.now();
-            if look || next.is_some_and(|at| at <= now) {
+            if look || next.is_some_and(|at| at - lead <= now) {
                 // Mark the wake-ups seen before looking, so a schedule made after the
                 // look ends the sleep below.
                 scheduled.borrow_and_update();
@@ -146,7 +161,7 @@ impl Sleeper {
             }
             let now = self.clock.now();
             let wait = next.map_or(self.max_sleep, |at| {
-                (at - now)
+                (at - lead - now)
                     .to_std()
                     .unwrap_or(Duration::ZERO)
                     .min(self.max_sleep)
@@ -160,9 +175,13 @@ impl Sleeper {
     }
 }
 
-/// Claim and run what is due at `now`; whether there was anything.
+/// Claim what is due by `now` and the lead, and run each at its time; whether there was
+/// anything.
 async fn round(context: &Context, now: DateTime<Utc>) -> Result<bool, cairn_events::StoreError> {
-    let items = context.due.claim_due(now, BATCH, context.hold).await?;
+    let items = context
+        .due
+        .claim_due(now + context.lead, BATCH, context.hold)
+        .await?;
     if items.is_empty() {
         return Ok(false);
     }
@@ -201,12 +220,37 @@ async fn round(context: &Context, now: DateTime<Utc>) -> Result<bool, cairn_even
                 return;
             };
             for item in &stream {
+                if !wait_until_due(&context, item).await {
+                    // Shutting down: the claim runs out, or passes on with this process.
+                    return;
+                }
                 handle(&context, item, events.take()).await;
             }
         });
     }
     while running.join_next().await.is_some() {}
     Ok(true)
+}
+
+/// Wait until `item` is due by the clock (it may have been claimed ahead); false if the
+/// sleeper is shut down first. The clock is asked again after each wait: an action run
+/// before its time would find nothing to do, and its item would be dropped.
+async fn wait_until_due(context: &Context, item: &DueItem) -> bool {
+    loop {
+        let early = item.due_at - context.clock.now();
+        let Ok(wait) = early.to_std() else {
+            return true;
+        };
+        if wait.is_zero() {
+            return true;
+        }
+        // A settable clock (tests) may jump: look again at least every lead.
+        let step = context.lead.to_std().unwrap_or_default();
+        tokio::select! {
+            () = context.shutdown.cancelled() => return false,
+            () = tokio::time::sleep(wait.min(step).max(Duration::from_millis(1))) => {}
+        }
+    }
 }
 
 /// Run one item's action (with its stream as read at the round's start, if it was) and

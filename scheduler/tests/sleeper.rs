@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn_events::testing::{fresh_postgres, fresh_sqlite, until};
-use cairn_events::{AppendRequest, DueItem, Effects, ExpectedVersion, Metadata, NewEvent, Store};
+use cairn_events::{
+    AppendRequest, DueItem, Effects, Envelope, ExpectedVersion, Metadata, NewEvent, Store,
+};
 use cairn_events::{DueAction, Handled};
 use cairn_scheduler::Sleeper;
 use chrono::{DateTime, Utc};
@@ -16,10 +18,12 @@ use tokio_util::sync::CancellationToken;
 
 /// Records when each item ran. Items whose key starts with `fail` fail on their first
 /// try, `broken` ones always; `noop` items have nothing to do; the rest are done by an append that drops them,
-/// as a real command's would.
+/// as a real command's would. Each item's stream is read ahead, and how many events an
+/// item was handed is recorded too.
 struct Recorder {
     store: Arc<dyn Store>,
     runs: Mutex<HashMap<String, Vec<DateTime<Utc>>>>,
+    handed: Mutex<HashMap<String, usize>>,
 }
 
 #[async_trait]
@@ -44,6 +48,20 @@ impl DueAction for Recorder {
             });
         self.store.append(done).await.map_err(|e| e.to_string())?;
         Ok(Handled::Done)
+    }
+
+    async fn prefetch(&self, items: &[DueItem]) -> HashMap<String, Vec<Envelope>> {
+        let streams: Vec<String> = items.iter().map(|i| i.stream_id.clone()).collect();
+        self.store.read_streams(&streams).await.unwrap_or_default()
+    }
+
+    async fn run_read(&self, item: &DueItem, stream: Vec<Envelope>) -> Result<Handled, String> {
+        assert!(stream.iter().all(|e| e.stream_id == item.stream_id));
+        self.handed
+            .lock()
+            .unwrap()
+            .insert(item.key.clone(), stream.len());
+        self.run(item).await
     }
 }
 
@@ -85,6 +103,7 @@ fn start(
     let recorder = Arc::new(Recorder {
         store: store.clone(),
         runs: Mutex::default(),
+        handed: Mutex::default(),
     });
     let shutdown = CancellationToken::new();
     for _ in 0..count {
@@ -118,6 +137,8 @@ async fn woken_by_an_earlier_item(store: Arc<dyn Store>) {
     let ran = recorder.runs_of("soon");
     assert_eq!(ran.len(), 1);
     assert!(ran[0] >= soon, "ran at {} before its time {soon}", ran[0]);
+    // Its stream was read ahead, with the round's claim, and handed to it.
+    assert_eq!(recorder.handed.lock().unwrap().get("soon"), Some(&1));
     assert!(recorder.runs_of("later").is_empty());
     // Once the action's append has dropped "soon", "later" is next (to the millisecond,
     // as both stores keep times).
