@@ -600,10 +600,10 @@ pub async fn trend_buckets_match_the_hits(store: Arc<dyn TrendStore>) {
     let expected = |scope: &str, b: &Buckets| -> Vec<u64> {
         let mut out = vec![0; b.len() as usize];
         for h in &hits {
-            if scope == ALL || h.tags.iter().any(|t| t == scope) {
-                if let Some(i) = b.index_of(h.minute) {
-                    out[i] += 1;
-                }
+            if (scope == ALL || h.tags.iter().any(|t| t == scope))
+                && let Some(i) = b.index_of(h.minute)
+            {
+                out[i] += 1;
             }
         }
         out

@@ -683,6 +683,7 @@ async fn record(
         message_id: email.message_id.clone(),
         purpose: email.purpose.clone(),
         retries: queued.attempts,
+        occurrence: email.occurrence,
     };
     let metadata = Metadata {
         actor: Some(ACTOR.to_owned()),

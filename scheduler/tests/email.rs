@@ -29,6 +29,7 @@ fn email(n: u32, record_in: Option<&str>) -> (Uuid, OutboxMessage) {
         message_id: format!("<{}@cairn.example>", id.simple()),
         record_in: record_in.map(str::to_owned),
         purpose: record_in.map(|_| "delivery".to_owned()),
+        occurrence: record_in.map(|_| n),
     };
     (id, email.into_outbox(id))
 }
@@ -91,6 +92,7 @@ async fn sends_are_recorded_in_the_streams_they_name(store: Arc<dyn Store>) {
             message_id: format!("<{}@cairn.example>", recorded.simple()),
             purpose: Some("delivery".into()),
             retries: 0,
+            occurrence: Some(1),
         }
     );
     let everything = store.read_all(0, 100, &[]).await.unwrap();

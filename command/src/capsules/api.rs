@@ -237,6 +237,10 @@ enum HistoryEntry {
         /// Failed tries before the one that succeeded.
         #[schema(minimum = 0)]
         retries: i32,
+        /// For a `delivery`, which occurrence it delivered (from 1).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(minimum = 1)]
+        occurrence: Option<u32>,
     },
     /// It was cancelled; no later occurrence is delivered.
     Cancelled {
@@ -283,11 +287,13 @@ impl From<&history::Entry> for HistoryEntry {
                 purpose,
                 message_id,
                 retries,
+                occurrence,
             } => HistoryEntry::EmailSent {
                 at,
                 purpose: purpose.clone(),
                 message_id: message_id.clone(),
                 retries: *retries,
+                occurrence: *occurrence,
             },
             Happened::Cancelled => HistoryEntry::Cancelled { at },
             Happened::Expired => HistoryEntry::Expired { at },

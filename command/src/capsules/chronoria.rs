@@ -41,9 +41,18 @@ struct TextCapsule {
     /// 1 to 10,000 characters.
     #[schema(min_length = 1, max_length = 10000)]
     text: String,
-    /// Cairn's addition, optional: make the capsule recurring. A cron expression (5
-    /// fields, 6 with seconds, or `@yearly` … `@hourly`; see `POST /capsules`); `sendTime`
-    /// is then when the series starts (default: now).
+    #[serde(flatten)]
+    recurring: Recurring,
+}
+
+/// Cairn's addition to the Chronoria routes' fields, optional: make the capsule recurring.
+/// `sendTime` is then when the series starts (default: now).
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(super) struct Recurring {
+    /// A cron expression (5 fields, 6 with seconds, or `@yearly` … `@hourly`; see
+    /// `POST /capsules`).
     #[schema(max_length = 200, example = "0 9 * * MON#1")]
     cron: Option<String>,
     /// With `cron`: an IANA time zone (default `UTC`).
@@ -89,7 +98,7 @@ struct ByIdAndRecipient {
 #[derive(OpenApi)]
 #[openapi(
     paths(submit_text, confirm, cancel, download_link, ping),
-    components(schemas(TextCapsule))
+    components(schemas(TextCapsule, Recurring))
 )]
 pub struct ChronoriaApi;
 

@@ -227,6 +227,7 @@ impl Emails {
             message_id: format!("<{}@{}>", id.simple(), self.links.message_id_domain()),
             record_in: Some(capsule::stream_id(capsule.capsule_id)),
             purpose: Some(kind.name().to_owned()),
+            occurrence: released.map(|r| r.occurrence.unwrap_or(1)),
         };
         Ok(email.into_outbox(id))
     }

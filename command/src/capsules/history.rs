@@ -72,6 +72,8 @@ pub enum Happened {
         message_id: String,
         /// Failed tries before the one that succeeded.
         retries: i32,
+        /// For a delivery, which occurrence it delivered, when its cause said.
+        occurrence: Option<u32>,
     },
     Cancelled,
     Expired,
@@ -139,6 +141,7 @@ fn happened(
                 purpose: sent.purpose,
                 message_id: sent.message_id,
                 retries: sent.retries,
+                occurrence: sent.occurrence,
             }
         }
         CapsuleCancelled::TYPE => Happened::Cancelled,
@@ -183,11 +186,16 @@ impl Entry {
                 purpose,
                 message_id,
                 retries,
+                occurrence,
             } => {
+                let delivery = match occurrence {
+                    Some(n) => format!("delivery {n} of the capsule, to its recipient"),
+                    None => "the capsule, to its recipient".to_owned(),
+                };
                 let what = match purpose.as_deref() {
                     Some("confirm") => "the request to confirm, to the sender",
                     Some("active") => "the receipt, to the sender",
-                    Some("delivery") => "the capsule, to its recipient",
+                    Some("delivery") => &delivery,
                     Some("cancelled") => "the notice of cancellation, to the sender",
                     Some("expired") => "the notice of expiry, to the sender",
                     _ => "an email",
@@ -287,6 +295,7 @@ mod tests {
             message_id: message_id.into(),
             purpose: Some(purpose.into()),
             retries,
+            occurrence: None,
         })
     }
 
@@ -302,6 +311,7 @@ mod tests {
             purpose: Some(purpose.into()),
             message_id: message_id.into(),
             retries,
+            occurrence: None,
         }
     }
 

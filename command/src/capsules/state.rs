@@ -187,6 +187,7 @@ mod tests {
             message_id: "<m@x>".into(),
             purpose: Some("confirm".into()),
             retries: 0,
+            occurrence: None,
         };
         let events: Vec<Envelope> = [
             (1, NewEvent::new(&submitted, Metadata::default())),

@@ -144,7 +144,10 @@ impl Drop for Slot {
 
 /// The upload route, for the OpenAPI document.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(submit_file), components(schemas(FileCapsule, TextPlace)))]
+#[openapi(
+    paths(submit_file),
+    components(schemas(FileCapsule, TextPlace, super::chronoria::Recurring))
+)]
 pub struct UploadApi;
 
 /// The parts of `POST /api/submit/file` (the OpenAPI document's view: the body is read as a
@@ -176,21 +179,8 @@ struct FileCapsule {
     /// The name the file downloads as (default: the part's own file name).
     #[schema(rename = "FileName", max_length = 255)]
     file_name: Option<String>,
-    /// Cairn's addition, optional: make the capsule recurring. A cron expression (5
-    /// fields, 6 with seconds, or `@yearly` … `@hourly`; see `POST /capsules`); `sendTime`
-    /// is then when the series starts (default: now).
-    #[schema(max_length = 200, example = "0 9 * * MON#1")]
-    cron: Option<String>,
-    /// With `cron`: an IANA time zone (default `UTC`).
-    #[schema(example = "Europe/Berlin")]
-    time_zone: Option<String>,
-    /// With `cron`: the last time it may fire, in milliseconds since the Unix epoch, as an
-    /// RFC 3339 time, or as a date (through the end of that day).
-    #[schema(example = "2027-03-31")]
-    until: Option<String>,
-    /// With `cron`: how many occurrences in all.
-    #[schema(minimum = 1, maximum = 4294967295_u64)]
-    count: Option<u64>,
+    #[serde(flatten)]
+    recurring: super::chronoria::Recurring,
 }
 
 /// Where the text goes in the delivered email: before or after the download link.

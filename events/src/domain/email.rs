@@ -26,6 +26,9 @@ pub struct Email {
     /// What the email is (`confirm`, `delivery`, …), for that record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purpose: Option<String>,
+    /// For a delivery, which occurrence of its cause it delivers (from 1), for that record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurrence: Option<u32>,
 }
 
 /// An email was accepted by the mail server (or written to the outbox directory). Appended
@@ -42,6 +45,9 @@ pub struct EmailSent {
     pub purpose: Option<String>,
     /// Tries before the one that succeeded.
     pub retries: i32,
+    /// For a delivery, which occurrence it delivered (from 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurrence: Option<u32>,
 }
 
 impl crate::DomainEvent for EmailSent {
