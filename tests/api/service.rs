@@ -48,11 +48,15 @@ pub async fn openapi_covers_every_route(backend: Backend) {
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     assert!(doc["components"]["schemas"]["MessageView"].is_object());
-    let capsule = &doc["components"]["schemas"]["TextCapsule"]["properties"];
+    let capsule = properties(&doc["components"]["schemas"]["TextCapsule"]);
     assert!(
-        capsule["senderEmail"].is_object() && capsule["sendTime"].is_object(),
-        "{capsule}"
+        capsule["senderEmail"].is_object()
+            && capsule["sendTime"].is_object()
+            && capsule["cron"].is_object(),
+        "{capsule:?}"
     );
+    let file = properties(&doc["components"]["schemas"]["FileCapsule"]);
+    assert!(file["FormFile"].is_object() && file["timeZone"].is_object());
 
     // The docs page and its assets come from the binary, not from a CDN.
     let page = app
@@ -312,11 +316,24 @@ pub async fn openapi_states_the_constraints_and_every_answer(backend: Backend) {
     let post = &schemas["PostMessage"]["properties"];
     assert_eq!(post["text"]["maxLength"], 1000);
     assert_eq!(post["hashtags"]["maxItems"], 30);
-    let capsule = &schemas["TextCapsule"]["properties"];
+    let capsule = properties(&schemas["TextCapsule"]);
     assert_eq!(capsule["senderEmail"]["format"], "email");
+    assert_eq!(capsule["cron"]["maxLength"], 200);
     assert_eq!(capsule["text"]["maxLength"], 10000);
     assert_eq!(
         schemas["PartyInput"]["properties"]["name"]["maxLength"],
         255
     );
+}
+
+/// An object schema's properties, with those of the schemas it is made of (`allOf`).
+fn properties(schema: &serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    let mut all = schema["properties"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    for part in schema["allOf"].as_array().into_iter().flatten() {
+        all.extend(properties(part));
+    }
+    all
 }

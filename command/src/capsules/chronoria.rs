@@ -42,6 +42,7 @@ struct TextCapsule {
     #[schema(min_length = 1, max_length = 10000)]
     text: String,
     #[serde(flatten)]
+    #[schema(inline)]
     recurring: Recurring,
 }
 

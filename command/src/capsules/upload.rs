@@ -180,6 +180,7 @@ struct FileCapsule {
     #[schema(rename = "FileName", max_length = 255)]
     file_name: Option<String>,
     #[serde(flatten)]
+    #[schema(inline)]
     recurring: super::chronoria::Recurring,
 }
 
