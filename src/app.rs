@@ -25,7 +25,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::backends::{capsules, lock_data_dir, mailer, open_read, open_store};
+use crate::backends::{
+    backups, capsules, lock_data_dir, mailer, open_blobs, open_read, open_store,
+};
 use crate::client_ip;
 use crate::config::Config;
 use crate::ops::{self, OpsState};
@@ -94,10 +96,14 @@ impl Application {
         let read = open_read(config, &*events).await?;
         // Only the roles that write capsules or act on them open the blob store and the
         // link key; query and projector processes need neither.
-        let capsules = if matches!(role, Role::All | Role::Command | Role::Scheduler) {
-            Some(capsules(config, events.clone(), clock.clone()).await?)
+        let (capsules, backups) = if matches!(role, Role::All | Role::Command | Role::Scheduler) {
+            let blobs = open_blobs(config)?;
+            (
+                Some(capsules(config, events.clone(), blobs.clone(), clock.clone()).await?),
+                Some(backups(config, events.clone(), blobs, clock.clone()).await?),
+            )
         } else {
-            None
+            (None, None)
         };
 
         let mut tasks = Vec::new();
@@ -200,7 +206,9 @@ impl Application {
             .route("/metrics", get(ops::metrics))
             .with_state(ops.clone())
             .merge(SwaggerUi::new("/docs").url("/openapi.json", ops::openapi()));
-        if let (Role::All | Role::Command, Some(capsules)) = (role, &capsules) {
+        if let (Role::All | Role::Command, Some(capsules), Some(backups)) =
+            (role, &capsules, &backups)
+        {
             router = router.merge(
                 cairn_command::router(CommandState {
                     events: events.clone(),
@@ -208,6 +216,7 @@ impl Application {
                     read_your_writes,
                     read_your_writes_timeout: Duration::from_millis(config.read_your_writes_ms),
                     capsules: capsules.clone(),
+                    backups: backups.clone(),
                 })
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
             );
@@ -228,11 +237,22 @@ impl Application {
                 Duration::from_secs(config.request_timeout),
                 ops::time_limit,
             ));
-        if let (Role::All | Role::Command, Some(capsules)) = (role, capsules) {
-            router = router.merge(cairn_command::upload_router(UploadState::new(
-                capsules,
-                Duration::from_secs(config.upload_idle_timeout),
-            )));
+        if let (Role::All | Role::Command, Some(capsules), Some(backups)) =
+            (role, capsules, backups)
+        {
+            router = router
+                .merge(cairn_command::upload_router(UploadState::new(
+                    capsules,
+                    Duration::from_secs(config.upload_idle_timeout),
+                )))
+                .merge(cairn_command::backup_upload_router(
+                    cairn_command::backups::upload::UploadState::new(
+                        backups,
+                        Duration::from_secs(config.upload_idle_timeout),
+                        config.backup_uploads,
+                        config.backup_uploads_per_client,
+                    ),
+                ));
         }
         let router = router
             .fallback(|| async {

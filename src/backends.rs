@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use cairn_command::backups::Backups;
+use cairn_command::blobs::Blobs;
 use cairn_command::capsules::limits::{RedisLimits, SlidingLog};
 use cairn_command::capsules::{self, Capsules, Links, Rules};
 use cairn_events::{Clock, EventStore, Store};
@@ -30,15 +32,15 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         .with_context(|| format!("opening the event store at {}", config.database_for_log()))
 }
 
-/// The configured blob store for capsule files, signing links with `key`: a local
-/// directory (`blobs/` in the data directory unless `CAIRN_BLOB_URL` names another).
-pub fn open_files(config: &Config, key: &[u8]) -> anyhow::Result<capsules::Files> {
+/// The configured blob store for capsule files and backups: a local directory (`blobs/`
+/// in the data directory unless `CAIRN_BLOB_URL` names another), or S3.
+pub fn open_blobs(config: &Config) -> anyhow::Result<Blobs> {
     let dir = match config.blob_url.as_ref().map(|url| url.0.as_str()) {
         None => config.data_dir.join("blobs"),
         Some(url) if url.starts_with("file://") => {
             std::path::PathBuf::from(url.trim_start_matches("file://"))
         }
-        Some(url) if url.starts_with("s3://") => return open_s3(url, key),
+        Some(url) if url.starts_with("s3://") => return open_s3(url),
         Some(url) if url.contains("://") => {
             let scheme = url.split("://").next().unwrap_or_default();
             bail!(
@@ -52,14 +54,14 @@ pub fn open_files(config: &Config, key: &[u8]) -> anyhow::Result<capsules::Files
     let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
         .with_context(|| format!("opening the blob directory {}", dir.display()))?
         .with_automatic_cleanup(true);
-    Ok(capsules::Files::local(Arc::new(store), &dir, key))
+    Ok(Blobs::local(Arc::new(store), &dir))
 }
 
 /// Capsule files in S3 or an S3-compatible store: `s3://bucket/optional/prefix`, options
 /// from the usual `AWS_*` variables (`AWS_REGION`, `AWS_ACCESS_KEY_ID`, …), or given in the
 /// URL's query, which wins: `?endpoint=http://minio:9000&allow_http=true&region=…`.
 #[cfg(feature = "s3")]
-fn open_s3(url: &str, key: &[u8]) -> anyhow::Result<capsules::Files> {
+fn open_s3(url: &str) -> anyhow::Result<Blobs> {
     use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
     crate::install_tls_provider();
     let (location, query) = url.split_once('?').unwrap_or((url, ""));
@@ -79,15 +81,15 @@ fn open_s3(url: &str, key: &[u8]) -> anyhow::Result<capsules::Files> {
     let store = builder.build().with_context(|| shown.clone())?;
     let prefix = prefix.trim_matches('/');
     Ok(if prefix.is_empty() {
-        capsules::Files::new(Arc::new(store), key)
+        Blobs::new(Arc::new(store))
     } else {
         let prefixed = object_store::prefix::PrefixStore::new(store, prefix);
-        capsules::Files::new(Arc::new(prefixed), key)
+        Blobs::new(Arc::new(prefixed))
     })
 }
 
 #[cfg(not(feature = "s3"))]
-fn open_s3(_url: &str, _key: &[u8]) -> anyhow::Result<capsules::Files> {
+fn open_s3(_url: &str) -> anyhow::Result<Blobs> {
     bail!("CAIRN_BLOB_URL=s3://…: this build has no S3 support (build with the `s3` feature)")
 }
 
@@ -95,16 +97,15 @@ fn open_s3(_url: &str, _key: &[u8]) -> anyhow::Result<capsules::Files> {
 pub async fn capsules(
     config: &Config,
     events: Arc<dyn EventStore>,
+    blobs: Blobs,
     clock: Clock,
 ) -> anyhow::Result<Capsules> {
     let links = Links {
         public_url: config.public_url.clone(),
         pages_url: config.pages_url().to_owned(),
     };
-    let key = capsules::files::link_key(&*events, config.link_key.as_ref().map(|k| k.0.as_str()))
-        .await
-        .context("reading the download-link key")?;
-    let mut files = open_files(config, &key)?;
+    let key = link_key(config, &*events).await?;
+    let mut files = capsules::Files::new(blobs, &key);
     files.link_ttl = chrono::Duration::hours(i64::try_from(config.capsule_link_hours)?);
     let mut capsules =
         Capsules::new(events, links, files, clock).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -134,6 +135,28 @@ pub async fn capsules(
     }
     capsules.blocked_senders = Arc::new(blocked);
     Ok(capsules)
+}
+
+/// The key download links are signed with (`CAIRN_LINK_KEY`, or one kept in the event
+/// store).
+pub async fn link_key(config: &Config, events: &dyn EventStore) -> anyhow::Result<Vec<u8>> {
+    capsules::files::link_key(events, config.link_key.as_ref().map(|k| k.0.as_str()))
+        .await
+        .context("reading the download-link key")
+}
+
+/// The backup use cases as configured.
+pub async fn backups(
+    config: &Config,
+    events: Arc<dyn EventStore>,
+    blobs: Blobs,
+    clock: Clock,
+) -> anyhow::Result<Backups> {
+    let key = link_key(config, &*events).await?;
+    let mut backups = Backups::new(events, blobs, clock, &key);
+    backups.public_url = config.public_url.clone();
+    backups.link_ttl = chrono::Duration::hours(i64::try_from(config.capsule_link_hours)?);
+    Ok(backups)
 }
 
 /// Where emails go: SMTP when configured, else `.eml` files in the data directory.

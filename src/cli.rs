@@ -272,7 +272,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn senders(config: &Config, command: SenderCommand) -> anyhow::Result<()> {
     let clock = cairn_events::Clock::system();
-    let capsules = backends::capsules(config, backends::open_events(config).await?, clock).await?;
+    let events = backends::open_events(config).await?;
+    let capsules = backends::capsules(config, events, backends::open_blobs(config)?, clock).await?;
     let done = match &command {
         SenderCommand::Block { email } => capsules.set_blocked(email, true).await,
         SenderCommand::Unblock { email } => capsules.set_blocked(email, false).await,

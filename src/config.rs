@@ -161,6 +161,10 @@ settings! {
         /// Longest an upload may send nothing, in seconds. Uploads are not under
         /// `request_timeout`: a large file takes its time.
         upload_idle_timeout: u64 = 30,
+        /// Backup uploads at once, in all.
+        backup_uploads: usize = 128,
+        /// Backup uploads at once from one client address.
+        backup_uploads_per_client: usize = 16,
     }
 }
 
@@ -343,6 +347,9 @@ impl Config {
         if !(1..=3600).contains(&self.upload_idle_timeout) {
             bail!("CAIRN_UPLOAD_IDLE_TIMEOUT must be 1 to 3600 seconds");
         }
+        if self.backup_uploads == 0 || self.backup_uploads_per_client == 0 {
+            bail!("CAIRN_BACKUP_UPLOADS and CAIRN_BACKUP_UPLOADS_PER_CLIENT must be at least 1");
+        }
         if self.capsule_limit_window == 0 {
             bail!("CAIRN_CAPSULE_LIMIT_WINDOW must be at least 1 second");
         }
@@ -508,6 +515,8 @@ mod tests {
         ("capsule_link_hours", "1", "1"),
         ("capsule_file_retention_days", "2", "2"),
         ("upload_idle_timeout", "3", "3"),
+        ("backup_uploads", "9", "9"),
+        ("backup_uploads_per_client", "2", "2"),
     ];
 
     #[test]

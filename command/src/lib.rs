@@ -12,7 +12,10 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod backups;
+pub mod blobs;
 pub mod capsules;
+pub mod intake;
 pub mod messages;
 pub mod users;
 
@@ -40,6 +43,7 @@ pub struct CommandState {
     /// How long a write waits for that at most before answering anyway.
     pub read_your_writes_timeout: Duration,
     pub capsules: capsules::Capsules,
+    pub backups: backups::Backups,
 }
 
 pub fn router(state: CommandState) -> Result<Router, capsules::CapsuleError> {
@@ -49,6 +53,7 @@ pub fn router(state: CommandState) -> Result<Router, capsules::CapsuleError> {
     let pages = capsules::pages::router(state.capsules.clone())?
         .merge(capsules::files::router().with_state(state.capsules.clone()));
     Ok(messages::router()
+        .merge(backups::api::router())
         .with_state(state)
         .merge(chronoria)
         .merge(pages))
@@ -58,4 +63,9 @@ pub fn router(state: CommandState) -> Result<Router, capsules::CapsuleError> {
 /// with their own (see [`capsules::upload`]).
 pub fn upload_router(state: UploadState) -> Router {
     capsules::upload::router(state)
+}
+
+/// The Dome-compatible backup upload routes (their own body limit and idle timeout).
+pub fn backup_upload_router(state: backups::upload::UploadState) -> Router {
+    backups::upload::router(state)
 }

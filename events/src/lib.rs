@@ -18,6 +18,7 @@ mod clock;
 pub mod domain;
 mod envelope;
 mod group_commit;
+pub mod ip;
 pub mod migrate;
 pub mod schedule;
 pub mod store;

@@ -527,7 +527,8 @@ async fn files_no_capsule_keeps_are_swept() {
         }
     }
     let clock = cairn_events::Clock::system();
-    let capsules = cairn::backends::capsules(&app.config, app.events.clone(), clock)
+    let blobs = cairn::backends::open_blobs(&app.config).unwrap();
+    let capsules = cairn::backends::capsules(&app.config, app.events.clone(), blobs, clock)
         .await
         .unwrap();
     let cutoff = chrono::Utc::now() - chrono::Duration::days(1);

@@ -1,6 +1,7 @@
 //! Cairn's HTTP behaviour, spoken to as `curl` would, on both backends.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+mod backups;
 mod browser;
 mod capsules;
 mod cli;

@@ -11,23 +11,24 @@
 //! its time): instead each read of the body must make progress within the idle timeout.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use cairn_events::domain::capsule::{Attachment, MAX_FILE_BYTES, TextLocation};
-use futures_util::StreamExt;
 use multer::{Field, Multipart};
 
 use super::chronoria::{Answer, parse_submission};
-use super::files::{Upload, clean_file_name};
+use super::files::clean_file_name;
 use super::{CapsuleError, CapsuleState, Capsules, Outcome, Refusal, limits};
+use crate::blobs::Upload;
+use crate::intake::{self, Budget, Busy, Idle, Uploads, drain, early, idle, next_field};
 use cairn_http::{ApiError, ClientIp, IdempotencyKey, InvalidIdempotencyKey};
 
 /// What a body may hold besides the file: the other fields (the text is at most 10,000
@@ -49,11 +50,6 @@ const FIELDS: [&str; 13] = [
     "until",
     "count",
 ];
-/// Most bytes the parser may pull while it looks for the next part's headers: a header
-/// that never ends would otherwise be buffered (and rescanned) to the body limit. The
-/// parser also pulls whatever body is already there, up to an HTTP/2 window (1 MiB by
-/// default): hence the margin.
-const HEADER_BYTES: u64 = 4 * 1024 * 1024;
 /// Uploads at once, in all and from one client address.
 const UPLOADS: usize = 32;
 const UPLOADS_PER_CLIENT: usize = 4;
@@ -73,71 +69,6 @@ impl UploadState {
             capsules,
             idle_timeout,
             uploads: Arc::new(Uploads::new(UPLOADS, UPLOADS_PER_CLIENT)),
-        }
-    }
-}
-
-/// The uploads in progress, by client address, and how many may be.
-#[derive(Debug)]
-struct Uploads {
-    at_once: usize,
-    per_client: usize,
-    running: Mutex<HashMap<String, usize>>,
-}
-
-/// Why an upload could not start now.
-#[derive(Debug, PartialEq, Eq)]
-enum Busy {
-    /// This client has as many going as it may.
-    Client,
-    /// The server has.
-    Server,
-}
-
-impl Uploads {
-    fn new(at_once: usize, per_client: usize) -> Self {
-        Uploads {
-            at_once,
-            per_client,
-            running: Mutex::default(),
-        }
-    }
-
-    /// A place for an upload from `client`, if there is one.
-    fn slot(self: &Arc<Self>, client: &str) -> Result<Slot, Busy> {
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if running.get(client).copied().unwrap_or(0) >= self.per_client {
-            return Err(Busy::Client);
-        }
-        if running.values().sum::<usize>() >= self.at_once {
-            return Err(Busy::Server);
-        }
-        *running.entry(client.to_owned()).or_default() += 1;
-        Ok(Slot {
-            uploads: self.clone(),
-            client: client.to_owned(),
-        })
-    }
-}
-
-/// An upload in progress, counted until dropped.
-struct Slot {
-    uploads: Arc<Uploads>,
-    client: String,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut running = self
-            .uploads
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = running.get_mut(&self.client) {
-            *n -= 1;
-            if *n == 0 {
-                running.remove(&self.client);
-            }
         }
     }
 }
@@ -206,9 +137,21 @@ enum Stop {
     Idle,
 }
 
+impl From<Idle> for Stop {
+    fn from(_: Idle) -> Self {
+        Stop::Idle
+    }
+}
+
 impl From<CapsuleError> for Stop {
     fn from(error: CapsuleError) -> Self {
         Stop::Refused(error)
+    }
+}
+
+impl From<crate::blobs::BlobError> for Stop {
+    fn from(error: crate::blobs::BlobError) -> Self {
+        Stop::Refused(error.into())
     }
 }
 
@@ -224,69 +167,6 @@ impl From<multer::Error> for Stop {
     fn from(_: multer::Error) -> Self {
         Stop::Refused(Refusal::InvalidFile.into())
     }
-}
-
-/// After this long, an upload must have averaged [`MIN_BYTES_PER_SECOND`]: a client
-/// trickling bytes just inside the idle timeout would otherwise hold its place forever.
-const RATE_GRACE: Duration = Duration::from_secs(60);
-const MIN_BYTES_PER_SECOND: u64 = 16 * 1024;
-
-/// What the body stream lets through: the whole body up to the limit, at a least
-/// average rate, and, while the parser looks for a part's headers, at most
-/// [`HEADER_BYTES`].
-struct Budget {
-    started: std::time::Instant,
-    total: AtomicU64,
-    in_headers: AtomicBool,
-    since_headers: AtomicU64,
-    /// Whether the body was cut off for coming too slowly.
-    too_slow: AtomicBool,
-}
-
-impl Budget {
-    fn new() -> Self {
-        Budget {
-            started: std::time::Instant::now(),
-            total: AtomicU64::new(0),
-            in_headers: AtomicBool::new(false),
-            since_headers: AtomicU64::new(0),
-            too_slow: AtomicBool::new(false),
-        }
-    }
-
-    fn take(&self, bytes: u64) -> Result<(), std::io::Error> {
-        let total = self.total.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        let elapsed = self.started.elapsed();
-        if elapsed > RATE_GRACE && total < MIN_BYTES_PER_SECOND * elapsed.as_secs() {
-            self.too_slow.store(true, Ordering::Relaxed);
-            return Err(std::io::Error::other("the body comes too slowly"));
-        }
-        let in_headers = self.in_headers.load(Ordering::Relaxed);
-        let since = self.since_headers.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if total > MAX_FILE_BYTES + FORM_ALLOWANCE || (in_headers && since > HEADER_BYTES) {
-            Err(std::io::Error::other("the body is too large"))
-        } else {
-            Ok(())
-        }
-    }
-
-    /// The parser is about to look for the next part.
-    fn headers(&self, looking: bool) {
-        self.since_headers.store(0, Ordering::Relaxed);
-        self.in_headers.store(looking, Ordering::Relaxed);
-    }
-}
-
-/// The next part, within the idle timeout and the header budget.
-async fn next_field(
-    multipart: &mut Multipart<'static>,
-    budget: &Budget,
-    idle_timeout: Duration,
-) -> Result<Option<Field<'static>>, Stop> {
-    budget.headers(true);
-    let field = idle(idle_timeout, multipart.next_field()).await??;
-    budget.headers(false);
-    Ok(field)
 }
 
 /// Write a file capsule; a confirmation email goes to the sender.
@@ -358,19 +238,13 @@ async fn submit_file(
         }
     };
 
-    let budget = Arc::new(Budget::new());
-    let counted = budget.clone();
-    let stream = body.into_data_stream().map(move |chunk| {
-        let chunk = chunk.map_err(std::io::Error::other)?;
-        counted.take(chunk.len() as u64)?;
-        Ok::<Bytes, std::io::Error>(chunk)
-    });
-    let mut multipart = Multipart::new(stream, boundary);
+    let budget = Arc::new(Budget::new(MAX_FILE_BYTES + FORM_ALLOWANCE));
+    let mut multipart = Multipart::new(intake::metered(body, budget.clone()), boundary);
     let mut file: Option<(Upload, Option<String>)> = None;
     let mut fields = HashMap::new();
     let mut form_bytes = 0;
     let received = async {
-        while let Some(field) = next_field(&mut multipart, &budget, state.idle_timeout).await? {
+        while let Some(field) = next_field(&mut multipart, &budget, state.idle_timeout).await?? {
             let name = field.name().unwrap_or_default().to_ascii_lowercase();
             if name == "formfile" {
                 if file.is_some() {
@@ -454,7 +328,7 @@ async fn submit(
         .or(part_name.as_ref());
     let file_name = clean_file_name(named.map_or("", String::as_str));
     let bytes = upload.bytes();
-    let blob = upload.finish().await?;
+    let blob = upload.finish().await?.blob;
     submission.attachment = Some(Attachment {
         blob: blob.clone(),
         file_name,
@@ -537,99 +411,8 @@ fn too_large(name: &str) -> Refusal {
     }
 }
 
-/// Read a little of what is left of a refused body, so that a client that sent slightly
-/// too much reads the refusal instead of a reset connection. Bounded in bytes and time.
-async fn drain(multipart: &mut Multipart<'static>, budget: &Budget) {
-    const DRAIN_BYTES: usize = 1024 * 1024;
-    let mut drained = 0;
-    let read = async {
-        loop {
-            budget.headers(true);
-            let Ok(Some(mut field)) = multipart.next_field().await else {
-                return;
-            };
-            budget.headers(false);
-            while let Ok(Some(chunk)) = field.chunk().await {
-                drained += chunk.len();
-                if drained > DRAIN_BYTES {
-                    return;
-                }
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), read).await;
-}
-
-/// Wait for a read of the body, at most `timeout`.
-async fn idle<T>(
-    timeout: Duration,
-    read: impl Future<Output = Result<T, multer::Error>>,
-) -> Result<Result<T, multer::Error>, Stop> {
-    tokio::time::timeout(timeout, read)
-        .await
-        .map_err(|_| Stop::Idle)
-}
-
-/// An answer given before the body is read, with the connection closed after it: the
-/// client stops sending rather than the server dropping what it sends.
-fn early(mut response: Response) -> Response {
-    response.headers_mut().insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("close"),
-    );
-    response
-}
-
 /// A refusal decided before reading the body. The connection is closed after it, so the
 /// client stops sending rather than the server reading (and dropping) 200 MB.
 fn refuse_unread(refusal: Refusal) -> Response {
     early(CapsuleError::from(refusal).plain().into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uploads_at_once_are_capped_per_client_and_in_all() {
-        let uploads = Arc::new(Uploads::new(3, 2));
-        let a1 = uploads.slot("a");
-        let a2 = uploads.slot("a");
-        assert!(a1.is_ok() && a2.is_ok());
-        assert_eq!(uploads.slot("a").err(), Some(Busy::Client));
-        let b1 = uploads.slot("b");
-        assert!(b1.is_ok());
-        assert_eq!(uploads.slot("c").err(), Some(Busy::Server));
-        drop(a1);
-        assert!(
-            uploads.slot("c").is_ok(),
-            "a finished upload frees its place"
-        );
-        drop((a2, b1));
-        assert!(
-            uploads
-                .running
-                .lock()
-                .map(|r| r.is_empty())
-                .unwrap_or(false),
-            "nothing is left counted"
-        );
-    }
-
-    #[test]
-    fn the_header_budget_applies_while_looking_for_a_part() {
-        let budget = Budget::new();
-        budget.headers(true);
-        assert!(budget.take(HEADER_BYTES).is_ok());
-        assert!(budget.take(1).is_err(), "a header that never ends");
-        budget.headers(false);
-        assert!(
-            budget.take(50 * 1024 * 1024).is_ok(),
-            "a part's body may be large"
-        );
-        assert!(
-            budget.take(MAX_FILE_BYTES).is_err(),
-            "but not past the body limit"
-        );
-    }
 }

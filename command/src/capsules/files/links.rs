@@ -134,7 +134,7 @@ mod tests {
     #[test]
     fn links_are_signed() {
         let files = Files::new(
-            Arc::new(object_store::memory::InMemory::new()),
+            crate::blobs::Blobs::new(Arc::new(object_store::memory::InMemory::new())),
             b"0123456789abcdef0123456789abcdef",
         );
         let id = Uuid::from_u128(1);

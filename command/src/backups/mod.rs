@@ -1,0 +1,598 @@
+//! File backups, the write side: services and their API keys, resources, and the backups
+//! posted to a resource's URL.
+//!
+//! Each use case reads as the capsules' do: load the streams, ask [`decide`] (pure: every
+//! rule is there), append with the versions read, and on a conflict read again and decide
+//! anew. A backup's file is streamed into the blob store first (`upload.rs`); then one
+//! append records it in its resource's stream and counts it in its content's stream
+//! (identical content within a service is kept once), so a backup is either recorded with
+//! its file or not at all.
+//!
+//! The layout follows the capsules': `decide.rs` (the rules), `state.rs` (the folds),
+//! `error.rs`, one file per way in (`api.rs` for the owner's JSON routes, `upload.rs` for
+//! the Dome-compatible upload), `links.rs` (signed download links).
+
+pub mod api;
+pub mod decide;
+pub mod error;
+pub mod links;
+pub mod state;
+pub mod upload;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use base64::Engine;
+use cairn_events::domain::backup::{
+    self, ApiKeyCreated, ApiKeyRevoked, ApiKeyUsed, BackupStored, BlobReferenced, ResourceAdded,
+    ResourceCreated, ResourceDeleted, ResourceRemoved, ResourceSettings, ResourceUpdated,
+    ServiceCreated, ServiceDeleted, ServiceDisowned, ServiceOwned, ServiceSettings, ServiceUpdated,
+};
+use cairn_events::{
+    AppendRequest, Clock, DomainEvent, EventStore, ExpectedVersion, Metadata, NewEvent, StoreError,
+};
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+pub use decide::{Invalid, Turned};
+pub use error::BackupError;
+pub use state::{ApiKey, Backup, BlobState, ResourceState, ServiceState};
+
+use crate::blobs::{Blobs, Written};
+
+/// The prefix of backup API keys, so they are recognisable in logs and secret scanners.
+pub const KEY_PREFIX: &str = "cairn_bk_";
+/// How many times a command reads and decides again after losing a race.
+const TRIES: usize = 5;
+
+/// The backup use cases, over one event store and blob store.
+#[derive(Clone)]
+pub struct Backups {
+    events: Arc<dyn EventStore>,
+    pub blobs: Blobs,
+    clock: Clock,
+    /// The largest backup any service may take.
+    pub max_backup_bytes: u64,
+    /// Signs download links.
+    key: Arc<[u8]>,
+    /// How long a download link works.
+    pub link_ttl: chrono::Duration,
+    /// Where links point.
+    pub public_url: String,
+}
+
+/// An upload let in: the service and resource as they were read, and the key that
+/// opened it.
+#[derive(Clone, Debug)]
+pub struct Admitted {
+    pub service: ServiceState,
+    pub resource: ResourceState,
+    pub key_id: Option<Uuid>,
+}
+
+/// A stored backup's answer.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub backup: BackupStored,
+    pub at: DateTime<Utc>,
+}
+
+impl Backups {
+    pub fn new(events: Arc<dyn EventStore>, blobs: Blobs, clock: Clock, key: &[u8]) -> Self {
+        Backups {
+            events,
+            blobs,
+            clock,
+            max_backup_bytes: 1 << 40,
+            key: key.into(),
+            link_ttl: chrono::Duration::hours(12),
+            public_url: String::new(),
+        }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    fn metadata(actor: Uuid) -> Metadata {
+        Metadata {
+            actor: Some(actor.to_string()),
+            correlation_id: Some(Uuid::now_v7()),
+            causation_id: None,
+        }
+    }
+
+    fn event(&self, event: &impl DomainEvent, actor: Uuid) -> NewEvent {
+        NewEvent::at(event, Self::metadata(actor), self.now())
+    }
+
+    pub async fn service(&self, service_id: Uuid) -> Result<Option<ServiceState>, BackupError> {
+        let events = self
+            .events
+            .read_stream(&backup::service_stream(service_id))
+            .await?;
+        Ok(ServiceState::of(&events)?)
+    }
+
+    pub async fn resource(&self, resource_id: Uuid) -> Result<Option<ResourceState>, BackupError> {
+        let events = self
+            .events
+            .read_stream(&backup::resource_stream(resource_id))
+            .await?;
+        Ok(ResourceState::of(&events)?)
+    }
+
+    /// `owner`'s live service, or [`BackupError::NotFound`].
+    pub async fn owned_service(
+        &self,
+        owner: Uuid,
+        service_id: Uuid,
+    ) -> Result<ServiceState, BackupError> {
+        match self.service(service_id).await? {
+            Some(service) if service.owner == owner && !service.deleted => Ok(service),
+            _ => Err(BackupError::NotFound),
+        }
+    }
+
+    /// `owner`'s live resource, or [`BackupError::NotFound`].
+    pub async fn owned_resource(
+        &self,
+        owner: Uuid,
+        resource_id: Uuid,
+    ) -> Result<ResourceState, BackupError> {
+        match self.resource(resource_id).await? {
+            Some(resource) if resource.owner == owner && !resource.deleted => Ok(resource),
+            _ => Err(BackupError::NotFound),
+        }
+    }
+
+    /// A new service for `owner`.
+    pub async fn create_service(
+        &self,
+        owner: Uuid,
+        settings: ServiceSettings,
+    ) -> Result<ServiceState, BackupError> {
+        let settings = decide::service_settings(settings)?;
+        let service_id = Uuid::now_v7();
+        let created = ServiceCreated {
+            service_id,
+            owner,
+            settings,
+        };
+        let request = AppendRequest::new(
+            backup::service_stream(service_id),
+            ExpectedVersion::NoStream,
+            vec![self.event(&created, owner)],
+        )
+        .and_stream(
+            backup::owner_stream(owner),
+            ExpectedVersion::Any,
+            vec![self.event(&ServiceOwned { service_id }, owner)],
+        );
+        self.events.append(request).await?;
+        self.owned_service(owner, service_id).await
+    }
+
+    /// `owner`'s live services, oldest first.
+    pub async fn services_of(&self, owner: Uuid) -> Result<Vec<ServiceState>, BackupError> {
+        let index = self
+            .events
+            .read_stream(&backup::owner_stream(owner))
+            .await?;
+        let mut ids = Vec::new();
+        for event in &index {
+            match event.event_type.as_str() {
+                ServiceOwned::TYPE => ids.push(ServiceOwned::decode(event)?.service_id),
+                ServiceDisowned::TYPE => {
+                    let gone = ServiceDisowned::decode(event)?.service_id;
+                    ids.retain(|id| *id != gone);
+                }
+                _ => {}
+            }
+        }
+        let streams: Vec<String> = ids.iter().map(|id| backup::service_stream(*id)).collect();
+        let mut read = self.events.read_streams(&streams).await?;
+        let mut services = Vec::with_capacity(ids.len());
+        for stream in &streams {
+            let events = read.remove(stream).unwrap_or_default();
+            if let Some(service) = ServiceState::of(&events)?
+                && service.owner == owner
+                && !service.deleted
+            {
+                services.push(service);
+            }
+        }
+        Ok(services)
+    }
+
+    /// The live resources of `owner`'s service, oldest first.
+    pub async fn resources_of(
+        &self,
+        owner: Uuid,
+        service_id: Uuid,
+    ) -> Result<Vec<ResourceState>, BackupError> {
+        let service = self.owned_service(owner, service_id).await?;
+        let streams: Vec<String> = service
+            .resources
+            .iter()
+            .map(|id| backup::resource_stream(*id))
+            .collect();
+        let mut read = self.events.read_streams(&streams).await?;
+        let mut resources = Vec::with_capacity(streams.len());
+        for stream in &streams {
+            let events = read.remove(stream).unwrap_or_default();
+            if let Some(resource) = ResourceState::of(&events)?
+                && !resource.deleted
+            {
+                resources.push(resource);
+            }
+        }
+        Ok(resources)
+    }
+
+    /// Change `owner`'s service: `change` is given its settings as they are and returns
+    /// them as they should be.
+    pub async fn update_service(
+        &self,
+        owner: Uuid,
+        service_id: Uuid,
+        change: impl Fn(ServiceSettings) -> Result<ServiceSettings, Invalid>,
+    ) -> Result<ServiceState, BackupError> {
+        for _ in 0..TRIES {
+            let service = self.owned_service(owner, service_id).await?;
+            let settings = decide::service_settings(change(service.settings.clone())?)?;
+            if settings == service.settings {
+                return Ok(service);
+            }
+            let updated = ServiceUpdated {
+                service_id,
+                settings,
+            };
+            let append = self
+                .events
+                .append(AppendRequest::new(
+                    backup::service_stream(service_id),
+                    ExpectedVersion::Exact(service.version),
+                    vec![self.event(&updated, owner)],
+                ))
+                .await;
+            match append {
+                Ok(_) => return self.owned_service(owner, service_id).await,
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(conflict(&backup::service_stream(service_id)))
+    }
+
+    /// Delete `owner`'s service and its resources: uploads to them are refused at once.
+    pub async fn delete_service(&self, owner: Uuid, service_id: Uuid) -> Result<(), BackupError> {
+        for _ in 0..TRIES {
+            let service = self.owned_service(owner, service_id).await?;
+            let deleted = ServiceDeleted { service_id };
+            let mut request = AppendRequest::new(
+                backup::service_stream(service_id),
+                ExpectedVersion::Exact(service.version),
+                vec![self.event(&deleted, owner)],
+            )
+            .and_stream(
+                backup::owner_stream(owner),
+                ExpectedVersion::Any,
+                vec![self.event(&ServiceDisowned { service_id }, owner)],
+            );
+            for resource_id in &service.resources {
+                request = request.and_stream(
+                    backup::resource_stream(*resource_id),
+                    ExpectedVersion::Any,
+                    vec![self.event(
+                        &ResourceDeleted {
+                            resource_id: *resource_id,
+                        },
+                        owner,
+                    )],
+                );
+            }
+            match self.events.append(request).await {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(conflict(&backup::service_stream(service_id)))
+    }
+
+    /// A new API key for `owner`'s service: the key itself is returned once, and only
+    /// its hash kept.
+    pub async fn create_key(
+        &self,
+        owner: Uuid,
+        service_id: Uuid,
+        name: &str,
+    ) -> Result<(ApiKey, String), BackupError> {
+        let name = decide::name("name", name)?;
+        let service = self.owned_service(owner, service_id).await?;
+        let key = mint_key();
+        let created = ApiKeyCreated {
+            service_id,
+            key_id: Uuid::now_v7(),
+            name,
+            hash: key_hash(&key),
+        };
+        // Any version: a key added beside another change conflicts with nothing.
+        self.events
+            .append(AppendRequest::new(
+                backup::service_stream(service.service_id),
+                ExpectedVersion::Any,
+                vec![self.event(&created, owner)],
+            ))
+            .await?;
+        let made = ApiKey {
+            key_id: created.key_id,
+            name: created.name,
+            hash: created.hash,
+            created_at: self.now(),
+            last_used: None,
+        };
+        Ok((made, key))
+    }
+
+    /// Revoke a key of `owner`'s service.
+    pub async fn revoke_key(
+        &self,
+        owner: Uuid,
+        service_id: Uuid,
+        key_id: Uuid,
+    ) -> Result<(), BackupError> {
+        let service = self.owned_service(owner, service_id).await?;
+        if !service.keys.iter().any(|k| k.key_id == key_id) {
+            return Err(BackupError::NotFound);
+        }
+        let revoked = ApiKeyRevoked { service_id, key_id };
+        self.events
+            .append(AppendRequest::new(
+                backup::service_stream(service_id),
+                ExpectedVersion::Any,
+                vec![self.event(&revoked, owner)],
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// A new resource in `owner`'s service.
+    pub async fn create_resource(
+        &self,
+        owner: Uuid,
+        service_id: Uuid,
+        settings: ResourceSettings,
+    ) -> Result<ResourceState, BackupError> {
+        let settings = decide::resource_settings(settings)?;
+        for _ in 0..TRIES {
+            let service = self.owned_service(owner, service_id).await?;
+            let resource_id = random_id();
+            let created = ResourceCreated {
+                resource_id,
+                service_id,
+                owner,
+                settings: settings.clone(),
+            };
+            let added = ResourceAdded {
+                service_id,
+                resource_id,
+            };
+            // At the service's version: a resource is never added to a deleted service.
+            let request = AppendRequest::new(
+                backup::service_stream(service_id),
+                ExpectedVersion::Exact(service.version),
+                vec![self.event(&added, owner)],
+            )
+            .and_stream(
+                backup::resource_stream(resource_id),
+                ExpectedVersion::NoStream,
+                vec![self.event(&created, owner)],
+            );
+            match self.events.append(request).await {
+                Ok(_) => return self.owned_resource(owner, resource_id).await,
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(conflict(&backup::service_stream(service_id)))
+    }
+
+    /// Change `owner`'s resource, as [`Backups::update_service`] does a service.
+    pub async fn update_resource(
+        &self,
+        owner: Uuid,
+        resource_id: Uuid,
+        change: impl Fn(ResourceSettings) -> Result<ResourceSettings, Invalid>,
+    ) -> Result<ResourceState, BackupError> {
+        for _ in 0..TRIES {
+            let resource = self.owned_resource(owner, resource_id).await?;
+            let settings = decide::resource_settings(change(resource.settings.clone())?)?;
+            if settings == resource.settings {
+                return Ok(resource);
+            }
+            let updated = ResourceUpdated {
+                resource_id,
+                settings,
+            };
+            let append = self
+                .events
+                .append(AppendRequest::new(
+                    backup::resource_stream(resource_id),
+                    ExpectedVersion::Exact(resource.version),
+                    vec![self.event(&updated, owner)],
+                ))
+                .await;
+            match append {
+                Ok(_) => return self.owned_resource(owner, resource_id).await,
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(conflict(&backup::resource_stream(resource_id)))
+    }
+
+    /// Delete `owner`'s resource: uploads to it are refused at once.
+    pub async fn delete_resource(&self, owner: Uuid, resource_id: Uuid) -> Result<(), BackupError> {
+        let resource = self.owned_resource(owner, resource_id).await?;
+        let removed = ResourceRemoved {
+            service_id: resource.service_id,
+            resource_id,
+        };
+        let request = AppendRequest::new(
+            backup::resource_stream(resource_id),
+            ExpectedVersion::Any,
+            vec![self.event(&ResourceDeleted { resource_id }, owner)],
+        )
+        .and_stream(
+            backup::service_stream(resource.service_id),
+            ExpectedVersion::Any,
+            vec![self.event(&removed, owner)],
+        );
+        self.events.append(request).await?;
+        Ok(())
+    }
+
+    /// Whether an upload to `resource_id` gets in, with the `Authorization` header given
+    /// and from `client` ([`decide::admit`]).
+    pub async fn admit(
+        &self,
+        resource_id: Uuid,
+        authorization: Option<&str>,
+        client: Option<IpAddr>,
+    ) -> Result<Result<Admitted, Turned>, BackupError> {
+        let Some(resource) = self.resource(resource_id).await? else {
+            return Ok(Err(Turned::Unknown));
+        };
+        let Some(service) = self.service(resource.service_id).await? else {
+            return Ok(Err(Turned::Unknown));
+        };
+        let hash = authorization.and_then(decide::presented_key).map(key_hash);
+        Ok(
+            decide::admit(&service, &resource, hash.as_deref(), client).map(|key_id| Admitted {
+                service,
+                resource,
+                key_id,
+            }),
+        )
+    }
+
+    /// Where an upload to `service_id` is written before it is recorded: its own name,
+    /// which becomes the content's if no backup of the service has that content.
+    pub fn new_blob(service_id: Uuid) -> String {
+        format!("backups/{service_id}/{:032x}", rand::random::<u128>())
+    }
+
+    /// Record a backup whose file `written` is in the blob store: in its resource, and in
+    /// its content's count. If the service keeps the same content already, the backup
+    /// uses that file and `written` is deleted.
+    pub async fn store(
+        &self,
+        admitted: &Admitted,
+        written: Written,
+        format: String,
+        file_name: String,
+    ) -> Result<Stored, BackupError> {
+        let service_id = admitted.service.service_id;
+        let resource_id = admitted.resource.resource_id;
+        let actor = admitted.key_id.unwrap_or(admitted.service.owner);
+        let content_stream = backup::blob_stream(service_id, &written.sha256);
+        for _ in 0..TRIES {
+            let events = self.events.read_stream(&content_stream).await?;
+            let content = BlobState::of(&events)?;
+            let blob = match decide::content(&content, &written.blob) {
+                decide::Content::Shared(blob) | decide::Content::Own(blob) => blob,
+            };
+            let now = self.now();
+            let stored = BackupStored {
+                backup_id: Uuid::now_v7(),
+                resource_id,
+                service_id,
+                format: format.clone(),
+                file_name: file_name.clone(),
+                bytes: written.bytes,
+                sha256: written.sha256.clone(),
+                blob: blob.clone(),
+                key_id: admitted.key_id,
+            };
+            let referenced = BlobReferenced {
+                blob: blob.clone(),
+                backup_id: stored.backup_id,
+            };
+            // The content's stream at the version read: a file being discarded is never
+            // referred to again, and a reference is never lost to a discard.
+            let mut request = AppendRequest::new(
+                backup::resource_stream(resource_id),
+                ExpectedVersion::Any,
+                vec![self.event(&stored, actor)],
+            )
+            .and_stream(
+                content_stream.clone(),
+                ExpectedVersion::Exact(content.version),
+                vec![self.event(&referenced, actor)],
+            );
+            if let Some(key_id) = admitted.key_id
+                && decide::record_key_use(&admitted.service, key_id, now)
+            {
+                request = request.and_stream(
+                    backup::service_stream(service_id),
+                    ExpectedVersion::Any,
+                    vec![self.event(&ApiKeyUsed { service_id, key_id }, actor)],
+                );
+            }
+            match self.events.append(request).await {
+                Ok(_) => {
+                    if blob != written.blob {
+                        self.blobs
+                            .delete_quietly(&written.blob, "the sweep will delete it")
+                            .await;
+                    }
+                    return Ok(Stored {
+                        backup: stored,
+                        at: now,
+                    });
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(conflict(&content_stream))
+    }
+}
+
+/// A resource's id is its upload URL, which anyone may learn from a cron line: 122
+/// random bits, so that the ids of others' resources cannot be guessed from it.
+fn random_id() -> Uuid {
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid()
+}
+
+/// A command that kept losing its race.
+fn conflict(stream_id: &str) -> BackupError {
+    BackupError::Store(StoreError::Conflict {
+        stream_id: stream_id.to_owned(),
+        expected: ExpectedVersion::Any,
+        actual: -1,
+    })
+}
+
+/// A fresh API key: `cairn_bk_` and 32 random bytes, base64url.
+pub fn mint_key() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!(
+        "{KEY_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// How a key is kept: its SHA-256, hex (a fast hash is enough for a secret of 256 random
+/// bits).
+pub fn key_hash(key: &str) -> String {
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

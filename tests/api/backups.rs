@@ -1,0 +1,646 @@
+//! File backups as a cron job and its owner see them: services, keys and resources made
+//! over the JSON API; backups posted the way Dome's users post them (`curl -F backup=@…`),
+//! every refusal in Dome's order and words; identical files stored once; downloads with
+//! `Range`; one user unable to see another's.
+
+use reqwest::multipart::{Form, Part};
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, PATIENCE, PUBLIC_URL, TestApp, spawn_with, test_config, until};
+
+crate::on_both_backends!(backups:
+    uploads_the_dome_way,
+    refusals_come_in_domes_order,
+    identical_files_are_stored_once,
+    owners_see_only_their_own,
+    a_cut_off_upload_leaves_nothing,
+);
+
+async fn app(backend: Backend) -> TestApp {
+    let mut config = test_config(backend).await;
+    // The tests speak from 127.0.0.1 as a proxy would, naming clients in X-Forwarded-For.
+    config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    config.public_url = PUBLIC_URL.into();
+    spawn_with(config).await
+}
+
+/// `method path` with the owner's token and a JSON body; the status and the JSON answer.
+async fn call(
+    app: &TestApp,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = app
+        .client
+        .request(method, format!("{}{path}", app.address))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A service with `settings` and one resource in it: (service id, resource id).
+async fn service_with_resource(app: &TestApp, token: &str, settings: Value) -> (String, String) {
+    let (status, service) = call(app, token, "POST", "/services", Some(settings)).await;
+    assert_eq!(status, 201, "{service}");
+    let service_id = service["data"]["id"].as_str().unwrap().to_owned();
+    let (status, resource) = call(
+        app,
+        token,
+        "POST",
+        &format!("/services/{service_id}/resources"),
+        Some(json!({"name": "facts.json", "description": "the bot's facts"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{resource}");
+    let resource_id = resource["data"]["id"].as_str().unwrap().to_owned();
+    assert!(
+        resource["data"]["upload_url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/{resource_id}"))
+    );
+    (service_id, resource_id)
+}
+
+fn file_form(content: &[u8], name: &str, format: Option<&str>) -> Form {
+    let form = Form::new().part(
+        "backup",
+        Part::bytes(content.to_vec()).file_name(name.to_owned()),
+    );
+    match format {
+        Some(format) => form.text("format", format.to_owned()),
+        None => form,
+    }
+}
+
+/// `POST /{resource}` as a cron job would: the status and the JSON answer.
+async fn post_backup(
+    app: &TestApp,
+    resource: &str,
+    form: Form,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut request = app
+        .client
+        .post(format!("{}/{resource}", app.address))
+        .multipart(form);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+pub async fn uploads_the_dome_way(backend: Backend) {
+    let app = app(backend).await;
+    let token = app.add_user("ola").await;
+    let (_, resource) = service_with_resource(&app, &token, json!({"name": "bots"})).await;
+
+    // curl -F backup=@facts.json -F format=json https://…/{resource}
+    let facts = br#"{"facts": ["the sky is blue"]}"#;
+    let (status, created) = post_backup(
+        &app,
+        &resource,
+        file_form(facts, "facts.json", Some("json")),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["message"], "backup created successfully");
+    let backup = &created["backup"];
+    assert_eq!(backup["resource"], resource.as_str());
+    assert_eq!(backup["format"], "json");
+    assert_eq!(backup["created_at"], backup["updated_at"]);
+    assert!(backup["uuid"].as_str().unwrap().len() == 36);
+
+    // The link in the answer opens the file without a token, and takes a Range.
+    let url = app.local(backup["url"].as_str().unwrap());
+    let response = app.client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let sha = response.headers()["x-content-sha256"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        response.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("facts.json")
+    );
+    assert_eq!(&response.bytes().await.unwrap()[..], facts);
+    assert_eq!(sha.len(), 64);
+    let part = app
+        .client
+        .get(&url)
+        .header("Range", "bytes=2-6")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(&part.bytes().await.unwrap()[..], &facts[2..7]);
+    // A link altered is refused.
+    let forged = url.replace("signature=", "signature=x");
+    assert_eq!(app.client.get(&forged).send().await.unwrap().status(), 401);
+
+    // Without a format it is inferred: from the name, else from the first bytes.
+    let (status, created) = post_backup(
+        &app,
+        &resource,
+        file_form(b"\x1f\x8b\x08\0rest", "dump", None),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (status, created["backup"]["format"].as_str()),
+        (201, Some("gz"))
+    );
+    let (status, created) = post_backup(
+        &app,
+        &resource,
+        file_form(b"a,b\n1,2\n", "table.csv", None),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (status, created["backup"]["format"].as_str()),
+        (201, Some("csv"))
+    );
+
+    // POST / with the resource as the first label of the host name, as on Dome's
+    // wildcard domain.
+    let response = app
+        .client
+        .post(format!("{}/", app.address))
+        .header("Host", format!("{resource}.backups.example"))
+        .multipart(file_form(b"by host", "note.txt", Some("txt")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+
+    // The owner lists them newest first, a page at a time, and downloads with the token.
+    let path = format!("/resources/{resource}/backups?limit=3");
+    let (status, page) = call(&app, &token, "GET", &path, None).await;
+    assert_eq!(status, 200, "{page}");
+    let formats: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["format"].as_str().unwrap())
+        .collect();
+    assert_eq!(formats, ["txt", "csv", "gz"]);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, rest) = call(
+        &app,
+        &token,
+        "GET",
+        &format!("{path}&cursor={cursor}"),
+        None,
+    )
+    .await;
+    assert_eq!(rest["data"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["data"][0]["sha256"], sha.as_str());
+    assert!(rest["next_cursor"].is_null());
+    let first = rest["data"][0]["id"].as_str().unwrap();
+    let response = app
+        .client
+        .get(format!(
+            "{}/resources/{resource}/backups/{first}/file",
+            app.address
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(&response.bytes().await.unwrap()[..], facts);
+    let (status, resource_view) =
+        call(&app, &token, "GET", &format!("/resources/{resource}"), None).await;
+    assert_eq!(
+        (status, resource_view["data"]["backups"].as_u64()),
+        (200, Some(4))
+    );
+}
+
+pub async fn refusals_come_in_domes_order(backend: Backend) {
+    let app = app(backend).await;
+    let token = app.add_user("ola").await;
+    let (service, resource) = service_with_resource(
+        &app,
+        &token,
+        json!({
+            "name": "bots",
+            "retention": "1w",
+            "auth": {"enabled": true},
+            "ip_allowlist": {"enabled": true, "ips": ["10.0.0.0/8", "2001:db8::/32", "203.0.113.7"]},
+            "max_backup_bytes": 1000
+        }),
+    )
+    .await;
+    let (status, key) = call(
+        &app,
+        &token,
+        "POST",
+        &format!("/services/{service}/keys"),
+        Some(json!({"name": "nightly cron"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{key}");
+    let key_id = key["data"]["id"].as_str().unwrap().to_owned();
+    let key = key["data"]["key"].as_str().unwrap().to_owned();
+    let bearer_dash = format!("Bearer-{key}");
+    let token_scheme = format!("Token {key}");
+    let file = || file_form(b"{}", "facts.json", Some("json"));
+    let from = |ip: &'static str| ("X-Forwarded-For", ip);
+
+    // Unknown resource: 404, whatever else is wrong.
+    let unknown = "3bb2e8c2-b07f-47c1-9f1b-33e59de1f9ff";
+    let (status, body) = post_backup(&app, unknown, file(), &[]).await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        body,
+        json!({"message": format!("resource with uuid {unknown} does not exist")})
+    );
+    let (status, _) = post_backup(&app, "not-a-uuid", file(), &[]).await;
+    assert_eq!(status, 404);
+
+    // Then the key: missing, wrong.
+    let (status, body) = post_backup(&app, &resource, file(), &[from("192.0.2.1")]).await;
+    assert_eq!(
+        (status, body),
+        (401, json!({"message": "valid api key is needed"}))
+    );
+    let (status, _) = post_backup(
+        &app,
+        &resource,
+        file(),
+        &[("Authorization", "Bearer-cairn_bk_wrong")],
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // Then an inactive resource (even from an address not allowed).
+    let (status, _) = call(
+        &app,
+        &token,
+        "PATCH",
+        &format!("/resources/{resource}"),
+        Some(json!({"active": false})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = post_backup(
+        &app,
+        &resource,
+        file(),
+        &[("Authorization", &bearer_dash), from("192.0.2.1")],
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["message"],
+        format!("resource with uuid {resource} is not active")
+    );
+    call(
+        &app,
+        &token,
+        "PATCH",
+        &format!("/resources/{resource}"),
+        Some(json!({"active": true})),
+    )
+    .await;
+
+    // Then the address: the client's, as the trusted proxy names it.
+    let (status, body) = post_backup(
+        &app,
+        &resource,
+        file(),
+        &[("Authorization", &bearer_dash), from("192.0.2.1")],
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(body["message"], "backups from 192.0.2.1 are not allowed");
+    for allowed in ["10.1.2.3", "2001:db8:5::1", "203.0.113.7"] {
+        let (status, body) = post_backup(
+            &app,
+            &resource,
+            file(),
+            &[("Authorization", &bearer_dash), from(allowed)],
+        )
+        .await;
+        assert_eq!(status, 201, "{allowed}: {body}");
+    }
+    let (status, _) = post_backup(
+        &app,
+        &resource,
+        file(),
+        &[("Authorization", &token_scheme), from("203.0.113.8")],
+    )
+    .await;
+    assert_eq!(status, 403, "a neighbour of an allowed address");
+
+    // Then the form: no file, a bad format; then the size.
+    let auth = [("Authorization", token_scheme.as_str()), from("10.0.0.1")];
+    let form = Form::new().text("format", "json");
+    let (status, body) = post_backup(&app, &resource, form, &auth).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["errors"][0]["param"], "backup");
+    assert_eq!(body["errors"][0]["location"], "body");
+    assert!(body["errors"][0]["msg"].is_string() && body["errors"][0]["value"].is_string());
+    let (status, body) = post_backup(
+        &app,
+        &resource,
+        file_form(b"{}", "a.json", Some("js/on")),
+        &auth,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["errors"][0]["param"], "format");
+    assert_eq!(body["errors"][0]["value"], "js/on");
+    let (status, body) = post_backup(
+        &app,
+        &resource,
+        file_form(&[b'x'; 1001], "big.txt", None),
+        &auth,
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("1000 bytes"));
+    let (status, _) = post_backup(
+        &app,
+        &resource,
+        file_form(&[b'x'; 1000], "fits.txt", None),
+        &auth,
+    )
+    .await;
+    assert_eq!(status, 201);
+
+    // The key's last use shows; once revoked it opens nothing.
+    let (_, view) = call(&app, &token, "GET", &format!("/services/{service}"), None).await;
+    assert!(
+        view["data"]["auth"]["keys"][0]["last_used_at"].is_string(),
+        "{view}"
+    );
+    assert!(
+        view["data"]["auth"]["keys"][0].get("key").is_none(),
+        "the key is never shown again"
+    );
+    let (status, _) = call(
+        &app,
+        &token,
+        "DELETE",
+        &format!("/services/{service}/keys/{key_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, _) = post_backup(&app, &resource, file(), &auth).await;
+    assert_eq!(status, 401);
+
+    // Settings are checked, naming the field.
+    let (status, body) = call(
+        &app,
+        &token,
+        "PATCH",
+        &format!("/services/{service}"),
+        Some(json!({"ip_allowlist": {"enabled": true, "ips": ["10.0.0.0/33"]}})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_ip_allowlist_ips"))
+    );
+    let (status, body) = call(
+        &app,
+        &token,
+        "POST",
+        "/services",
+        Some(json!({"name": "x", "retention": "1y"})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_retention"))
+    );
+}
+
+pub async fn identical_files_are_stored_once(backend: Backend) {
+    let app = app(backend).await;
+    let token = app.add_user("ola").await;
+    let (service, first) = service_with_resource(&app, &token, json!({"name": "bots"})).await;
+    let (status, second) = call(
+        &app,
+        &token,
+        "POST",
+        &format!("/services/{service}/resources"),
+        Some(json!({"name": "again"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let second = second["data"]["id"].as_str().unwrap().to_owned();
+    let content = b"the same bytes every night".repeat(100);
+    let mut links = Vec::new();
+    for resource in [&first, &second, &first] {
+        let (status, created) =
+            post_backup(&app, resource, file_form(&content, "db.sqlite", None), &[]).await;
+        assert_eq!(status, 201, "{created}");
+        links.push(app.local(created["backup"]["url"].as_str().unwrap()));
+    }
+    let (status, _) = post_backup(
+        &app,
+        &first,
+        file_form(b"something else", "db.sqlite", None),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 201);
+    // Two contents, two files.
+    let dir = app.config.data_dir.join("blobs/backups").join(&service);
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}; {:?}", dir.display(), walk(&app.config.data_dir)))
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().contains('#'))
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    for link in links {
+        let response = app.client.get(&link).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(&response.bytes().await.unwrap()[..], &content[..]);
+    }
+}
+
+pub async fn owners_see_only_their_own(backend: Backend) {
+    let app = app(backend).await;
+    let alice = app.add_user("alice").await;
+    let bob = app.add_user("bob").await;
+    let (service, resource) = service_with_resource(&app, &alice, json!({"name": "alice's"})).await;
+    let (status, created) =
+        post_backup(&app, &resource, file_form(b"private", "p.txt", None), &[]).await;
+    assert_eq!(status, 201);
+    let backup = created["backup"]["uuid"].as_str().unwrap().to_owned();
+
+    let (_, mine) = call(&app, &bob, "GET", "/services", None).await;
+    assert_eq!(mine["data"], json!([]));
+    let (_, hers) = call(&app, &alice, "GET", "/services", None).await;
+    assert_eq!(hers["data"][0]["id"], service.as_str());
+    for (method, path, body) in [
+        ("GET", format!("/services/{service}"), None),
+        (
+            "PATCH",
+            format!("/services/{service}"),
+            Some(json!({"name": "mine now"})),
+        ),
+        ("DELETE", format!("/services/{service}"), None),
+        (
+            "POST",
+            format!("/services/{service}/keys"),
+            Some(json!({"name": "k"})),
+        ),
+        (
+            "POST",
+            format!("/services/{service}/resources"),
+            Some(json!({"name": "r"})),
+        ),
+        ("GET", format!("/services/{service}/resources"), None),
+        ("GET", format!("/resources/{resource}"), None),
+        (
+            "PATCH",
+            format!("/resources/{resource}"),
+            Some(json!({"active": false})),
+        ),
+        ("DELETE", format!("/resources/{resource}"), None),
+        ("GET", format!("/resources/{resource}/backups"), None),
+        (
+            "GET",
+            format!("/resources/{resource}/backups/{backup}/file"),
+            None,
+        ),
+    ] {
+        let (status, answer) = call(&app, &bob, method, &path, body).await;
+        assert_eq!(status, 404, "bob: {method} {path}: {answer}");
+    }
+    let (status, _) = call(&app, "not-a-token", "GET", "/services", None).await;
+    assert_eq!(status, 401);
+    // All of it is still hers.
+    let (status, view) = call(&app, &alice, "GET", &format!("/services/{service}"), None).await;
+    assert_eq!(
+        (status, view["data"]["name"].as_str()),
+        (200, Some("alice's"))
+    );
+    let (_, list) = call(
+        &app,
+        &alice,
+        "GET",
+        &format!("/services/{service}/resources"),
+        None,
+    )
+    .await;
+    assert_eq!(list["data"][0]["active"], true);
+
+    // Deleted, a resource takes no more uploads, and is gone from its service.
+    let (status, _) = call(
+        &app,
+        &alice,
+        "DELETE",
+        &format!("/resources/{resource}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, _) = post_backup(&app, &resource, file_form(b"late", "l.txt", None), &[]).await;
+    assert_eq!(status, 404);
+    let (_, list) = call(
+        &app,
+        &alice,
+        "GET",
+        &format!("/services/{service}/resources"),
+        None,
+    )
+    .await;
+    assert_eq!(list["data"], json!([]));
+    let (status, _) = call(
+        &app,
+        &alice,
+        "DELETE",
+        &format!("/services/{service}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (_, hers) = call(&app, &alice, "GET", "/services", None).await;
+    assert_eq!(hers["data"], json!([]));
+}
+
+pub async fn a_cut_off_upload_leaves_nothing(backend: Backend) {
+    use tokio::io::AsyncWriteExt;
+
+    let app = app(backend).await;
+    let token = app.add_user("ola").await;
+    let (service, resource) = service_with_resource(&app, &token, json!({"name": "bots"})).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /{resource} HTTP/1.1\r\nHost: {address}\r\nContent-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 10000000\r\n\r\n--XyZ\r\nContent-Disposition: form-data; name=\"backup\"; filename=\"big.bin\"\r\n\r\n"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket
+        .write_all(&vec![b'x'; 3 * 1024 * 1024])
+        .await
+        .unwrap();
+    socket.flush().await.unwrap();
+    // The file is being written...
+    let dir = app.config.data_dir.join("blobs/backups").join(&service);
+    until("the upload to be written", PATIENCE, || {
+        let dir = dir.clone();
+        async move {
+            std::fs::read_dir(&dir)
+                .map(|entries| entries.count() > 0)
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    // ...when the client goes away: nothing is recorded, and what was written is deleted.
+    drop(socket);
+    until("the partial upload to be deleted", PATIENCE, || {
+        let dir = dir.clone();
+        async move {
+            std::fs::read_dir(&dir)
+                .map(|entries| entries.count() == 0)
+                .unwrap_or(true)
+        }
+    })
+    .await;
+    let (_, page) = call(
+        &app,
+        &token,
+        "GET",
+        &format!("/resources/{resource}/backups"),
+        None,
+    )
+    .await;
+    assert_eq!(page["data"], json!([]));
+}
+
+/// Every file under `dir`, for failure messages.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path.display().to_string());
+        }
+    }
+    found
+}
