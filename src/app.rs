@@ -12,15 +12,17 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::routing::get;
+use cairn_command::backups::timers::BackupTimers;
 use cairn_command::capsules::timers::{self, CapsuleTimers};
 use cairn_command::{CommandState, TokenRegistry, UploadState};
+use cairn_events::domain::{backup, capsule};
 use cairn_events::{Clock, EventStore, NoWait, ReadYourWrites, Store};
 use cairn_http::ApiError;
 use cairn_query::projections::{CheckpointPoller, Messages, Projection, Trends};
 use cairn_query::routes::{QueryState, StartupGate};
 use cairn_query::{GenerationStore, Runner, RunnerHandle};
 use cairn_scheduler::maintenance::FnJob;
-use cairn_scheduler::{EmailWorker, Maintenance, SchedulerMetrics, Sleeper};
+use cairn_scheduler::{ByCategory, EmailWorker, Maintenance, SchedulerMetrics, Sleeper};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use utoipa_swagger_ui::SwaggerUi;
@@ -152,16 +154,35 @@ impl Application {
         } else {
             None
         };
-        let scheduler = if let (Role::All | Role::Scheduler, Some(capsules)) = (role, &capsules) {
+        let scheduler = if let (Role::All | Role::Scheduler, Some(capsules), Some(backups)) =
+            (role, &capsules, &backups)
+        {
             let metrics = Arc::new(SchedulerMetrics::default());
             let maintenance = Arc::new(maintenance(config, &store, capsules, clock.clone())?);
             maintenance
                 .plan()
                 .await
                 .context("planning the maintenance jobs")?;
-            let actions = maintenance.around(Arc::new(CapsuleTimers {
-                capsules: capsules.clone(),
-            }));
+            let jobs = ByCategory::default()
+                .with(
+                    capsule::CATEGORY,
+                    Arc::new(CapsuleTimers {
+                        capsules: capsules.clone(),
+                    }),
+                )
+                .with(
+                    backup::RESOURCE,
+                    Arc::new(BackupTimers {
+                        backups: backups.clone(),
+                    }),
+                )
+                .with(
+                    backup::BLOB,
+                    Arc::new(BackupTimers {
+                        backups: backups.clone(),
+                    }),
+                );
+            let actions = maintenance.around(Arc::new(jobs));
             let mut sleeper = Sleeper::new(store.clone(), actions)
                 .with_clock(clock.clone())
                 .with_metrics(metrics.clone());

@@ -306,6 +306,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc.merge(cairn_command::UploadApi::openapi());
     doc.merge(cairn_command::PagesApi::openapi());
     doc.merge(cairn_command::FilesApi::openapi());
+    doc.merge(cairn_command::BackupApi::openapi());
+    doc.merge(cairn_command::BackupUploadApi::openapi());
     let ops = OpsApi::openapi();
     doc.info = ops.info.clone();
     doc.merge(ops);

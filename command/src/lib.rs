@@ -26,6 +26,8 @@ use axum::Router;
 use cairn_events::{EventStore, ReadYourWrites};
 
 pub use auth::TokenRegistry;
+pub use backups::api::BackupApi;
+pub use backups::upload::BackupUploadApi;
 pub use capsules::api::CapsuleApi;
 pub use capsules::chronoria::ChronoriaApi;
 pub use capsules::files::FilesApi;

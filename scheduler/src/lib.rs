@@ -12,12 +12,14 @@
 #![forbid(unsafe_code)]
 
 pub mod email;
+pub mod jobs;
 pub mod maintenance;
 pub mod metrics;
 mod renew;
 pub mod sleeper;
 
 pub use email::{EmailWorker, FileMailer, Mailer, SendError, SmtpMailer};
+pub use jobs::ByCategory;
 pub use maintenance::{Job, Maintenance};
 pub use metrics::SchedulerMetrics;
 pub use sleeper::Sleeper;

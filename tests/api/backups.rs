@@ -14,6 +14,7 @@ crate::on_both_backends!(backups:
     identical_files_are_stored_once,
     owners_see_only_their_own,
     a_cut_off_upload_leaves_nothing,
+    retention_deletes_old_backups_and_their_files,
 );
 
 async fn app(backend: Backend) -> TestApp {
@@ -629,6 +630,131 @@ pub async fn a_cut_off_upload_leaves_nothing(backend: Backend) {
     )
     .await;
     assert_eq!(page["data"], json!([]));
+}
+
+/// The ids of the backups `resource` keeps, newest first.
+async fn kept(app: &TestApp, token: &str, resource: &str) -> Vec<String> {
+    let (status, page) = call(
+        app,
+        token,
+        "GET",
+        &format!("/resources/{resource}/backups?limit=100"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The stored files of `service` (partial uploads aside).
+fn files_of(app: &TestApp, service: &str) -> usize {
+    std::fs::read_dir(app.config.data_dir.join("blobs/backups").join(service))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| !e.file_name().to_string_lossy().contains('#'))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+pub async fn retention_deletes_old_backups_and_their_files(backend: Backend) {
+    let app = app(backend).await;
+    let token = app.add_user("ola").await;
+    let (service, resource) =
+        service_with_resource(&app, &token, json!({"name": "bots", "retention": "1w"})).await;
+    let start = chrono::Utc::now();
+    let at = |days: i64| *app.now.lock().unwrap() = Some(start + chrono::Duration::days(days));
+    let mut ids = Vec::new();
+    // Day 0: a file of its own; day 3 and day 8: one content twice.
+    for (day, content) in [(0, "only on day 0"), (3, "the same"), (8, "the same")] {
+        at(day);
+        let (status, created) = post_backup(
+            &app,
+            &resource,
+            file_form(content.as_bytes(), "f.txt", None),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+        ids.push(created["backup"]["uuid"].as_str().unwrap().to_owned());
+    }
+    // On day 8 the day-0 backup is past a week: it goes, and its file with it.
+    until("the day-0 backup to go", PATIENCE, || async {
+        kept(&app, &token, &resource).await == [ids[2].clone(), ids[1].clone()]
+    })
+    .await;
+    until("its file to go", PATIENCE, || async {
+        files_of(&app, &service) == 1
+    })
+    .await;
+
+    // Day 11: the day-3 backup goes, but not the file the day-8 one shares.
+    at(11);
+    let (status, created) =
+        post_backup(&app, &resource, file_form(b"day 11", "f.txt", None), &[]).await;
+    assert_eq!(status, 201);
+    let day11 = created["backup"]["uuid"].as_str().unwrap().to_owned();
+    until("the day-3 backup to go", PATIENCE, || async {
+        kept(&app, &token, &resource).await == [day11.clone(), ids[2].clone()]
+    })
+    .await;
+    assert_eq!(files_of(&app, &service), 2);
+    let shared = app
+        .client
+        .get(format!(
+            "{}/resources/{resource}/backups/{}/file",
+            app.address, ids[2]
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(&shared.bytes().await.unwrap()[..], b"the same");
+
+    // Counts: only the last two are kept.
+    let (status, _) = call(
+        &app,
+        &token,
+        "PATCH",
+        &format!("/services/{service}"),
+        Some(json!({"retention": {"keep_last": 1}})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    at(12);
+    let (status, created) =
+        post_backup(&app, &resource, file_form(b"day 12", "f.txt", None), &[]).await;
+    assert_eq!(status, 201);
+    let day12 = created["backup"]["uuid"].as_str().unwrap().to_owned();
+    until("only the newest to stay", PATIENCE, || async {
+        kept(&app, &token, &resource).await == [day12.clone()]
+    })
+    .await;
+    until("the files of the others to go", PATIENCE, || async {
+        files_of(&app, &service) == 1
+    })
+    .await;
+
+    // A deleted resource's backups and files all go.
+    let (status, _) = call(
+        &app,
+        &token,
+        "DELETE",
+        &format!("/resources/{resource}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    until("every file to go", PATIENCE, || async {
+        files_of(&app, &service) == 0
+    })
+    .await;
 }
 
 /// Every file under `dir`, for failure messages.

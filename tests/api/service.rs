@@ -40,6 +40,16 @@ pub async fn openapi_covers_every_route(backend: Backend) {
         ("/download/{id}", "get"),
         ("/capsules", "post"),
         ("/capsules/{id}", "get"),
+        ("/services", "post"),
+        ("/services", "get"),
+        ("/services/{id}", "patch"),
+        ("/services/{id}/keys", "post"),
+        ("/services/{id}/keys/{key_id}", "delete"),
+        ("/services/{id}/resources", "post"),
+        ("/resources/{id}", "delete"),
+        ("/resources/{id}/backups", "get"),
+        ("/resources/{id}/backups/{backup_id}/file", "get"),
+        ("/{resource}", "post"),
     ] {
         assert!(
             paths[path][method].is_object(),

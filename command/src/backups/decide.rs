@@ -16,7 +16,7 @@ use cairn_events::ip::IpRange;
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
-use super::state::{BlobState, ResourceState, ServiceState};
+use super::state::{Backup, BlobState, ResourceState, ServiceState};
 
 /// What notifications may be asked for.
 pub const NOTIFY_ON: [&str; 5] = [
@@ -317,6 +317,77 @@ pub fn content(blob: &BlobState, uploaded: &str) -> Content {
     }
 }
 
+/// The backups `retention` no longer keeps at `now`, oldest first. The newest backup is
+/// always kept. Counts keep, like restic's and borg's, the newest `last` backups and the
+/// newest backup of each of the last `daily` days, `weekly` ISO weeks and `monthly` months
+/// that have one (in UTC); they do not expire with time, only as backups arrive.
+pub fn expired(backups: &[Backup], retention: &Retention, now: DateTime<Utc>) -> Vec<Uuid> {
+    let Some((newest, older)) = backups.split_last() else {
+        return Vec::new();
+    };
+    match retention {
+        Retention::Days { days } => {
+            let cutoff = now - Duration::days(i64::from(*days));
+            older
+                .iter()
+                .filter(|b| b.created_at < cutoff)
+                .map(|b| b.stored.backup_id)
+                .collect()
+        }
+        Retention::Counts {
+            last,
+            daily,
+            weekly,
+            monthly,
+        } => {
+            use chrono::Datelike;
+            let mut kept = std::collections::HashSet::from([newest.stored.backup_id]);
+            let newest_first: Vec<&Backup> = backups.iter().rev().collect();
+            for b in newest_first.iter().take(last.unwrap_or(0) as usize) {
+                kept.insert(b.stored.backup_id);
+            }
+            let mut keep_per = |n: Option<u32>, period: &dyn Fn(&Backup) -> (i32, u32)| {
+                let mut seen = Vec::new();
+                for b in &newest_first {
+                    let key = period(b);
+                    if seen.contains(&key) {
+                        continue;
+                    }
+                    if seen.len() >= n.unwrap_or(0) as usize {
+                        break;
+                    }
+                    seen.push(key);
+                    kept.insert(b.stored.backup_id);
+                }
+            };
+            keep_per(*daily, &|b| (b.created_at.year(), b.created_at.ordinal()));
+            keep_per(*weekly, &|b| {
+                let week = b.created_at.iso_week();
+                (week.year(), week.week())
+            });
+            keep_per(*monthly, &|b| (b.created_at.year(), b.created_at.month()));
+            older
+                .iter()
+                .filter(|b| !kept.contains(&b.stored.backup_id))
+                .map(|b| b.stored.backup_id)
+                .collect()
+        }
+    }
+}
+
+/// When the retention should look at these backups again: when the oldest one it keeps
+/// (but the newest) passes its age; never for counts (only a new backup changes them).
+pub fn next_expiry(backups: &[Backup], retention: &Retention) -> Option<DateTime<Utc>> {
+    let Retention::Days { days } = retention else {
+        return None;
+    };
+    let (_, older) = backups.split_last()?;
+    older
+        .iter()
+        .map(|b| b.created_at + Duration::days(i64::from(*days)))
+        .min()
+}
+
 /// A format as given: 1 to 20 of `a-z 0-9 . + -`, lowercased, without a leading dot.
 pub fn format(raw: &str) -> Option<String> {
     let format = raw.trim().trim_start_matches('.').to_ascii_lowercase();
@@ -594,6 +665,80 @@ mod tests {
         assert_eq!(infer_format("notes", b"hello"), "txt");
         assert_eq!(infer_format("", b"\xff\xfe\x00"), "bin");
         assert_eq!(infer_format(".hidden", b"hello"), "txt");
+    }
+
+    fn backups_at(days_ago: &[i64], now: DateTime<Utc>) -> Vec<Backup> {
+        days_ago
+            .iter()
+            .enumerate()
+            .map(|(i, ago)| Backup {
+                stored: BackupStored {
+                    backup_id: Uuid::from_u128(i as u128 + 1),
+                    resource_id: Uuid::from_u128(2),
+                    service_id: Uuid::from_u128(1),
+                    format: "json".into(),
+                    file_name: "a.json".into(),
+                    bytes: 1,
+                    sha256: "00".into(),
+                    blob: "b".into(),
+                    key_id: None,
+                },
+                created_at: now - Duration::days(*ago),
+            })
+            .collect()
+    }
+
+    fn ids(ns: &[u128]) -> Vec<Uuid> {
+        ns.iter().map(|n| Uuid::from_u128(*n)).collect()
+    }
+
+    #[test]
+    fn retention_by_age_keeps_the_newest_whatever_its_age() {
+        let now = at(0);
+        let week = Retention::Days { days: 7 };
+        // Oldest first: 30, 10, 6 and 1 days old.
+        let backups = backups_at(&[30, 10, 6, 1], now);
+        assert_eq!(expired(&backups, &week, now), ids(&[1, 2]));
+        assert_eq!(
+            next_expiry(&backups, &week),
+            Some(now - Duration::days(30) + Duration::days(7))
+        );
+        let old = backups_at(&[40, 20], now);
+        assert_eq!(expired(&old, &week, now), ids(&[1]), "the newest stays");
+        assert!(expired(&[], &week, now).is_empty());
+    }
+
+    #[test]
+    fn retention_by_counts_keeps_one_per_period() {
+        let now = at(0);
+        // Two a day for the last 10 days, oldest first.
+        let days: Vec<i64> = (0..10).rev().flat_map(|d| [d, d]).collect();
+        let backups = backups_at(&days, now);
+        let last_two = Retention::Counts {
+            last: Some(2),
+            daily: None,
+            weekly: None,
+            monthly: None,
+        };
+        assert_eq!(expired(&backups, &last_two, now).len(), 18);
+        let three_days = Retention::Counts {
+            last: None,
+            daily: Some(3),
+            weekly: None,
+            monthly: None,
+        };
+        let gone = expired(&backups, &three_days, now);
+        assert_eq!(
+            gone.len(),
+            17,
+            "the newest of each of the last 3 days stays"
+        );
+        assert!(!gone.contains(&Uuid::from_u128(20)) && !gone.contains(&Uuid::from_u128(18)));
+        assert!(
+            gone.contains(&Uuid::from_u128(19)),
+            "the older one of today goes"
+        );
+        assert_eq!(next_expiry(&backups, &three_days), None);
     }
 
     #[test]

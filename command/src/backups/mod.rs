@@ -17,6 +17,7 @@ pub mod decide;
 pub mod error;
 pub mod links;
 pub mod state;
+pub mod timers;
 pub mod upload;
 
 use std::net::IpAddr;
@@ -24,12 +25,14 @@ use std::sync::Arc;
 
 use base64::Engine;
 use cairn_events::domain::backup::{
-    self, ApiKeyCreated, ApiKeyRevoked, ApiKeyUsed, BackupStored, BlobReferenced, ResourceAdded,
-    ResourceCreated, ResourceDeleted, ResourceRemoved, ResourceSettings, ResourceUpdated,
-    ServiceCreated, ServiceDeleted, ServiceDisowned, ServiceOwned, ServiceSettings, ServiceUpdated,
+    self, ApiKeyCreated, ApiKeyRevoked, ApiKeyUsed, BackupDeleted, BackupStored, BlobDiscarded,
+    BlobReferenced, BlobReleased, ResourceAdded, ResourceCreated, ResourceDeleted, ResourceRemoved,
+    ResourceSettings, ResourceUpdated, ServiceCreated, ServiceDeleted, ServiceDisowned,
+    ServiceOwned, ServiceSettings, ServiceUpdated,
 };
 use cairn_events::{
-    AppendRequest, Clock, DomainEvent, EventStore, ExpectedVersion, Metadata, NewEvent, StoreError,
+    AppendRequest, Clock, DomainEvent, DueItem, Effects, EventStore, ExpectedVersion, Metadata,
+    NewEvent, StoreError,
 };
 use chrono::{DateTime, Utc};
 use rand::Rng;
@@ -46,6 +49,38 @@ use crate::blobs::{Blobs, Written};
 pub const KEY_PREFIX: &str = "cairn_bk_";
 /// How many times a command reads and decides again after losing a race.
 const TRIES: usize = 5;
+/// Due-item actions: apply a resource's retention (after each backup, when its oldest
+/// backup expires, and when it is deleted), and delete a file no backup refers to.
+pub const RETENTION: &str = "retention";
+pub const DELETE_FILE: &str = "delete-file";
+
+/// The due item applying `resource_id`'s retention at `at`.
+fn retention_item(resource_id: Uuid, at: DateTime<Utc>) -> DueItem {
+    DueItem {
+        key: format!("{}:{RETENTION}", backup::resource_stream(resource_id)),
+        stream_id: backup::resource_stream(resource_id),
+        action: RETENTION.to_owned(),
+        due_at: at,
+    }
+}
+
+/// The due item deleting the stored file `blob` (the content of `content_stream`).
+fn delete_file_item(content_stream: &str, blob: &str, at: DateTime<Utc>) -> DueItem {
+    DueItem {
+        key: format!("{DELETE_FILE}:{blob}"),
+        stream_id: content_stream.to_owned(),
+        action: DELETE_FILE.to_owned(),
+        due_at: at,
+    }
+}
+
+/// What a command came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Written,
+    /// Nothing to do.
+    Nothing,
+}
 
 /// The backup use cases, over one event store and blob store.
 #[derive(Clone)]
@@ -282,6 +317,7 @@ impl Backups {
                 ExpectedVersion::Any,
                 vec![self.event(&ServiceDisowned { service_id }, owner)],
             );
+            let mut effects = Effects::default();
             for resource_id in &service.resources {
                 request = request.and_stream(
                     backup::resource_stream(*resource_id),
@@ -293,7 +329,11 @@ impl Backups {
                         owner,
                     )],
                 );
+                effects
+                    .schedule
+                    .push(retention_item(*resource_id, self.now()));
             }
+            let request = request.with_effects(effects);
             match self.events.append(request).await {
                 Ok(_) => return Ok(()),
                 Err(StoreError::Conflict { .. }) => continue,
@@ -451,7 +491,13 @@ impl Backups {
             backup::service_stream(resource.service_id),
             ExpectedVersion::Any,
             vec![self.event(&removed, owner)],
-        );
+        )
+        // Its backups go by the retention's due item, which deletes every backup of a
+        // deleted resource (and any an upload under way records after).
+        .with_effects(Effects {
+            schedule: vec![retention_item(resource_id, self.now())],
+            ..Effects::default()
+        });
         self.events.append(request).await?;
         Ok(())
     }
@@ -534,6 +580,11 @@ impl Backups {
                 ExpectedVersion::Exact(content.version),
                 vec![self.event(&referenced, actor)],
             );
+            // The retention looks at the resource at once: a backup may expire others.
+            request = request.with_effects(Effects {
+                schedule: vec![retention_item(resource_id, now)],
+                ..Effects::default()
+            });
             if let Some(key_id) = admitted.key_id
                 && decide::record_key_use(&admitted.service, key_id, now)
             {
@@ -560,6 +611,123 @@ impl Backups {
             }
         }
         Err(conflict(&content_stream))
+    }
+}
+
+impl Backups {
+    /// Delete the backups of `resource_id` its service's retention no longer keeps (all of
+    /// them, if the resource or its service was deleted), release their files (a file no
+    /// backup refers to any more is deleted by a due item of its own), and look again
+    /// when the next one expires.
+    pub async fn apply_retention(&self, resource_id: Uuid) -> Result<Outcome, BackupError> {
+        for _ in 0..TRIES {
+            let Some(resource) = self.resource(resource_id).await? else {
+                return Ok(Outcome::Nothing);
+            };
+            let service = self.service(resource.service_id).await?;
+            let now = self.now();
+            let (gone, reason, next) = match &service {
+                Some(service) if !service.deleted && !resource.deleted => {
+                    let retention = &service.settings.retention;
+                    let gone = decide::expired(&resource.backups, retention, now);
+                    let kept: Vec<Backup> = resource
+                        .backups
+                        .iter()
+                        .filter(|b| !gone.contains(&b.stored.backup_id))
+                        .cloned()
+                        .collect();
+                    (gone, "retention", decide::next_expiry(&kept, retention))
+                }
+                _ => (
+                    resource
+                        .backups
+                        .iter()
+                        .map(|b| b.stored.backup_id)
+                        .collect(),
+                    "resource_deleted",
+                    None,
+                ),
+            };
+            if gone.is_empty() {
+                return Ok(Outcome::Nothing);
+            }
+            let actor = resource.owner;
+            let mut request = AppendRequest::new(
+                backup::resource_stream(resource_id),
+                ExpectedVersion::Exact(resource.version),
+                gone.iter()
+                    .map(|backup_id| {
+                        self.event(
+                            &BackupDeleted {
+                                backup_id: *backup_id,
+                                reason: reason.to_owned(),
+                            },
+                            actor,
+                        )
+                    })
+                    .collect(),
+            );
+            // Each content the deleted backups refer to: released, and discarded when
+            // nothing refers to it any more.
+            let mut by_content: std::collections::BTreeMap<String, Vec<Uuid>> =
+                std::collections::BTreeMap::new();
+            for backup_id in &gone {
+                if let Some(backup) = resource.backup(*backup_id) {
+                    by_content
+                        .entry(backup::blob_stream(
+                            backup.stored.service_id,
+                            &backup.stored.sha256,
+                        ))
+                        .or_default()
+                        .push(*backup_id);
+                }
+            }
+            let streams: Vec<String> = by_content.keys().cloned().collect();
+            let mut read = self.events.read_streams(&streams).await?;
+            let mut effects = Effects::default();
+            for (stream, released) in &by_content {
+                let content = BlobState::of(&read.remove(stream).unwrap_or_default())?;
+                let mut events: Vec<NewEvent> = released
+                    .iter()
+                    .map(|backup_id| {
+                        self.event(
+                            &BlobReleased {
+                                backup_id: *backup_id,
+                            },
+                            actor,
+                        )
+                    })
+                    .collect();
+                let left = content
+                    .refs
+                    .iter()
+                    .filter(|r| !released.contains(r))
+                    .count();
+                if left == 0
+                    && let Some(blob) = &content.blob
+                {
+                    events.push(self.event(&BlobDiscarded { blob: blob.clone() }, actor));
+                    effects.schedule.push(delete_file_item(stream, blob, now));
+                }
+                request = request.and_stream(
+                    stream.clone(),
+                    ExpectedVersion::Exact(content.version),
+                    events,
+                );
+            }
+            match next {
+                Some(at) => effects.schedule.push(retention_item(resource_id, at)),
+                None => effects
+                    .unschedule
+                    .push(retention_item(resource_id, now).key),
+            }
+            match self.events.append(request.with_effects(effects)).await {
+                Ok(_) => return Ok(Outcome::Written),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(conflict(&backup::resource_stream(resource_id)))
     }
 }
 

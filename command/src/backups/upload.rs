@@ -77,7 +77,15 @@ pub fn router(state: UploadState) -> Router {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(upload_to),
-    components(schemas(BackupForm, Created, CreatedBackup, Message, Errors, FieldError))
+    components(schemas(
+        BackupForm,
+        Created,
+        CreatedBackup,
+        Message,
+        Errors,
+        FieldError,
+        BadUpload
+    ))
 )]
 pub struct BackupUploadApi;
 
@@ -138,6 +146,15 @@ struct FieldError {
     location: &'static str,
 }
 
+/// A 400: an inactive resource, or a form that is not right.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum BadUpload {
+    Message(Message),
+    Errors(Errors),
+}
+
 fn message(status: StatusCode, text: impl Into<String>) -> Response {
     (
         status,
@@ -185,13 +202,13 @@ async fn no_route() -> Response {
 /// Post a backup to a resource.
 #[utoipa::path(post, path = "/{resource}", tag = "backups",
     params(
-        ("resource" = String, Path, description = "The resource's id (also accepted as the first label of the host name, with `POST /`)"),
+        ("resource" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The resource's id (also accepted as the first label of the host name, with `POST /`)"),
         ("Authorization" = Option<String>, Header, description = "With the service's auth on: `<anything> <key>`, or `Bearer-<key>`"),
     ),
     request_body(content = BackupForm, content_type = "multipart/form-data"),
     responses(
         (status = 201, description = "Stored", body = Created),
-        (status = 400, description = "The resource is not active (`{\"message\"}`), or the form is not right (`{\"errors\"}`)", body = Errors),
+        (status = 400, description = "The resource is not active (`{\"message\"}`), or the form is not right (`{\"errors\"}`)", body = BadUpload),
         (status = 401, description = "A valid API key is needed", body = Message),
         (status = 403, description = "Uploads from this address are not allowed", body = Message),
         (status = 404, description = "No such resource", body = Message),
