@@ -240,6 +240,13 @@ pub async fn add_user(
     }
 }
 
+/// The user named `name`.
+pub async fn user_by_name(events: &dyn EventStore, name: &str) -> Result<User, UserError> {
+    let name = UserName::parse(name).map_err(UserError::Invalid)?;
+    let stream = events.read_stream(&name.stream_id()).await?;
+    fold(&stream).ok_or_else(|| UserError::NoSuchUser(name.to_string()))
+}
+
 /// Issue another token for an existing user.
 pub async fn add_token(
     events: &dyn EventStore,

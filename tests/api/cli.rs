@@ -14,7 +14,8 @@ crate::on_both_backends!(
     senders_blocked_from_the_command_line,
     administrative_commands_are_quiet_and_colourless,
     dunder_users_named_by_email_address,
-    one_token_one_user_however_many_add_it_at_once
+    one_token_one_user_however_many_add_it_at_once,
+    backups_from_the_command_line
 );
 
 pub async fn users_and_tokens_from_the_command_line(backend: Backend) {
@@ -549,4 +550,98 @@ pub async fn one_token_one_user_however_many_add_it_at_once(backend: Backend) {
         assert!(said.contains("token is already taken"), "{args:?}: {said}");
     }
     assert_eq!(post().await.0, 401);
+}
+
+/// A service, its key and a resource made from the command line; a backup posted over
+/// HTTP listed and downloaded from it; then deleted.
+pub async fn backups_from_the_command_line(backend: Backend) {
+    let env = backend_env(backend).await;
+    let (_server, base) = start_server(&env).await;
+    cairn_user_add(&env, &["ola"]).await;
+    let service = cairn(
+        &env,
+        &[
+            "service",
+            "--user",
+            "ola",
+            "add",
+            "bots",
+            "--retention",
+            "1w",
+            "--auth",
+        ],
+    )
+    .await
+    .trim()
+    .to_owned();
+    let key = cairn(
+        &env,
+        &["service", "--user", "ola", "key-add", &service, "cron"],
+    )
+    .await
+    .trim()
+    .to_owned();
+    assert!(key.starts_with("cairn_bk_"), "{key}");
+    let upload_url = cairn(
+        &env,
+        &["resource", "--user", "ola", "add", &service, "facts.json"],
+    )
+    .await;
+    let resource = upload_url.trim().rsplit('/').next().unwrap().to_owned();
+    let listed = cairn(&env, &["service", "--user", "ola", "list"]).await;
+    assert!(
+        listed.contains("bots") && listed.contains("retention 7d") && listed.contains("auth on"),
+        "{listed}"
+    );
+
+    let form = reqwest::multipart::Form::new().part(
+        "backup",
+        reqwest::multipart::Part::bytes(b"{\"facts\": 1}".to_vec()).file_name("facts.json"),
+    );
+    let response = crate::helpers::http()
+        .post(format!("{base}/{resource}"))
+        .header("Authorization", format!("Bearer-{key}"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+
+    let list = cairn(&env, &["backup", "--user", "ola", "list", &resource]).await;
+    let backup = list.split('\t').next().unwrap().to_owned();
+    assert!(
+        list.contains("\tjson\t") && list.contains("facts.json"),
+        "{list}"
+    );
+    let out = crate::helpers::temp_dir().join("restored.json");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    cairn(
+        &env,
+        &[
+            "backup",
+            "--user",
+            "ola",
+            "download",
+            &resource,
+            &backup,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(std::fs::read(&out).unwrap(), b"{\"facts\": 1}");
+    let shown = cairn_output(&env, &["service", "--user", "ola", "show", &service]).await;
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(
+        shown.contains("key ") && shown.contains("cron") && shown.contains("resource "),
+        "{shown}"
+    );
+
+    // Another user sees none of it.
+    cairn_user_add(&env, &["bo"]).await;
+    let theirs = cairn_output(&env, &["backup", "--user", "bo", "list", &resource]).await;
+    assert!(!theirs.status.success());
+    cairn(&env, &["service", "--user", "ola", "delete", &service]).await;
+    let listed = cairn(&env, &["service", "--user", "ola", "list"]).await;
+    assert!(!listed.contains("bots"), "{listed}");
 }

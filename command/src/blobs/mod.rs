@@ -91,6 +91,31 @@ impl Blobs {
         })
     }
 
+    /// Copy a stored file into `out`; how many bytes. `Ok(None)`: no such file.
+    pub async fn copy_to(
+        &self,
+        blob: &str,
+        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+    ) -> Result<Option<u64>, BlobError> {
+        use tokio::io::AsyncWriteExt;
+        let found = match self.store.get(&Path::from(blob)).await {
+            Ok(found) => found,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut stream = found.into_stream();
+        let mut copied = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| BlobError(e.to_string()))?;
+            copied += chunk.len() as u64;
+        }
+        out.flush().await.map_err(|e| BlobError(e.to_string()))?;
+        Ok(Some(copied))
+    }
+
     /// Delete a file; one already gone is not an error.
     pub async fn delete(&self, blob: &str) -> Result<(), BlobError> {
         match self.store.delete(&Path::from(blob)).await {

@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+mod backups;
+
 use crate::app::{Application, Role};
 use crate::backends;
 use crate::config::Config;
@@ -66,6 +68,28 @@ pub enum Command {
     Scheduler {
         #[command(subcommand)]
         command: SchedulerCommand,
+    },
+    /// A user's backup services and their API keys.
+    Service {
+        /// Whose.
+        #[arg(long)]
+        user: String,
+        #[command(subcommand)]
+        command: backups::ServiceCommand,
+    },
+    /// A user's backup resources (each with its upload URL).
+    Resource {
+        #[arg(long)]
+        user: String,
+        #[command(subcommand)]
+        command: backups::ResourceCommand,
+    },
+    /// The backups a resource keeps.
+    Backup {
+        #[arg(long)]
+        user: String,
+        #[command(subcommand)]
+        command: backups::BackupCommand,
     },
 }
 
@@ -237,6 +261,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Outbox { command } => outbox(&config, command).await,
+        Command::Service { user, command } => backups::service(&config, &user, command).await,
+        Command::Resource { user, command } => backups::resource(&config, &user, command).await,
+        Command::Backup { user, command } => backups::backup(&config, &user, command).await,
         Command::Scheduler { command } => scheduler(&config, command).await,
         Command::Sender { command } => senders(&config, command).await,
         Command::Projections {
