@@ -153,8 +153,8 @@ pub async fn backups(
     clock: Clock,
 ) -> anyhow::Result<Backups> {
     let key = link_key(config, &*events).await?;
-    let mut backups = Backups::new(events, blobs, clock, &key);
-    backups.public_url = config.public_url.clone();
+    let mut backups = Backups::new(events, blobs, clock, &key, &config.public_url)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     backups.link_ttl = chrono::Duration::hours(i64::try_from(config.capsule_link_hours)?);
     Ok(backups)
 }

@@ -15,6 +15,7 @@ crate::on_both_backends!(backups:
     owners_see_only_their_own,
     a_cut_off_upload_leaves_nothing,
     retention_deletes_old_backups_and_their_files,
+    the_owner_is_told_and_refusals_are_folded,
 );
 
 async fn app(backend: Backend) -> TestApp {
@@ -630,6 +631,92 @@ pub async fn a_cut_off_upload_leaves_nothing(backend: Backend) {
     )
     .await;
     assert_eq!(page["data"], json!([]));
+}
+
+pub async fn the_owner_is_told_and_refusals_are_folded(backend: Backend) {
+    let (mut config, sink) = crate::helpers::mail_config(backend).await;
+    config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let app = spawn_with(config).await;
+    let token = app.add_user("ola").await;
+    let (service, resource) = service_with_resource(
+        &app,
+        &token,
+        json!({
+            "name": "bots",
+            "auth": {"enabled": true},
+            "notifications": {"emails": ["owner@example.com"], "on": ["backup_created", "bad_key", "ip_blocked"]}
+        }),
+    )
+    .await;
+    let (_, key) = call(
+        &app,
+        &token,
+        "POST",
+        &format!("/services/{service}/keys"),
+        Some(json!({"name": "cron"})),
+    )
+    .await;
+    let key = format!("Bearer {}", key["data"]["key"].as_str().unwrap());
+
+    let (status, _) = post_backup(
+        &app,
+        &resource,
+        file_form(b"{}", "facts.json", None),
+        &[("Authorization", &key)],
+    )
+    .await;
+    assert_eq!(status, 201);
+    let stored = sink
+        .wait_for("owner@example.com", "Backup stored: facts.json (bots)")
+        .await;
+    assert!(stored.raw.contains("facts.json"), "{}", stored.raw);
+
+    // A cron job with the wrong key, every few seconds: one notice, not a storm.
+    for _ in 0..5 {
+        let (status, _) = post_backup(
+            &app,
+            &resource,
+            file_form(b"{}", "facts.json", None),
+            &[("Authorization", "Bearer-cairn_bk_wrong")],
+        )
+        .await;
+        assert_eq!(status, 401);
+    }
+    sink.wait_for("owner@example.com", "without a valid API key")
+        .await;
+    // Another kind is told of on its own.
+    let (status, _) = call(
+        &app,
+        &token,
+        "PATCH",
+        &format!("/services/{service}"),
+        Some(json!({"ip_allowlist": {"enabled": true, "ips": ["10.0.0.0/8"]}})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = post_backup(
+        &app,
+        &resource,
+        file_form(b"{}", "facts.json", None),
+        &[("Authorization", &key), ("X-Forwarded-For", "192.0.2.9")],
+    )
+    .await;
+    assert_eq!(status, 403);
+    let blocked = sink
+        .wait_for("owner@example.com", "from an address not allowed")
+        .await;
+    assert!(blocked.raw.contains("192.0.2.9"));
+    // The refusals were recorded: five of the first kind, in two records (the first told
+    // at once, the others held back within the minute), one of the second.
+    let refused: Vec<_> = sink
+        .received()
+        .into_iter()
+        .filter(|m| {
+            m.header("Subject")
+                .is_some_and(|s| s.contains("without a valid API key"))
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "one notice for five refusals");
 }
 
 /// The ids of the backups `resource` keeps, newest first.

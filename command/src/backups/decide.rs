@@ -388,6 +388,49 @@ pub fn next_expiry(backups: &[Backup], retention: &Retention) -> Option<DateTime
         .min()
 }
 
+/// Notices of refused uploads come at most this often per resource and reason.
+pub const NOTICE_EVERY: Duration = Duration::hours(1);
+
+/// Whether `count` more refusals for `reason` at `now` are told to the owner, and, if so,
+/// how many the notice counts (those recorded since the last notice, and these).
+pub fn refusal_notice(
+    service: &ServiceState,
+    resource: &ResourceState,
+    reason: &str,
+    count: u32,
+    now: DateTime<Utc>,
+) -> Option<u32> {
+    if !service
+        .settings
+        .notifications
+        .on
+        .iter()
+        .any(|on| on == reason)
+    {
+        return None;
+    }
+    let refusals = resource.refusals.get(reason).cloned().unwrap_or_default();
+    let due = refusals
+        .last_notice
+        .is_none_or(|at| now - at >= NOTICE_EVERY);
+    due.then(|| refusals.since_notice.saturating_add(count))
+}
+
+/// Whether the owner is told of `what` (`backup_created`, …), and at which addresses.
+pub fn recipients<'a>(service: &'a ServiceState, what: &str) -> &'a [String] {
+    if service
+        .settings
+        .notifications
+        .on
+        .iter()
+        .any(|on| on == what)
+    {
+        &service.settings.notifications.emails
+    } else {
+        &[]
+    }
+}
+
 /// A format as given: 1 to 20 of `a-z 0-9 . + -`, lowercased, without a leading dot.
 pub fn format(raw: &str) -> Option<String> {
     let format = raw.trim().trim_start_matches('.').to_ascii_lowercase();
@@ -499,6 +542,7 @@ mod tests {
             updated_at: at(0),
             backups: Vec::<Backup>::new(),
             last_backup_at: None,
+            refusals: Default::default(),
             deleted: false,
             version: 1,
         }

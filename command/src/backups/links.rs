@@ -72,7 +72,14 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let blobs = Blobs::new(Arc::new(object_store::memory::InMemory::new()));
         let key = [7_u8; 32];
-        let backups = Backups::new(events, blobs, cairn_events::Clock::system(), &key);
+        let backups = Backups::new(
+            events,
+            blobs,
+            cairn_events::Clock::system(),
+            &key,
+            "https://backups.example",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let (r, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
         let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
         let link = backups.link(r, b, now);

@@ -16,19 +16,22 @@ pub mod api;
 pub mod decide;
 pub mod error;
 pub mod links;
+pub mod notices;
 pub mod state;
 pub mod timers;
 pub mod upload;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use base64::Engine;
 use cairn_events::domain::backup::{
     self, ApiKeyCreated, ApiKeyRevoked, ApiKeyUsed, BackupDeleted, BackupStored, BlobDiscarded,
     BlobReferenced, BlobReleased, ResourceAdded, ResourceCreated, ResourceDeleted, ResourceRemoved,
     ResourceSettings, ResourceUpdated, ServiceCreated, ServiceDeleted, ServiceDisowned,
-    ServiceOwned, ServiceSettings, ServiceUpdated,
+    ServiceOwned, ServiceSettings, ServiceUpdated, UploadsRefused,
 };
 use cairn_events::{
     AppendRequest, Clock, DomainEvent, DueItem, Effects, EventStore, ExpectedVersion, Metadata,
@@ -96,7 +99,21 @@ pub struct Backups {
     pub link_ttl: chrono::Duration,
     /// Where links point.
     pub public_url: String,
+    notices: Arc<notices::Notices>,
+    /// Refused uploads not yet recorded, by resource and reason (see
+    /// [`Backups::record_refusal`]).
+    refusals: Arc<Mutex<HashMap<(Uuid, &'static str), Held>>>,
 }
+
+/// Refusals of one resource and reason held back by this process.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    last_recorded: Instant,
+    count: u32,
+}
+
+/// A process records refused uploads of one resource and reason at most this often.
+const RECORD_REFUSALS_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// An upload let in: the service and resource as they were read, and the key that
 /// opened it.
@@ -115,16 +132,28 @@ pub struct Stored {
 }
 
 impl Backups {
-    pub fn new(events: Arc<dyn EventStore>, blobs: Blobs, clock: Clock, key: &[u8]) -> Self {
-        Backups {
+    /// The use cases; links point at `public_url`, and are signed with `key`.
+    pub fn new(
+        events: Arc<dyn EventStore>,
+        blobs: Blobs,
+        clock: Clock,
+        key: &[u8],
+        public_url: &str,
+    ) -> Result<Self, BackupError> {
+        let notices = notices::Notices::new(public_url).map_err(|e| {
+            BackupError::Store(StoreError::Invalid(format!("email templates: {e}")))
+        })?;
+        Ok(Backups {
             events,
             blobs,
             clock,
             max_backup_bytes: 1 << 40,
             key: key.into(),
             link_ttl: chrono::Duration::hours(12),
-            public_url: String::new(),
-        }
+            public_url: public_url.to_owned(),
+            notices: Arc::new(notices),
+            refusals: Arc::default(),
+        })
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -517,13 +546,90 @@ impl Backups {
             return Ok(Err(Turned::Unknown));
         };
         let hash = authorization.and_then(decide::presented_key).map(key_hash);
-        Ok(
-            decide::admit(&service, &resource, hash.as_deref(), client).map(|key_id| Admitted {
+        match decide::admit(&service, &resource, hash.as_deref(), client) {
+            Ok(key_id) => Ok(Ok(Admitted {
                 service,
                 resource,
                 key_id,
-            }),
+            })),
+            Err(turned) => {
+                let reason = match turned {
+                    Turned::BadKey => Some("bad_key"),
+                    Turned::Blocked(_) => Some("ip_blocked"),
+                    Turned::Unknown | Turned::Inactive => None,
+                };
+                if let Some(reason) = reason
+                    && let Err(error) = self
+                        .record_refusal(&service, &resource, reason, client)
+                        .await
+                {
+                    tracing::warn!(%error, "a refused upload could not be recorded");
+                }
+                Ok(Err(turned))
+            }
+        }
+    }
+
+    /// Record a refused upload (`reason`: `bad_key` or `ip_blocked`), telling the owner
+    /// if they asked to be told and were not told in the last hour. A flood of refusals
+    /// costs one append a minute per resource and reason in each process: the others are
+    /// counted and recorded with the next.
+    async fn record_refusal(
+        &self,
+        service: &ServiceState,
+        resource: &ResourceState,
+        reason: &'static str,
+        client: Option<IpAddr>,
+    ) -> Result<(), BackupError> {
+        let count = {
+            let mut held = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let entry = held.entry((resource.resource_id, reason)).or_insert(Held {
+                last_recorded: now.checked_sub(RECORD_REFUSALS_EVERY).unwrap_or(now),
+                count: 0,
+            });
+            entry.count += 1;
+            if entry.count > 1 && now.duration_since(entry.last_recorded) < RECORD_REFUSALS_EVERY {
+                return Ok(());
+            }
+            entry.last_recorded = now;
+            std::mem::take(&mut entry.count)
+        };
+        let now = self.now();
+        let notice = decide::refusal_notice(service, resource, reason, count, now);
+        let client = client.map(|ip| ip.to_string());
+        let refused = UploadsRefused {
+            resource_id: resource.resource_id,
+            reason: reason.to_owned(),
+            client: client.clone(),
+            count,
+            notified: notice.is_some(),
+        };
+        let event = self.event(&refused, resource.owner);
+        let outbox = match notice {
+            Some(total) => self.notices.refused(
+                &service.settings.notifications.emails,
+                service,
+                resource,
+                reason,
+                client.as_deref(),
+                total,
+                event.event_id,
+                now,
+            ),
+            None => Vec::new(),
+        };
+        let request = AppendRequest::new(
+            backup::resource_stream(resource.resource_id),
+            ExpectedVersion::Any,
+            vec![event],
         )
+        .with_effects(Effects {
+            outbox,
+            ..Effects::default()
+        });
+        self.events.append(request).await?;
+        Ok(())
     }
 
     /// Where an upload to `service_id` is written before it is recorded: its own name,
@@ -581,8 +687,18 @@ impl Backups {
                 vec![self.event(&referenced, actor)],
             );
             // The retention looks at the resource at once: a backup may expire others.
+            let to = decide::recipients(&admitted.service, "backup_created");
+            let url = self.link(resource_id, stored.backup_id, now);
             request = request.with_effects(Effects {
                 schedule: vec![retention_item(resource_id, now)],
+                outbox: self.notices.created(
+                    to,
+                    &admitted.service,
+                    &admitted.resource,
+                    &stored,
+                    &url,
+                    now,
+                ),
                 ..Effects::default()
             });
             if let Some(key_id) = admitted.key_id

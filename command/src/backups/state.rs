@@ -1,13 +1,13 @@
 //! Services, resources and stored contents as their events tell them: the folds the
 //! decisions are made on.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use cairn_events::domain::backup::{
     ApiKeyCreated, ApiKeyRevoked, ApiKeyUsed, BackupDeleted, BackupStored, BlobDiscarded,
     BlobReferenced, BlobReleased, ResourceAdded, ResourceCreated, ResourceDeleted, ResourceRemoved,
     ResourceSettings, ResourceUpdated, ServiceCreated, ServiceDeleted, ServiceSettings,
-    ServiceUpdated,
+    ServiceUpdated, UploadsRefused,
 };
 use cairn_events::{DecodeError, DomainEvent, Envelope};
 use chrono::{DateTime, Utc};
@@ -112,6 +112,15 @@ pub struct Backup {
     pub created_at: DateTime<Utc>,
 }
 
+/// Refused uploads of one reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Refusals {
+    /// When the owner was last told.
+    pub last_notice: Option<DateTime<Utc>>,
+    /// How many were refused since (recorded, not told).
+    pub since_notice: u32,
+}
+
 /// A resource as its stream tells it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResourceState {
@@ -125,6 +134,8 @@ pub struct ResourceState {
     pub backups: Vec<Backup>,
     /// When its last backup arrived (kept after the backup itself goes).
     pub last_backup_at: Option<DateTime<Utc>>,
+    /// Refused uploads, by reason (`bad_key`, `ip_blocked`).
+    pub refusals: HashMap<String, Refusals>,
     pub deleted: bool,
     pub version: i64,
 }
@@ -145,6 +156,7 @@ impl ResourceState {
             updated_at: first.occurred_at,
             backups: Vec::new(),
             last_backup_at: None,
+            refusals: HashMap::new(),
             deleted: false,
             version: first.version,
         };
@@ -152,6 +164,16 @@ impl ResourceState {
             state.version = event.version;
             let at = event.occurred_at;
             match event.event_type.as_str() {
+                UploadsRefused::TYPE => {
+                    let refused = UploadsRefused::decode(event)?;
+                    let refusals = state.refusals.entry(refused.reason).or_default();
+                    if refused.notified {
+                        refusals.last_notice = Some(at);
+                        refusals.since_notice = 0;
+                    } else {
+                        refusals.since_notice += refused.count;
+                    }
+                }
                 ResourceUpdated::TYPE => {
                     state.settings = ResourceUpdated::decode(event)?.settings;
                     state.updated_at = at;

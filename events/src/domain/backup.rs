@@ -360,6 +360,26 @@ impl DomainEvent for BackupDeleted {
     const SCHEMA_VERSION: i32 = 1;
 }
 
+/// Uploads to a resource were turned away (`bad_key` or `ip_blocked`): `count` of them
+/// since the last such record (a process records at most one a minute per resource and
+/// kind, counting the rest). `notified`: the owner was told (at most once an hour per
+/// resource and kind).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadsRefused {
+    pub resource_id: Uuid,
+    pub reason: String,
+    /// The address of the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    pub count: u32,
+    pub notified: bool,
+}
+
+impl DomainEvent for UploadsRefused {
+    const TYPE: &'static str = "resource.uploads_refused";
+    const SCHEMA_VERSION: i32 = 1;
+}
+
 /// A backup refers to this content, kept at `blob`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobReferenced {

@@ -1,0 +1,157 @@
+//! The emails that tell a service's owner what happened: a backup stored, uploads refused
+//! (at most one notice an hour per resource and reason, counting the rest), rendered from
+//! `templates/email/` and queued in the outbox with the event that causes them. Each one's
+//! outbox id and Message-ID come from its cause and recipient, so a retry never queues it
+//! twice.
+
+use cairn_events::OutboxMessage;
+use cairn_events::domain::backup::BackupStored;
+use cairn_events::domain::email::Email;
+use chrono::{DateTime, Utc};
+use minijinja::{Environment, Value, context};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::state::{ResourceState, ServiceState};
+
+/// The templates, parsed once.
+pub struct Notices {
+    env: Environment<'static>,
+    /// The domain of Message-IDs.
+    domain: String,
+}
+
+macro_rules! templates {
+    ($env:ident, $($name:literal),*) => {
+        $(
+            $env.add_template(
+                concat!($name, ".subject.txt"),
+                include_str!(concat!("../../templates/email/", $name, ".subject.txt")),
+            )?;
+            $env.add_template(
+                concat!($name, ".txt"),
+                include_str!(concat!("../../templates/email/", $name, ".txt")),
+            )?;
+            $env.add_template(
+                concat!($name, ".html"),
+                include_str!(concat!("../../templates/email/", $name, ".html")),
+            )?;
+        )*
+    };
+}
+
+impl Notices {
+    pub fn new(public_url: &str) -> Result<Self, minijinja::Error> {
+        let mut env = Environment::new();
+        templates!(env, "backup_created", "upload_refused");
+        let host = public_url
+            .split("://")
+            .nth(1)
+            .unwrap_or(public_url)
+            .split(['/', ':'])
+            .next()
+            .filter(|h| !h.is_empty())
+            .unwrap_or("cairn.localhost");
+        Ok(Notices {
+            env,
+            domain: host.to_owned(),
+        })
+    }
+
+    /// A notice from template `name` to each of `to`, caused by `cause`.
+    fn render(&self, name: &str, to: &[String], cause: &str, values: &Value) -> Vec<OutboxMessage> {
+        let render = |part: &str| {
+            self.env
+                .get_template(&format!("{name}.{part}"))
+                .and_then(|t| t.render(values))
+        };
+        let (subject, text, html) = match (render("subject.txt"), render("txt"), render("html")) {
+            (Ok(subject), Ok(text), Ok(html)) => (subject, text, html),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                tracing::error!(error = %e, name, "a notice could not be rendered");
+                return Vec::new();
+            }
+        };
+        to.iter()
+            .map(|recipient| {
+                let id = outbox_id(&format!("{cause}:{recipient}"));
+                Email {
+                    to: recipient.clone(),
+                    to_name: None,
+                    subject: subject.trim().to_owned(),
+                    text: text.clone(),
+                    html: html.clone(),
+                    message_id: format!("<{}@{}>", id.simple(), self.domain),
+                    record_in: None,
+                    purpose: Some(name.to_owned()),
+                    occurrence: None,
+                }
+                .into_outbox(id)
+            })
+            .collect()
+    }
+
+    /// "A backup was stored", to `to`.
+    pub fn created(
+        &self,
+        to: &[String],
+        service: &ServiceState,
+        resource: &ResourceState,
+        stored: &BackupStored,
+        url: &str,
+        at: DateTime<Utc>,
+    ) -> Vec<OutboxMessage> {
+        let values = context! {
+            service_name => service.settings.name.as_str(),
+            resource_name => resource.settings.name.as_str(),
+            file_name => stored.file_name.as_str(),
+            format => stored.format.as_str(),
+            bytes => stored.bytes,
+            sha256 => stored.sha256.as_str(),
+            at => at.format("%-d %B %Y at %H:%M:%S UTC").to_string(),
+            url,
+        };
+        self.render(
+            "backup_created",
+            to,
+            &format!("backup-created:{}", stored.backup_id),
+            &values,
+        )
+    }
+
+    /// "Uploads were refused" (`reason`: `bad_key` or `ip_blocked`), counting `count`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn refused(
+        &self,
+        to: &[String],
+        service: &ServiceState,
+        resource: &ResourceState,
+        reason: &str,
+        client: Option<&str>,
+        count: u32,
+        cause: Uuid,
+        at: DateTime<Utc>,
+    ) -> Vec<OutboxMessage> {
+        let values = context! {
+            service_name => service.settings.name.as_str(),
+            resource_name => resource.settings.name.as_str(),
+            reason,
+            client => client.unwrap_or("an unknown address"),
+            count,
+            at => at.format("%-d %B %Y at %H:%M:%S UTC").to_string(),
+        };
+        self.render(
+            "upload_refused",
+            to,
+            &format!("uploads-refused:{cause}"),
+            &values,
+        )
+    }
+}
+
+fn outbox_id(cause: &str) -> Uuid {
+    let digest = Sha256::digest(cause.as_bytes());
+    let mut bytes = [0_u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
