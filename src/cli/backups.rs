@@ -214,6 +214,7 @@ pub async fn resource(config: &Config, user: &str, command: ResourceCommand) -> 
                 name,
                 description,
                 active: true,
+                expected: None,
             };
             let resource = backups.create_resource(owner, service, settings).await?;
             eprintln!("resource {}; backups are posted to:", resource.resource_id);

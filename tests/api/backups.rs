@@ -16,6 +16,7 @@ crate::on_both_backends!(backups:
     a_cut_off_upload_leaves_nothing,
     retention_deletes_old_backups_and_their_files,
     the_owner_is_told_and_refusals_are_folded,
+    a_missed_backup_is_told_and_so_is_the_return,
 );
 
 async fn app(backend: Backend) -> TestApp {
@@ -717,6 +718,96 @@ pub async fn the_owner_is_told_and_refusals_are_folded(backend: Backend) {
         })
         .collect();
     assert_eq!(refused.len(), 1, "one notice for five refusals");
+}
+
+/// A resource expecting a backup an hour (10 minutes' grace): none comes, and the owner is
+/// told once; one comes, and they are told it is back to normal. (The clock is moved; an
+/// upload elsewhere wakes the scheduler, as any new schedule does.)
+pub async fn a_missed_backup_is_told_and_so_is_the_return(backend: Backend) {
+    let (mut config, sink) = crate::helpers::mail_config(backend).await;
+    config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let app = spawn_with(config).await;
+    let token = app.add_user("ola").await;
+    let start = chrono::Utc::now();
+    let at =
+        |minutes: i64| *app.now.lock().unwrap() = Some(start + chrono::Duration::minutes(minutes));
+    at(0);
+    let (service, resource) = service_with_resource(
+        &app,
+        &token,
+        json!({
+            "name": "bots",
+            "notifications": {"emails": ["owner@example.com"], "on": ["backup_missed", "back_to_normal"]}
+        }),
+    )
+    .await;
+    let (status, view) = call(
+        &app,
+        &token,
+        "PATCH",
+        &format!("/resources/{resource}"),
+        Some(json!({"expected": {"every_seconds": 3600, "grace_seconds": 600}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["data"]["expected"]["every_seconds"], 3600);
+    let (_, other) = call(
+        &app,
+        &token,
+        "POST",
+        &format!("/services/{service}/resources"),
+        Some(json!({"name": "other"})),
+    )
+    .await;
+    let other = other["data"]["id"].as_str().unwrap().to_owned();
+    let wake = || async {
+        let (status, _) = post_backup(&app, &other, file_form(b"x", "x.txt", None), &[]).await;
+        assert_eq!(status, 201);
+    };
+
+    // An hour and five minutes on: late, but within the grace.
+    at(65);
+    wake().await;
+    // An hour and eleven minutes: missed.
+    at(71);
+    wake().await;
+    let missed = sink
+        .wait_for("owner@example.com", "Backup missed: facts.json (bots)")
+        .await;
+    assert!(missed.raw.contains("has not arrived"));
+    let (_, view) = call(&app, &token, "GET", &format!("/resources/{resource}"), None).await;
+    assert!(view["data"]["missed_since"].is_string(), "{view}");
+    // Told once, however long it stays missing.
+    at(200);
+    wake().await;
+    let (status, _) = post_backup(&app, &resource, file_form(b"at last", "f.txt", None), &[]).await;
+    assert_eq!(status, 201);
+    sink.wait_for("owner@example.com", "Backups back to normal: facts.json")
+        .await;
+    let told = sink
+        .received()
+        .iter()
+        .filter(|m| {
+            m.header("Subject")
+                .is_some_and(|s| s.contains("Backup missed"))
+        })
+        .count();
+    assert_eq!(told, 1);
+    let (_, view) = call(&app, &token, "GET", &format!("/resources/{resource}"), None).await;
+    assert!(view["data"]["missed_since"].is_null(), "{view}");
+    // Bad expectations are refused, naming the field.
+    let (status, body) = call(
+        &app,
+        &token,
+        "PATCH",
+        &format!("/resources/{resource}"),
+        Some(json!({"expected": {"cron": "61 * * * *"}})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_expected"))
+    );
 }
 
 /// The ids of the backups `resource` keeps, newest first.

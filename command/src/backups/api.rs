@@ -10,7 +10,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use cairn_events::domain::backup::{Notifications, ResourceSettings, Retention, ServiceSettings};
+use cairn_events::domain::backup::{
+    Expected, Notifications, ResourceSettings, Retention, ServiceSettings,
+};
 use cairn_http::{ApiError, ErrorBody};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::de::DeserializeOwned;
@@ -83,6 +85,7 @@ pub fn router() -> Router<CommandState> {
         NewKeyView,
         NewKeyData,
         ResourceInput,
+        ExpectedIn,
         ResourceView,
         ResourceData,
         ResourceList,
@@ -338,6 +341,62 @@ struct ResourceInput {
     description: Option<String>,
     /// An inactive resource refuses uploads.
     active: Option<bool>,
+    /// When backups are expected, to be told when one does not come (`backup_missed`)
+    /// and when they come again (`back_to_normal`); `null` to expect none.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<ExpectedIn>)]
+    expected: Option<Option<ExpectedIn>>,
+}
+
+/// A field that may be given as `null` (`Some(None)`) or left out (`None`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// When backups are expected: a cron expression (5 fields, 6 with seconds, or `@daily`
+/// and the like) in a time zone, or an interval; a backup not arrived `grace_seconds`
+/// after it was due is missed.
+#[derive(Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ExpectedIn {
+    #[schema(example = "0 3 * * *")]
+    cron: Option<String>,
+    /// With `cron`: an IANA time zone (default `UTC`).
+    #[schema(example = "Europe/Berlin")]
+    time_zone: Option<String>,
+    /// Instead of `cron`: 60 seconds to a year.
+    #[schema(minimum = 60, maximum = 31622400)]
+    every_seconds: Option<u64>,
+    /// How late a backup may be before it is missed (default 0; at most 30 days).
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 2592000)]
+    grace_seconds: u64,
+}
+
+impl From<ExpectedIn> for Expected {
+    fn from(input: ExpectedIn) -> Self {
+        Expected {
+            cron: input.cron,
+            time_zone: input.time_zone,
+            every_seconds: input.every_seconds,
+            grace_seconds: input.grace_seconds,
+        }
+    }
+}
+
+impl From<&Expected> for ExpectedIn {
+    fn from(expected: &Expected) -> Self {
+        ExpectedIn {
+            cron: expected.cron.clone(),
+            time_zone: expected.time_zone.clone(),
+            every_seconds: expected.every_seconds,
+            grace_seconds: expected.grace_seconds,
+        }
+    }
 }
 
 impl ResourceInput {
@@ -346,6 +405,10 @@ impl ResourceInput {
             name: self.name.clone().unwrap_or(current.name),
             description: self.description.clone().unwrap_or(current.description),
             active: self.active.unwrap_or(current.active),
+            expected: match &self.expected {
+                None => current.expected,
+                Some(expected) => expected.clone().map(Expected::from),
+            },
         }
     }
 }
@@ -362,6 +425,10 @@ struct ResourceData {
     upload_url: String,
     /// How many backups it keeps.
     backups: usize,
+    expected: Option<ExpectedIn>,
+    /// While an expected backup is missing: when it was due.
+    #[schema(format = DateTime)]
+    missed_since: Option<String>,
     #[schema(format = DateTime)]
     last_backup_at: Option<String>,
     #[schema(format = DateTime)]
@@ -446,6 +513,8 @@ fn resource_data(backups: &Backups, resource: &ResourceState) -> ResourceData {
             resource.resource_id
         ),
         backups: resource.backups.len(),
+        expected: resource.settings.expected.as_ref().map(ExpectedIn::from),
+        missed_since: resource.missed.map(stamp),
         last_backup_at: resource.last_backup_at.map(stamp),
         created_at: stamp(resource.created_at),
         updated_at: stamp(resource.updated_at),
@@ -669,6 +738,7 @@ async fn create_resource(
         name: String::new(),
         description: String::new(),
         active: true,
+        expected: None,
     });
     let backups = &state.backups;
     let resource = backups

@@ -8,11 +8,12 @@
 use std::net::IpAddr;
 
 use cairn_events::domain::backup::{
-    self, MAX_ALLOWLIST, MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, Notifications, ResourceSettings,
-    Retention, ServiceSettings,
+    self, Expected, MAX_ALLOWLIST, MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, Notifications,
+    ResourceSettings, Retention, ServiceSettings,
 };
 use cairn_events::domain::capsule::EmailAddress;
 use cairn_events::ip::IpRange;
+use cairn_events::schedule::Recurrence;
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
@@ -223,8 +224,76 @@ pub fn resource_settings(settings: ResourceSettings) -> Result<ResourceSettings,
     Ok(ResourceSettings {
         name: name("name", &settings.name)?,
         description: description("description", &settings.description)?,
+        expected: settings.expected.map(expected).transpose()?,
         ..settings
     })
+}
+
+/// The longest grace, and the longest interval between expected backups.
+const MAX_GRACE_SECONDS: u64 = 30 * 86_400;
+const MAX_EVERY_SECONDS: u64 = 366 * 86_400;
+
+/// An expectation: a cron expression (in a time zone, UTC by default) or an interval of
+/// 60 seconds to a year, and a grace of up to 30 days.
+pub fn expected(raw: Expected) -> Result<Expected, Invalid> {
+    let field = "expected";
+    if raw.grace_seconds > MAX_GRACE_SECONDS {
+        return Err(invalid(
+            field,
+            "expected.grace_seconds must be at most 2592000 (30 days)",
+        ));
+    }
+    match (&raw.cron, raw.every_seconds) {
+        (Some(cron), None) => {
+            let zone = raw.time_zone.as_deref().unwrap_or("UTC");
+            let recurrence = Recurrence::parse(cron, zone).map_err(|e| {
+                invalid(field, format!("expected.cron and expected.time_zone: {e}"))
+            })?;
+            Ok(Expected {
+                cron: Some(cron.trim().to_owned()),
+                time_zone: Some(recurrence.zone().name().to_owned()),
+                every_seconds: None,
+                grace_seconds: raw.grace_seconds,
+            })
+        }
+        (None, Some(every)) if (60..=MAX_EVERY_SECONDS).contains(&every) => Ok(Expected {
+            time_zone: None,
+            ..raw
+        }),
+        (None, Some(_)) => Err(invalid(
+            field,
+            "expected.every_seconds must be from 60 to 31622400 (a year)",
+        )),
+        _ => Err(invalid(
+            field,
+            "expected takes either cron (with time_zone) or every_seconds, and grace_seconds",
+        )),
+    }
+}
+
+/// The next backup expected after `since` (the last one, or when the expectation was
+/// set): when it is due, and when, without it, it counts as missed.
+pub fn next_expected(
+    expected: &Expected,
+    since: DateTime<Utc>,
+) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let due = match (&expected.cron, expected.every_seconds) {
+        (Some(cron), _) => Recurrence::parse(cron, expected.time_zone.as_deref().unwrap_or("UTC"))
+            .ok()?
+            .next_after(since)?,
+        (None, Some(every)) => since + Duration::seconds(i64::try_from(every).ok()?),
+        (None, None) => return None,
+    };
+    let grace = Duration::seconds(i64::try_from(expected.grace_seconds).ok()?);
+    Some((due, due + grace))
+}
+
+/// Since when a resource's next backup is awaited: its last backup, or the last change
+/// of its settings (an expectation set today does not count yesterday as missed).
+pub fn awaited_since(resource: &ResourceState) -> DateTime<Utc> {
+    resource
+        .last_backup_at
+        .map_or(resource.updated_at, |at| at.max(resource.updated_at))
 }
 
 /// Why an upload is turned away, in the order Dome checks: an unknown resource, then the
@@ -537,12 +606,14 @@ mod tests {
                 name: "db".into(),
                 description: String::new(),
                 active,
+                expected: None,
             },
             created_at: at(0),
             updated_at: at(0),
             backups: Vec::<Backup>::new(),
             last_backup_at: None,
             refusals: Default::default(),
+            missed: None,
             deleted: false,
             version: 1,
         }
@@ -783,6 +854,60 @@ mod tests {
             "the older one of today goes"
         );
         assert_eq!(next_expiry(&backups, &three_days), None);
+    }
+
+    #[test]
+    fn expected_backups() {
+        let daily = expected(Expected {
+            cron: Some("0 3 * * *".into()),
+            time_zone: Some("europe/berlin".into()),
+            every_seconds: None,
+            grace_seconds: 3600,
+        })
+        .unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!(daily.time_zone.as_deref(), Some("Europe/Berlin"));
+        // 2027-01-15 08:00 UTC: the next 03:00 Berlin is 2027-01-16 02:00 UTC.
+        let (due, missed) = next_expected(&daily, at(0)).unwrap_or_default();
+        assert_eq!(due.to_rfc3339(), "2027-01-16T02:00:00+00:00");
+        assert_eq!(missed - due, Duration::hours(1));
+        let hourly = Expected {
+            cron: None,
+            time_zone: None,
+            every_seconds: Some(3600),
+            grace_seconds: 600,
+        };
+        assert_eq!(
+            next_expected(
+                &expected(hourly.clone()).unwrap_or_else(|e| panic!("{}", e.message)),
+                at(0)
+            ),
+            Some((at(60), at(70)))
+        );
+        for bad in [
+            Expected {
+                every_seconds: Some(59),
+                ..hourly.clone()
+            },
+            Expected {
+                grace_seconds: 31 * 86_400,
+                ..hourly.clone()
+            },
+            Expected {
+                cron: Some("0 3 * * *".into()),
+                ..hourly.clone()
+            },
+            Expected {
+                every_seconds: None,
+                ..hourly.clone()
+            },
+            Expected {
+                cron: Some("nope".into()),
+                every_seconds: None,
+                ..hourly.clone()
+            },
+        ] {
+            assert!(expected(bad).is_err());
+        }
     }
 
     #[test]

@@ -28,10 +28,10 @@ use std::time::Instant;
 
 use base64::Engine;
 use cairn_events::domain::backup::{
-    self, ApiKeyCreated, ApiKeyRevoked, ApiKeyUsed, BackupDeleted, BackupStored, BlobDiscarded,
-    BlobReferenced, BlobReleased, ResourceAdded, ResourceCreated, ResourceDeleted, ResourceRemoved,
-    ResourceSettings, ResourceUpdated, ServiceCreated, ServiceDeleted, ServiceDisowned,
-    ServiceOwned, ServiceSettings, ServiceUpdated, UploadsRefused,
+    self, ApiKeyCreated, ApiKeyRevoked, ApiKeyUsed, BackupDeleted, BackupMissed, BackupStored,
+    BackupsResumed, BlobDiscarded, BlobReferenced, BlobReleased, ResourceAdded, ResourceCreated,
+    ResourceDeleted, ResourceRemoved, ResourceSettings, ResourceUpdated, ServiceCreated,
+    ServiceDeleted, ServiceDisowned, ServiceOwned, ServiceSettings, ServiceUpdated, UploadsRefused,
 };
 use cairn_events::{
     AppendRequest, Clock, DomainEvent, DueItem, Effects, EventStore, ExpectedVersion, Metadata,
@@ -56,6 +56,37 @@ const TRIES: usize = 5;
 /// backup expires, and when it is deleted), and delete a file no backup refers to.
 pub const RETENTION: &str = "retention";
 pub const DELETE_FILE: &str = "delete-file";
+/// Look whether an expected backup came.
+pub const CHECK_MISSED: &str = "check-missed";
+
+/// The due item looking, at `at`, whether `resource_id`'s expected backup came.
+fn missed_item(resource_id: Uuid, at: DateTime<Utc>) -> DueItem {
+    DueItem {
+        key: format!("{}:{CHECK_MISSED}", backup::resource_stream(resource_id)),
+        stream_id: backup::resource_stream(resource_id),
+        action: CHECK_MISSED.to_owned(),
+        due_at: at,
+    }
+}
+
+/// The check of the next backup `settings` expect after `since`: scheduled, or (no
+/// expectation) dropped.
+fn missed_check(resource_id: Uuid, settings: &ResourceSettings, since: DateTime<Utc>) -> Effects {
+    let next = settings
+        .expected
+        .as_ref()
+        .and_then(|expected| decide::next_expected(expected, since));
+    match next {
+        Some((_, missed_at)) => Effects {
+            schedule: vec![missed_item(resource_id, missed_at)],
+            ..Effects::default()
+        },
+        None => Effects {
+            unschedule: vec![missed_item(resource_id, since).key],
+            ..Effects::default()
+        },
+    }
+}
 
 /// The due item applying `resource_id`'s retention at `at`.
 fn retention_item(resource_id: Uuid, at: DateTime<Utc>) -> DueItem {
@@ -460,7 +491,8 @@ impl Backups {
                 backup::resource_stream(resource_id),
                 ExpectedVersion::NoStream,
                 vec![self.event(&created, owner)],
-            );
+            )
+            .with_effects(missed_check(resource_id, &settings, self.now()));
             match self.events.append(request).await {
                 Ok(_) => return self.owned_resource(owner, resource_id).await,
                 Err(StoreError::Conflict { .. }) => continue,
@@ -483,17 +515,26 @@ impl Backups {
             if settings == resource.settings {
                 return Ok(resource);
             }
+            // A changed expectation starts from now.
+            let effects = if settings.expected == resource.settings.expected {
+                Effects::default()
+            } else {
+                missed_check(resource_id, &settings, self.now())
+            };
             let updated = ResourceUpdated {
                 resource_id,
                 settings,
             };
             let append = self
                 .events
-                .append(AppendRequest::new(
-                    backup::resource_stream(resource_id),
-                    ExpectedVersion::Exact(resource.version),
-                    vec![self.event(&updated, owner)],
-                ))
+                .append(
+                    AppendRequest::new(
+                        backup::resource_stream(resource_id),
+                        ExpectedVersion::Exact(resource.version),
+                        vec![self.event(&updated, owner)],
+                    )
+                    .with_effects(effects),
+                )
                 .await;
             match append {
                 Ok(_) => return self.owned_resource(owner, resource_id).await,
@@ -676,10 +717,15 @@ impl Backups {
             };
             // The content's stream at the version read: a file being discarded is never
             // referred to again, and a reference is never lost to a discard.
+            // After a missed one, a backup is news: back to normal.
+            let mut events = vec![self.event(&stored, actor)];
+            if admitted.resource.missed.is_some() {
+                events.push(self.event(&BackupsResumed { resource_id }, actor));
+            }
             let mut request = AppendRequest::new(
                 backup::resource_stream(resource_id),
                 ExpectedVersion::Any,
-                vec![self.event(&stored, actor)],
+                events,
             )
             .and_stream(
                 content_stream.clone(),
@@ -689,18 +735,27 @@ impl Backups {
             // The retention looks at the resource at once: a backup may expire others.
             let to = decide::recipients(&admitted.service, "backup_created");
             let url = self.link(resource_id, stored.backup_id, now);
-            request = request.with_effects(Effects {
-                schedule: vec![retention_item(resource_id, now)],
-                outbox: self.notices.created(
+            let mut effects = missed_check(resource_id, &admitted.resource.settings, now);
+            effects.schedule.push(retention_item(resource_id, now));
+            effects.outbox = self.notices.created(
+                to,
+                &admitted.service,
+                &admitted.resource,
+                &stored,
+                &url,
+                now,
+            );
+            if let Some(due) = admitted.resource.missed {
+                let to = decide::recipients(&admitted.service, "back_to_normal");
+                effects.outbox.extend(self.notices.resumed(
                     to,
                     &admitted.service,
                     &admitted.resource,
-                    &stored,
-                    &url,
+                    due,
                     now,
-                ),
-                ..Effects::default()
-            });
+                ));
+            }
+            request = request.with_effects(effects);
             if let Some(key_id) = admitted.key_id
                 && decide::record_key_use(&admitted.service, key_id, now)
             {
@@ -731,6 +786,53 @@ impl Backups {
 }
 
 impl Backups {
+    /// Whether `resource_id`'s expected backup came; if it has not by the end of its
+    /// grace, record it missed and tell the owner (once, until backups come again).
+    pub async fn check_missed(&self, resource_id: Uuid) -> Result<Outcome, BackupError> {
+        for _ in 0..TRIES {
+            let Some(resource) = self.resource(resource_id).await? else {
+                return Ok(Outcome::Nothing);
+            };
+            let Some(service) = self.service(resource.service_id).await? else {
+                return Ok(Outcome::Nothing);
+            };
+            let now = self.now();
+            let next = resource
+                .settings
+                .expected
+                .as_ref()
+                .and_then(|e| decide::next_expected(e, decide::awaited_since(&resource)));
+            let Some((due, missed_at)) = next else {
+                return Ok(Outcome::Nothing);
+            };
+            if service.deleted || resource.deleted || resource.missed.is_some() || now < missed_at {
+                return Ok(Outcome::Nothing);
+            }
+            let missed = BackupMissed {
+                resource_id,
+                due_at: due,
+            };
+            let to = decide::recipients(&service, "backup_missed");
+            // At the version read: a backup arriving meanwhile makes this look again.
+            let request = AppendRequest::new(
+                backup::resource_stream(resource_id),
+                ExpectedVersion::Exact(resource.version),
+                vec![self.event(&missed, resource.owner)],
+            )
+            .with_effects(Effects {
+                unschedule: vec![missed_item(resource_id, now).key],
+                outbox: self.notices.missed(to, &service, &resource, due),
+                ..Effects::default()
+            });
+            match self.events.append(request).await {
+                Ok(_) => return Ok(Outcome::Written),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(conflict(&backup::resource_stream(resource_id)))
+    }
+
     /// Delete the backups of `resource_id` its service's retention no longer keeps (all of
     /// them, if the resource or its service was deleted), release their files (a file no
     /// backup refers to any more is deleted by a due item of its own), and look again

@@ -43,7 +43,13 @@ macro_rules! templates {
 impl Notices {
     pub fn new(public_url: &str) -> Result<Self, minijinja::Error> {
         let mut env = Environment::new();
-        templates!(env, "backup_created", "upload_refused");
+        templates!(
+            env,
+            "backup_created",
+            "upload_refused",
+            "backup_missed",
+            "back_to_normal"
+        );
         let host = public_url
             .split("://")
             .nth(1)
@@ -108,7 +114,7 @@ impl Notices {
             format => stored.format.as_str(),
             bytes => stored.bytes,
             sha256 => stored.sha256.as_str(),
-            at => at.format("%-d %B %Y at %H:%M:%S UTC").to_string(),
+            at => time(at),
             url,
         };
         self.render(
@@ -138,7 +144,7 @@ impl Notices {
             reason,
             client => client.unwrap_or("an unknown address"),
             count,
-            at => at.format("%-d %B %Y at %H:%M:%S UTC").to_string(),
+            at => time(at),
         };
         self.render(
             "upload_refused",
@@ -147,6 +153,54 @@ impl Notices {
             &values,
         )
     }
+}
+
+impl Notices {
+    /// "An expected backup did not come" (due at `due`).
+    pub fn missed(
+        &self,
+        to: &[String],
+        service: &ServiceState,
+        resource: &ResourceState,
+        due: DateTime<Utc>,
+    ) -> Vec<OutboxMessage> {
+        let values = context! {
+            service_name => service.settings.name.as_str(),
+            resource_name => resource.settings.name.as_str(),
+            due => time(due),
+            last => resource.last_backup_at.map_or("never".to_owned(), |at| format!("on {}", time(at))),
+        };
+        let cause = format!("backup-missed:{}:{}", resource.resource_id, due.timestamp());
+        self.render("backup_missed", to, &cause, &values)
+    }
+
+    /// "Backups come again" after the one due at `due` was missed.
+    pub fn resumed(
+        &self,
+        to: &[String],
+        service: &ServiceState,
+        resource: &ResourceState,
+        due: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Vec<OutboxMessage> {
+        let values = context! {
+            service_name => service.settings.name.as_str(),
+            resource_name => resource.settings.name.as_str(),
+            due => time(due),
+            at => time(at),
+        };
+        let cause = format!(
+            "backups-resumed:{}:{}",
+            resource.resource_id,
+            due.timestamp()
+        );
+        self.render("back_to_normal", to, &cause, &values)
+    }
+}
+
+/// `3 March 2027 at 09:00:05 UTC`.
+fn time(at: DateTime<Utc>) -> String {
+    at.format("%-d %B %Y at %H:%M:%S UTC").to_string()
 }
 
 fn outbox_id(cause: &str) -> Uuid {

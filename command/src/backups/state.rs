@@ -4,10 +4,10 @@
 use std::collections::{BTreeSet, HashMap};
 
 use cairn_events::domain::backup::{
-    ApiKeyCreated, ApiKeyRevoked, ApiKeyUsed, BackupDeleted, BackupStored, BlobDiscarded,
-    BlobReferenced, BlobReleased, ResourceAdded, ResourceCreated, ResourceDeleted, ResourceRemoved,
-    ResourceSettings, ResourceUpdated, ServiceCreated, ServiceDeleted, ServiceSettings,
-    ServiceUpdated, UploadsRefused,
+    ApiKeyCreated, ApiKeyRevoked, ApiKeyUsed, BackupDeleted, BackupMissed, BackupStored,
+    BackupsResumed, BlobDiscarded, BlobReferenced, BlobReleased, ResourceAdded, ResourceCreated,
+    ResourceDeleted, ResourceRemoved, ResourceSettings, ResourceUpdated, ServiceCreated,
+    ServiceDeleted, ServiceSettings, ServiceUpdated, UploadsRefused,
 };
 use cairn_events::{DecodeError, DomainEvent, Envelope};
 use chrono::{DateTime, Utc};
@@ -136,6 +136,8 @@ pub struct ResourceState {
     pub last_backup_at: Option<DateTime<Utc>>,
     /// Refused uploads, by reason (`bad_key`, `ip_blocked`).
     pub refusals: HashMap<String, Refusals>,
+    /// The expected backup found missing, until one arrives.
+    pub missed: Option<DateTime<Utc>>,
     pub deleted: bool,
     pub version: i64,
 }
@@ -157,6 +159,7 @@ impl ResourceState {
             backups: Vec::new(),
             last_backup_at: None,
             refusals: HashMap::new(),
+            missed: None,
             deleted: false,
             version: first.version,
         };
@@ -164,6 +167,8 @@ impl ResourceState {
             state.version = event.version;
             let at = event.occurred_at;
             match event.event_type.as_str() {
+                BackupMissed::TYPE => state.missed = Some(BackupMissed::decode(event)?.due_at),
+                BackupsResumed::TYPE => state.missed = None,
                 UploadsRefused::TYPE => {
                     let refused = UploadsRefused::decode(event)?;
                     let refusals = state.refusals.entry(refused.reason).or_default();

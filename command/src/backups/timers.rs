@@ -1,6 +1,6 @@
 //! What the scheduler runs for backups: a resource's retention (after each backup, when
-//! its oldest backup expires, when it is deleted), and the deletion of a file no backup
-//! refers to any more. The binary only hands these to the sleeper; the rules are the
+//! its oldest backup expires, when it is deleted), the check that an expected backup
+//! came, and the deletion of a file no backup refers to any more. The binary only hands these to the sleeper; the rules are the
 //! backups'.
 
 use async_trait::async_trait;
@@ -8,7 +8,7 @@ use cairn_events::domain::backup;
 use cairn_events::{DueAction, DueItem, Handled};
 use uuid::Uuid;
 
-use super::{Backups, DELETE_FILE, Outcome, RETENTION};
+use super::{Backups, CHECK_MISSED, DELETE_FILE, Outcome, RETENTION};
 
 /// The backups' due items, as the sleeper's action.
 pub struct BackupTimers {
@@ -19,12 +19,17 @@ pub struct BackupTimers {
 impl DueAction for BackupTimers {
     async fn run(&self, item: &DueItem) -> Result<Handled, String> {
         match item.action.as_str() {
-            RETENTION => {
+            RETENTION | CHECK_MISSED => {
                 let Some(resource_id) = resource_of(item) else {
-                    tracing::warn!(key = %item.key, "a retention item for no resource; dropped");
+                    tracing::warn!(key = %item.key, "a due item for no resource; dropped");
                     return Ok(Handled::Nothing);
                 };
-                match self.backups.apply_retention(resource_id).await {
+                let outcome = if item.action == RETENTION {
+                    self.backups.apply_retention(resource_id).await
+                } else {
+                    self.backups.check_missed(resource_id).await
+                };
+                match outcome {
                     Ok(Outcome::Written) => Ok(Handled::Done),
                     Ok(Outcome::Nothing) => Ok(Handled::Nothing),
                     Err(e) => Err(e.to_string()),

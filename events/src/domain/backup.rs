@@ -275,6 +275,19 @@ impl DomainEvent for ResourceRemoved {
     const SCHEMA_VERSION: i32 = 1;
 }
 
+/// When backups of a resource are expected: by a cron expression in a time zone, or
+/// every so many seconds; one not arrived `grace_seconds` after it was due is missed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expected {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_seconds: Option<u64>,
+    pub grace_seconds: u64,
+}
+
 /// A resource's settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResourceSettings {
@@ -283,6 +296,9 @@ pub struct ResourceSettings {
     pub description: String,
     /// An inactive resource refuses uploads.
     pub active: bool,
+    /// When backups are expected; none: any time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<Expected>,
 }
 
 /// A resource was made in a service.
@@ -377,6 +393,30 @@ pub struct UploadsRefused {
 
 impl DomainEvent for UploadsRefused {
     const TYPE: &'static str = "resource.uploads_refused";
+    const SCHEMA_VERSION: i32 = 1;
+}
+
+/// An expected backup did not arrive: none came between `due_at` (its expected time) and
+/// the end of its grace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupMissed {
+    pub resource_id: Uuid,
+    pub due_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl DomainEvent for BackupMissed {
+    const TYPE: &'static str = "resource.backup_missed";
+    const SCHEMA_VERSION: i32 = 1;
+}
+
+/// A backup arrived after one was missed: back to normal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupsResumed {
+    pub resource_id: Uuid,
+}
+
+impl DomainEvent for BackupsResumed {
+    const TYPE: &'static str = "resource.backups_resumed";
     const SCHEMA_VERSION: i32 = 1;
 }
 
