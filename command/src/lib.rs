@@ -11,6 +11,27 @@
 //! small projection of the `user` streams.
 #![forbid(unsafe_code)]
 
+/// Add the subject, plain-text and HTML templates of each named email
+/// (`templates/email/<name>.{subject.txt,txt,html}`) to a minijinja environment.
+macro_rules! email_templates {
+    ($env:ident, $($name:literal),*) => {
+        $(
+            $env.add_template(
+                concat!($name, ".subject.txt"),
+                include_str!(concat!("../../templates/email/", $name, ".subject.txt")),
+            )?;
+            $env.add_template(
+                concat!($name, ".txt"),
+                include_str!(concat!("../../templates/email/", $name, ".txt")),
+            )?;
+            $env.add_template(
+                concat!($name, ".html"),
+                include_str!(concat!("../../templates/email/", $name, ".html")),
+            )?;
+        )*
+    };
+}
+
 pub mod auth;
 pub mod backups;
 pub mod blobs;

@@ -349,13 +349,15 @@ pub fn admit(
 /// The key in an `Authorization` header: `<scheme> <key>` (any scheme), Dome's
 /// `Bearer-<key>`, or the key alone.
 pub fn presented_key(header: &str) -> Option<&str> {
-    let header = header.trim();
+    let header = header.trim_start();
     let key = match header.split_once(char::is_whitespace) {
         Some((_, key)) => key.trim(),
-        None => header
-            .get(..7)
-            .filter(|p| p.eq_ignore_ascii_case("bearer-"))
-            .map_or(header, |_| &header[7..]),
+        None => match header.get(..7) {
+            Some(scheme) if scheme.eq_ignore_ascii_case("bearer-") => {
+                header.get(7..).unwrap_or_default()
+            }
+            _ => header,
+        },
     };
     (!key.is_empty()).then_some(key)
 }

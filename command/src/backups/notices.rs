@@ -9,10 +9,10 @@ use cairn_events::domain::backup::BackupStored;
 use cairn_events::domain::email::Email;
 use chrono::{DateTime, Utc};
 use minijinja::{Environment, Value, context};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::state::{ResourceState, ServiceState};
+use crate::capsules::emails::outbox_id_of as outbox_id;
 
 /// The templates, parsed once.
 pub struct Notices {
@@ -21,29 +21,10 @@ pub struct Notices {
     domain: String,
 }
 
-macro_rules! templates {
-    ($env:ident, $($name:literal),*) => {
-        $(
-            $env.add_template(
-                concat!($name, ".subject.txt"),
-                include_str!(concat!("../../templates/email/", $name, ".subject.txt")),
-            )?;
-            $env.add_template(
-                concat!($name, ".txt"),
-                include_str!(concat!("../../templates/email/", $name, ".txt")),
-            )?;
-            $env.add_template(
-                concat!($name, ".html"),
-                include_str!(concat!("../../templates/email/", $name, ".html")),
-            )?;
-        )*
-    };
-}
-
 impl Notices {
     pub fn new(public_url: &str) -> Result<Self, minijinja::Error> {
         let mut env = Environment::new();
-        templates!(
+        email_templates!(
             env,
             "backup_created",
             "upload_refused",
@@ -201,11 +182,4 @@ impl Notices {
 /// `3 March 2027 at 09:00:05 UTC`.
 fn time(at: DateTime<Utc>) -> String {
     at.format("%-d %B %Y at %H:%M:%S UTC").to_string()
-}
-
-fn outbox_id(cause: &str) -> Uuid {
-    let digest = Sha256::digest(cause.as_bytes());
-    let mut bytes = [0_u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }

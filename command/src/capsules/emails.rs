@@ -128,31 +128,12 @@ pub(super) struct Emails {
     links: Links,
 }
 
-macro_rules! templates {
-    ($env:ident, $($name:literal),*) => {
-        $(
-            $env.add_template(
-                concat!($name, ".subject.txt"),
-                include_str!(concat!("../../templates/email/", $name, ".subject.txt")),
-            )?;
-            $env.add_template(
-                concat!($name, ".txt"),
-                include_str!(concat!("../../templates/email/", $name, ".txt")),
-            )?;
-            $env.add_template(
-                concat!($name, ".html"),
-                include_str!(concat!("../../templates/email/", $name, ".html")),
-            )?;
-        )*
-    };
-}
-
 impl Emails {
     pub(super) fn new(links: Links) -> Result<Self, CapsuleError> {
         let mut env = Environment::new();
         // `.html` templates escape what they are given; the others do not.
         let add = |env: &mut Environment<'static>| -> Result<(), minijinja::Error> {
-            templates!(env, "confirm", "active", "cancelled", "expired", "delivery");
+            email_templates!(env, "confirm", "active", "cancelled", "expired", "delivery");
             Ok(())
         };
         add(&mut env).map_err(|e| CapsuleError::Template(e.to_string()))?;
@@ -238,7 +219,8 @@ fn outbox_id(capsule_id: Uuid, kind: EmailKind) -> Uuid {
     outbox_id_of(&format!("{capsule_id}:{}", kind.name()))
 }
 
-fn outbox_id_of(cause: &str) -> Uuid {
+/// An outbox id from its cause: the same cause, the same id.
+pub(crate) fn outbox_id_of(cause: &str) -> Uuid {
     let digest = Sha256::digest(cause.as_bytes());
     let mut bytes = [0_u8; 16];
     bytes.copy_from_slice(&digest[..16]);
