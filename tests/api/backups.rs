@@ -217,10 +217,7 @@ pub async fn uploads_the_dome_way(backend: Backend) {
     let first = rest["data"][0]["id"].as_str().unwrap();
     let response = app
         .client
-        .get(format!(
-            "{}/resources/{resource}/backups/{first}/file",
-            app.address
-        ))
+        .get(format!("{}/backups/{first}/file", app.address))
         .bearer_auth(&token)
         .send()
         .await
@@ -523,11 +520,8 @@ pub async fn owners_see_only_their_own(backend: Backend) {
         ),
         ("DELETE", format!("/resources/{resource}"), None),
         ("GET", format!("/resources/{resource}/backups"), None),
-        (
-            "GET",
-            format!("/resources/{resource}/backups/{backup}/file"),
-            None,
-        ),
+        ("GET", format!("/backups/{backup}"), None),
+        ("GET", format!("/backups/{backup}/file"), None),
     ] {
         let (status, answer) = call(&app, &bob, method, &path, body).await;
         assert_eq!(status, 404, "bob: {method} {path}: {answer}");
@@ -885,10 +879,7 @@ pub async fn retention_deletes_old_backups_and_their_files(backend: Backend) {
     assert_eq!(files_of(&app, &service), 2);
     let shared = app
         .client
-        .get(format!(
-            "{}/resources/{resource}/backups/{}/file",
-            app.address, ids[2]
-        ))
+        .get(format!("{}/backups/{}/file", app.address, ids[2]))
         .bearer_auth(&token)
         .send()
         .await

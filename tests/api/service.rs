@@ -48,7 +48,8 @@ pub async fn openapi_covers_every_route(backend: Backend) {
         ("/services/{id}/resources", "post"),
         ("/resources/{id}", "delete"),
         ("/resources/{id}/backups", "get"),
-        ("/resources/{id}/backups/{backup_id}/file", "get"),
+        ("/backups/{id}", "get"),
+        ("/backups/{id}/file", "get"),
         ("/{resource}", "post"),
     ] {
         assert!(

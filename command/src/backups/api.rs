@@ -49,7 +49,8 @@ pub fn router() -> Router<CommandState> {
                 .delete(delete_resource),
         )
         .route("/resources/{id}/backups", get(list_backups))
-        .route("/resources/{id}/backups/{backup_id}/file", get(download))
+        .route("/backups/{id}", get(get_backup))
+        .route("/backups/{id}/file", get(download))
 }
 
 /// The routes, for the OpenAPI document.
@@ -69,6 +70,7 @@ pub fn router() -> Router<CommandState> {
         update_resource,
         delete_resource,
         list_backups,
+        get_backup,
         download
     ),
     components(schemas(
@@ -90,6 +92,7 @@ pub fn router() -> Router<CommandState> {
         ResourceData,
         ResourceList,
         BackupView,
+        BackupData,
         BackupPage,
         ErrorBody
     ))
@@ -465,6 +468,11 @@ struct BackupView {
 }
 
 #[derive(Serialize, ToSchema)]
+struct BackupData {
+    data: BackupView,
+}
+
+#[derive(Serialize, ToSchema)]
 struct BackupPage {
     /// Newest first.
     data: Vec<BackupView>,
@@ -531,7 +539,7 @@ fn backup_view(backups: &Backups, backup: &Backup) -> BackupView {
         bytes: stored.bytes,
         sha256: stored.sha256.clone(),
         created_at: stamp(backup.created_at),
-        url: backups.link(stored.resource_id, stored.backup_id, backups.now()),
+        url: backups.link(stored.backup_id, backups.now()),
     }
 }
 
@@ -906,6 +914,28 @@ async fn list_backups(
     }))
 }
 
+/// One of the caller's backups.
+#[utoipa::path(get, path = "/backups/{id}", tag = "backups", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The backup's id")),
+    responses(
+        (status = 200, description = "The backup", body = BackupData),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such backup of the caller's (or no longer kept)", body = ErrorBody),
+    ))]
+async fn get_backup(
+    State(state): State<CommandState>,
+    user: AuthUser,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<BackupData>, ApiError> {
+    let backups = &state.backups;
+    match backups.backup(id(path)?).await? {
+        Some((resource, backup)) if resource.owner == user.id => Ok(Json(BackupData {
+            data: backup_view(backups, &backup),
+        })),
+        _ => Err(ApiError::not_found()),
+    }
+}
+
 #[derive(Deserialize)]
 struct Signed {
     expires: Option<String>,
@@ -915,11 +945,10 @@ struct Signed {
 /// A backup's file: with the owner's bearer token, or through the signed link in the
 /// upload's answer and the backup list. One `Range` is honoured; the SHA-256 is in
 /// `X-Content-SHA256`.
-#[utoipa::path(get, path = "/resources/{id}/backups/{backup_id}/file", tag = "backups",
+#[utoipa::path(get, path = "/backups/{id}/file", tag = "backups",
     security((), ("bearer" = [])),
     params(
-        ("id" = String, Path, description = "The resource's id"),
-        ("backup_id" = String, Path, description = "The backup's id"),
+        ("id" = String, Path, description = "The backup's id"),
         ("expires" = Option<i64>, Query, description = "A signed link's expiry, in seconds since the Unix epoch"),
         ("signature" = Option<String>, Query, description = "A signed link's signature"),
     ),
@@ -927,26 +956,26 @@ struct Signed {
         (status = 200, description = "The file", content_type = "application/octet-stream"),
         (status = 206, description = "The range asked for", content_type = "application/octet-stream"),
         (status = 401, description = "Neither a valid token nor a valid link", body = ErrorBody),
-        (status = 404, description = "No such backup (or not the caller's), or its file is gone", body = ErrorBody),
+        (status = 404, description = "No such backup (or not the caller's), or no longer kept", body = ErrorBody),
         (status = 410, description = "The link has expired", body = ErrorBody),
         (status = 416, description = "The range is outside the file"),
     ))]
 async fn download(
     State(state): State<CommandState>,
     user: Result<AuthUser, ApiError>,
-    path: Result<Path<(String, String)>, PathRejection>,
+    path: Result<Path<String>, PathRejection>,
     signed: Result<Query<Signed>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (resource_id, backup_id) = ids(path)?;
+    let backup_id = id(path)?;
     let backups = &state.backups;
     let signed = signed
         .ok()
         .and_then(|Query(s)| Some((s.expires?.parse::<i64>().ok()?, s.signature?)));
-    let resource = match (user, signed) {
-        (Ok(user), _) => backups.owned_resource(user.id, resource_id).await?,
+    match (&user, signed) {
+        (Ok(_), _) => {}
         (Err(_), Some((expires, signature))) => {
-            if !backups.verify(resource_id, backup_id, expires, &signature) {
+            if !backups.verify(backup_id, expires, &signature) {
                 return Err(ApiError::unauthorized());
             }
             if backups.now().timestamp() >= expires {
@@ -956,14 +985,18 @@ async fn download(
                     "this download link has expired; list the backups for a new one",
                 ));
             }
-            match backups.resource(resource_id).await? {
-                Some(resource) if !resource.deleted => resource,
-                _ => return Err(ApiError::not_found()),
-            }
         }
-        (Err(unauthorized), None) => return Err(unauthorized),
-    };
-    let backup = resource.backup(backup_id).ok_or_else(ApiError::not_found)?;
+        (Err(_), None) => return Err(ApiError::unauthorized()),
+    }
+    let (resource, backup) = backups
+        .backup(backup_id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    if let Ok(user) = &user
+        && resource.owner != user.id
+    {
+        return Err(ApiError::not_found());
+    }
     let stored = &backup.stored;
     let served = Served {
         blob: &stored.blob,

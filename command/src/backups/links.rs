@@ -1,7 +1,7 @@
-//! Signed, expiring download links for backups: `{public URL}/resources/{resource}/backups/
-//! {backup}/file?expires=…&signature=…`, an HMAC-SHA256 over both ids and the expiry with
-//! the server's link key, so a link opens one backup, until it expires, without a token
-//! (the upload's answer carries one, as Dome's did).
+//! Signed, expiring download links for backups: `{public URL}/backups/{id}/file?expires=…
+//! &signature=…`, an HMAC-SHA256 over the backup's id and the expiry with the server's link
+//! key, so a link opens one backup, until it expires, without a token (the upload's answer
+//! carries one, as Dome's did).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -14,47 +14,36 @@ use super::Backups;
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 impl Backups {
-    fn mac(&self, resource_id: Uuid, backup_id: Uuid, expires: i64) -> HmacSha256 {
+    fn mac(&self, backup_id: Uuid, expires: i64) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.key)
             .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-        mac.update(format!("backup-file:{resource_id}:{backup_id}:{expires}").as_bytes());
+        mac.update(format!("backup-file:{backup_id}:{expires}").as_bytes());
         mac
     }
 
     /// A link to a backup's file working until `now` + the link lifetime.
-    pub fn link(&self, resource_id: Uuid, backup_id: Uuid, now: DateTime<Utc>) -> String {
+    pub fn link(&self, backup_id: Uuid, now: DateTime<Utc>) -> String {
         let expires = (now + self.link_ttl).timestamp();
-        let signature = URL_SAFE_NO_PAD.encode(
-            self.mac(resource_id, backup_id, expires)
-                .finalize()
-                .into_bytes(),
-        );
+        let signature =
+            URL_SAFE_NO_PAD.encode(self.mac(backup_id, expires).finalize().into_bytes());
         format!(
             "{}{}?expires={expires}&signature={signature}",
             self.public_url.trim_end_matches('/'),
-            file_path(resource_id, backup_id)
+            file_path(backup_id)
         )
     }
 
     /// Whether `signature` signs the backup until `expires`.
-    pub fn verify(
-        &self,
-        resource_id: Uuid,
-        backup_id: Uuid,
-        expires: i64,
-        signature: &str,
-    ) -> bool {
-        URL_SAFE_NO_PAD.decode(signature).is_ok_and(|sig| {
-            self.mac(resource_id, backup_id, expires)
-                .verify_slice(&sig)
-                .is_ok()
-        })
+    pub fn verify(&self, backup_id: Uuid, expires: i64, signature: &str) -> bool {
+        URL_SAFE_NO_PAD
+            .decode(signature)
+            .is_ok_and(|sig| self.mac(backup_id, expires).verify_slice(&sig).is_ok())
     }
 }
 
 /// The path of a backup's file.
-pub fn file_path(resource_id: Uuid, backup_id: Uuid) -> String {
-    format!("/resources/{resource_id}/backups/{backup_id}/file")
+pub fn file_path(backup_id: Uuid) -> String {
+    format!("/backups/{backup_id}/file")
 }
 
 #[cfg(test)]
@@ -80,9 +69,9 @@ mod tests {
             "https://backups.example",
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let (r, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let b = Uuid::from_u128(2);
         let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
-        let link = backups.link(r, b, now);
+        let link = backups.link(b, now);
         let query = link.split_once('?').map(|(_, q)| q).unwrap_or_default();
         let param = |name: &str| {
             query
@@ -94,10 +83,10 @@ mod tests {
         let expires: i64 = param("expires").parse().unwrap_or_default();
         assert_eq!(expires, (now + backups.link_ttl).timestamp());
         let signature = param("signature");
-        assert!(backups.verify(r, b, expires, &signature));
-        assert!(!backups.verify(r, b, expires + 1, &signature));
-        assert!(!backups.verify(r, Uuid::from_u128(3), expires, &signature));
-        assert!(!backups.verify(Uuid::from_u128(3), b, expires, &signature));
-        assert!(!backups.verify(r, b, expires, "not base64!"));
+        assert!(link.starts_with("https://backups.example/backups/"));
+        assert!(backups.verify(b, expires, &signature));
+        assert!(!backups.verify(b, expires + 1, &signature));
+        assert!(!backups.verify(Uuid::from_u128(3), expires, &signature));
+        assert!(!backups.verify(b, expires, "not base64!"));
     }
 }

@@ -28,10 +28,11 @@ use std::time::Instant;
 
 use base64::Engine;
 use cairn_events::domain::backup::{
-    self, ApiKeyCreated, ApiKeyRevoked, ApiKeyUsed, BackupDeleted, BackupMissed, BackupStored,
-    BackupsResumed, BlobDiscarded, BlobReferenced, BlobReleased, ResourceAdded, ResourceCreated,
-    ResourceDeleted, ResourceRemoved, ResourceSettings, ResourceUpdated, ServiceCreated,
-    ServiceDeleted, ServiceDisowned, ServiceOwned, ServiceSettings, ServiceUpdated, UploadsRefused,
+    self, ApiKeyCreated, ApiKeyRevoked, ApiKeyUsed, BackupDeleted, BackupMissed, BackupRecorded,
+    BackupStored, BackupsResumed, BlobDiscarded, BlobReferenced, BlobReleased, ResourceAdded,
+    ResourceCreated, ResourceDeleted, ResourceRemoved, ResourceSettings, ResourceUpdated,
+    ServiceCreated, ServiceDeleted, ServiceDisowned, ServiceOwned, ServiceSettings, ServiceUpdated,
+    UploadsRefused,
 };
 use cairn_events::{
     AppendRequest, Clock, DomainEvent, DueItem, Effects, EventStore, ExpectedVersion, Metadata,
@@ -229,6 +230,27 @@ impl Backups {
             Some(service) if service.owner == owner && !service.deleted => Ok(service),
             _ => Err(BackupError::NotFound),
         }
+    }
+
+    /// A backup by its id alone: its resource (as it is now) and the backup, while the
+    /// resource keeps it.
+    pub async fn backup(
+        &self,
+        backup_id: Uuid,
+    ) -> Result<Option<(ResourceState, Backup)>, BackupError> {
+        let pointer = self
+            .events
+            .read_stream(&backup::backup_stream(backup_id))
+            .await?;
+        let Some(first) = pointer.first() else {
+            return Ok(None);
+        };
+        let recorded = BackupRecorded::decode(first)?;
+        let Some(resource) = self.resource(recorded.resource_id).await? else {
+            return Ok(None);
+        };
+        let found = resource.backup(backup_id).cloned();
+        Ok(found.filter(|_| !resource.deleted).map(|b| (resource, b)))
     }
 
     /// `owner`'s live resource, or [`BackupError::NotFound`].
@@ -731,10 +753,21 @@ impl Backups {
                 content_stream.clone(),
                 ExpectedVersion::Exact(content.version),
                 vec![self.event(&referenced, actor)],
+            )
+            .and_stream(
+                backup::backup_stream(stored.backup_id),
+                ExpectedVersion::NoStream,
+                vec![self.event(
+                    &BackupRecorded {
+                        backup_id: stored.backup_id,
+                        resource_id,
+                    },
+                    actor,
+                )],
             );
             // The retention looks at the resource at once: a backup may expire others.
             let to = decide::recipients(&admitted.service, "backup_created");
-            let url = self.link(resource_id, stored.backup_id, now);
+            let url = self.link(stored.backup_id, now);
             let mut effects = missed_check(resource_id, &admitted.resource.settings, now);
             effects.schedule.push(retention_item(resource_id, now));
             effects.outbox = self.notices.created(

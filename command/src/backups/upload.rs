@@ -499,7 +499,7 @@ async fn store(
                 backup: CreatedBackup {
                     uuid: backup.backup_id.to_string(),
                     resource: backup.resource_id.to_string(),
-                    url: backups.link(backup.resource_id, backup.backup_id, stored.at),
+                    url: backups.link(backup.backup_id, stored.at),
                     format: backup.format.clone(),
                     created_at: at.clone(),
                     updated_at: at,

@@ -1,12 +1,13 @@
 //! File backups: services a user owns, their resources (each with its own upload URL), and
 //! the backups posted to them.
 //!
-//! Four kinds of stream:
+//! Five kinds of stream:
 //! - `service-<id>`: the service's settings, its API keys (hashes only) and which
 //!   resources it has;
 //! - `resource-<id>`: the resource's settings and every backup stored to it or deleted
 //!   from it, so its retention is decided on one stream;
 //! - `serviceowner-<user>`: which services a user owns;
+//! - `backup-<id>`: which resource a backup is in, so it can be found by its id alone;
 //! - `backupblob-<service>.<sha256>`: one content within a service. Identical uploads to a
 //!   service share one stored file; this stream counts which backups refer to it, so the
 //!   file is deleted exactly when the last of them goes, and an upload never refers to a
@@ -26,6 +27,7 @@ pub const SERVICE: &str = "service";
 pub const RESOURCE: &str = "resource";
 pub const BLOB: &str = "backupblob";
 pub const OWNER: &str = "serviceowner";
+pub const BACKUP: &str = "backup";
 
 /// Longest service or resource name, and longest key name, in characters.
 pub const MAX_NAME_CHARS: usize = 100;
@@ -47,6 +49,12 @@ pub fn resource_stream(resource_id: Uuid) -> String {
 /// The stream of a user's services (`serviceowner-<user>`): which services they own.
 pub fn owner_stream(owner: Uuid) -> String {
     format!("{OWNER}-{owner}")
+}
+
+/// A backup's own stream (`backup-<id>`): where it was recorded, so it can be found by
+/// its id alone.
+pub fn backup_stream(backup_id: Uuid) -> String {
+    format!("{BACKUP}-{backup_id}")
 }
 
 /// The stream of one content (by its SHA-256, lowercase hex) within a service.
@@ -360,6 +368,18 @@ pub struct BackupStored {
 
 impl DomainEvent for BackupStored {
     const TYPE: &'static str = "resource.backup_stored";
+    const SCHEMA_VERSION: i32 = 1;
+}
+
+/// A backup was recorded in `resource_id`'s stream (the first event of its own stream).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRecorded {
+    pub backup_id: Uuid,
+    pub resource_id: Uuid,
+}
+
+impl DomainEvent for BackupRecorded {
+    const TYPE: &'static str = "backup.recorded";
     const SCHEMA_VERSION: i32 = 1;
 }
 
