@@ -59,6 +59,8 @@ pub const RETENTION: &str = "retention";
 pub const DELETE_FILE: &str = "delete-file";
 /// Look whether an expected backup came.
 pub const CHECK_MISSED: &str = "check-missed";
+/// The most backups one run of the retention deletes.
+const RETENTION_BATCH: usize = 500;
 
 /// The due item looking, at `at`, whether `resource_id`'s expected backup came.
 fn missed_item(resource_id: Uuid, at: DateTime<Utc>) -> DueItem {
@@ -877,14 +879,15 @@ impl Backups {
             };
             let service = self.service(resource.service_id).await?;
             let now = self.now();
-            let (gone, reason, next) = match &service {
+            let (mut gone, reason, mut next) = match &service {
                 Some(service) if !service.deleted && !resource.deleted => {
                     let retention = &service.settings.retention;
                     let gone = decide::expired(&resource.backups, retention, now);
+                    let going: std::collections::HashSet<&Uuid> = gone.iter().collect();
                     let kept: Vec<Backup> = resource
                         .backups
                         .iter()
-                        .filter(|b| !gone.contains(&b.stored.backup_id))
+                        .filter(|b| !going.contains(&b.stored.backup_id))
                         .cloned()
                         .collect();
                     (gone, "retention", decide::next_expiry(&kept, retention))
@@ -901,6 +904,12 @@ impl Backups {
             };
             if gone.is_empty() {
                 return Ok(Outcome::Nothing);
+            }
+            // A large sweep goes a batch at a time, each its own append: the rest at once
+            // after, uploads answered in between.
+            if gone.len() > RETENTION_BATCH {
+                gone.truncate(RETENTION_BATCH);
+                next = Some(now);
             }
             let actor = resource.owner;
             let mut request = AppendRequest::new(
@@ -922,8 +931,13 @@ impl Backups {
             // nothing refers to it any more.
             let mut by_content: std::collections::BTreeMap<String, Vec<Uuid>> =
                 std::collections::BTreeMap::new();
+            let by_id: HashMap<Uuid, &Backup> = resource
+                .backups
+                .iter()
+                .map(|b| (b.stored.backup_id, b))
+                .collect();
             for backup_id in &gone {
-                if let Some(backup) = resource.backup(*backup_id) {
+                if let Some(backup) = by_id.get(backup_id) {
                     by_content
                         .entry(backup::blob_stream(
                             backup.stored.service_id,
