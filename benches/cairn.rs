@@ -13,6 +13,8 @@
 //!   `support/capsules.rs`).
 //! - `upload`: a 200 MB file capsule up and down, the server's memory sampled throughout
 //!   (see `support/upload.rs`).
+//! - `backups`: Dome-compatible uploads: 100 at once against the disk, one of 1 GB, and a
+//!   retention sweep while uploads go on (see `support/backups.rs`).
 //! - `scheduler`: several scheduler processes: release precision and idle cost, a burst,
 //!   the same against pg-boss and graphile-worker, recurring capsules (see
 //!   `support/scheduler.rs`).
@@ -37,6 +39,8 @@ use tokio::task::JoinSet;
 use ulid::Ulid;
 use uuid::Uuid;
 
+#[path = "support/backups.rs"]
+mod backups;
 #[path = "support/capsules.rs"]
 mod capsules;
 #[path = "support/peers.rs"]
@@ -734,7 +738,7 @@ fn temp_dir(what: &str) -> PathBuf {
 async fn main() -> anyhow::Result<()> {
     cairn::install_tls_provider();
     let only = std::env::var("BENCH_ONLY")
-        .unwrap_or_else(|_| "write,read,rss,cold,trends,capsules,upload,scheduler".into());
+        .unwrap_or_else(|_| "write,read,rss,cold,trends,capsules,upload,scheduler,backups".into());
     let wants = |s: &str| {
         only.split(',')
             .any(|o| o.trim() == s || (s == "read" && o.trim() == "lag"))
@@ -769,6 +773,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("scheduler") {
         scheduler::bench_scheduler(&mut summary).await?;
+    }
+    if wants("backups") {
+        backups::bench_backups(&mut summary).await?;
     }
     println!("\n| measure | figure | target |\n|---|---|---|");
     for (what, figure, target) in &summary.0 {

@@ -15,7 +15,7 @@ use super::{Duration, Instant, Summary, spawn_server, temp_dir, wait_for_200};
 const FILE_BYTES: usize = 199_999_999;
 const CHUNK: usize = 64 * 1024;
 
-fn rss_kib(pid: u32) -> u64 {
+pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
@@ -25,13 +25,13 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Samples the resident memory of `pid` until dropped; the peak in KiB.
-struct Sampler {
+pub struct Sampler {
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<u64>,
 }
 
 impl Sampler {
-    fn start(pid: u32) -> Self {
+    pub fn start(pid: u32) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let task = tokio::spawn(async move {
@@ -45,7 +45,7 @@ impl Sampler {
         Sampler { stop, task }
     }
 
-    async fn peak(self) -> u64 {
+    pub async fn peak(self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.unwrap_or(0)
     }
