@@ -158,7 +158,13 @@ impl Application {
             (role, &capsules, &backups)
         {
             let metrics = Arc::new(SchedulerMetrics::default());
-            let maintenance = Arc::new(maintenance(config, &store, capsules, clock.clone())?);
+            let maintenance = Arc::new(maintenance(
+                config,
+                &store,
+                capsules,
+                backups,
+                clock.clone(),
+            )?);
             maintenance
                 .plan()
                 .await
@@ -388,16 +394,17 @@ fn maintenance(
     config: &Config,
     store: &Arc<dyn Store>,
     capsules: &cairn_command::capsules::Capsules,
+    backups: &cairn_command::backups::Backups,
     clock: Clock,
 ) -> anyhow::Result<Maintenance> {
     let mut maintenance = Maintenance::new(store.clone(), clock);
     if let Some(schedule) = crate::config::maintenance_schedule(&config.maintenance_files)? {
-        let capsules = capsules.clone();
+        let (capsules, backups) = (capsules.clone(), backups.clone());
         maintenance = maintenance.job(
             "files",
             schedule,
             Arc::new(FnJob(move || {
-                let capsules = capsules.clone();
+                let (capsules, backups) = (capsules.clone(), backups.clone());
                 async move {
                     // The blob store's clock is the wall clock, whatever the capsules' says.
                     let cutoff = chrono::Utc::now() - timers::SWEEP_AFTER;
@@ -407,6 +414,13 @@ fn maintenance(
                         .map_err(|e| format!("sweeping capsule files: {e}"))?;
                     if swept > 0 {
                         tracing::info!(swept, "deleted files no capsule keeps");
+                    }
+                    let swept = backups
+                        .sweep_files(cutoff)
+                        .await
+                        .map_err(|e| format!("sweeping backup files: {e}"))?;
+                    if swept > 0 {
+                        tracing::info!(swept, "deleted files no backup keeps");
                     }
                     Ok(())
                 }

@@ -4,7 +4,8 @@
 //!    same bytes to 100 files at once in the same directory (flushed): MB/s, and RSS.
 //! 2. One 1 GB upload, streamed: RSS growth.
 //! 3. A retention sweep over `BENCH_BACKUPS_SWEEP` (100,000) expired backups in 100
-//!    resources, while another resource keeps taking uploads: time to the last deletion, and
+//!    resources (each upload folds its resource's stream, so loading them slows as the
+//!    streams grow: smaller sweeps load in minutes), while another resource keeps taking uploads: time to the last deletion, and
 //!    the uploads' latency before and during it.
 //!
 //! Uploads from one address are let through 128 at once here (`CAIRN_BACKUP_UPLOADS_PER_CLIENT`).
@@ -28,9 +29,14 @@ fn content(
 ) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
     futures_util::stream::iter((0..bytes.div_ceil(CHUNK)).map(move |i| {
         let len = (bytes - i * CHUNK).min(CHUNK);
-        Ok((0..len)
-            .map(|j| ((seed as usize * 7 + i * CHUNK + j) % 251) as u8)
-            .collect())
+        let mut chunk: Vec<u8> = (0..len).map(|j| ((i * CHUNK + j) % 251) as u8).collect();
+        if i == 0 {
+            // Each seed its own content: no two uploads are stored as one.
+            for (byte, seed_byte) in chunk.iter_mut().zip(seed.to_le_bytes()) {
+                *byte = seed_byte;
+            }
+        }
+        Ok(chunk)
     }))
 }
 

@@ -17,6 +17,7 @@ crate::on_both_backends!(backups:
     retention_deletes_old_backups_and_their_files,
     the_owner_is_told_and_refusals_are_folded,
     a_missed_backup_is_told_and_so_is_the_return,
+    files_no_backup_keeps_are_swept,
 );
 
 async fn app(backend: Backend) -> TestApp {
@@ -802,6 +803,62 @@ pub async fn a_missed_backup_is_told_and_so_is_the_return(backend: Backend) {
         (status, body["code"].as_str()),
         (400, Some("invalid_expected"))
     );
+}
+
+/// Files no backup keeps (a process died between writing a file and recording it, an upload
+/// cut off by a crash) are swept once old enough; a backup's file stays, however old.
+pub async fn files_no_backup_keeps_are_swept(backend: Backend) {
+    let app = app(backend).await;
+    let token = app.add_user("ola").await;
+    let (service, resource) = service_with_resource(&app, &token, json!({"name": "bots"})).await;
+    let (status, created) =
+        post_backup(&app, &resource, file_form(b"kept", "k.txt", None), &[]).await;
+    assert_eq!(status, 201);
+    let dir = app.config.data_dir.join("blobs/backups").join(&service);
+    let kept = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let stray = dir.join("0123456789abcdef0123456789abcdef");
+    let partial = dir.join("fedcba9876543210fedcba9876543210#2");
+    let fresh = dir.join("00000000000000000000000000000000");
+    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
+    for (path, written) in [
+        (&stray, Some(two_days_ago)),
+        (&partial, Some(two_days_ago)),
+        (&fresh, None),
+        (&kept, Some(two_days_ago)),
+    ] {
+        if !path.exists() {
+            std::fs::write(path, b"left behind").unwrap();
+        }
+        if let Some(at) = written {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(at)
+                .unwrap();
+        }
+    }
+    let blobs = cairn::backends::open_blobs(&app.config).unwrap();
+    let backups = cairn::backends::backups(
+        &app.config,
+        app.events.clone(),
+        blobs,
+        cairn_events::Clock::system(),
+    )
+    .await
+    .unwrap();
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(1);
+    assert_eq!(backups.sweep_files(cutoff).await.unwrap(), 2);
+    assert!(!stray.exists() && !partial.exists());
+    assert!(fresh.exists(), "too new to tell");
+    assert!(kept.exists(), "its backup keeps it");
+    let url = app.local(created["backup"]["url"].as_str().unwrap());
+    assert_eq!(app.client.get(&url).send().await.unwrap().status(), 200);
 }
 
 /// The ids of the backups `resource` keeps, newest first.

@@ -996,6 +996,52 @@ impl Backups {
     }
 }
 
+impl Backups {
+    /// Delete stored backup files that no content keeps, last written before `cutoff`:
+    /// uploads whose process died between writing the file and recording it, partial
+    /// uploads cut off by a crash, and files whose deletion failed. Which files are kept
+    /// comes from every content stream's events (read in log order), so the sweep costs a
+    /// pass over them. Returns how many went.
+    pub async fn sweep_files(&self, cutoff: DateTime<Utc>) -> Result<usize, BackupError> {
+        let stale = self.blobs.written_before("backups", cutoff).await?;
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        let mut kept = std::collections::HashSet::new();
+        let mut after = 0;
+        loop {
+            let batch = self.events.read_all(after, 1000, &[backup::BLOB]).await?;
+            let Some(last) = batch.last() else {
+                break;
+            };
+            after = last.position;
+            for event in &batch {
+                match event.event_type.as_str() {
+                    BlobReferenced::TYPE => {
+                        kept.insert(BlobReferenced::decode(event)?.blob);
+                    }
+                    BlobDiscarded::TYPE => {
+                        kept.remove(&BlobDiscarded::decode(event)?.blob);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut swept = 0;
+        for blob in stale.iter().filter(|blob| !kept.contains(*blob)) {
+            // One that cannot be deleted must not hold up the rest.
+            match self.blobs.delete_stale(blob).await {
+                Ok(()) => {
+                    tracing::info!(%blob, "deleted a backup file no backup keeps");
+                    swept += 1;
+                }
+                Err(error) => tracing::warn!(%error, %blob, "a backup file could not be deleted"),
+            }
+        }
+        Ok(swept)
+    }
+}
+
 /// A resource's id is its upload URL, which anyone may learn from a cron line: 122
 /// random bits, so that the ids of others' resources cannot be guessed from it.
 fn random_id() -> Uuid {

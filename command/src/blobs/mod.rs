@@ -254,22 +254,36 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// The names of partial upload files (`<name>#<digits>`) in `dir` last written before
-/// `cutoff`.
+/// The paths, relative to `dir`, of partial upload files (`<name>#<digits>`) under `dir`
+/// (in it or below) last written before `cutoff`.
 fn partial_uploads(dir: &std::path::Path, cutoff: DateTime<Utc>) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().into_string().ok()?;
-            let (_, suffix) = name.split_once('#')?;
-            let partial = !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit());
-            let written: DateTime<Utc> = entry.metadata().ok()?.modified().ok()?.into();
-            (partial && written < cutoff).then_some(name)
-        })
-        .collect()
+    let mut found = Vec::new();
+    let mut dirs = vec![(dir.to_path_buf(), String::new())];
+    while let Some((dir, prefix)) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let Ok(metadata) = entry.metadata() else {
+                continue;
+            };
+            if metadata.is_dir() {
+                dirs.push((entry.path(), format!("{prefix}{name}/")));
+                continue;
+            }
+            let partial = name
+                .split_once('#')
+                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            let written: Option<DateTime<Utc>> = metadata.modified().ok().map(Into::into);
+            if partial && written.is_some_and(|at| at < cutoff) {
+                found.push(format!("{prefix}{name}"));
+            }
+        }
+    }
+    found
 }
 
 /// Flush a local file and its directory entry to disk: an upload acknowledged is kept
