@@ -22,7 +22,10 @@ use cairn_query::projections::{CheckpointPoller, Messages, Projection, Trends};
 use cairn_query::routes::{QueryState, StartupGate};
 use cairn_query::{GenerationStore, Runner, RunnerHandle};
 use cairn_scheduler::maintenance::FnJob;
-use cairn_scheduler::{ByCategory, EmailWorker, Maintenance, SchedulerMetrics, Sleeper};
+use cairn_scheduler::{
+    ByCategory, Delivery, EmailDelivery, Maintenance, OutboxWorker, SchedulerMetrics, Sleeper,
+    WebhookDelivery,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use utoipa_swagger_ui::SwaggerUi;
@@ -194,10 +197,19 @@ impl Application {
                 .with_metrics(metrics.clone());
             sleeper.hold = Duration::from_secs(config.due_claim_seconds);
             tasks.push(tokio::spawn(sleeper.run(shutdown.clone())));
-            let mut worker = EmailWorker::new(store.clone(), events.clone(), mailer(config)?)
-                .with_metrics(metrics.clone());
-            worker.policy.hold = Duration::from_secs(config.outbox_claim_seconds);
-            tasks.push(tokio::spawn(worker.run(shutdown.clone())));
+            let emails = EmailDelivery {
+                events: events.clone(),
+                mailer: mailer(config)?,
+            };
+            crate::install_tls_provider();
+            let webhooks = WebhookDelivery::new().map_err(|e| anyhow::anyhow!(e))?;
+            let deliveries: [Arc<dyn Delivery>; 2] = [Arc::new(emails), Arc::new(webhooks)];
+            for delivery in deliveries {
+                let mut worker =
+                    OutboxWorker::new(store.clone(), delivery).with_metrics(metrics.clone());
+                worker.policy.hold = Duration::from_secs(config.outbox_claim_seconds);
+                tasks.push(tokio::spawn(worker.run(shutdown.clone())));
+            }
             Some(ops::SchedulerOps {
                 metrics,
                 store: store.clone(),
@@ -430,14 +442,14 @@ fn maintenance(
     if let Some(schedule) = crate::config::maintenance_schedule(&config.maintenance_outbox)? {
         let (outbox, keep) = (
             store.clone(),
-            cairn_scheduler::email::Policy::default().keep_sent,
+            cairn_scheduler::Policy::default().keep_sent,
         );
         maintenance = maintenance.job(
             "outbox",
             schedule,
             Arc::new(FnJob(move || {
                 let outbox = outbox.clone();
-                async move { cairn_scheduler::email::purge_sent(&*outbox, keep).await }
+                async move { cairn_scheduler::outbox::purge_sent(&*outbox, keep).await }
             })),
         );
     }

@@ -23,10 +23,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cairn_events::domain::email::{Email, EmailSent, OUTBOX_KIND};
 use cairn_events::{
-    AppendRequest, Clock, EventStore, ExpectedVersion, Metadata, NewEvent, Outbox, Outcome,
-    QueuedMessage, StoreError,
+    AppendRequest, EventStore, ExpectedVersion, Metadata, NewEvent, QueuedMessage, StoreError,
 };
-use chrono::{DateTime, Utc};
 use lettre::address::Envelope;
 use lettre::message::header::{Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
@@ -34,10 +32,8 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use tokio_util::sync::CancellationToken;
 
-use crate::metrics::SchedulerMetrics;
-use crate::renew::renew_while;
+use crate::outbox::Delivery;
 
 /// Why a send failed.
 #[derive(Debug, thiserror::Error)]
@@ -423,245 +419,37 @@ impl Mailer for FileMailer {
     }
 }
 
-/// How the worker paces itself.
-#[derive(Clone, Debug)]
-pub struct Policy {
-    /// Tries before a message is dead.
-    pub max_attempts: i32,
-    /// The first retry's delay; each later one doubles, up to `max_delay`.
-    pub first_delay: Duration,
-    pub max_delay: Duration,
-    /// How long a claim hides a message unless renewed (it is renewed while the message
-    /// is being sent): the longest a crash delays a resend where the crash is not seen
-    /// at once.
-    pub hold: Duration,
-    /// How long sent messages are kept before they are deleted.
-    pub keep_sent: Duration,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            max_attempts: 8,
-            first_delay: Duration::from_secs(10),
-            max_delay: Duration::from_secs(3600),
-            hold: Duration::from_secs(5),
-            keep_sent: Duration::from_secs(7 * 24 * 3600),
-        }
-    }
-}
-
-impl Policy {
-    /// The delay before try `attempts + 1`: doubling, capped, with up to a quarter of
-    /// jitter so that many failures do not retry in step.
-    pub fn delay(&self, attempts: i32) -> Duration {
-        let doubled = self
-            .first_delay
-            .saturating_mul(1_u32 << attempts.clamp(0, 20))
-            .min(self.max_delay);
-        let jitter = doubled.mul_f64(rand::random::<f64>() * 0.25);
-        doubled.saturating_add(jitter)
-    }
-}
-
-pub struct EmailWorker {
-    outbox: Arc<dyn Outbox>,
+/// Emails as the outbox worker delivers them: sent by `mailer`, each sending recorded in
+/// the stream the email names (if it names one).
+pub struct EmailDelivery {
     /// Where sendings are recorded.
-    events: Arc<dyn EventStore>,
-    mailer: Arc<dyn Mailer>,
-    metrics: Arc<SchedulerMetrics>,
-    pub policy: Policy,
+    pub events: Arc<dyn EventStore>,
+    pub mailer: Arc<dyn Mailer>,
 }
 
-/// The longest an idle worker sleeps before it looks at the clock again.
-const IDLE: Duration = Duration::from_secs(60);
-/// Messages claimed (and sent concurrently) at once.
-const BATCH: usize = 16;
-
-impl EmailWorker {
-    pub fn new(
-        outbox: Arc<dyn Outbox>,
-        events: Arc<dyn EventStore>,
-        mailer: Arc<dyn Mailer>,
-    ) -> Self {
-        EmailWorker {
-            outbox,
-            events,
-            mailer,
-            metrics: Arc::default(),
-            policy: Policy::default(),
-        }
+#[async_trait]
+impl Delivery for EmailDelivery {
+    fn kind(&self) -> &'static str {
+        OUTBOX_KIND
     }
 
-    /// Report into `metrics` (shared with `/metrics`).
-    pub fn with_metrics(mut self, metrics: Arc<SchedulerMetrics>) -> Self {
-        self.metrics = metrics;
-        self
-    }
-
-    /// Send until `shutdown`; a send in progress is finished and settled first.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut queued = self.outbox.outbox_changed();
-        // When a message may next be ready (a retry, a claim running out).
-        let mut next: Option<DateTime<Utc>> = None;
-        let mut look = true;
-        loop {
-            if shutdown.is_cancelled() {
-                return;
-            }
-            let now = Utc::now();
-            if look || next.is_some_and(|at| at <= now) {
-                queued.borrow_and_update();
-                match self.round(now).await {
-                    Ok(true) => {
-                        look = true;
-                        continue;
-                    }
-                    Ok(false) => match self.outbox.next_ready(OUTBOX_KIND).await {
-                        Ok(at) => {
-                            next = at;
-                            look = false;
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "outbox unavailable; trying again");
-                            next = Some(now + chrono::Duration::seconds(1));
-                        }
-                    },
-                    Err(error) => {
-                        tracing::warn!(%error, "outbox unavailable; trying again");
-                        next = Some(now + chrono::Duration::seconds(1));
-                    }
-                }
-            }
-            let wait = next.map_or(IDLE, |at| {
-                (at - Utc::now())
-                    .to_std()
-                    .unwrap_or(Duration::ZERO)
-                    .min(IDLE)
-            });
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = queued.changed() => look = true,
-                () = tokio::time::sleep(wait) => {}
-            }
-        }
-    }
-
-    /// Claim and send a batch; whether there was anything.
-    async fn round(&self, now: DateTime<Utc>) -> Result<bool, cairn_events::StoreError> {
-        let messages = self
-            .outbox
-            .claim_outbox(OUTBOX_KIND, now, BATCH, self.policy.hold)
-            .await?;
-        if messages.is_empty() {
-            return Ok(false);
-        }
-        let ids: Vec<uuid::Uuid> = messages.iter().map(|m| m.message.id).collect();
-        let outbox = self.outbox.clone();
-        let _renewal = renew_while(Clock::system(), self.policy.hold, "emails", move |until| {
-            let (outbox, ids) = (outbox.clone(), ids.clone());
-            async move { outbox.renew_outbox(&ids, until).await }
-        });
-        // A claimed batch is sent at once, over the transport's pool.
-        let mut sending = tokio::task::JoinSet::new();
-        for message in messages {
-            let (outbox, events, mailer, policy) = (
-                self.outbox.clone(),
-                self.events.clone(),
-                self.mailer.clone(),
-                self.policy.clone(),
-            );
-            sending.spawn(deliver(outbox, events, mailer, policy, message));
-        }
-        while let Some(done) = sending.join_next().await {
-            match done {
-                Ok(Outcome::Sent) => self.metrics.email_sent(),
-                Ok(Outcome::Retry { .. }) => self.metrics.email_retried(),
-                Ok(Outcome::Dead { .. }) => self.metrics.email_dead(),
-                // Its claim runs out and the message is tried again.
-                Err(panicked) => tracing::error!(%panicked, "sending an email panicked"),
-            }
-        }
-        Ok(true)
-    }
-}
-
-/// Delete sent messages older than `keep`: the outbox's maintenance job.
-pub async fn purge_sent(outbox: &dyn Outbox, keep: Duration) -> Result<(), String> {
-    let before = Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::days(7));
-    match outbox.purge_sent(before).await {
-        Ok(0) => Ok(()),
-        Ok(n) => {
-            tracing::info!(n, "sent emails past their retention deleted");
-            Ok(())
-        }
-        Err(error) => Err(format!("could not delete old sent emails: {error}")),
-    }
-}
-
-/// Send one claimed message and settle it.
-async fn deliver(
-    outbox: Arc<dyn Outbox>,
-    events: Arc<dyn EventStore>,
-    mailer: Arc<dyn Mailer>,
-    policy: Policy,
-    queued: QueuedMessage,
-) -> Outcome {
-    let id = queued.message.id;
-    let retry = |error: String| {
-        let delay = policy.delay(queued.attempts);
-        let at =
-            Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(1));
-        Outcome::Retry { error, at }
-    };
-    let outcome = match serde_json::from_value::<Email>(queued.message.payload.clone()) {
-        Err(e) => Outcome::Dead {
-            error: format!("unreadable email: {e}"),
-        },
-        Ok(email) => match mailer.send(&email).await {
-            Ok(()) => match record(&*events, &queued, &email).await {
-                Ok(()) => Outcome::Sent,
-                Err(error) if passing(&error) && queued.attempts + 1 < policy.max_attempts => {
-                    retry(format!(
-                        "sent, but the sending could not be recorded: {error}"
-                    ))
-                }
-                Err(error) => {
-                    // Sending it again would not get it recorded: the email went, and only
-                    // its line in the history is missing.
-                    tracing::error!(%id, %error, "an email was sent but its sending could not be recorded");
-                    Outcome::Sent
-                }
-            },
-            Err(SendError::Permanent(error)) => Outcome::Dead { error },
-            Err(SendError::Transient(error)) if queued.attempts + 1 >= policy.max_attempts => {
-                Outcome::Dead { error }
-            }
-            Err(SendError::Transient(error)) => retry(error),
-        },
-    };
-    match &outcome {
-        Outcome::Sent => tracing::debug!(%id, "email sent"),
-        Outcome::Retry { error, at } => {
-            tracing::warn!(%id, %error, %at, "email failed; will retry")
-        }
-        Outcome::Dead { error } => tracing::error!(%id, %error, "email is a dead letter"),
-    }
-    // A message sent but not settled is sent again: worth a few tries.
-    for attempt in 1..=3 {
-        match outbox.settle(id, outcome.clone()).await {
-            Ok(()) => break,
-            Err(error) if attempt < 3 => {
-                tracing::warn!(%id, %error, "could not settle an email; trying again");
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-            }
+    async fn deliver(&self, queued: &QueuedMessage, last_try: bool) -> Result<(), SendError> {
+        let email = serde_json::from_value::<Email>(queued.message.payload.clone())
+            .map_err(|e| SendError::Permanent(format!("unreadable email: {e}")))?;
+        self.mailer.send(&email).await?;
+        match record(&*self.events, queued, &email).await {
+            Ok(()) => Ok(()),
+            Err(error) if passing(&error) && !last_try => Err(SendError::Transient(format!(
+                "sent, but the sending could not be recorded: {error}"
+            ))),
             Err(error) => {
-                // The claim runs out and the message is sent again, with the same Message-ID.
-                tracing::warn!(%id, %error, "could not settle an email");
+                // Sending it again would not get it recorded: the email went, and only
+                // its line in the history is missing.
+                tracing::error!(id = %queued.message.id, %error, "an email was sent but its sending could not be recorded");
+                Ok(())
             }
         }
     }
-    outcome
 }
 
 /// Append [`EmailSent`] to the stream `email` names (its cause's), if it names one.

@@ -15,11 +15,15 @@ pub mod email;
 pub mod jobs;
 pub mod maintenance;
 pub mod metrics;
+pub mod outbox;
 mod renew;
 pub mod sleeper;
+pub mod webhook;
 
-pub use email::{EmailWorker, FileMailer, Mailer, SendError, SmtpMailer};
+pub use email::{EmailDelivery, FileMailer, Mailer, SendError, SmtpMailer};
+pub use outbox::{Delivery, OutboxWorker, Policy};
 pub use jobs::ByCategory;
 pub use maintenance::{Job, Maintenance};
 pub use metrics::SchedulerMetrics;
 pub use sleeper::Sleeper;
+pub use webhook::WebhookDelivery;

@@ -35,6 +35,9 @@ pub struct SchedulerMetrics {
     emails_sent: AtomicU64,
     emails_retried: AtomicU64,
     emails_dead: AtomicU64,
+    webhooks_sent: AtomicU64,
+    webhooks_retried: AtomicU64,
+    webhooks_dead: AtomicU64,
 }
 
 impl SchedulerMetrics {
@@ -59,16 +62,18 @@ impl SchedulerMetrics {
         self.due_failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn email_sent(&self) {
-        self.emails_sent.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn email_retried(&self) {
-        self.emails_retried.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn email_dead(&self) {
-        self.emails_dead.fetch_add(1, Ordering::Relaxed);
+    /// An outbox message of `kind` was settled as `outcome`.
+    pub fn settled(&self, kind: &str, outcome: &cairn_events::Outcome) {
+        let counters = match kind {
+            "email" => [&self.emails_sent, &self.emails_retried, &self.emails_dead],
+            _ => [&self.webhooks_sent, &self.webhooks_retried, &self.webhooks_dead],
+        };
+        let counter = match outcome {
+            cairn_events::Outcome::Sent => counters[0],
+            cairn_events::Outcome::Retry { .. } => counters[1],
+            cairn_events::Outcome::Dead { .. } => counters[2],
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Append the counters to a Prometheus exposition.
@@ -113,21 +118,30 @@ impl SchedulerMetrics {
             "Tries of due items whose action failed; each is tried again later.",
             self.due_failures.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "# HELP cairn_emails_total Emails tried by this process, by outcome (sent, retry, dead)."
-        );
-        let _ = writeln!(out, "# TYPE cairn_emails_total counter");
-        for (outcome, n) in [
-            ("sent", &self.emails_sent),
-            ("retry", &self.emails_retried),
-            ("dead", &self.emails_dead),
+        for (name, what, counters) in [
+            (
+                "cairn_emails_total",
+                "Emails",
+                [&self.emails_sent, &self.emails_retried, &self.emails_dead],
+            ),
+            (
+                "cairn_webhooks_total",
+                "Webhook calls",
+                [&self.webhooks_sent, &self.webhooks_retried, &self.webhooks_dead],
+            ),
         ] {
             let _ = writeln!(
                 out,
-                "cairn_emails_total{{outcome=\"{outcome}\"}} {}",
-                n.load(Ordering::Relaxed)
+                "# HELP {name} {what} tried by this process, by outcome (sent, retry, dead)."
             );
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for (outcome, n) in ["sent", "retry", "dead"].into_iter().zip(counters) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{outcome=\"{outcome}\"}} {}",
+                    n.load(Ordering::Relaxed)
+                );
+            }
         }
     }
 }

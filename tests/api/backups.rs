@@ -18,6 +18,7 @@ crate::on_both_backends!(backups:
     the_owner_is_told_and_refusals_are_folded,
     a_missed_backup_is_told_and_so_is_the_return,
     files_no_backup_keeps_are_swept,
+    webhooks_are_signed_the_standard_way,
 );
 
 async fn app(backend: Backend) -> TestApp {
@@ -859,6 +860,83 @@ pub async fn files_no_backup_keeps_are_swept(backend: Backend) {
     assert!(kept.exists(), "its backup keeps it");
     let url = app.local(created["backup"]["url"].as_str().unwrap());
     assert_eq!(app.client.get(&url).send().await.unwrap().status(), 200);
+}
+
+/// A local receiver of webhook calls: each call's headers and body, answered 204.
+async fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>>) {
+    let calls: std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>> = Default::default();
+    let seen = calls.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push((headers, body));
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, calls)
+}
+
+pub async fn webhooks_are_signed_the_standard_way(backend: Backend) {
+    let app = app(backend).await;
+    let token = app.add_user("ola").await;
+    let (url, calls) = webhook_receiver().await;
+    let (service, resource) = service_with_resource(
+        &app,
+        &token,
+        json!({
+            "name": "bots",
+            "auth": {"enabled": true},
+            "notifications": {"webhooks": [url], "on": ["backup_created", "bad_key"]}
+        }),
+    )
+    .await;
+    let (_, view) = call(&app, &token, "GET", &format!("/services/{service}"), None).await;
+    let secret = view["data"]["notifications"]["webhook_secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"), "{view}");
+    let (_, key) = call(&app, &token, "POST", &format!("/services/{service}/keys"), Some(json!({"name": "cron"}))).await;
+    let key = format!("Bearer {}", key["data"]["key"].as_str().unwrap());
+
+    let (status, created) =
+        post_backup(&app, &resource, file_form(b"{}", "facts.json", None), &[("Authorization", &key)]).await;
+    assert_eq!(status, 201);
+    let (status, _) =
+        post_backup(&app, &resource, file_form(b"{}", "facts.json", None), &[("Authorization", "Bearer x")]).await;
+    assert_eq!(status, 401);
+    until("two webhook calls", PATIENCE, || async { calls.lock().unwrap().len() >= 2 }).await;
+    let calls = calls.lock().unwrap().clone();
+    let mut kinds = Vec::new();
+    for (headers, body) in &calls {
+        let header = |name: &str| headers[name].to_str().unwrap().to_owned();
+        let id = header("webhook-id");
+        let timestamp: i64 = header("webhook-timestamp").parse().unwrap();
+        assert!(id.starts_with("msg_"));
+        assert!((chrono::Utc::now().timestamp() - timestamp).abs() < 300);
+        assert_eq!(
+            Some(header("webhook-signature")),
+            cairn_scheduler::webhook::signature(&secret, &id, timestamp, body),
+            "signed with the service's secret"
+        );
+        assert_eq!(header("content-type"), "application/json");
+        let body: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["data"]["resource"], resource.as_str());
+        assert_eq!(body["data"]["service"], service.as_str());
+        if body["type"] == "backup.created" {
+            assert_eq!(body["data"]["backup"]["id"], created["backup"]["uuid"]);
+            assert_eq!(body["data"]["backup"]["sha256"].as_str().map(str::len), Some(64));
+        }
+        if body["type"] == "backup.refused" {
+            assert_eq!(body["data"]["reason"], "bad_key");
+        }
+        kinds.push(body["type"].as_str().unwrap().to_owned());
+    }
+    kinds.sort();
+    assert_eq!(kinds, ["backup.created", "backup.refused"]);
 }
 
 /// The ids of the backups `resource` keeps, newest first.

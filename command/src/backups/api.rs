@@ -266,7 +266,8 @@ struct ServiceData {
     /// `{"enabled": bool, "ips": [...]}`.
     ip_allowlist: serde_json::Value,
     max_backup_bytes: u64,
-    /// `{"emails", "webhooks", "on"}`.
+    /// `{"emails", "webhooks", "on", "webhook_secret"}`: webhook calls are signed the
+    /// Standard Webhooks way with `webhook_secret`.
     notifications: serde_json::Value,
     /// Its resources' ids.
     resources: Vec<String>,
@@ -291,7 +292,17 @@ impl From<&ServiceState> for ServiceData {
                 "ips": settings.allowlist.iter().map(ToString::to_string).collect::<Vec<_>>(),
             }),
             max_backup_bytes: settings.max_backup_bytes,
-            notifications: serde_json::to_value(&settings.notifications).unwrap_or_default(),
+            notifications: {
+                let mut notifications =
+                    serde_json::to_value(&settings.notifications).unwrap_or_default();
+                if let Some(object) = notifications.as_object_mut() {
+                    object.insert(
+                        "webhook_secret".into(),
+                        service.webhook_secret.clone().into(),
+                    );
+                }
+                notifications
+            },
             resources: service.resources.iter().map(Uuid::to_string).collect(),
             created_at: stamp(service.created_at),
             updated_at: stamp(service.updated_at),

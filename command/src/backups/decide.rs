@@ -584,6 +584,7 @@ mod tests {
                 max_backup_bytes: 1024,
                 notifications: Notifications::default(),
             },
+            webhook_secret: None,
             created_at: at(0),
             updated_at: at(0),
             keys: vec![ApiKey {

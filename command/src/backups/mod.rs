@@ -275,10 +275,15 @@ impl Backups {
     ) -> Result<ServiceState, BackupError> {
         let settings = decide::service_settings(settings)?;
         let service_id = Uuid::now_v7();
+        let secret: [u8; 24] = rand::random();
         let created = ServiceCreated {
             service_id,
             owner,
             settings,
+            webhook_secret: Some(format!(
+                "whsec_{}",
+                base64::engine::general_purpose::STANDARD.encode(secret)
+            )),
         };
         let request = AppendRequest::new(
             backup::service_stream(service_id),
@@ -672,16 +677,27 @@ impl Backups {
         };
         let event = self.event(&refused, resource.owner);
         let outbox = match notice {
-            Some(total) => self.notices.refused(
-                &service.settings.notifications.emails,
-                service,
-                resource,
-                reason,
-                client.as_deref(),
-                total,
-                event.event_id,
-                now,
-            ),
+            Some(total) => {
+                let mut outbox = self.notices.refused(
+                    &service.settings.notifications.emails,
+                    service,
+                    resource,
+                    reason,
+                    client.as_deref(),
+                    total,
+                    event.event_id,
+                    now,
+                );
+                outbox.extend(self.notices.webhooks(
+                    service,
+                    resource,
+                    reason,
+                    serde_json::json!({"reason": reason, "client": client, "count": total}),
+                    &format!("uploads-refused:{}", event.event_id),
+                    now,
+                ));
+                outbox
+            }
             None => Vec::new(),
         };
         let request = AppendRequest::new(
@@ -780,6 +796,21 @@ impl Backups {
                 &url,
                 now,
             );
+            effects.outbox.extend(self.notices.webhooks(
+                &admitted.service,
+                &admitted.resource,
+                "backup_created",
+                serde_json::json!({"backup": {
+                    "id": stored.backup_id.to_string(),
+                    "format": stored.format,
+                    "file_name": stored.file_name,
+                    "bytes": stored.bytes,
+                    "sha256": stored.sha256,
+                    "url": url,
+                }}),
+                &format!("backup-created:{}", stored.backup_id),
+                now,
+            ));
             if let Some(due) = admitted.resource.missed {
                 let to = decide::recipients(&admitted.service, "back_to_normal");
                 effects.outbox.extend(self.notices.resumed(
@@ -787,6 +818,14 @@ impl Backups {
                     &admitted.service,
                     &admitted.resource,
                     due,
+                    now,
+                ));
+                effects.outbox.extend(self.notices.webhooks(
+                    &admitted.service,
+                    &admitted.resource,
+                    "back_to_normal",
+                    serde_json::json!({"missed_due_at": due.to_rfc3339()}),
+                    &format!("backups-resumed:{resource_id}:{}", due.timestamp()),
                     now,
                 ));
             }
@@ -856,7 +895,19 @@ impl Backups {
             )
             .with_effects(Effects {
                 unschedule: vec![missed_item(resource_id, now).key],
-                outbox: self.notices.missed(to, &service, &resource, due),
+                outbox: self
+                    .notices
+                    .missed(to, &service, &resource, due)
+                    .into_iter()
+                    .chain(self.notices.webhooks(
+                        &service,
+                        &resource,
+                        "backup_missed",
+                        serde_json::json!({"due_at": due.to_rfc3339()}),
+                        &format!("backup-missed:{resource_id}:{}", due.timestamp()),
+                        now,
+                    ))
+                    .collect(),
                 ..Effects::default()
             });
             match self.events.append(request).await {

@@ -7,6 +7,7 @@
 use cairn_events::OutboxMessage;
 use cairn_events::domain::backup::BackupStored;
 use cairn_events::domain::email::Email;
+use cairn_events::domain::webhook::Webhook;
 use chrono::{DateTime, Utc};
 use minijinja::{Environment, Value, context};
 use uuid::Uuid;
@@ -176,6 +177,58 @@ impl Notices {
             due.timestamp()
         );
         self.render("back_to_normal", to, &cause, &values)
+    }
+}
+
+impl Notices {
+    /// The webhook calls telling `service`'s URLs of `what` (`backup_created`, `bad_key`,
+    /// …), if it asked to be told: a Standard Webhooks body, `{"type", "timestamp",
+    /// "data"}`, with `data` and the service and resource ids.
+    pub fn webhooks(
+        &self,
+        service: &ServiceState,
+        resource: &ResourceState,
+        what: &str,
+        mut data: serde_json::Value,
+        cause: &str,
+        at: DateTime<Utc>,
+    ) -> Vec<OutboxMessage> {
+        let settings = &service.settings.notifications;
+        let Some(secret) = &service.webhook_secret else {
+            return Vec::new();
+        };
+        if !settings.on.iter().any(|on| on == what) {
+            return Vec::new();
+        }
+        let kind = match what {
+            "backup_created" => "backup.created",
+            "bad_key" | "ip_blocked" => "backup.refused",
+            "backup_missed" => "backup.missed",
+            _ => "backup.resumed",
+        };
+        if let Some(object) = data.as_object_mut() {
+            object.insert("service".into(), service.service_id.to_string().into());
+            object.insert("resource".into(), resource.resource_id.to_string().into());
+            object.insert("resource_name".into(), resource.settings.name.clone().into());
+        }
+        let body = serde_json::json!({
+            "type": kind,
+            "timestamp": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "data": data,
+        })
+        .to_string();
+        settings
+            .webhooks
+            .iter()
+            .map(|url| {
+                Webhook {
+                    url: url.clone(),
+                    secret: secret.clone(),
+                    body: body.clone(),
+                }
+                .into_outbox(outbox_id(&format!("{cause}:{url}")))
+            })
+            .collect()
     }
 }
 

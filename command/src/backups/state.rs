@@ -29,6 +29,8 @@ pub struct ServiceState {
     pub service_id: Uuid,
     pub owner: Uuid,
     pub settings: ServiceSettings,
+    /// The key its webhook calls are signed with.
+    pub webhook_secret: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Live keys, oldest first (revoked ones are gone).
@@ -50,6 +52,7 @@ impl ServiceState {
             service_id: created.service_id,
             owner: created.owner,
             settings: created.settings,
+            webhook_secret: created.webhook_secret,
             created_at: first.occurred_at,
             updated_at: first.occurred_at,
             keys: Vec::new(),

@@ -167,6 +167,9 @@ pub struct ServiceCreated {
     /// The user who owns it.
     pub owner: Uuid,
     pub settings: ServiceSettings,
+    /// The key its webhook calls are signed with (`whsec_` and base64), shown to the owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
 }
 
 impl DomainEvent for ServiceCreated {

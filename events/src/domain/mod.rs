@@ -6,3 +6,4 @@ pub mod capsule;
 pub mod email;
 pub mod message;
 pub mod user;
+pub mod webhook;
