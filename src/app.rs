@@ -440,10 +440,7 @@ fn maintenance(
         );
     }
     if let Some(schedule) = crate::config::maintenance_schedule(&config.maintenance_outbox)? {
-        let (outbox, keep) = (
-            store.clone(),
-            cairn_scheduler::Policy::default().keep_sent,
-        );
+        let (outbox, keep) = (store.clone(), cairn_scheduler::Policy::default().keep_sent);
         maintenance = maintenance.job(
             "outbox",
             schedule,

@@ -21,9 +21,9 @@ pub mod sleeper;
 pub mod webhook;
 
 pub use email::{EmailDelivery, FileMailer, Mailer, SendError, SmtpMailer};
-pub use outbox::{Delivery, OutboxWorker, Policy};
 pub use jobs::ByCategory;
 pub use maintenance::{Job, Maintenance};
 pub use metrics::SchedulerMetrics;
+pub use outbox::{Delivery, OutboxWorker, Policy};
 pub use sleeper::Sleeper;
 pub use webhook::WebhookDelivery;

@@ -66,7 +66,11 @@ impl SchedulerMetrics {
     pub fn settled(&self, kind: &str, outcome: &cairn_events::Outcome) {
         let counters = match kind {
             "email" => [&self.emails_sent, &self.emails_retried, &self.emails_dead],
-            _ => [&self.webhooks_sent, &self.webhooks_retried, &self.webhooks_dead],
+            _ => [
+                &self.webhooks_sent,
+                &self.webhooks_retried,
+                &self.webhooks_dead,
+            ],
         };
         let counter = match outcome {
             cairn_events::Outcome::Sent => counters[0],
@@ -127,7 +131,11 @@ impl SchedulerMetrics {
             (
                 "cairn_webhooks_total",
                 "Webhook calls",
-                [&self.webhooks_sent, &self.webhooks_retried, &self.webhooks_dead],
+                [
+                    &self.webhooks_sent,
+                    &self.webhooks_retried,
+                    &self.webhooks_dead,
+                ],
             ),
         ] {
             let _ = writeln!(

@@ -164,10 +164,15 @@ impl OutboxWorker {
         }
         let ids: Vec<uuid::Uuid> = messages.iter().map(|m| m.message.id).collect();
         let outbox = self.outbox.clone();
-        let _renewal = renew_while(Clock::system(), self.policy.hold, "outbox messages", move |until| {
-            let (outbox, ids) = (outbox.clone(), ids.clone());
-            async move { outbox.renew_outbox(&ids, until).await }
-        });
+        let _renewal = renew_while(
+            Clock::system(),
+            self.policy.hold,
+            "outbox messages",
+            move |until| {
+                let (outbox, ids) = (outbox.clone(), ids.clone());
+                async move { outbox.renew_outbox(&ids, until).await }
+            },
+        );
         // A claimed batch is sent at once, over the transport's pool.
         let mut sending = tokio::task::JoinSet::new();
         for message in messages {
@@ -199,7 +204,9 @@ pub async fn purge_sent(outbox: &dyn Outbox, keep: Duration) -> Result<(), Strin
             tracing::info!(n, "sent outbox messages past their retention deleted");
             Ok(())
         }
-        Err(error) => Err(format!("could not delete old sent outbox messages: {error}")),
+        Err(error) => Err(format!(
+            "could not delete old sent outbox messages: {error}"
+        )),
     }
 }
 
@@ -247,4 +254,3 @@ async fn deliver(
     }
     outcome
 }
-

@@ -48,7 +48,10 @@ pub fn signature(secret: &str, id: &str, timestamp: i64, body: &str) -> Option<S
         .ok()?;
     let mut mac = HmacSha256::new_from_slice(&key).ok()?;
     mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
-    Some(format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes())))
+    Some(format!(
+        "v1,{}",
+        STANDARD.encode(mac.finalize().into_bytes())
+    ))
 }
 
 #[async_trait]
@@ -62,8 +65,9 @@ impl Delivery for WebhookDelivery {
             .map_err(|e| SendError::Permanent(format!("unreadable webhook: {e}")))?;
         let id = format!("msg_{}", queued.message.id.simple());
         let timestamp = chrono::Utc::now().timestamp();
-        let signed = signature(&hook.secret, &id, timestamp, &hook.body)
-            .ok_or_else(|| SendError::Permanent("the service's webhook secret is not valid".into()))?;
+        let signed = signature(&hook.secret, &id, timestamp, &hook.body).ok_or_else(|| {
+            SendError::Permanent("the service's webhook secret is not valid".into())
+        })?;
         let sent = self
             .client
             .post(&hook.url)
@@ -85,9 +89,15 @@ impl Delivery for WebhookDelivery {
         if status.is_success() {
             Ok(())
         } else if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
-            Err(SendError::Transient(format!("{} answered {status}", hook.url)))
+            Err(SendError::Transient(format!(
+                "{} answered {status}",
+                hook.url
+            )))
         } else {
-            Err(SendError::Permanent(format!("{} answered {status}", hook.url)))
+            Err(SendError::Permanent(format!(
+                "{} answered {status}",
+                hook.url
+            )))
         }
     }
 }

@@ -11,7 +11,7 @@ use cairn_events::testing::{Noted, fresh_postgres, fresh_sqlite, temp_dir, until
 use cairn_events::{
     AppendRequest, DomainEvent, Effects, ExpectedVersion, Metadata, NewEvent, OutboxMessage, Store,
 };
-use cairn_scheduler::{EmailWorker, FileMailer};
+use cairn_scheduler::{EmailDelivery, FileMailer, OutboxWorker};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -52,11 +52,11 @@ async fn sends_are_recorded_in_the_streams_they_name(store: Arc<dyn Store>) {
 
     let dir = temp_dir();
     let from = "Cairn <cairn@localhost>".parse().unwrap();
-    let worker = EmailWorker::new(
-        store.clone(),
-        store.clone(),
-        Arc::new(FileMailer::new(dir.clone(), from)),
-    );
+    let emails = EmailDelivery {
+        events: store.clone(),
+        mailer: Arc::new(FileMailer::new(dir.clone(), from)),
+    };
+    let worker = OutboxWorker::new(store.clone(), Arc::new(emails));
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(worker.run(shutdown.clone()));
     until("three emails to be written", PATIENCE, || async {

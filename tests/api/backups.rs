@@ -863,8 +863,12 @@ pub async fn files_no_backup_keeps_are_swept(backend: Backend) {
 }
 
 /// A local receiver of webhook calls: each call's headers and body, answered 204.
-async fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>>) {
-    let calls: std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>> = Default::default();
+async fn webhook_receiver() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>>,
+) {
+    let calls: std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>> =
+        Default::default();
     let seen = calls.clone();
     let app = axum::Router::new().route(
         "/hook",
@@ -897,18 +901,41 @@ pub async fn webhooks_are_signed_the_standard_way(backend: Backend) {
     )
     .await;
     let (_, view) = call(&app, &token, "GET", &format!("/services/{service}"), None).await;
-    let secret = view["data"]["notifications"]["webhook_secret"].as_str().unwrap().to_owned();
+    let secret = view["data"]["notifications"]["webhook_secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(secret.starts_with("whsec_"), "{view}");
-    let (_, key) = call(&app, &token, "POST", &format!("/services/{service}/keys"), Some(json!({"name": "cron"}))).await;
+    let (_, key) = call(
+        &app,
+        &token,
+        "POST",
+        &format!("/services/{service}/keys"),
+        Some(json!({"name": "cron"})),
+    )
+    .await;
     let key = format!("Bearer {}", key["data"]["key"].as_str().unwrap());
 
-    let (status, created) =
-        post_backup(&app, &resource, file_form(b"{}", "facts.json", None), &[("Authorization", &key)]).await;
+    let (status, created) = post_backup(
+        &app,
+        &resource,
+        file_form(b"{}", "facts.json", None),
+        &[("Authorization", &key)],
+    )
+    .await;
     assert_eq!(status, 201);
-    let (status, _) =
-        post_backup(&app, &resource, file_form(b"{}", "facts.json", None), &[("Authorization", "Bearer x")]).await;
+    let (status, _) = post_backup(
+        &app,
+        &resource,
+        file_form(b"{}", "facts.json", None),
+        &[("Authorization", "Bearer x")],
+    )
+    .await;
     assert_eq!(status, 401);
-    until("two webhook calls", PATIENCE, || async { calls.lock().unwrap().len() >= 2 }).await;
+    until("two webhook calls", PATIENCE, || async {
+        calls.lock().unwrap().len() >= 2
+    })
+    .await;
     let calls = calls.lock().unwrap().clone();
     let mut kinds = Vec::new();
     for (headers, body) in &calls {
@@ -928,7 +955,10 @@ pub async fn webhooks_are_signed_the_standard_way(backend: Backend) {
         assert_eq!(body["data"]["service"], service.as_str());
         if body["type"] == "backup.created" {
             assert_eq!(body["data"]["backup"]["id"], created["backup"]["uuid"]);
-            assert_eq!(body["data"]["backup"]["sha256"].as_str().map(str::len), Some(64));
+            assert_eq!(
+                body["data"]["backup"]["sha256"].as_str().map(str::len),
+                Some(64)
+            );
         }
         if body["type"] == "backup.refused" {
             assert_eq!(body["data"]["reason"], "bad_key");

@@ -209,7 +209,10 @@ impl Notices {
         if let Some(object) = data.as_object_mut() {
             object.insert("service".into(), service.service_id.to_string().into());
             object.insert("resource".into(), resource.resource_id.to_string().into());
-            object.insert("resource_name".into(), resource.settings.name.clone().into());
+            object.insert(
+                "resource_name".into(),
+                resource.settings.name.clone().into(),
+            );
         }
         let body = serde_json::json!({
             "type": kind,
