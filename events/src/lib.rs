@@ -114,6 +114,38 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(streams)
     }
 
+    /// The events of one stream after `version`, oldest first.
+    async fn read_stream_after(
+        &self,
+        stream_id: &str,
+        version: i64,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        let mut events = self.read_stream(stream_id).await?;
+        events.retain(|e| e.version > version);
+        Ok(events)
+    }
+
+    /// The snapshot of `stream_id`'s fold `name`, if one was written
+    /// ([`EventStore::write_snapshot`]).
+    async fn read_snapshot(
+        &self,
+        _stream_id: &str,
+        _name: &str,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        Ok(None)
+    }
+
+    /// Keep `snapshot` of `stream_id`'s fold `name`, unless a later one is kept already. A
+    /// snapshot is derived data: losing one costs a full read of the stream, no more.
+    async fn write_snapshot(
+        &self,
+        _stream_id: &str,
+        _name: &str,
+        _snapshot: &Snapshot,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Up to `limit` events after `after`, in global order, restricted to the given stream
     /// categories (the part of a stream id before the first `-`); empty means all.
     async fn read_all(
@@ -142,6 +174,13 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// "postgres" or "sqlite".
     fn backend(&self) -> &'static str;
+}
+
+/// A write side's fold of a stream up to `version`, as it serialized it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    pub version: i64,
+    pub state: serde_json::Value,
 }
 
 /// A backend: the event log, and the due index and outbox its appends fill.

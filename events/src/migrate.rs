@@ -25,6 +25,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "claims",
         sql: include_str!("../../migrations/postgres/0003_claims.sql"),
     },
+    Migration {
+        version: 4,
+        name: "snapshots",
+        sql: include_str!("../../migrations/postgres/0004_snapshots.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -42,5 +47,10 @@ pub const SQLITE: &[Migration] = &[
         version: 3,
         name: "claims",
         sql: include_str!("../../migrations/sqlite/0003_claims.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "snapshots",
+        sql: include_str!("../../migrations/sqlite/0004_snapshots.sql"),
     },
 ];

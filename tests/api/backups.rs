@@ -19,6 +19,7 @@ crate::on_both_backends!(backups:
     a_missed_backup_is_told_and_so_is_the_return,
     files_no_backup_keeps_are_swept,
     webhooks_are_signed_the_standard_way,
+    a_long_resource_is_read_from_its_snapshot,
 );
 
 async fn app(backend: Backend) -> TestApp {
@@ -967,6 +968,43 @@ pub async fn webhooks_are_signed_the_standard_way(backend: Backend) {
     }
     kinds.sort();
     assert_eq!(kinds, ["backup.created", "backup.refused"]);
+}
+
+/// A resource with more backups than a snapshot spans is read from its snapshot and the
+/// events after, and reads the same as a full fold would.
+pub async fn a_long_resource_is_read_from_its_snapshot(backend: Backend) {
+    let app = app(backend).await;
+    let token = app.add_user("ola").await;
+    let (service, resource) = service_with_resource(&app, &token, json!({"name": "bots"})).await;
+    let mut ids = Vec::new();
+    for n in 0..150_u32 {
+        let (status, created) =
+            post_backup(&app, &resource, file_form(&n.to_le_bytes(), "n.bin", None), &[]).await;
+        assert_eq!(status, 201, "{created}");
+        ids.push(created["backup"]["uuid"].as_str().unwrap().to_owned());
+    }
+    let stream = format!("resource-{resource}");
+    let kept = app.events.read_snapshot(&stream, "resource-v1").await.unwrap();
+    assert!(kept.is_some_and(|s| s.version > 64), "a snapshot is kept");
+    let (_, view) = call(&app, &token, "GET", &format!("/resources/{resource}"), None).await;
+    assert_eq!(view["data"]["backups"], 150);
+    // Deletions after the snapshot fold onto it.
+    call(
+        &app,
+        &token,
+        "PATCH",
+        &format!("/services/{service}"),
+        Some(json!({"retention": {"keep_last": 3}})),
+    )
+    .await;
+    let (status, _) = post_backup(&app, &resource, file_form(b"last", "n.bin", None), &[]).await;
+    assert_eq!(status, 201);
+    until("all but the newest 3 to go", PATIENCE, || async {
+        kept(&app, &token, &resource).await.len() == 3
+    })
+    .await;
+    let newest = kept(&app, &token, &resource).await;
+    assert_eq!(newest[1..], [ids[149].clone(), ids[148].clone()]);
 }
 
 /// The ids of the backups `resource` keeps, newest first.

@@ -53,6 +53,8 @@ use crate::blobs::{Blobs, Written};
 pub const KEY_PREFIX: &str = "cairn_bk_";
 /// How many times a command reads and decides again after losing a race.
 const TRIES: usize = 5;
+/// A resource's snapshot is renewed once this many events have come after it.
+const SNAPSHOT_EVERY: usize = 64;
 /// Due-item actions: apply a resource's retention (after each backup, when its oldest
 /// backup expires, and when it is deleted), and delete a file no backup refers to.
 pub const RETENTION: &str = "retention";
@@ -214,12 +216,55 @@ impl Backups {
         Ok(ServiceState::of(&events)?)
     }
 
+    /// A resource as its stream tells it: from its last snapshot and the events after, a
+    /// new snapshot kept once [`SNAPSHOT_EVERY`] events have come since. A resource's
+    /// stream holds every backup stored and deleted, so without one each upload would
+    /// read them all.
     pub async fn resource(&self, resource_id: Uuid) -> Result<Option<ResourceState>, BackupError> {
-        let events = self
-            .events
-            .read_stream(&backup::resource_stream(resource_id))
-            .await?;
-        Ok(ResourceState::of(&events)?)
+        let stream = backup::resource_stream(resource_id);
+        let snapshot = match self.events.read_snapshot(&stream, ResourceState::SNAPSHOT).await {
+            Ok(snapshot) => snapshot
+                .and_then(|s| serde_json::from_value::<ResourceState>(s.state).ok())
+                .filter(|state| state.resource_id == resource_id),
+            Err(error) => {
+                tracing::warn!(%error, %stream, "a snapshot could not be read; reading the stream");
+                None
+            }
+        };
+        let state = match snapshot {
+            Some(mut state) => {
+                let events = self
+                    .events
+                    .read_stream_after(&stream, state.version)
+                    .await?;
+                for event in &events {
+                    state.apply(event)?;
+                }
+                Some((state, events.len()))
+            }
+            None => {
+                let events = self.events.read_stream(&stream).await?;
+                ResourceState::of(&events)?.map(|state| (state, events.len()))
+            }
+        };
+        let Some((state, read)) = state else {
+            return Ok(None);
+        };
+        if read >= SNAPSHOT_EVERY {
+            let snapshot = cairn_events::Snapshot {
+                version: state.version,
+                state: serde_json::to_value(&state).unwrap_or_default(),
+            };
+            // Derived data: a failure costs a longer read next time, nothing else.
+            if let Err(error) = self
+                .events
+                .write_snapshot(&stream, ResourceState::SNAPSHOT, &snapshot)
+                .await
+            {
+                tracing::warn!(%error, %stream, "a snapshot could not be kept");
+            }
+        }
+        Ok(Some(state))
     }
 
     /// `owner`'s live service, or [`BackupError::NotFound`].

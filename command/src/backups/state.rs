@@ -11,6 +11,7 @@ use cairn_events::domain::backup::{
 };
 use cairn_events::{DecodeError, DomainEvent, Envelope};
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// An API key of a service (its hash only).
@@ -109,14 +110,14 @@ impl ServiceState {
 }
 
 /// A backup a resource keeps.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Backup {
     pub stored: BackupStored,
     pub created_at: DateTime<Utc>,
 }
 
 /// Refused uploads of one reason.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusals {
     /// When the owner was last told.
     pub last_notice: Option<DateTime<Utc>>,
@@ -124,8 +125,10 @@ pub struct Refusals {
     pub since_notice: u32,
 }
 
-/// A resource as its stream tells it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A resource as its stream tells it. Kept in snapshots ([`ResourceState::SNAPSHOT`]), so
+/// its serialized shape is versioned by that name: change the fold or the fields, change
+/// the name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResourceState {
     pub resource_id: Uuid,
     pub service_id: Uuid,
@@ -167,8 +170,20 @@ impl ResourceState {
             version: first.version,
         };
         for event in rest {
-            state.version = event.version;
-            let at = event.occurred_at;
+            state.apply(event)?;
+        }
+        Ok(Some(state))
+    }
+
+    /// The name its snapshots are kept under.
+    pub const SNAPSHOT: &'static str = "resource-v1";
+
+    /// Fold one more event of the resource's stream in.
+    pub fn apply(&mut self, event: &Envelope) -> Result<(), DecodeError> {
+        let state = self;
+        state.version = event.version;
+        let at = event.occurred_at;
+        {
             match event.event_type.as_str() {
                 BackupMissed::TYPE => state.missed = Some(BackupMissed::decode(event)?.due_at),
                 BackupsResumed::TYPE => state.missed = None,
@@ -203,7 +218,7 @@ impl ResourceState {
                 _ => {}
             }
         }
-        Ok(Some(state))
+        Ok(())
     }
 
     pub fn backup(&self, backup_id: Uuid) -> Option<&Backup> {

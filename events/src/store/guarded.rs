@@ -24,7 +24,8 @@ use uuid::Uuid;
 use crate::circuit::Circuit;
 use crate::{
     AppendRequest, AppendStats, Appended, DueIndex, DueItem, DueStatus, Envelope, EventStore,
-    Lease, Outbox, OutboxStatus, Outcome, Position, QueuedMessage, Store, StoreError, WorkStats,
+    Lease, Outbox, OutboxStatus, Outcome, Position, QueuedMessage, Snapshot, Store, StoreError,
+    WorkStats,
 };
 
 /// A store whose calls are bounded by a timeout and fail fast while it is down.
@@ -119,6 +120,33 @@ impl<S: Store> EventStore for Guarded<S> {
         stream_ids: &[String],
     ) -> Result<HashMap<String, Vec<Envelope>>, StoreError> {
         self.call(self.inner.read_streams(stream_ids)).await
+    }
+
+    async fn read_stream_after(
+        &self,
+        stream_id: &str,
+        version: i64,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        self.call(self.inner.read_stream_after(stream_id, version))
+            .await
+    }
+
+    async fn read_snapshot(
+        &self,
+        stream_id: &str,
+        name: &str,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        self.call(self.inner.read_snapshot(stream_id, name)).await
+    }
+
+    async fn write_snapshot(
+        &self,
+        stream_id: &str,
+        name: &str,
+        snapshot: &Snapshot,
+    ) -> Result<(), StoreError> {
+        self.call(self.inner.write_snapshot(stream_id, name, snapshot))
+            .await
     }
 
     async fn read_all(

@@ -38,7 +38,7 @@ use crate::work::{BatchWork, WorkSignals, after, earliest_first, oldest_first};
 use crate::{
     AppendRequest, AppendStats, Appended, DueIndex, DueItem, DueStatus, Envelope, EventStore,
     Lease, Outbox, OutboxMessage, OutboxStatus, Outcome, PendingItem, Position, QueuedMessage,
-    StoreError, WorkStats,
+    Snapshot, StoreError, WorkStats,
 };
 
 /// Advisory-lock class for Cairn's own locks (the first key of the two-key form).
@@ -898,6 +898,62 @@ impl EventStore for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(decode).collect()
+    }
+
+    async fn read_stream_after(
+        &self,
+        stream_id: &str,
+        version: i64,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT position, event_id, stream_id, version, event_type, schema_version, payload, metadata, occurred_at
+             FROM events WHERE stream_id = $1 AND version > $2 ORDER BY version",
+        )
+        .bind(stream_id)
+        .bind(version)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    async fn read_snapshot(
+        &self,
+        stream_id: &str,
+        name: &str,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        let row: Option<(i64, String)> = sqlx::query_as(
+            "SELECT version, state::text FROM snapshots WHERE stream_id = $1 AND name = $2",
+        )
+        .bind(stream_id)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(version, state)| {
+            serde_json::from_str(&state)
+                .map(|state| Snapshot { version, state })
+                .map_err(|e| StoreError::Corrupt(format!("the snapshot of {stream_id}: {e}")))
+        })
+        .transpose()
+    }
+
+    async fn write_snapshot(
+        &self,
+        stream_id: &str,
+        name: &str,
+        snapshot: &Snapshot,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO snapshots (stream_id, name, version, state) VALUES ($1, $2, $3, $4::jsonb)
+             ON CONFLICT (stream_id, name) DO UPDATE SET version = excluded.version, state = excluded.state
+             WHERE snapshots.version < excluded.version",
+        )
+        .bind(stream_id)
+        .bind(name)
+        .bind(snapshot.version)
+        .bind(snapshot.state.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn read_streams(
