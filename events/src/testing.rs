@@ -105,17 +105,44 @@ pub async fn round_trip(store: Arc<dyn EventStore>) {
     // A stream after a version; snapshots kept, a later one winning over an earlier.
     let after = store.read_stream_after("note-a", 1).await.unwrap();
     assert_eq!(after.iter().map(|e| e.version).collect::<Vec<_>>(), [2, 3]);
-    assert!(store.read_snapshot("note-a", "n-v1").await.unwrap().is_none());
+    assert!(
+        store
+            .read_snapshot("note-a", "n-v1")
+            .await
+            .unwrap()
+            .is_none()
+    );
     let snapshot = |version: i64| crate::Snapshot {
         version,
         state: serde_json::json!({"seen": version}),
     };
-    store.write_snapshot("note-a", "n-v1", &snapshot(2)).await.unwrap();
-    store.write_snapshot("note-a", "n-v1", &snapshot(1)).await.unwrap();
-    assert_eq!(store.read_snapshot("note-a", "n-v1").await.unwrap(), Some(snapshot(2)));
-    store.write_snapshot("note-a", "n-v1", &snapshot(3)).await.unwrap();
-    assert_eq!(store.read_snapshot("note-a", "n-v1").await.unwrap(), Some(snapshot(3)));
-    assert!(store.read_snapshot("note-a", "n-v2").await.unwrap().is_none());
+    store
+        .write_snapshot("note-a", "n-v1", &snapshot(2))
+        .await
+        .unwrap();
+    store
+        .write_snapshot("note-a", "n-v1", &snapshot(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.read_snapshot("note-a", "n-v1").await.unwrap(),
+        Some(snapshot(2))
+    );
+    store
+        .write_snapshot("note-a", "n-v1", &snapshot(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.read_snapshot("note-a", "n-v1").await.unwrap(),
+        Some(snapshot(3))
+    );
+    assert!(
+        store
+            .read_snapshot("note-a", "n-v2")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Several streams at once, each whole and in order; one with no events left out.
     let wanted = ["other-b", "missing-x", "note-a"].map(String::from);

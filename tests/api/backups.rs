@@ -978,14 +978,26 @@ pub async fn a_long_resource_is_read_from_its_snapshot(backend: Backend) {
     let (service, resource) = service_with_resource(&app, &token, json!({"name": "bots"})).await;
     let mut ids = Vec::new();
     for n in 0..150_u32 {
-        let (status, created) =
-            post_backup(&app, &resource, file_form(&n.to_le_bytes(), "n.bin", None), &[]).await;
+        let (status, created) = post_backup(
+            &app,
+            &resource,
+            file_form(&n.to_le_bytes(), "n.bin", None),
+            &[],
+        )
+        .await;
         assert_eq!(status, 201, "{created}");
         ids.push(created["backup"]["uuid"].as_str().unwrap().to_owned());
     }
     let stream = format!("resource-{resource}");
-    let kept = app.events.read_snapshot(&stream, "resource-v1").await.unwrap();
-    assert!(kept.is_some_and(|s| s.version > 64), "a snapshot is kept");
+    let snapshot = app
+        .events
+        .read_snapshot(&stream, "resource-v1")
+        .await
+        .unwrap();
+    assert!(
+        snapshot.is_some_and(|s| s.version > 64),
+        "a snapshot is kept"
+    );
     let (_, view) = call(&app, &token, "GET", &format!("/resources/{resource}"), None).await;
     assert_eq!(view["data"]["backups"], 150);
     // Deletions after the snapshot fold onto it.

@@ -222,7 +222,11 @@ impl Backups {
     /// read them all.
     pub async fn resource(&self, resource_id: Uuid) -> Result<Option<ResourceState>, BackupError> {
         let stream = backup::resource_stream(resource_id);
-        let snapshot = match self.events.read_snapshot(&stream, ResourceState::SNAPSHOT).await {
+        let snapshot = match self
+            .events
+            .read_snapshot(&stream, ResourceState::SNAPSHOT)
+            .await
+        {
             Ok(snapshot) => snapshot
                 .and_then(|s| serde_json::from_value::<ResourceState>(s.state).ok())
                 .filter(|state| state.resource_id == resource_id),

@@ -795,7 +795,7 @@ impl EventStore for SqliteStore {
         .bind(name)
         .bind(snapshot.version)
         .bind(snapshot.state.to_string())
-        .execute(&self.pool)
+        .execute(&self.work)
         .await?;
         Ok(())
     }
