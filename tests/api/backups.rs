@@ -20,6 +20,7 @@ crate::on_both_backends!(backups:
     files_no_backup_keeps_are_swept,
     webhooks_are_signed_the_standard_way,
     a_long_resource_is_read_from_its_snapshot,
+    forwarded_addresses_count_only_from_trusted_proxies,
 );
 
 async fn app(backend: Backend) -> TestApp {
@@ -1017,6 +1018,52 @@ pub async fn a_long_resource_is_read_from_its_snapshot(backend: Backend) {
     .await;
     let newest = kept(&app, &token, &resource).await;
     assert_eq!(newest[1..], [ids[149].clone(), ids[148].clone()]);
+}
+
+/// Without a trusted proxy, `X-Forwarded-For` is the client's own word and is not
+/// believed: the allowlist sees the connection's address.
+pub async fn forwarded_addresses_count_only_from_trusted_proxies(backend: Backend) {
+    let app = spawn_with(test_config(backend).await).await;
+    let token = app.add_user("ola").await;
+    let (_, resource) = service_with_resource(
+        &app,
+        &token,
+        json!({"name": "bots", "ip_allowlist": {"enabled": true, "ips": ["10.0.0.0/8"]}}),
+    )
+    .await;
+    let (status, body) = post_backup(
+        &app,
+        &resource,
+        file_form(b"{}", "f.json", None),
+        &[("X-Forwarded-For", "10.1.2.3")],
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(body["message"], "backups from 127.0.0.1 are not allowed");
+    // The connection's own address, allowed, is let in whatever the header says.
+    let service = call(&app, &token, "GET", &format!("/resources/{resource}"), None)
+        .await
+        .1["data"]["service"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = call(
+        &app,
+        &token,
+        "PATCH",
+        &format!("/services/{service}"),
+        Some(json!({"ip_allowlist": {"enabled": true, "ips": ["127.0.0.1"]}})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = post_backup(
+        &app,
+        &resource,
+        file_form(b"{}", "f.json", None),
+        &[("X-Forwarded-For", "192.0.2.1")],
+    )
+    .await;
+    assert_eq!(status, 201);
 }
 
 /// The ids of the backups `resource` keeps, newest first.
