@@ -214,6 +214,7 @@ impl Notices {
                 resource.settings.name.clone().into(),
             );
         }
+        let line = line(what, service, resource, &data);
         let body = serde_json::json!({
             "type": kind,
             "timestamp": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -227,7 +228,7 @@ impl Notices {
                 Webhook {
                     url: url.clone(),
                     secret: secret.clone(),
-                    body: body.clone(),
+                    body: flavoured(url, &line).unwrap_or_else(|| body.clone()),
                 }
                 .into_outbox(outbox_id(&format!("{cause}:{url}")))
             })
@@ -235,7 +236,93 @@ impl Notices {
     }
 }
 
+/// The news in one line, for chat webhooks.
+fn line(
+    what: &str,
+    service: &ServiceState,
+    resource: &ResourceState,
+    data: &serde_json::Value,
+) -> String {
+    let (resource, service) = (&resource.settings.name, &service.settings.name);
+    let field = |name: &str| match &data[name] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "an unknown address".to_owned(),
+        other => other.to_string(),
+    };
+    match what {
+        "backup_created" => format!(
+            "Backup stored: {resource} ({service}): {}, {} bytes",
+            data["backup"]["file_name"].as_str().unwrap_or_default(),
+            data["backup"]["bytes"]
+        ),
+        "bad_key" => format!(
+            "A backup to {resource} ({service}) without a valid API key was refused ({} since the last notice)",
+            field("count")
+        ),
+        "ip_blocked" => format!(
+            "A backup to {resource} ({service}) from {}, not on the allowlist, was refused ({} since the last notice)",
+            field("client"),
+            field("count")
+        ),
+        "backup_missed" => format!(
+            "Backup missed: {resource} ({service}), expected at {}",
+            field("due_at")
+        ),
+        _ => format!("Backups back to normal: {resource} ({service})"),
+    }
+}
+
+/// The body a chat's incoming webhook takes, for URLs that are one: Slack's
+/// (`https://hooks.slack.com/…`, `{"text"}`) and Telegram's Bot API
+/// (`https://api.telegram.org/bot<token>/sendMessage?chat_id=<chat>`, `{"chat_id", "text"}`).
+/// `None`: a Standard Webhooks endpoint, which takes the typed body.
+fn flavoured(url: &str, line: &str) -> Option<String> {
+    let rest = url.strip_prefix("https://")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    match host.to_ascii_lowercase().as_str() {
+        "hooks.slack.com" => Some(serde_json::json!({ "text": line }).to_string()),
+        "api.telegram.org" => {
+            let chat = path
+                .split_once('?')
+                .map(|(_, query)| query)
+                .unwrap_or_default()
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("chat_id="))?;
+            let chat = percent_encoding::percent_decode_str(chat).decode_utf8_lossy();
+            Some(serde_json::json!({ "chat_id": chat, "text": line }).to_string())
+        }
+        _ => None,
+    }
+}
+
 /// `3 March 2027 at 09:00:05 UTC`.
 fn time(at: DateTime<Utc>) -> String {
     at.format("%-d %B %Y at %H:%M:%S UTC").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_webhooks_get_their_own_bodies() {
+        assert_eq!(
+            flavoured("https://hooks.slack.com/services/T0/B0/x", "Backup stored").as_deref(),
+            Some(r#"{"text":"Backup stored"}"#)
+        );
+        assert_eq!(
+            flavoured(
+                "https://api.telegram.org/bot123:abc/sendMessage?chat_id=-100%2042",
+                "Backup missed"
+            )
+            .as_deref(),
+            Some(r#"{"chat_id":"-100 42","text":"Backup missed"}"#)
+        );
+        assert_eq!(
+            flavoured("https://api.telegram.org/bot1:a/sendMessage", "x"),
+            None
+        );
+        assert_eq!(flavoured("https://example.com/hooks.slack.com", "x"), None);
+        assert_eq!(flavoured("http://hooks.slack.com/services/x", "x"), None);
+    }
 }
