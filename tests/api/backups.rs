@@ -21,6 +21,7 @@ crate::on_both_backends!(backups:
     webhooks_are_signed_the_standard_way,
     a_long_resource_is_read_from_its_snapshot,
     forwarded_addresses_count_only_from_trusted_proxies,
+    a_storage_failure_is_a_424_and_records_nothing,
 );
 
 async fn app(backend: Backend) -> TestApp {
@@ -1064,6 +1065,24 @@ pub async fn forwarded_addresses_count_only_from_trusted_proxies(backend: Backen
     )
     .await;
     assert_eq!(status, 201);
+}
+
+/// When the file cannot be stored (here: its directory cannot be made), the answer is
+/// Duran's 424 and no backup is recorded.
+pub async fn a_storage_failure_is_a_424_and_records_nothing(backend: Backend) {
+    let app = app(backend).await;
+    let token = app.add_user("ola").await;
+    let (service, resource) = service_with_resource(&app, &token, json!({"name": "bots"})).await;
+    let dir = app.config.data_dir.join("blobs/backups");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(&service), b"not a directory").unwrap();
+    let (status, body) = post_backup(&app, &resource, file_form(b"{}", "f.json", None), &[]).await;
+    assert_eq!(status, 424);
+    assert_eq!(
+        body,
+        json!({"message": "there was a problem completing the request"})
+    );
+    assert!(kept(&app, &token, &resource).await.is_empty());
 }
 
 /// The ids of the backups `resource` keeps, newest first.
