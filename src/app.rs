@@ -201,7 +201,6 @@ impl Application {
                 events: events.clone(),
                 mailer: mailer(config)?,
             };
-            crate::install_tls_provider();
             let webhooks = WebhookDelivery::new().map_err(|e| anyhow::anyhow!(e))?;
             let deliveries: [Arc<dyn Delivery>; 2] = [Arc::new(emails), Arc::new(webhooks)];
             for delivery in deliveries {

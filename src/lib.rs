@@ -17,9 +17,12 @@ pub use app::{Application, Role};
 pub use cairn_http::client_ip;
 
 /// Install the TLS provider HTTP clients in this process build on: rustls with ring, as
-/// sqlx and lettre use (the webhook client and, with the `s3` feature, object_store's need
-/// one chosen; reqwest clients made before it panic). Idempotent.
+/// sqlx and lettre use (with the `s3` feature, object_store's client needs one chosen;
+/// reqwest clients made before it panic). Idempotent.
 pub fn install_tls_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    #[cfg(feature = "s3")]
+    {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
 }
 pub use config::Config;

@@ -29,6 +29,9 @@ pub struct WebhookDelivery {
 
 impl WebhookDelivery {
     pub fn new() -> Result<Self, String> {
+        // reqwest's rustls needs a provider chosen before a client is built: ring, as
+        // lettre and sqlx use. Installing it again is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(TIMEOUT)
             .user_agent(concat!("cairn/", env!("CARGO_PKG_VERSION")))
