@@ -297,20 +297,30 @@ pub async fn metrics(State(ops): State<OpsState>) -> Response {
 struct OpsApi;
 
 /// The OpenAPI document of every route this binary can serve.
+/// Each part's document, the message routes first.
+fn openapi_parts() -> [utoipa::openapi::OpenApi; 10] {
+    [
+        cairn_command::CommandApi::openapi(),
+        cairn_query::QueryApi::openapi(),
+        cairn_command::ChronoriaApi::openapi(),
+        cairn_command::CapsuleApi::openapi(),
+        cairn_command::UploadApi::openapi(),
+        cairn_command::PagesApi::openapi(),
+        cairn_command::FilesApi::openapi(),
+        cairn_command::BackupApi::openapi(),
+        cairn_command::BackupUploadApi::openapi(),
+        OpsApi::openapi(),
+    ]
+}
+
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    // The message routes first; the title, description and tags are the operations doc's.
-    let mut doc = cairn_command::CommandApi::openapi();
-    doc.merge(cairn_query::QueryApi::openapi());
-    doc.merge(cairn_command::ChronoriaApi::openapi());
-    doc.merge(cairn_command::CapsuleApi::openapi());
-    doc.merge(cairn_command::UploadApi::openapi());
-    doc.merge(cairn_command::PagesApi::openapi());
-    doc.merge(cairn_command::FilesApi::openapi());
-    doc.merge(cairn_command::BackupApi::openapi());
-    doc.merge(cairn_command::BackupUploadApi::openapi());
-    let ops = OpsApi::openapi();
-    doc.info = ops.info.clone();
-    doc.merge(ops);
+    let mut parts = openapi_parts().into_iter();
+    let mut doc = parts.next().unwrap_or_default();
+    for part in parts {
+        doc.merge(part);
+    }
+    // The title, description and tags are the operations doc's.
+    doc.info = OpsApi::openapi().info;
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
         "bearer",
@@ -322,4 +332,24 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         ),
     );
     doc
+}
+
+#[cfg(test)]
+mod openapi_tests {
+    use std::collections::HashMap;
+
+    /// Merging keeps one schema per name: two parts naming different schemas alike would
+    /// have one route documented with the other's answer.
+    #[test]
+    fn no_two_schemas_share_a_name() {
+        let mut seen: HashMap<String, serde_json::Value> = HashMap::new();
+        for part in super::openapi_parts() {
+            for (name, schema) in part.components.map(|c| c.schemas).unwrap_or_default() {
+                let schema = serde_json::to_value(schema).unwrap_or_default();
+                if let Some(before) = seen.insert(name.clone(), schema.clone()) {
+                    assert_eq!(before, schema, "two schemas are named {name}");
+                }
+            }
+        }
+    }
 }

@@ -66,6 +66,11 @@ pub async fn openapi_covers_every_route(backend: Backend) {
             && capsule["cron"].is_object(),
         "{capsule:?}"
     );
+    // Each route's answers are its own: no two schemas share a name (one would hide the
+    // other in the document).
+    let schemas = &doc["components"]["schemas"];
+    assert!(schemas["Created"]["properties"]["data"].is_object());
+    assert!(schemas["BackupCreated"]["properties"]["backup"].is_object());
     let file = properties(&doc["components"]["schemas"]["FileCapsule"]);
     assert!(file["FormFile"].is_object() && file["timeZone"].is_object());
 

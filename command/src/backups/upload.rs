@@ -79,11 +79,11 @@ pub fn router(state: UploadState) -> Router {
     paths(upload_to),
     components(schemas(
         BackupForm,
-        Created,
+        BackupCreated,
         CreatedBackup,
-        Message,
-        Errors,
-        FieldError,
+        DuranMessage,
+        DuranErrors,
+        DuranFieldError,
         BadUpload
     ))
 )]
@@ -104,7 +104,7 @@ struct BackupForm {
 
 /// The answer to a stored backup (Dome's).
 #[derive(Serialize, ToSchema)]
-struct Created {
+struct BackupCreated {
     backup: CreatedBackup,
     #[schema(example = "backup created successfully")]
     message: &'static str,
@@ -127,19 +127,19 @@ struct CreatedBackup {
 
 /// A refusal, in Duran's words.
 #[derive(Serialize, ToSchema)]
-struct Message {
+struct DuranMessage {
     #[schema(example = "valid api key is needed")]
     message: String,
 }
 
 /// A form that is not right, as express-validator words it.
 #[derive(Serialize, ToSchema)]
-struct Errors {
-    errors: Vec<FieldError>,
+struct DuranErrors {
+    errors: Vec<DuranFieldError>,
 }
 
 #[derive(Serialize, ToSchema)]
-struct FieldError {
+struct DuranFieldError {
     value: String,
     msg: String,
     param: &'static str,
@@ -151,14 +151,14 @@ struct FieldError {
 #[serde(untagged)]
 #[allow(dead_code)]
 enum BadUpload {
-    Message(Message),
-    Errors(Errors),
+    DuranMessage(DuranMessage),
+    DuranErrors(DuranErrors),
 }
 
 fn message(status: StatusCode, text: impl Into<String>) -> Response {
     (
         status,
-        axum::Json(Message {
+        axum::Json(DuranMessage {
             message: text.into(),
         }),
     )
@@ -166,8 +166,8 @@ fn message(status: StatusCode, text: impl Into<String>) -> Response {
 }
 
 fn form_error(param: &'static str, value: &str, msg: impl Into<String>) -> Response {
-    let errors = Errors {
-        errors: vec![FieldError {
+    let errors = DuranErrors {
+        errors: vec![DuranFieldError {
             value: value.chars().take(100).collect(),
             msg: msg.into(),
             param,
@@ -207,16 +207,16 @@ async fn no_route() -> Response {
     ),
     request_body(content = BackupForm, content_type = "multipart/form-data"),
     responses(
-        (status = 201, description = "Stored", body = Created),
+        (status = 201, description = "Stored", body = BackupCreated),
         (status = 400, description = "The resource is not active (`{\"message\"}`), or the form is not right (`{\"errors\"}`)", body = BadUpload),
-        (status = 401, description = "A valid API key is needed", body = Message),
-        (status = 403, description = "Uploads from this address are not allowed", body = Message),
-        (status = 404, description = "No such resource", body = Message),
-        (status = 408, description = "The body stopped arriving, or came slower than 16 KiB/s on average after the first minute", body = Message),
-        (status = 413, description = "The file is larger than the service takes", body = Message),
-        (status = 424, description = "The file could not be stored", body = Message),
-        (status = 429, description = "Too many uploads at once from this address; see `Retry-After`", body = Message),
-        (status = 503, description = "Too many uploads at once, or the service is unavailable; see `Retry-After`", body = Message),
+        (status = 401, description = "A valid API key is needed", body = DuranMessage),
+        (status = 403, description = "Uploads from this address are not allowed", body = DuranMessage),
+        (status = 404, description = "No such resource", body = DuranMessage),
+        (status = 408, description = "The body stopped arriving, or came slower than 16 KiB/s on average after the first minute", body = DuranMessage),
+        (status = 413, description = "The file is larger than the service takes", body = DuranMessage),
+        (status = 424, description = "The file could not be stored", body = DuranMessage),
+        (status = 429, description = "Too many uploads at once from this address; see `Retry-After`", body = DuranMessage),
+        (status = 503, description = "Too many uploads at once, or the service is unavailable; see `Retry-After`", body = DuranMessage),
     ))]
 async fn upload_to(
     State(state): State<UploadState>,
@@ -495,7 +495,7 @@ async fn store(
         Ok(stored) => {
             let at = stored.at.to_rfc3339_opts(SecondsFormat::Millis, true);
             let backup = &stored.backup;
-            let created = Created {
+            let created = BackupCreated {
                 backup: CreatedBackup {
                     uuid: backup.backup_id.to_string(),
                     resource: backup.resource_id.to_string(),
@@ -568,7 +568,7 @@ fn unavailable(error: BackupError) -> Response {
 mod tests {
     #[test]
     fn created_reads_as_domes() {
-        let body = serde_json::to_value(super::Created {
+        let body = serde_json::to_value(super::BackupCreated {
             backup: super::CreatedBackup {
                 uuid: "b".into(),
                 resource: "r".into(),
