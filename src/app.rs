@@ -183,12 +183,14 @@ impl Application {
                     backup::RESOURCE,
                     Arc::new(BackupTimers {
                         backups: backups.clone(),
+                        due: store.clone(),
                     }),
                 )
                 .with(
                     backup::BLOB,
                     Arc::new(BackupTimers {
                         backups: backups.clone(),
+                        due: store.clone(),
                     }),
                 );
             let actions = maintenance.around(Arc::new(jobs));

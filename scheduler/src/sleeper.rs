@@ -33,10 +33,14 @@ use crate::renew::renew_while;
 /// The most items claimed in one round.
 pub const BATCH: usize = 512;
 
-/// The most actions run at once: enough to fill the event store's group commits (a
-/// burst's releases read their streams in one query, [`DueAction::prefetch`], and then
-/// only wait for their appends).
+/// The most actions run at once whose streams were read ahead: enough to fill the event
+/// store's group commits (a burst's releases read their streams in one query,
+/// [`DueAction::prefetch`], and then only wait for their appends).
 pub const CONCURRENCY: usize = 256;
+
+/// The most actions run at once that read for themselves: about as many as the database
+/// pool has connections, so that they do not queue for one past the store's time limit.
+pub const READING_CONCURRENCY: usize = 16;
 
 /// How long a claim lasts unless renewed, by default.
 pub const HOLD: Duration = Duration::from_secs(5);
@@ -209,11 +213,17 @@ async fn round(context: &Context, now: DateTime<Utc>) -> Result<bool, cairn_even
         streams[slot].push(item);
     }
     let mut running = tokio::task::JoinSet::new();
-    let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let prefetched = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let reading = Arc::new(tokio::sync::Semaphore::new(READING_CONCURRENCY));
     for stream in streams {
-        let (context, permits) = (context.clone(), permits.clone());
         // Good for the stream's first item only: the items after it see what it wrote.
         let mut events = stream.first().and_then(|item| read.remove(&item.stream_id));
+        let permits = if events.is_some() {
+            prefetched.clone()
+        } else {
+            reading.clone()
+        };
+        let context = context.clone();
         running.spawn(async move {
             // Never closed: a permit always comes.
             let Ok(_permit) = permits.acquire_owned().await else {

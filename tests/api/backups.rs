@@ -22,6 +22,7 @@ crate::on_both_backends!(backups:
     a_long_resource_is_read_from_its_snapshot,
     forwarded_addresses_count_only_from_trusted_proxies,
     a_storage_failure_is_a_424_and_records_nothing,
+    backups_expire_when_their_time_comes,
 );
 
 async fn app(backend: Backend) -> TestApp {
@@ -1083,6 +1084,57 @@ pub async fn a_storage_failure_is_a_424_and_records_nothing(backend: Backend) {
         json!({"message": "there was a problem completing the request"})
     );
     assert!(kept(&app, &token, &resource).await.is_empty());
+}
+
+/// A backup past its age goes when its time comes, with no upload to its resource to set
+/// the retention off. (The clock is moved; an upload elsewhere wakes the scheduler.)
+pub async fn backups_expire_when_their_time_comes(backend: Backend) {
+    let app = app(backend).await;
+    let token = app.add_user("ola").await;
+    let (service, resource) =
+        service_with_resource(&app, &token, json!({"name": "bots", "retention": "1w"})).await;
+    let (_, other) = call(
+        &app,
+        &token,
+        "POST",
+        &format!("/services/{service}/resources"),
+        Some(json!({"name": "other"})),
+    )
+    .await;
+    let other = other["data"]["id"].as_str().unwrap().to_owned();
+    let start = chrono::Utc::now();
+    let at = |days: i64| *app.now.lock().unwrap() = Some(start + chrono::Duration::days(days));
+    let mut ids = Vec::new();
+    for day in [0, 3] {
+        at(day);
+        let (status, created) = post_backup(
+            &app,
+            &resource,
+            file_form(format!("day {day}").as_bytes(), "f.txt", None),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 201);
+        ids.push(created["backup"]["uuid"].as_str().unwrap().to_owned());
+    }
+    at(8);
+    // A second backup elsewhere schedules that resource's retention, which wakes the
+    // scheduler.
+    for n in 0..2 {
+        let body = format!("elsewhere {n}");
+        let (status, _) =
+            post_backup(&app, &other, file_form(body.as_bytes(), "f.txt", None), &[]).await;
+        assert_eq!(status, 201);
+    }
+    until("the day-0 backup to go on its own", PATIENCE, || async {
+        kept(&app, &token, &resource).await == [ids[1].clone()]
+    })
+    .await;
+    // The newest stays, however old.
+    at(30);
+    let (status, _) = post_backup(&app, &other, file_form(b"later", "f.txt", None), &[]).await;
+    assert_eq!(status, 201);
+    assert_eq!(kept(&app, &token, &resource).await, [ids[1].clone()]);
 }
 
 /// The ids of the backups `resource` keeps, newest first.

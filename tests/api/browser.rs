@@ -139,30 +139,37 @@ impl Browser {
 
     /// The visible text of the first element matching `css`.
     pub async fn text(&self, css: &str) -> String {
-        let id = self.element(css).await;
-        self.call(
-            reqwest::Method::GET,
-            &format!("/element/{id}/text"),
-            Value::Null,
-        )
-        .await
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+        self.read(css, "text").await
     }
 
     /// An attribute of the first element matching `css`, as the page has it.
     pub async fn attribute(&self, css: &str, name: &str) -> String {
-        let id = self.element(css).await;
-        self.call(
-            reqwest::Method::GET,
-            &format!("/element/{id}/attribute/{name}"),
-            Value::Null,
-        )
-        .await
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+        self.read(css, &format!("attribute/{name}")).await
+    }
+
+    /// `GET /element/{id}/{what}` of the first element matching `css`. A page that is
+    /// replaced between finding the element and reading it (a form posted a moment ago)
+    /// makes the element stale: it is found again on the new page.
+    async fn read(&self, css: &str, what: &str) -> String {
+        for _ in 0..10 {
+            let id = self.element(css).await;
+            let url = format!("{}/session/{}/element/{id}/{what}", self.base, self.session);
+            let answer: Value = self
+                .http
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            match answer["value"].get("error").and_then(Value::as_str) {
+                Some("stale element reference") => continue,
+                Some(_) => panic!("WebDriver /element/{id}/{what}: {answer}"),
+                None => return answer["value"].as_str().unwrap_or_default().to_owned(),
+            }
+        }
+        panic!("{css} kept going stale");
     }
 
     /// Whether an element matching `css` is on the page (waiting for it a while).

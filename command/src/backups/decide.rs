@@ -459,6 +459,11 @@ pub fn next_expiry(backups: &[Backup], retention: &Retention) -> Option<DateTime
         .min()
 }
 
+/// How much before the time it stands for a due item may come: stores keep due times to
+/// the millisecond (SQLite) or microsecond (Postgres), rounded down, while the times these
+/// rules compare carry nanoseconds. A check within this of its time counts as due.
+pub const EARLY: Duration = Duration::milliseconds(1);
+
 /// Notices of refused uploads come at most this often per resource and reason.
 pub const NOTICE_EVERY: Duration = Duration::hours(1);
 

@@ -119,6 +119,8 @@ pub enum Outcome {
     Written,
     /// Nothing to do.
     Nothing,
+    /// Nothing to do yet: look again at this time (the due item is moved there).
+    NotYet(DateTime<Utc>),
 }
 
 /// The backup use cases, over one event store and blob store.
@@ -832,11 +834,22 @@ impl Backups {
                     actor,
                 )],
             );
-            // The retention looks at the resource at once: a backup may expire others.
             let to = decide::recipients(&admitted.service, "backup_created");
             let url = self.link(stored.backup_id, now);
             let mut effects = missed_check(resource_id, &admitted.resource.settings, now);
-            effects.schedule.push(retention_item(resource_id, now));
+            // The retention looks again when it may have something to delete: at once for
+            // counts (this backup may push one out), else when the oldest backup expires.
+            let check_at = match &admitted.service.settings.retention {
+                backup::Retention::Counts { .. } => Some(now),
+                backup::Retention::Days { days } => {
+                    admitted.resource.backups.first().map(|oldest| {
+                        (oldest.created_at + chrono::Duration::days(i64::from(*days))).max(now)
+                    })
+                }
+            };
+            if let Some(at) = check_at {
+                effects.schedule.push(retention_item(resource_id, at));
+            }
             effects.outbox = self.notices.created(
                 to,
                 &admitted.service,
@@ -928,8 +941,11 @@ impl Backups {
             let Some((due, missed_at)) = next else {
                 return Ok(Outcome::Nothing);
             };
-            if service.deleted || resource.deleted || resource.missed.is_some() || now < missed_at {
+            if service.deleted || resource.deleted || resource.missed.is_some() {
                 return Ok(Outcome::Nothing);
+            }
+            if now + decide::EARLY < missed_at {
+                return Ok(Outcome::NotYet(missed_at));
             }
             let missed = BackupMissed {
                 resource_id,
@@ -982,7 +998,7 @@ impl Backups {
             let (mut gone, reason, mut next) = match &service {
                 Some(service) if !service.deleted && !resource.deleted => {
                     let retention = &service.settings.retention;
-                    let gone = decide::expired(&resource.backups, retention, now);
+                    let gone = decide::expired(&resource.backups, retention, now + decide::EARLY);
                     let going: std::collections::HashSet<&Uuid> = gone.iter().collect();
                     let kept: Vec<Backup> = resource
                         .backups
@@ -1003,7 +1019,10 @@ impl Backups {
                 ),
             };
             if gone.is_empty() {
-                return Ok(Outcome::Nothing);
+                return Ok(match next {
+                    Some(at) if at > now => Outcome::NotYet(at),
+                    _ => Outcome::Nothing,
+                });
             }
             // A large sweep goes a batch at a time, each its own append: the rest at once
             // after, uploads answered in between.

@@ -13,6 +13,8 @@ use super::{Backups, CHECK_MISSED, DELETE_FILE, Outcome, RETENTION};
 /// The backups' due items, as the sleeper's action.
 pub struct BackupTimers {
     pub backups: Backups,
+    /// Where an item with nothing to do yet is moved to its time.
+    pub due: std::sync::Arc<dyn cairn_events::DueIndex>,
 }
 
 #[async_trait]
@@ -32,6 +34,13 @@ impl DueAction for BackupTimers {
                 match outcome {
                     Ok(Outcome::Written) => Ok(Handled::Done),
                     Ok(Outcome::Nothing) => Ok(Handled::Nothing),
+                    // Moved, not dropped: the next expiry or deadline stays in the index.
+                    Ok(Outcome::NotYet(at)) => self
+                        .due
+                        .reschedule_due(item, at)
+                        .await
+                        .map(|_| Handled::Done)
+                        .map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 }
             }
