@@ -45,7 +45,7 @@ use uuid::Uuid;
 
 pub use decide::{Invalid, Turned};
 pub use error::BackupError;
-pub use state::{ApiKey, Backup, BlobState, ResourceState, ServiceState};
+pub use state::{ApiKey, Backup, BlobState, Fold, ResourceState, ServiceState};
 
 use crate::blobs::{Blobs, Written};
 
@@ -53,7 +53,7 @@ use crate::blobs::{Blobs, Written};
 pub const KEY_PREFIX: &str = "cairn_bk_";
 /// How many times a command reads and decides again after losing a race.
 const TRIES: usize = 5;
-/// A resource's snapshot is renewed once this many events have come after it.
+/// A stream's snapshot is renewed once this many events have come after it.
 const SNAPSHOT_EVERY: usize = 64;
 /// Due-item actions: apply a resource's retention (after each backup, when its oldest
 /// backup expires, and when it is deleted), and delete a file no backup refers to.
@@ -211,27 +211,19 @@ impl Backups {
     }
 
     pub async fn service(&self, service_id: Uuid) -> Result<Option<ServiceState>, BackupError> {
-        let events = self
-            .events
-            .read_stream(&backup::service_stream(service_id))
-            .await?;
-        Ok(ServiceState::of(&events)?)
+        self.folded(&backup::service_stream(service_id)).await
     }
 
-    /// A resource as its stream tells it: from its last snapshot and the events after, a
-    /// new snapshot kept once [`SNAPSHOT_EVERY`] events have come since. A resource's
-    /// stream holds every backup stored and deleted, so without one each upload would
-    /// read them all.
     pub async fn resource(&self, resource_id: Uuid) -> Result<Option<ResourceState>, BackupError> {
-        let stream = backup::resource_stream(resource_id);
-        let snapshot = match self
-            .events
-            .read_snapshot(&stream, ResourceState::SNAPSHOT)
-            .await
-        {
-            Ok(snapshot) => snapshot
-                .and_then(|s| serde_json::from_value::<ResourceState>(s.state).ok())
-                .filter(|state| state.resource_id == resource_id),
+        self.folded(&backup::resource_stream(resource_id)).await
+    }
+
+    /// A stream's fold: from its last snapshot and the events after, a new snapshot kept
+    /// once [`SNAPSHOT_EVERY`] events have come since. Services and resources grow with
+    /// every key use and every backup stored and deleted, and are read on every upload.
+    async fn folded<S: Fold>(&self, stream: &str) -> Result<Option<S>, BackupError> {
+        let snapshot = match self.events.read_snapshot(stream, S::SNAPSHOT).await {
+            Ok(snapshot) => snapshot.and_then(|s| serde_json::from_value::<S>(s.state).ok()),
             Err(error) => {
                 tracing::warn!(%error, %stream, "a snapshot could not be read; reading the stream");
                 None
@@ -241,16 +233,16 @@ impl Backups {
             Some(mut state) => {
                 let events = self
                     .events
-                    .read_stream_after(&stream, state.version)
+                    .read_stream_after(stream, state.version())
                     .await?;
                 for event in &events {
-                    state.apply(event)?;
+                    state.fold_in(event)?;
                 }
                 Some((state, events.len()))
             }
             None => {
-                let events = self.events.read_stream(&stream).await?;
-                ResourceState::of(&events)?.map(|state| (state, events.len()))
+                let events = self.events.read_stream(stream).await?;
+                S::fold(&events)?.map(|state| (state, events.len()))
             }
         };
         let Some((state, read)) = state else {
@@ -258,13 +250,13 @@ impl Backups {
         };
         if read >= SNAPSHOT_EVERY {
             let snapshot = cairn_events::Snapshot {
-                version: state.version,
+                version: state.version(),
                 state: serde_json::to_value(&state).unwrap_or_default(),
             };
             // Derived data: a failure costs a longer read next time, nothing else.
             if let Err(error) = self
                 .events
-                .write_snapshot(&stream, ResourceState::SNAPSHOT, &snapshot)
+                .write_snapshot(stream, S::SNAPSHOT, &snapshot)
                 .await
             {
                 tracing::warn!(%error, %stream, "a snapshot could not be kept");

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// An API key of a service (its hash only).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKey {
     pub key_id: Uuid,
     pub name: String,
@@ -24,8 +24,8 @@ pub struct ApiKey {
     pub last_used: Option<DateTime<Utc>>,
 }
 
-/// A service as its stream tells it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A service as its stream tells it (kept in snapshots: see [`Fold`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceState {
     pub service_id: Uuid,
     pub owner: Uuid,
@@ -62,8 +62,17 @@ impl ServiceState {
             version: first.version,
         };
         for event in rest {
-            state.version = event.version;
-            let at = event.occurred_at;
+            state.apply(event)?;
+        }
+        Ok(Some(state))
+    }
+
+    /// Fold one more event of the service's stream in.
+    pub fn apply(&mut self, event: &Envelope) -> Result<(), DecodeError> {
+        let state = self;
+        state.version = event.version;
+        let at = event.occurred_at;
+        {
             match event.event_type.as_str() {
                 ServiceUpdated::TYPE => {
                     state.settings = ServiceUpdated::decode(event)?.settings;
@@ -100,12 +109,51 @@ impl ServiceState {
                 _ => {}
             }
         }
-        Ok(Some(state))
+        Ok(())
     }
 
     /// The live key whose hash is `hash`.
     pub fn key_with_hash(&self, hash: &str) -> Option<&ApiKey> {
         self.keys.iter().find(|k| k.hash == hash)
+    }
+}
+
+/// A fold of a stream the write side keeps snapshots of: a snapshot is its serialized
+/// shape, versioned by [`Fold::SNAPSHOT`] (change the fold or the fields, change the name).
+pub trait Fold: Serialize + serde::de::DeserializeOwned + Sized {
+    /// The name its snapshots are kept under.
+    const SNAPSHOT: &'static str;
+    /// Fold a whole stream; `None` for an empty one.
+    fn fold(events: &[Envelope]) -> Result<Option<Self>, DecodeError>;
+    /// Fold one more event in.
+    fn fold_in(&mut self, event: &Envelope) -> Result<(), DecodeError>;
+    /// The version of the last event folded in.
+    fn version(&self) -> i64;
+}
+
+impl Fold for ServiceState {
+    const SNAPSHOT: &'static str = "service-v1";
+    fn fold(events: &[Envelope]) -> Result<Option<Self>, DecodeError> {
+        Self::of(events)
+    }
+    fn fold_in(&mut self, event: &Envelope) -> Result<(), DecodeError> {
+        self.apply(event)
+    }
+    fn version(&self) -> i64 {
+        self.version
+    }
+}
+
+impl Fold for ResourceState {
+    const SNAPSHOT: &'static str = "resource-v1";
+    fn fold(events: &[Envelope]) -> Result<Option<Self>, DecodeError> {
+        Self::of(events)
+    }
+    fn fold_in(&mut self, event: &Envelope) -> Result<(), DecodeError> {
+        self.apply(event)
+    }
+    fn version(&self) -> i64 {
+        self.version
     }
 }
 
@@ -125,9 +173,7 @@ pub struct Refusals {
     pub since_notice: u32,
 }
 
-/// A resource as its stream tells it. Kept in snapshots ([`ResourceState::SNAPSHOT`]), so
-/// its serialized shape is versioned by that name: change the fold or the fields, change
-/// the name.
+/// A resource as its stream tells it (kept in snapshots: see [`Fold`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResourceState {
     pub resource_id: Uuid,
@@ -174,9 +220,6 @@ impl ResourceState {
         }
         Ok(Some(state))
     }
-
-    /// The name its snapshots are kept under.
-    pub const SNAPSHOT: &'static str = "resource-v1";
 
     /// Fold one more event of the resource's stream in.
     pub fn apply(&mut self, event: &Envelope) -> Result<(), DecodeError> {
