@@ -155,6 +155,27 @@ pub trait EventStore: Send + Sync + 'static {
         categories: &[&str],
     ) -> Result<Vec<Envelope>, StoreError>;
 
+    /// Up to `limit` of the events `actor` caused (their [`Metadata::actor`]) in
+    /// `category`, after `after` and up to `up_to`, in global order: what one user wrote,
+    /// without reading everyone's.
+    async fn read_by_actor(
+        &self,
+        actor: &str,
+        category: &str,
+        after: Position,
+        up_to: Position,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StoreError>;
+
+    /// How the events `actor` caused in `category` up to `up_to` fall on days (UTC, by
+    /// `occurred_at`), earliest first: per day how many, and the first and last position.
+    async fn days_by_actor(
+        &self,
+        actor: &str,
+        category: &str,
+        up_to: Position,
+    ) -> Result<Vec<DaySpan>, StoreError>;
+
     /// The position of the newest committed event (0 when empty).
     async fn head(&self) -> Result<Position, StoreError>;
 
@@ -174,6 +195,15 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// "postgres" or "sqlite".
     fn backend(&self) -> &'static str;
+}
+
+/// One day of an actor's events ([`EventStore::days_by_actor`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DaySpan {
+    pub day: chrono::NaiveDate,
+    pub count: u64,
+    pub first: Position,
+    pub last: Position,
 }
 
 /// A write side's fold of a stream up to `version`, as it serialized it.

@@ -30,6 +30,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "snapshots",
         sql: include_str!("../../migrations/postgres/0004_snapshots.sql"),
     },
+    Migration {
+        version: 5,
+        name: "actors",
+        sql: include_str!("../../migrations/postgres/0005_actors.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -52,5 +57,10 @@ pub const SQLITE: &[Migration] = &[
         version: 4,
         name: "snapshots",
         sql: include_str!("../../migrations/sqlite/0004_snapshots.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "actors",
+        sql: include_str!("../../migrations/sqlite/0005_actors.sql"),
     },
 ];

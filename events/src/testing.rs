@@ -406,6 +406,66 @@ pub async fn subscribers_are_woken(store: Arc<dyn EventStore>) {
     assert!(before < appended.last_position);
 }
 
+/// An actor's events are read by category and position, and counted by day.
+pub async fn events_by_actor(store: Arc<dyn EventStore>) {
+    let at = |day: u32, actor: &str, n: u64| {
+        let mut event = NewEvent::new(
+            &Noted { n },
+            Metadata {
+                actor: Some(actor.into()),
+                ..Metadata::default()
+            },
+        );
+        event.occurred_at = chrono::NaiveDate::from_ymd_opt(2026, 11, day)
+            .and_then(|d| d.and_hms_opt(23, 59, 59))
+            .unwrap()
+            .and_utc();
+        event
+    };
+    let append = |stream: &str, event: NewEvent| {
+        AppendRequest::new(stream, ExpectedVersion::Any, vec![event])
+    };
+    for (stream, event) in [
+        ("note-1", at(24, "ann", 1)),
+        ("note-2", at(24, "bob", 2)),
+        ("other-1", at(24, "ann", 3)),
+        ("note-3", at(25, "ann", 4)),
+        ("note-4", at(25, "ann", 5)),
+        ("note-5", at(26, "ann", 6)),
+    ] {
+        store.append(append(stream, event)).await.unwrap();
+    }
+    let ns = |events: Vec<crate::Envelope>| -> Vec<u64> {
+        events.iter().map(|e| Noted::decode(e).unwrap().n).collect()
+    };
+    let read = |after, up_to, limit| store.read_by_actor("ann", "note", after, up_to, limit);
+    assert_eq!(ns(read(0, 6, 100).await.unwrap()), [1, 4, 5, 6]);
+    assert_eq!(ns(read(1, 6, 2).await.unwrap()), [4, 5]);
+    assert_eq!(ns(read(0, 5, 100).await.unwrap()), [1, 4, 5], "up to 5");
+    assert!(read(6, 6, 100).await.unwrap().is_empty());
+
+    let days = store.days_by_actor("ann", "note", 5).await.unwrap();
+    let day = |d| chrono::NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+    assert_eq!(
+        days,
+        [
+            crate::DaySpan {
+                day: day(24),
+                count: 1,
+                first: 1,
+                last: 1
+            },
+            crate::DaySpan {
+                day: day(25),
+                count: 2,
+                first: 4,
+                last: 5
+            },
+        ]
+    );
+    assert!(store.days_by_actor("cy", "note", 6).await.unwrap().is_empty());
+}
+
 /// A lease is granted and can be checked.
 pub async fn leases(store: Arc<dyn EventStore>) {
     let mut lease = store
@@ -940,6 +1000,10 @@ macro_rules! event_store_suite {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn subscribers_are_woken() {
             $crate::testing::subscribers_are_woken($fresh.await).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn events_by_actor() {
+            $crate::testing::events_by_actor($fresh.await).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn leases() {

@@ -159,6 +159,31 @@ impl<S: Store> EventStore for Guarded<S> {
             .await
     }
 
+    async fn read_by_actor(
+        &self,
+        actor: &str,
+        category: &str,
+        after: Position,
+        up_to: Position,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        self.call(
+            self.inner
+                .read_by_actor(actor, category, after, up_to, limit),
+        )
+        .await
+    }
+
+    async fn days_by_actor(
+        &self,
+        actor: &str,
+        category: &str,
+        up_to: Position,
+    ) -> Result<Vec<crate::DaySpan>, StoreError> {
+        self.call(self.inner.days_by_actor(actor, category, up_to))
+            .await
+    }
+
     async fn head(&self) -> Result<Position, StoreError> {
         self.call(self.inner.head()).await
     }

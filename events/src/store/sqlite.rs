@@ -29,7 +29,7 @@ use crate::group_commit::{BatchWriter, Committer, plan};
 use crate::migrate::SQLITE as MIGRATIONS;
 use crate::work::{BatchWork, WorkSignals, after, earliest_first, oldest_first};
 use crate::{
-    AppendRequest, AppendStats, Appended, DueIndex, DueItem, DueStatus, Envelope, EventStore,
+    AppendRequest, AppendStats, Appended, DaySpan, DueIndex, DueItem, DueStatus, Envelope, EventStore,
     Lease, Outbox, OutboxMessage, OutboxStatus, Outcome, PendingItem, Position, QueuedMessage,
     Snapshot, StoreError, WorkStats,
 };
@@ -840,6 +840,60 @@ impl EventStore for SqliteStore {
             .await?
         };
         rows.iter().map(decode).collect()
+    }
+
+    async fn read_by_actor(
+        &self,
+        actor: &str,
+        category: &str,
+        after: Position,
+        up_to: Position,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = sqlx::query(
+            "SELECT position, event_id, stream_id, version, event_type, schema_version, payload, metadata, occurred_at
+             FROM events WHERE json_extract(metadata, '$.actor') = ?1 AND category = ?2 AND position > ?3 AND position <= ?4
+             ORDER BY position LIMIT ?5",
+        )
+        .bind(actor)
+        .bind(category)
+        .bind(after)
+        .bind(up_to)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    async fn days_by_actor(
+        &self,
+        actor: &str,
+        category: &str,
+        up_to: Position,
+    ) -> Result<Vec<DaySpan>, StoreError> {
+        let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT substr(occurred_at, 1, 10) AS day, count(*), min(position), max(position)
+             FROM events WHERE json_extract(metadata, '$.actor') = ?1 AND category = ?2 AND position <= ?3
+             GROUP BY day ORDER BY day",
+        )
+        .bind(actor)
+        .bind(category)
+        .bind(up_to)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(day, count, first, last)| {
+                Ok(DaySpan {
+                    day: day
+                        .parse()
+                        .map_err(|_| StoreError::Corrupt(format!("the day {day:?}")))?,
+                    count: u64::try_from(count).unwrap_or(0),
+                    first,
+                    last,
+                })
+            })
+            .collect()
     }
 
     async fn head(&self) -> Result<Position, StoreError> {
