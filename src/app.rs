@@ -13,9 +13,10 @@ use axum::http::StatusCode;
 use axum::middleware;
 use axum::routing::get;
 use cairn_command::backups::timers::BackupTimers;
+use cairn_command::exports::timers::ExportTimers;
 use cairn_command::capsules::timers::{self, CapsuleTimers};
 use cairn_command::{CommandState, TokenRegistry, UploadState};
-use cairn_events::domain::{backup, capsule};
+use cairn_events::domain::{backup, capsule, export};
 use cairn_events::{Clock, EventStore, NoWait, ReadYourWrites, Store};
 use cairn_http::ApiError;
 use cairn_query::projections::{CheckpointPoller, Messages, Projection, Trends};
@@ -31,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::backends::{
-    backups, capsules, lock_data_dir, mailer, open_blobs, open_read, open_store,
+    backups, capsules, exports, lock_data_dir, mailer, open_blobs, open_read, open_store,
 };
 use crate::client_ip;
 use crate::config::Config;
@@ -101,15 +102,24 @@ impl Application {
         let read = open_read(config, &*events).await?;
         // Only the roles that write capsules or act on them open the blob store and the
         // link key; query and projector processes need neither.
-        let (capsules, backups) = if matches!(role, Role::All | Role::Command | Role::Scheduler) {
-            let blobs = open_blobs(config)?;
-            (
-                Some(capsules(config, events.clone(), blobs.clone(), clock.clone()).await?),
-                Some(backups(config, events.clone(), blobs, clock.clone()).await?),
-            )
-        } else {
-            (None, None)
-        };
+        let (capsules, backups, exports) =
+            if matches!(role, Role::All | Role::Command | Role::Scheduler) {
+                let blobs = open_blobs(config)?;
+                let capsules = capsules(config, events.clone(), blobs.clone(), clock.clone()).await?;
+                let backups = backups(config, events.clone(), blobs.clone(), clock.clone()).await?;
+                let exports = exports(
+                    config,
+                    events.clone(),
+                    blobs,
+                    clock.clone(),
+                    backups.clone(),
+                    capsules.clone(),
+                )
+                .await?;
+                (Some(capsules), Some(backups), Some(exports))
+            } else {
+                (None, None, None)
+            };
 
         let mut tasks = Vec::new();
         let tokens = TokenRegistry::new();
@@ -157,8 +167,12 @@ impl Application {
         } else {
             None
         };
-        let scheduler = if let (Role::All | Role::Scheduler, Some(capsules), Some(backups)) =
-            (role, &capsules, &backups)
+        let scheduler = if let (
+            Role::All | Role::Scheduler,
+            Some(capsules),
+            Some(backups),
+            Some(exports),
+        ) = (role, &capsules, &backups, &exports)
         {
             let metrics = Arc::new(SchedulerMetrics::default());
             let maintenance = Arc::new(maintenance(
@@ -190,6 +204,13 @@ impl Application {
                     backup::BLOB,
                     Arc::new(BackupTimers {
                         backups: backups.clone(),
+                        due: store.clone(),
+                    }),
+                )
+                .with(
+                    export::CATEGORY,
+                    Arc::new(ExportTimers {
+                        exports: exports.clone(),
                         due: store.clone(),
                     }),
                 );
@@ -246,21 +267,29 @@ impl Application {
             .route("/metrics", get(ops::metrics))
             .with_state(ops.clone())
             .merge(SwaggerUi::new("/docs").url("/openapi.json", ops::openapi()));
-        if let (Role::All | Role::Command, Some(capsules), Some(backups)) =
-            (role, &capsules, &backups)
+        let command_state = if let (
+            Role::All | Role::Command,
+            Some(capsules),
+            Some(backups),
+            Some(exports),
+        ) = (role, &capsules, &backups, &exports)
         {
+            let state = CommandState {
+                events: events.clone(),
+                tokens: tokens.clone(),
+                read_your_writes,
+                read_your_writes_timeout: Duration::from_millis(config.read_your_writes_ms),
+                capsules: capsules.clone(),
+                backups: backups.clone(),
+                exports: exports.clone(),
+            };
             router = router.merge(
-                cairn_command::router(CommandState {
-                    events: events.clone(),
-                    tokens: tokens.clone(),
-                    read_your_writes,
-                    read_your_writes_timeout: Duration::from_millis(config.read_your_writes_ms),
-                    capsules: capsules.clone(),
-                    backups: backups.clone(),
-                })
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
+                cairn_command::router(state.clone()).map_err(|e| anyhow::anyhow!("{e}"))?,
             );
-        }
+            Some(state)
+        } else {
+            None
+        };
         if matches!(role, Role::All | Role::Query) {
             router = router.merge(cairn_query::router(QueryState {
                 read: read.clone(),
@@ -285,6 +314,11 @@ impl Application {
                     capsules,
                     Duration::from_secs(config.upload_idle_timeout),
                 )))
+                .merge(cairn_command::export_long_router(
+                    command_state
+                        .clone()
+                        .context("the command role has its state")?,
+                ))
                 .merge(cairn_command::backup_upload_router(
                     cairn_command::backups::upload::UploadState::new(
                         backups,

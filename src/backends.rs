@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use cairn_command::backups::Backups;
+use cairn_command::exports::Exports;
 use cairn_command::blobs::Blobs;
 use cairn_command::capsules::limits::{RedisLimits, SlidingLog};
 use cairn_command::capsules::{self, Capsules, Links, Rules};
@@ -228,4 +229,21 @@ pub fn lock_data_dir(config: &Config) -> anyhow::Result<File> {
             Err(e).with_context(|| format!("locking {}", path.display()))
         }
     }
+}
+
+/// The export use cases as configured.
+pub async fn exports(
+    config: &Config,
+    events: Arc<dyn EventStore>,
+    blobs: Blobs,
+    clock: Clock,
+    backups: Backups,
+    capsules: Capsules,
+) -> anyhow::Result<Exports> {
+    let key = link_key(config, &*events).await?;
+    let mut exports = Exports::new(events, blobs, clock, backups, capsules, &key, &config.public_url)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    exports.retention = chrono::Duration::days(i64::try_from(config.export_retention_days)?);
+    exports.link_ttl = exports.retention;
+    Ok(exports)
 }

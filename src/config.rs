@@ -165,6 +165,8 @@ settings! {
         backup_uploads: usize = 128,
         /// Backup uploads at once from one client address.
         backup_uploads_per_client: usize = 16,
+        /// How long a finished export's bundle is kept, in days.
+        export_retention_days: u64 = 7,
     }
 }
 
@@ -347,6 +349,9 @@ impl Config {
         if !(1..=3600).contains(&self.upload_idle_timeout) {
             bail!("CAIRN_UPLOAD_IDLE_TIMEOUT must be 1 to 3600 seconds");
         }
+        if !(1..=36_500).contains(&self.export_retention_days) {
+            bail!("CAIRN_EXPORT_RETENTION_DAYS must be 1 to 36500 days");
+        }
         if self.backup_uploads == 0 || self.backup_uploads_per_client == 0 {
             bail!("CAIRN_BACKUP_UPLOADS and CAIRN_BACKUP_UPLOADS_PER_CLIENT must be at least 1");
         }
@@ -517,6 +522,7 @@ mod tests {
         ("upload_idle_timeout", "3", "3"),
         ("backup_uploads", "9", "9"),
         ("backup_uploads_per_client", "2", "2"),
+        ("export_retention_days", "3", "3"),
     ];
 
     #[test]

@@ -298,7 +298,7 @@ struct OpsApi;
 
 /// The OpenAPI document of every route this binary can serve.
 /// Each part's document, the message routes first.
-fn openapi_parts() -> [utoipa::openapi::OpenApi; 10] {
+fn openapi_parts() -> [utoipa::openapi::OpenApi; 11] {
     [
         cairn_command::CommandApi::openapi(),
         cairn_query::QueryApi::openapi(),
@@ -309,6 +309,7 @@ fn openapi_parts() -> [utoipa::openapi::OpenApi; 10] {
         cairn_command::FilesApi::openapi(),
         cairn_command::BackupApi::openapi(),
         cairn_command::BackupUploadApi::openapi(),
+        cairn_command::ExportApi::openapi(),
         OpsApi::openapi(),
     ]
 }

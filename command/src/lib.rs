@@ -36,6 +36,7 @@ pub mod auth;
 pub mod backups;
 pub mod blobs;
 pub mod capsules;
+pub mod exports;
 pub mod intake;
 pub mod messages;
 pub mod users;
@@ -54,6 +55,7 @@ pub use capsules::chronoria::ChronoriaApi;
 pub use capsules::files::FilesApi;
 pub use capsules::pages::PagesApi;
 pub use capsules::upload::{UploadApi, UploadState};
+pub use exports::api::ExportApi;
 pub use messages::CommandApi;
 
 /// What the command routes need.
@@ -67,6 +69,7 @@ pub struct CommandState {
     pub read_your_writes_timeout: Duration,
     pub capsules: capsules::Capsules,
     pub backups: backups::Backups,
+    pub exports: exports::Exports,
 }
 
 pub fn router(state: CommandState) -> Result<Router, capsules::CapsuleError> {
@@ -77,6 +80,7 @@ pub fn router(state: CommandState) -> Result<Router, capsules::CapsuleError> {
         .merge(capsules::files::router().with_state(state.capsules.clone()));
     Ok(messages::router()
         .merge(backups::api::router())
+        .merge(exports::api::router())
         .with_state(state)
         .merge(chronoria)
         .merge(pages))
@@ -86,6 +90,12 @@ pub fn router(state: CommandState) -> Result<Router, capsules::CapsuleError> {
 /// with their own (see [`capsules::upload`]).
 pub fn upload_router(state: UploadState) -> Router {
     capsules::upload::router(state)
+}
+
+/// The export routes that last as long as their client: the bundle's download and the
+/// progress events (outside the request time limit).
+pub fn export_long_router(state: CommandState) -> Router {
+    exports::api::long_router().with_state(state)
 }
 
 /// The Dome-compatible backup upload routes (their own body limit and idle timeout).

@@ -232,7 +232,7 @@ impl ServiceInput {
 }
 
 #[derive(Serialize, ToSchema)]
-struct KeyView {
+pub(crate) struct KeyView {
     id: String,
     name: String,
     #[schema(format = DateTime)]
@@ -254,7 +254,7 @@ impl From<&ApiKey> for KeyView {
 }
 
 #[derive(Serialize, ToSchema)]
-struct ServiceData {
+pub(crate) struct ServiceData {
     id: String,
     name: String,
     description: String,
@@ -376,7 +376,7 @@ where
 /// after it was due is missed.
 #[derive(Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ExpectedIn {
+pub(crate) struct ExpectedIn {
     #[schema(example = "0 3 * * *")]
     cron: Option<String>,
     /// With `cron`: an IANA time zone (default `UTC`).
@@ -428,7 +428,7 @@ impl ResourceInput {
 }
 
 #[derive(Serialize, ToSchema)]
-struct ResourceData {
+pub(crate) struct ResourceData {
     id: String,
     service: String,
     name: String,
@@ -464,7 +464,7 @@ struct ResourceList {
 }
 
 #[derive(Serialize, ToSchema)]
-struct BackupView {
+pub(crate) struct BackupView {
     id: String,
     resource: String,
     format: String,
@@ -519,7 +519,7 @@ fn ids(path: Result<Path<(String, String)>, PathRejection>) -> Result<(Uuid, Uui
         .ok_or_else(ApiError::not_found)
 }
 
-fn resource_data(backups: &Backups, resource: &ResourceState) -> ResourceData {
+pub(crate) fn resource_data(backups: &Backups, resource: &ResourceState) -> ResourceData {
     ResourceData {
         id: resource.resource_id.to_string(),
         service: resource.service_id.to_string(),
@@ -540,7 +540,7 @@ fn resource_data(backups: &Backups, resource: &ResourceState) -> ResourceData {
     }
 }
 
-fn backup_view(backups: &Backups, backup: &Backup) -> BackupView {
+pub(crate) fn backup_view(backups: &Backups, backup: &Backup) -> BackupView {
     let stored = &backup.stored;
     BackupView {
         id: stored.backup_id.to_string(),

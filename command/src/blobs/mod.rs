@@ -91,6 +91,26 @@ impl Blobs {
         })
     }
 
+    /// A stored file's bytes as they are read; `Ok(None)`: no such file.
+    pub async fn chunks(
+        &self,
+        blob: &str,
+    ) -> Result<
+        Option<futures_util::stream::BoxStream<'static, Result<axum::body::Bytes, BlobError>>>,
+        BlobError,
+    > {
+        match self.store.get(&Path::from(blob)).await {
+            Ok(found) => Ok(Some(
+                found
+                    .into_stream()
+                    .map(|chunk| chunk.map_err(BlobError::from))
+                    .boxed(),
+            )),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Copy a stored file into `out`; how many bytes. `Ok(None)`: no such file.
     pub async fn copy_to(
         &self,
@@ -246,7 +266,7 @@ async fn abort_writer(writer: WriteMultipart, blob: String) {
 }
 
 /// Lowercase hex.
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes.iter().fold(String::with_capacity(64), |mut out, b| {
         let _ = write!(out, "{b:02x}");

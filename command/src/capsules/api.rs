@@ -154,7 +154,7 @@ struct CapsuleView {
 }
 
 #[derive(Serialize, ToSchema)]
-struct CapsuleData {
+pub(crate) struct CapsuleData {
     id: String,
     /// `pending`, `active`, `released`, `cancelled` or `expired`.
     #[schema(value_type = String, example = "active")]
@@ -454,24 +454,33 @@ async fn status(
     .await;
     let (id, state, history) = outcome.map_err(CapsuleError::json)?;
     Ok(Json(CapsuleView {
-        data: CapsuleData {
-            id: id.to_string(),
-            status: state.status,
-            status_since: stamp(state.since),
-            sender: PartyView {
-                name: state.submitted.sender.name.as_str().to_owned(),
-            },
-            recipient: PartyView {
-                name: state.submitted.recipient.name.as_str().to_owned(),
-            },
-            submitted_at: stamp(state.submitted_at),
-            send_at: stamp(state.submitted.send_at),
-            has_file: state.submitted.attachment.is_some(),
-            schedule: state.submitted.schedule.as_ref().map(ScheduleView::of),
-            next_at: state.next_occurrence().map(|o| stamp(o.scheduled_at)),
-            deliveries: state.deliveries,
-            history: history.entries.iter().map(HistoryEntry::from).collect(),
-            history_omitted: history.omitted,
-        },
+        data: capsule_data(id, &state, &history),
     }))
+}
+
+/// A capsule as `GET /capsules/{id}` shows it.
+pub(crate) fn capsule_data(
+    id: uuid::Uuid,
+    state: &crate::capsules::CapsuleState,
+    history: &crate::capsules::history::History,
+) -> CapsuleData {
+    CapsuleData {
+        id: id.to_string(),
+        status: state.status,
+        status_since: stamp(state.since),
+        sender: PartyView {
+            name: state.submitted.sender.name.as_str().to_owned(),
+        },
+        recipient: PartyView {
+            name: state.submitted.recipient.name.as_str().to_owned(),
+        },
+        submitted_at: stamp(state.submitted_at),
+        send_at: stamp(state.submitted.send_at),
+        has_file: state.submitted.attachment.is_some(),
+        schedule: state.submitted.schedule.as_ref().map(ScheduleView::of),
+        next_at: state.next_occurrence().map(|o| stamp(o.scheduled_at)),
+        deliveries: state.deliveries,
+        history: history.entries.iter().map(HistoryEntry::from).collect(),
+        history_omitted: history.omitted,
+    }
 }

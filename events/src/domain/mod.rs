@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod capsule;
 pub mod email;
+pub mod export;
 pub mod message;
 pub mod user;
 pub mod webhook;

@@ -1,0 +1,234 @@
+//! Live progress, straight from the export's stream: `GET /exports/{id}/events` as
+//! Server-Sent Events (each event's id is the stream version it shows, so a client that
+//! reconnects with `Last-Event-ID` goes on where it was), and a page with a progress bar
+//! that follows them, or, without JavaScript, refreshes itself.
+//!
+//! A watcher reads the stream after the version it has shown when the log grows (the
+//! store's hint) or a second has passed (a step recorded by another process), so a
+//! thousand watchers cost a thousand small reads per step, and nothing between steps.
+
+use std::time::Duration;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use cairn_events::domain::export;
+use futures_util::Stream;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::state::ExportState;
+use super::{ExportError, Exports};
+
+/// The longest a watcher waits before reading again without a hint.
+const POLL: Duration = Duration::from_secs(1);
+/// The shortest time between two reads of one watcher.
+const MIN_GAP: Duration = Duration::from_millis(100);
+
+/// What each event carries.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Progress {
+    pub status: &'static str,
+    pub done: usize,
+    pub total: usize,
+    /// The step running or about to, while one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// Why the last try failed (retrying), or why the export failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl From<&ExportState> for Progress {
+    fn from(export: &ExportState) -> Self {
+        Progress {
+            status: export.status.as_str(),
+            done: export.done.min(export.steps.len()),
+            total: export.steps.len(),
+            step: (!export.status.is_over())
+                .then(|| export.current_step())
+                .flatten(),
+            error: export.failure.clone().or_else(|| {
+                (!export.status.is_over())
+                    .then(|| export.last_error.clone())
+                    .flatten()
+            }),
+        }
+    }
+}
+
+struct Watch {
+    exports: Exports,
+    export: ExportState,
+    /// The version last shown.
+    shown: i64,
+    hint: tokio::sync::watch::Receiver<cairn_events::Position>,
+    ended: bool,
+}
+
+impl Exports {
+    /// The progress events of `export`, after the one with id `last_seen` (none: the state
+    /// now first), until it ends.
+    pub fn progress(
+        &self,
+        export: ExportState,
+        last_seen: Option<i64>,
+    ) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>> + use<>> {
+        let watch = Watch {
+            hint: self.events.subscribe(),
+            exports: self.clone(),
+            shown: last_seen.unwrap_or(0).min(export.version),
+            ended: false,
+            export,
+        };
+        let stream = futures_util::stream::unfold(watch, |mut watch| async move {
+            if watch.ended {
+                return None;
+            }
+            loop {
+                if watch.export.version > watch.shown {
+                    watch.shown = watch.export.version;
+                    watch.ended = watch.export.status.is_over() && !watch.export.syncing();
+                    let data = serde_json::to_string(&Progress::from(&watch.export))
+                        .unwrap_or_default();
+                    let event = Event::default()
+                        .event("progress")
+                        .id(watch.shown.to_string())
+                        .data(data);
+                    return Some((Ok(event), watch));
+                }
+                if watch.export.status.is_over() && !watch.export.syncing() {
+                    return None;
+                }
+                let _ = tokio::time::timeout(POLL, watch.hint.changed()).await;
+                tokio::time::sleep(MIN_GAP).await;
+                match watch.exports.read_more(&mut watch.export).await {
+                    Ok(()) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "export progress could not be read");
+                        tokio::time::sleep(POLL).await;
+                    }
+                }
+            }
+        });
+        Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    }
+
+    /// Apply what was appended to `export`'s stream since it was read.
+    async fn read_more(&self, export: &mut ExportState) -> Result<(), ExportError> {
+        let events = self
+            .events
+            .read_stream_after(&export::stream(export.id()), export.version)
+            .await?;
+        for event in &events {
+            export.apply(event)?;
+        }
+        Ok(())
+    }
+
+    /// The progress page: a bar, the step, and, while the export runs, a refresh every
+    /// two seconds for browsers without JavaScript; with it, the bar follows the events.
+    pub fn page(&self, export: &ExportState, events_url: &str) -> String {
+        let progress = Progress::from(export);
+        let percent = if progress.total == 0 {
+            0
+        } else {
+            progress.done * 100 / progress.total
+        };
+        let running = !export.status.is_over();
+        let refresh = if running {
+            r#"<noscript><meta http-equiv="refresh" content="2"></noscript>"#
+        } else {
+            ""
+        };
+        let step = progress.step.clone().unwrap_or_default();
+        let error = progress.error.clone().unwrap_or_default();
+        let download = match (&export.bundle, export.expired) {
+            (Some(_), false) => format!(
+                r#"<p id="download"><a href="{}">Download the bundle</a></p>"#,
+                escape(&self.bundle_link(export.id(), self.now()))
+            ),
+            _ => String::new(),
+        };
+        format!(
+            r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+{refresh}
+<title>Export {id}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 40rem; margin: 3rem auto; padding: 0 1rem; }}
+progress {{ width: 100%; height: 1.5rem; }}
+.error {{ color: #a00; }}
+</style>
+</head>
+<body>
+<h1>Export</h1>
+<p>Status: <strong id="status">{status}</strong></p>
+<progress id="bar" max="{total}" value="{done}">{percent}%</progress>
+<p><span id="count">{done}/{total}</span> steps <span id="step">{step}</span></p>
+<p class="error" id="error">{error}</p>
+{download}
+<script>
+(function () {{
+  if (!window.EventSource || {over}) return;
+  var source = new EventSource({events});
+  source.addEventListener("progress", function (e) {{
+    var p = JSON.parse(e.data);
+    document.getElementById("status").textContent = p.status;
+    var bar = document.getElementById("bar");
+    bar.max = p.total; bar.value = p.done;
+    document.getElementById("count").textContent = p.done + "/" + p.total;
+    document.getElementById("step").textContent = p.step || "";
+    document.getElementById("error").textContent = p.error || "";
+    if (p.status === "completed" || p.status === "failed" || p.status === "cancelled") {{
+      source.close();
+      window.location.reload();
+    }}
+  }});
+}})();
+</script>
+</body>
+</html>
+"#,
+            id = export.id(),
+            status = progress.status,
+            total = progress.total,
+            done = progress.done,
+            step = escape(&step),
+            error = escape(&error),
+            over = !running,
+            events = serde_json::to_string(events_url).unwrap_or_default(),
+        )
+    }
+}
+
+/// Text safe inside HTML.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The id of the last event a reconnecting client saw.
+pub fn last_event_id(headers: &axum::http::HeaderMap) -> Option<i64> {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether `id` is an export id at all.
+pub fn parse_id(raw: &str) -> Option<Uuid> {
+    Uuid::parse_str(raw).ok()
+}
