@@ -13,8 +13,8 @@ use axum::http::StatusCode;
 use axum::middleware;
 use axum::routing::get;
 use cairn_command::backups::timers::BackupTimers;
-use cairn_command::exports::timers::ExportTimers;
 use cairn_command::capsules::timers::{self, CapsuleTimers};
+use cairn_command::exports::timers::ExportTimers;
 use cairn_command::{CommandState, TokenRegistry, UploadState};
 use cairn_events::domain::{backup, capsule, export};
 use cairn_events::{Clock, EventStore, NoWait, ReadYourWrites, Store};
@@ -105,7 +105,8 @@ impl Application {
         let (capsules, backups, exports) =
             if matches!(role, Role::All | Role::Command | Role::Scheduler) {
                 let blobs = open_blobs(config)?;
-                let capsules = capsules(config, events.clone(), blobs.clone(), clock.clone()).await?;
+                let capsules =
+                    capsules(config, events.clone(), blobs.clone(), clock.clone()).await?;
                 let backups = backups(config, events.clone(), blobs.clone(), clock.clone()).await?;
                 let exports = exports(
                     config,
@@ -167,78 +168,75 @@ impl Application {
         } else {
             None
         };
-        let scheduler = if let (
-            Role::All | Role::Scheduler,
-            Some(capsules),
-            Some(backups),
-            Some(exports),
-        ) = (role, &capsules, &backups, &exports)
-        {
-            let metrics = Arc::new(SchedulerMetrics::default());
-            let maintenance = Arc::new(maintenance(
-                config,
-                &store,
-                capsules,
-                backups,
-                clock.clone(),
-            )?);
-            maintenance
-                .plan()
-                .await
-                .context("planning the maintenance jobs")?;
-            let jobs = ByCategory::default()
-                .with(
-                    capsule::CATEGORY,
-                    Arc::new(CapsuleTimers {
-                        capsules: capsules.clone(),
-                    }),
-                )
-                .with(
-                    backup::RESOURCE,
-                    Arc::new(BackupTimers {
-                        backups: backups.clone(),
-                        due: store.clone(),
-                    }),
-                )
-                .with(
-                    backup::BLOB,
-                    Arc::new(BackupTimers {
-                        backups: backups.clone(),
-                        due: store.clone(),
-                    }),
-                )
-                .with(
-                    export::CATEGORY,
-                    Arc::new(ExportTimers {
-                        exports: exports.clone(),
-                        due: store.clone(),
-                    }),
-                );
-            let actions = maintenance.around(Arc::new(jobs));
-            let mut sleeper = Sleeper::new(store.clone(), actions)
-                .with_clock(clock.clone())
-                .with_metrics(metrics.clone());
-            sleeper.hold = Duration::from_secs(config.due_claim_seconds);
-            tasks.push(tokio::spawn(sleeper.run(shutdown.clone())));
-            let emails = EmailDelivery {
-                events: events.clone(),
-                mailer: mailer(config)?,
+        let scheduler =
+            if let (Role::All | Role::Scheduler, Some(capsules), Some(backups), Some(exports)) =
+                (role, &capsules, &backups, &exports)
+            {
+                let metrics = Arc::new(SchedulerMetrics::default());
+                let maintenance = Arc::new(maintenance(
+                    config,
+                    &store,
+                    capsules,
+                    backups,
+                    clock.clone(),
+                )?);
+                maintenance
+                    .plan()
+                    .await
+                    .context("planning the maintenance jobs")?;
+                let jobs = ByCategory::default()
+                    .with(
+                        capsule::CATEGORY,
+                        Arc::new(CapsuleTimers {
+                            capsules: capsules.clone(),
+                        }),
+                    )
+                    .with(
+                        backup::RESOURCE,
+                        Arc::new(BackupTimers {
+                            backups: backups.clone(),
+                            due: store.clone(),
+                        }),
+                    )
+                    .with(
+                        backup::BLOB,
+                        Arc::new(BackupTimers {
+                            backups: backups.clone(),
+                            due: store.clone(),
+                        }),
+                    )
+                    .with(
+                        export::CATEGORY,
+                        Arc::new(ExportTimers {
+                            exports: exports.clone(),
+                            due: store.clone(),
+                        }),
+                    );
+                let actions = maintenance.around(Arc::new(jobs));
+                let mut sleeper = Sleeper::new(store.clone(), actions)
+                    .with_clock(clock.clone())
+                    .with_metrics(metrics.clone());
+                sleeper.hold = Duration::from_secs(config.due_claim_seconds);
+                tasks.push(tokio::spawn(sleeper.run(shutdown.clone())));
+                let emails = EmailDelivery {
+                    events: events.clone(),
+                    mailer: mailer(config)?,
+                };
+                let webhooks = WebhookDelivery::new().map_err(|e| anyhow::anyhow!(e))?;
+                let deliveries: [Arc<dyn Delivery>; 2] = [Arc::new(emails), Arc::new(webhooks)];
+                for delivery in deliveries {
+                    let mut worker =
+                        OutboxWorker::new(store.clone(), delivery).with_metrics(metrics.clone());
+                    worker.policy.hold = Duration::from_secs(config.outbox_claim_seconds);
+                    tasks.push(tokio::spawn(worker.run(shutdown.clone())));
+                }
+                Some(ops::SchedulerOps {
+                    metrics,
+                    store: store.clone(),
+                })
+            } else {
+                None
             };
-            let webhooks = WebhookDelivery::new().map_err(|e| anyhow::anyhow!(e))?;
-            let deliveries: [Arc<dyn Delivery>; 2] = [Arc::new(emails), Arc::new(webhooks)];
-            for delivery in deliveries {
-                let mut worker =
-                    OutboxWorker::new(store.clone(), delivery).with_metrics(metrics.clone());
-                worker.policy.hold = Duration::from_secs(config.outbox_claim_seconds);
-                tasks.push(tokio::spawn(worker.run(shutdown.clone())));
-            }
-            Some(ops::SchedulerOps {
-                metrics,
-                store: store.clone(),
-            })
-        } else {
-            None
-        };
         let read_your_writes: Arc<dyn ReadYourWrites> = match (&runner, &config.redis_url) {
             (Some(handle), _) => Arc::new(handle.clone()),
             (None, Some(_)) => Arc::new(CheckpointPoller {
@@ -267,29 +265,26 @@ impl Application {
             .route("/metrics", get(ops::metrics))
             .with_state(ops.clone())
             .merge(SwaggerUi::new("/docs").url("/openapi.json", ops::openapi()));
-        let command_state = if let (
-            Role::All | Role::Command,
-            Some(capsules),
-            Some(backups),
-            Some(exports),
-        ) = (role, &capsules, &backups, &exports)
-        {
-            let state = CommandState {
-                events: events.clone(),
-                tokens: tokens.clone(),
-                read_your_writes,
-                read_your_writes_timeout: Duration::from_millis(config.read_your_writes_ms),
-                capsules: capsules.clone(),
-                backups: backups.clone(),
-                exports: exports.clone(),
+        let command_state =
+            if let (Role::All | Role::Command, Some(capsules), Some(backups), Some(exports)) =
+                (role, &capsules, &backups, &exports)
+            {
+                let state = CommandState {
+                    events: events.clone(),
+                    tokens: tokens.clone(),
+                    read_your_writes,
+                    read_your_writes_timeout: Duration::from_millis(config.read_your_writes_ms),
+                    capsules: capsules.clone(),
+                    backups: backups.clone(),
+                    exports: exports.clone(),
+                };
+                router = router.merge(
+                    cairn_command::router(state.clone()).map_err(|e| anyhow::anyhow!("{e}"))?,
+                );
+                Some(state)
+            } else {
+                None
             };
-            router = router.merge(
-                cairn_command::router(state.clone()).map_err(|e| anyhow::anyhow!("{e}"))?,
-            );
-            Some(state)
-        } else {
-            None
-        };
         if matches!(role, Role::All | Role::Query) {
             router = router.merge(cairn_query::router(QueryState {
                 read: read.clone(),

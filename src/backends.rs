@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use cairn_command::backups::Backups;
-use cairn_command::exports::Exports;
 use cairn_command::blobs::Blobs;
 use cairn_command::capsules::limits::{RedisLimits, SlidingLog};
 use cairn_command::capsules::{self, Capsules, Links, Rules};
+use cairn_command::exports::Exports;
 use cairn_events::{Clock, EventStore, Store};
 use cairn_query::GenerationStore;
 use cairn_query::read_store::{LogIdentity, RedisStore, SqliteStore};
@@ -241,8 +241,16 @@ pub async fn exports(
     capsules: Capsules,
 ) -> anyhow::Result<Exports> {
     let key = link_key(config, &*events).await?;
-    let mut exports = Exports::new(events, blobs, clock, backups, capsules, &key, &config.public_url)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut exports = Exports::new(
+        events,
+        blobs,
+        clock,
+        backups,
+        capsules,
+        &key,
+        &config.public_url,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     exports.retention = chrono::Duration::days(i64::try_from(config.export_retention_days)?);
     exports.link_ttl = exports.retention;
     Ok(exports)

@@ -463,7 +463,13 @@ pub async fn events_by_actor(store: Arc<dyn EventStore>) {
             },
         ]
     );
-    assert!(store.days_by_actor("cy", "note", 6).await.unwrap().is_empty());
+    assert!(
+        store
+            .days_by_actor("cy", "note", 6)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// A lease is granted and can be checked.

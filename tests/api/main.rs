@@ -7,6 +7,7 @@ mod capsules;
 mod cli;
 mod connections;
 mod durability;
+mod exports;
 mod files;
 mod helpers;
 mod history;

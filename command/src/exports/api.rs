@@ -41,7 +41,17 @@ pub fn long_router() -> Router<CommandState> {
 #[derive(OpenApi)]
 #[openapi(
     paths(create, list, show, cancel, bundle, events, page),
-    components(schemas(ExportInput, DestinationIn, ExportView, ExportData, ExportList, BundleView, Links, Status, ErrorBody))
+    components(schemas(
+        ExportInput,
+        DestinationIn,
+        ExportView,
+        ExportData,
+        ExportList,
+        BundleView,
+        Links,
+        Status,
+        ErrorBody
+    ))
 )]
 pub struct ExportApi;
 
@@ -229,8 +239,9 @@ async fn create(
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large("the request body is too large"),
         _ => ApiError::bad_request("invalid_body", "the body could not be read"),
     })?;
-    let input: ExportInput = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not right: {e}")))?;
+    let input: ExportInput = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("the body is not right: {e}"))
+    })?;
     let d = input.destination;
     let request = decide::request(
         &d.kind,
@@ -278,8 +289,7 @@ async fn list(
     user: AuthUser,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<ExportList>, ApiError> {
-    let Query(query) =
-        query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = query.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::bad_request(
@@ -505,10 +515,7 @@ async fn page(
         )
     });
     let export = allowed(&state, user, signed, "page", export_id).await?;
-    let events = format!(
-        "/exports/{export_id}/events{}",
-        query.unwrap_or_default()
-    );
+    let events = format!("/exports/{export_id}/events{}", query.unwrap_or_default());
     let mut response = Html(state.exports.page(&export, &events)).into_response();
     let headers = response.headers_mut();
     headers.insert(

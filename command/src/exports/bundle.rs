@@ -147,9 +147,12 @@ impl Exports {
             }
             Step::Backups => {
                 let services = self.services(user).await?;
-                let mut service_part = self.part(export, index, "services", "services.jsonl").await?;
-                let mut resource_part =
-                    self.part(export, index, "resources", "resources.jsonl").await?;
+                let mut service_part = self
+                    .part(export, index, "services", "services.jsonl")
+                    .await?;
+                let mut resource_part = self
+                    .part(export, index, "resources", "resources.jsonl")
+                    .await?;
                 let mut backup_part = self.part(export, index, "backups", "backups.jsonl").await?;
                 for service in &services {
                     service_part.record(&service.service).await?;
@@ -192,7 +195,9 @@ impl Exports {
                 Ok(parts)
             }
             Step::Capsules => {
-                let mut part = self.part(export, index, "capsules", "capsules.jsonl").await?;
+                let mut part = self
+                    .part(export, index, "capsules", "capsules.jsonl")
+                    .await?;
                 for capsule in self.capsules(user, export.up_to).await? {
                     part.record(&capsule).await?;
                 }
@@ -234,9 +239,12 @@ impl Exports {
         let manifest = super::manifest(export, &export.parts);
         let manifest = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| ExportError::Destination(format!("encoding the manifest: {e}")))?;
-        let mut manifest_part =
-            PartWriter::new(&self.blobs, blob_of(export, "parts/manifest"), "manifest.json".into())
-                .await?;
+        let mut manifest_part = PartWriter::new(
+            &self.blobs,
+            blob_of(export, "parts/manifest"),
+            "manifest.json".into(),
+        )
+        .await?;
         manifest_part.write(&manifest).await?;
         let manifest_part = manifest_part.finish().await?;
 
@@ -297,7 +305,9 @@ impl Exports {
     pub(super) async fn delete_parts(&self, export: &ExportState) {
         for part in &export.parts {
             if part.blob.starts_with(&blob_of(export, "parts/")) {
-                self.blobs.delete_quietly(&part.blob, "an export's part").await;
+                self.blobs
+                    .delete_quietly(&part.blob, "an export's part")
+                    .await;
             }
         }
         self.blobs

@@ -10,9 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{ExportError, Exports};
-use crate::backups::api::{
-    BackupView, ResourceData, ServiceData, backup_view, resource_data,
-};
+use crate::backups::api::{BackupView, ResourceData, ServiceData, backup_view, resource_data};
 use crate::capsules::api::{CapsuleData, capsule_data};
 
 /// How many messages are read at a time.
@@ -143,11 +141,7 @@ impl Exports {
         for service in self.backups.services_of(user).await? {
             let mut resources = Vec::new();
             let mut files = Vec::new();
-            for resource in self
-                .backups
-                .resources_of(user, service.service_id)
-                .await?
-            {
+            for resource in self.backups.resources_of(user, service.service_id).await? {
                 let backups = resource
                     .backups
                     .iter()

@@ -29,8 +29,8 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cairn_events::domain::export::{
-    self, Destination, ExportCancelled, ExportCompleted, ExportExpired, ExportFailed,
-    ExportQueued, ExportRequested, ExportStarted, ExportStepDone, ExportStepFailed, Part,
+    self, Destination, ExportCancelled, ExportCompleted, ExportExpired, ExportFailed, ExportQueued,
+    ExportRequested, ExportStarted, ExportStepDone, ExportStepFailed, Part,
 };
 use cairn_events::domain::message;
 use cairn_events::{
@@ -200,7 +200,10 @@ impl Exports {
 
     /// `owner`'s exports, in the order asked for.
     pub async fn exports_of(&self, owner: Uuid) -> Result<Vec<ExportState>, ExportError> {
-        let queue = self.events.read_stream(&export::queue_stream(owner)).await?;
+        let queue = self
+            .events
+            .read_stream(&export::queue_stream(owner))
+            .await?;
         let mut ids = Vec::with_capacity(queue.len());
         for event in &queue {
             if event.event_type == ExportQueued::TYPE {
@@ -264,9 +267,8 @@ impl Exports {
     pub async fn cancel(&self, owner: Uuid, export_id: Uuid) -> Result<ExportState, ExportError> {
         for _ in 0..TRIES {
             let export = self.owned(owner, export_id).await?;
-            decide::cancel(&export).map_err(|decide::NotCancellable::Over(s)| {
-                ExportError::Over(s.as_str())
-            })?;
+            decide::cancel(&export)
+                .map_err(|decide::NotCancellable::Over(s)| ExportError::Over(s.as_str()))?;
             let mut effects = Effects {
                 unschedule: vec![run_item(export_id, self.now()).key],
                 ..Effects::default()
@@ -363,8 +365,12 @@ impl Exports {
             .collect();
         let steps = decide::plan(&days, &services, export.request.include_files);
         let started = ExportStarted { up_to, steps };
-        self.append_or_reread(export, vec![self.event(&started, "scheduler")], Effects::default())
-            .await
+        self.append_or_reread(
+            export,
+            vec![self.event(&started, "scheduler")],
+            Effects::default(),
+        )
+        .await
     }
 
     /// Write the next step and record it; `Some` when the run stops here.
@@ -441,7 +447,11 @@ impl Exports {
     }
 
     /// Record that every step is done.
-    async fn complete(&self, export: &ExportState, bundle: Option<Part>) -> Result<(), ExportError> {
+    async fn complete(
+        &self,
+        export: &ExportState,
+        bundle: Option<Part>,
+    ) -> Result<(), ExportError> {
         let expires_at = bundle.as_ref().map(|_| self.now() + self.retention);
         let completed = ExportCompleted { bundle, expires_at };
         self.end(export, &completed, expires_at).await
@@ -525,7 +535,11 @@ impl Exports {
             .then(|| (!export.is_git()).then(|| self.bundle_link(export.id(), now)))
             .flatten();
         let page = self.page_link(export.id(), now);
-        let cause = format!("export-{}:{}", export.id(), if ok { "done" } else { "failed" });
+        let cause = format!(
+            "export-{}:{}",
+            export.id(),
+            if ok { "done" } else { "failed" }
+        );
         let mut out = Vec::new();
         let user = crate::users::user_by_name(&*self.events, &export.request.user_name).await;
         if let Ok(crate::users::User {
@@ -608,7 +622,8 @@ impl Exports {
 
     fn signed(&self, what: &str, path: &str, export_id: Uuid, now: DateTime<Utc>) -> String {
         let expires = (now + self.link_ttl).timestamp();
-        let signature = URL_SAFE_NO_PAD.encode(self.mac(what, export_id, expires).finalize().into_bytes());
+        let signature =
+            URL_SAFE_NO_PAD.encode(self.mac(what, export_id, expires).finalize().into_bytes());
         format!(
             "{}{path}?expires={expires}&signature={signature}",
             self.public_url
@@ -617,20 +632,32 @@ impl Exports {
 
     /// A link downloading the bundle without a token, for a while.
     pub fn bundle_link(&self, export_id: Uuid, now: DateTime<Utc>) -> String {
-        self.signed("bundle", &format!("/exports/{export_id}/bundle"), export_id, now)
+        self.signed(
+            "bundle",
+            &format!("/exports/{export_id}/bundle"),
+            export_id,
+            now,
+        )
     }
 
     /// A link to the progress page (and its events) without a token, for a while.
     pub fn page_link(&self, export_id: Uuid, now: DateTime<Utc>) -> String {
-        self.signed("page", &format!("/exports/{export_id}/page"), export_id, now)
+        self.signed(
+            "page",
+            &format!("/exports/{export_id}/page"),
+            export_id,
+            now,
+        )
     }
 
     /// Whether `signature` signs `what` (`bundle`, `page`) of the export until `expires`.
     pub fn verify(&self, what: &str, export_id: Uuid, expires: i64, signature: &str) -> bool {
         expires >= self.now().timestamp()
-            && URL_SAFE_NO_PAD
-                .decode(signature)
-                .is_ok_and(|sig| self.mac(what, export_id, expires).verify_slice(&sig).is_ok())
+            && URL_SAFE_NO_PAD.decode(signature).is_ok_and(|sig| {
+                self.mac(what, export_id, expires)
+                    .verify_slice(&sig)
+                    .is_ok()
+            })
     }
 
     /// Seal a destination's token with the server's key (for this export only).
@@ -772,14 +799,18 @@ mod tests {
         let events: Arc<dyn EventStore> = cairn_events::open_sqlite(&path).await.unwrap();
         let dir = std::env::temp_dir().join(format!("cairn-exports-{}", Uuid::now_v7()));
         std::fs::create_dir_all(&dir).unwrap();
-        let store = Arc::new(
-            object_store::local::LocalFileSystem::new_with_prefix(&dir).unwrap(),
-        );
+        let store = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&dir).unwrap());
         let blobs = Blobs::local(store, &dir);
         let clock = Clock::system();
         let key = [7u8; 32];
-        let backups = Backups::new(events.clone(), blobs.clone(), clock.clone(), &key, "http://x")
-            .unwrap();
+        let backups = Backups::new(
+            events.clone(),
+            blobs.clone(),
+            clock.clone(),
+            &key,
+            "http://x",
+        )
+        .unwrap();
         let links = crate::capsules::Links {
             public_url: "http://x".into(),
             pages_url: "http://x".into(),
@@ -791,7 +822,10 @@ mod tests {
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         let sealed = exports.seal(a, "ghp_secret-token");
         assert!(!sealed.0.contains("secret"));
-        assert_eq!(exports.open(a, &sealed).as_deref(), Some("ghp_secret-token"));
+        assert_eq!(
+            exports.open(a, &sealed).as_deref(),
+            Some("ghp_secret-token")
+        );
         assert_eq!(exports.open(b, &sealed), None, "another export's");
         let mut forged = URL_SAFE_NO_PAD.decode(&sealed.0).unwrap();
         forged[20] ^= 1;

@@ -87,8 +87,8 @@ impl Exports {
                 if watch.export.version > watch.shown {
                     watch.shown = watch.export.version;
                     watch.ended = watch.export.status.is_over() && !watch.export.syncing();
-                    let data = serde_json::to_string(&Progress::from(&watch.export))
-                        .unwrap_or_default();
+                    let data =
+                        serde_json::to_string(&Progress::from(&watch.export)).unwrap_or_default();
                     let event = Event::default()
                         .event("progress")
                         .id(watch.shown.to_string())
@@ -128,11 +128,9 @@ impl Exports {
     /// two seconds for browsers without JavaScript; with it, the bar follows the events.
     pub fn page(&self, export: &ExportState, events_url: &str) -> String {
         let progress = Progress::from(export);
-        let percent = if progress.total == 0 {
-            0
-        } else {
-            progress.done * 100 / progress.total
-        };
+        let percent = (progress.done * 100)
+            .checked_div(progress.total)
+            .unwrap_or(0);
         let running = !export.status.is_over();
         let refresh = if running {
             r#"<noscript><meta http-equiv="refresh" content="2"></noscript>"#

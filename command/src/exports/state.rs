@@ -24,10 +24,7 @@ pub enum Status {
 
 impl Status {
     pub fn is_over(self) -> bool {
-        matches!(
-            self,
-            Status::Completed | Status::Failed | Status::Cancelled
-        )
+        matches!(self, Status::Completed | Status::Failed | Status::Cancelled)
     }
 
     pub fn as_str(self) -> &'static str {

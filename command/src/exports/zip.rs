@@ -129,7 +129,7 @@ pub fn central_directory(entries: &[Entry], offset: u64, (time, date): (u16, u16
         out.extend(end64.to_le_bytes());
         out.extend(1u32.to_le_bytes());
     }
-    let count16 = u16::try_from(count).unwrap_or(u16::MAX).min(0xFFFF);
+    let count16 = u16::try_from(count).unwrap_or(u16::MAX);
     out.extend(0x0605_4b50u32.to_le_bytes());
     out.extend(0u16.to_le_bytes());
     out.extend(0u16.to_le_bytes());
@@ -208,7 +208,10 @@ pub fn list(
             .map_err(|_| bad("a name that is not UTF-8"))?;
         let mut e = name_end;
         while e + 4 <= extra_end {
-            let (id, n) = (u16_at(&directory, e), usize::from(u16_at(&directory, e + 2)));
+            let (id, n) = (
+                u16_at(&directory, e),
+                usize::from(u16_at(&directory, e + 2)),
+            );
             if id == 1 {
                 let mut at = e + 4;
                 for field in [&mut bytes, &mut stored_bytes, &mut local] {
@@ -221,10 +224,8 @@ pub fn list(
             e += 4 + n;
         }
         let header = read_at(local, 30)?;
-        let data_offset = local
-            + 30
-            + u64::from(u16_at(&header, 26))
-            + u64::from(u16_at(&header, 28));
+        let data_offset =
+            local + 30 + u64::from(u16_at(&header, 26)) + u64::from(u16_at(&header, 28));
         entries.push(Listed {
             name,
             deflated,
@@ -287,7 +288,10 @@ mod tests {
         let mut read_at = |at: u64, n: usize| Ok(bytes[at as usize..at as usize + n].to_vec());
         let listed = list(bytes.len() as u64, &mut read_at).unwrap();
         let names: Vec<&str> = listed.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(names, ["messages.jsonl", "files/x/data.bin", "manifest.json"]);
+        assert_eq!(
+            names,
+            ["messages.jsonl", "files/x/data.bin", "manifest.json"]
+        );
         let raw = &listed[1];
         assert_eq!(
             &bytes[raw.data_offset as usize..raw.data_offset as usize + 4],

@@ -36,9 +36,9 @@ use crate::group_commit::{BatchWriter, Committer, plan};
 use crate::migrate::POSTGRES as MIGRATIONS;
 use crate::work::{BatchWork, WorkSignals, after, earliest_first, oldest_first};
 use crate::{
-    AppendRequest, AppendStats, Appended, DaySpan, DueIndex, DueItem, DueStatus, Envelope, EventStore,
-    Lease, Outbox, OutboxMessage, OutboxStatus, Outcome, PendingItem, Position, QueuedMessage,
-    Snapshot, StoreError, WorkStats,
+    AppendRequest, AppendStats, Appended, DaySpan, DueIndex, DueItem, DueStatus, Envelope,
+    EventStore, Lease, Outbox, OutboxMessage, OutboxStatus, Outcome, PendingItem, Position,
+    QueuedMessage, Snapshot, StoreError, WorkStats,
 };
 
 /// Advisory-lock class for Cairn's own locks (the first key of the two-key form).

@@ -29,9 +29,9 @@ use crate::group_commit::{BatchWriter, Committer, plan};
 use crate::migrate::SQLITE as MIGRATIONS;
 use crate::work::{BatchWork, WorkSignals, after, earliest_first, oldest_first};
 use crate::{
-    AppendRequest, AppendStats, Appended, DaySpan, DueIndex, DueItem, DueStatus, Envelope, EventStore,
-    Lease, Outbox, OutboxMessage, OutboxStatus, Outcome, PendingItem, Position, QueuedMessage,
-    Snapshot, StoreError, WorkStats,
+    AppendRequest, AppendStats, Appended, DaySpan, DueIndex, DueItem, DueStatus, Envelope,
+    EventStore, Lease, Outbox, OutboxMessage, OutboxStatus, Outcome, PendingItem, Position,
+    QueuedMessage, Snapshot, StoreError, WorkStats,
 };
 
 /// How often another process's appends are looked for.

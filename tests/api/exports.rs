@@ -1,0 +1,493 @@
+//! Exports as their owner sees them: a bundle that holds exactly what the API answers,
+//! checked by another zip reader (Python's); one export at a time per user, in order;
+//! nobody else's to see, cancel or download; progress as Server-Sent Events, resumed with
+//! `Last-Event-ID`; the signed links that work without a token.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use futures_util::StreamExt;
+use reqwest::multipart::{Form, Part};
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    Backend, PATIENCE, PUBLIC_URL, TestApp, eventually, spawn_with, temp_dir, test_config,
+};
+
+crate::on_both_backends!(exports:
+    a_bundle_holds_what_the_api_answers,
+    exports_run_one_after_another_and_stay_private,
+    progress_comes_as_server_sent_events,
+);
+
+async fn app(backend: Backend) -> TestApp {
+    let mut config = test_config(backend).await;
+    config.public_url = PUBLIC_URL.into();
+    spawn_with(config).await
+}
+
+/// `method path` with `token` and a JSON body; the status and the JSON answer.
+async fn call(
+    app: &TestApp,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = app
+        .client
+        .request(method, format!("{}{path}", app.address))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Start an export; its id.
+async fn start(app: &TestApp, token: &str, body: Value) -> String {
+    let (status, answer) = call(app, token, "POST", "/exports", Some(body)).await;
+    assert_eq!(status, 202, "{answer}");
+    answer["data"]["id"].as_str().unwrap().to_owned()
+}
+
+/// Wait until export `id` has ended; its last answer.
+async fn ended(app: &TestApp, token: &str, id: &str) -> Value {
+    eventually("the export to end", PATIENCE * 4, || async {
+        let (status, answer) = call(app, token, "GET", &format!("/exports/{id}"), None).await;
+        assert_eq!(status, 200, "{answer}");
+        let data = answer["data"].clone();
+        matches!(
+            data["status"].as_str(),
+            Some("completed" | "failed" | "cancelled")
+        )
+        .then_some(data)
+    })
+    .await
+}
+
+/// A zip's files, read by Python's `zipfile` (which checks every CRC): name to bytes.
+fn unzip(zip: &Path) -> BTreeMap<String, Vec<u8>> {
+    let out = zip.with_extension("d");
+    let status = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zipfile\n\
+             z = zipfile.ZipFile(sys.argv[1])\n\
+             bad = z.testzip()\n\
+             assert bad is None, bad\n\
+             z.extractall(sys.argv[2])",
+        ])
+        .arg(zip)
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "python3 reads the zip");
+    let mut files = BTreeMap::new();
+    let mut stack = vec![out.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let name = path
+                    .strip_prefix(&out)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                files.insert(name, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+fn lines(bytes: &[u8]) -> Vec<Value> {
+    String::from_utf8(bytes.to_vec())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn without_url(mut backup: Value) -> Value {
+    backup.as_object_mut().unwrap().remove("url");
+    backup
+}
+
+pub async fn a_bundle_holds_what_the_api_answers(backend: Backend) {
+    let app = app(backend).await;
+    let token = app.add_user("hana").await;
+    let other = app.add_user("ivo").await;
+    for (i, tags) in [&["cairn"][..], &["export", "Zip"], &[]].iter().enumerate() {
+        app.post(
+            &token,
+            &format!("message {i} with \"quotes\" and ünïcode"),
+            tags,
+        )
+        .await;
+    }
+    app.post(&other, "not hana's", &[]).await;
+    let (status, service) = call(
+        &app,
+        &token,
+        "POST",
+        "/services",
+        Some(json!({"name": "db"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{service}");
+    let service_id = service["data"]["id"].as_str().unwrap().to_owned();
+    let (_, resource) = call(
+        &app,
+        &token,
+        "POST",
+        &format!("/services/{service_id}/resources"),
+        Some(json!({"name": "dump.sql"})),
+    )
+    .await;
+    let resource_id = resource["data"]["id"].as_str().unwrap().to_owned();
+    let content = b"CREATE TABLE notes (id int);\n".repeat(100);
+    let form = Form::new().part("backup", Part::bytes(content.clone()).file_name("dump.sql"));
+    let response = app
+        .client
+        .post(format!("{}/{resource_id}", app.address))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    app.wait_projected().await;
+
+    let id = start(
+        &app,
+        &token,
+        json!({"destination": {"kind": "bundle"}, "include_files": true}),
+    )
+    .await;
+    let export = ended(&app, &token, &id).await;
+    assert_eq!(export["status"], "completed", "{export}");
+    assert_eq!(export["done"], export["total"]);
+    // Three steps: one day of messages (the test runs within a day, or two around
+    // midnight), the backups, the files, the capsules, the manifest.
+    assert!(export["total"].as_u64().unwrap() >= 5, "{export}");
+
+    let response = app
+        .client
+        .get(format!("{}/exports/{id}/bundle", app.address))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/zip");
+    let zip = response.bytes().await.unwrap();
+    assert_eq!(
+        zip.len() as u64,
+        export["bundle"]["bytes"].as_u64().unwrap()
+    );
+    let dir = temp_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bundle.zip");
+    std::fs::write(&path, &zip).unwrap();
+    let files = unzip(&path);
+
+    // The messages, as GET /message answers them (newest first there, oldest in the file).
+    let (_, page) = app.get("/message?user_name=hana&limit=100").await;
+    let mut api: Vec<Value> = page["data"].as_array().unwrap().clone();
+    api.reverse();
+    let exported: Vec<Value> = files
+        .iter()
+        .filter(|(name, _)| name.starts_with("messages/"))
+        .flat_map(|(_, bytes)| lines(bytes))
+        .collect();
+    assert_eq!(exported, api);
+
+    // Services, resources and backups, as their routes answer (a backup's signed `url`
+    // aside: it is made afresh for each answer).
+    let (_, services) = call(&app, &token, "GET", "/services", None).await;
+    assert_eq!(
+        lines(&files["services.jsonl"]),
+        services["data"].as_array().unwrap().clone()
+    );
+    let (_, resources) = call(
+        &app,
+        &token,
+        "GET",
+        &format!("/services/{service_id}/resources"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        lines(&files["resources.jsonl"]),
+        resources["data"].as_array().unwrap().clone()
+    );
+    let (_, backups) = call(
+        &app,
+        &token,
+        "GET",
+        &format!("/resources/{resource_id}/backups"),
+        None,
+    )
+    .await;
+    let backups: Vec<Value> = backups["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .cloned()
+        .map(without_url)
+        .collect();
+    let exported: Vec<Value> = lines(&files["backups.jsonl"])
+        .into_iter()
+        .map(without_url)
+        .collect();
+    assert_eq!(exported, backups);
+    let backup_id = backups[0]["id"].as_str().unwrap();
+    assert_eq!(files[&format!("files/{backup_id}/dump.sql")], content);
+
+    // The manifest counts them and gives each file's SHA-256.
+    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    assert_eq!(manifest["counts"]["messages"], 3);
+    assert_eq!(manifest["counts"]["backups"], 1);
+    assert_eq!(manifest["user"]["name"], "hana");
+    for file in manifest["files"].as_array().unwrap() {
+        let bytes = &files[file["path"].as_str().unwrap()];
+        assert_eq!(file["bytes"].as_u64().unwrap(), bytes.len() as u64);
+        use sha2::Digest;
+        assert_eq!(
+            file["sha256"].as_str().unwrap(),
+            hex(&sha2::Sha256::digest(bytes))
+        );
+    }
+
+    // The signed link downloads it without a token; a changed one does not.
+    let link = export["bundle"]["url"].as_str().unwrap();
+    let response = app.client.get(app.local(link)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap(), zip);
+    let forged = app.local(link).replace("signature=", "signature=x");
+    let response = app.client.get(forged).send().await.unwrap();
+    assert_eq!(response.status(), 403);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub async fn exports_run_one_after_another_and_stay_private(backend: Backend) {
+    let app = app(backend).await;
+    let token = app.add_user("jon").await;
+    let other = app.add_user("kim").await;
+    for i in 0..5 {
+        app.post(&token, &format!("note {i}"), &[]).await;
+    }
+    let first = start(&app, &token, json!({"destination": {"kind": "bundle"}})).await;
+    let second = start(&app, &token, json!({"destination": {"kind": "bundle"}})).await;
+    let (_, listed) = call(&app, &token, "GET", "/exports", None).await;
+    let ids: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [second.as_str(), first.as_str()], "newest first");
+
+    let a = ended(&app, &token, &first).await;
+    let b = ended(&app, &token, &second).await;
+    assert_eq!(
+        (a["status"].as_str(), b["status"].as_str()),
+        (Some("completed"), Some("completed"))
+    );
+    // The second started only after the first had ended: its events say so.
+    let stream = |id: &str| format!("export-{id}");
+    let first_events = app.events.read_stream(&stream(&first)).await.unwrap();
+    let second_events = app.events.read_stream(&stream(&second)).await.unwrap();
+    let first_end = first_events.last().unwrap().position;
+    let second_start = second_events
+        .iter()
+        .find(|e| e.event_type == "export.started")
+        .unwrap()
+        .position;
+    assert!(second_start > first_end, "one after the other");
+
+    // Nobody else sees, cancels or downloads them.
+    for (method, path) in [
+        ("GET", format!("/exports/{first}")),
+        ("DELETE", format!("/exports/{first}")),
+        ("GET", format!("/exports/{first}/bundle")),
+        ("GET", format!("/exports/{first}/events")),
+    ] {
+        let (status, answer) = call(&app, &other, method, &path, None).await;
+        assert_eq!(status, 404, "{method} {path}: {answer}");
+    }
+    let (_, listed) = call(&app, &other, "GET", "/exports", None).await;
+    assert_eq!(listed["data"], json!([]));
+    let (status, _) = call(&app, "no-such-token", "GET", "/exports", None).await;
+    assert_eq!(status, 401);
+
+    // An export that ended cannot be cancelled; bad input is a 400 naming the field.
+    let (status, answer) = call(&app, &token, "DELETE", &format!("/exports/{first}"), None).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (409, Some("export_over"))
+    );
+    for (body, code) in [
+        (
+            json!({"destination": {"kind": "tape"}}),
+            "invalid_destination_kind",
+        ),
+        (
+            json!({"destination": {"kind": "git", "url": "relative/x"}}),
+            "invalid_destination_url",
+        ),
+        (
+            json!({"destination": {"kind": "bundle"}, "keep_in_sync": true}),
+            "invalid_keep_in_sync",
+        ),
+        (
+            json!({"destination": {"kind": "bundle"}, "extra": 1}),
+            "invalid_json",
+        ),
+    ] {
+        let (status, answer) = call(&app, &token, "POST", "/exports", Some(body)).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (400, Some(code)),
+            "{answer}"
+        );
+    }
+
+    // A queued export is cancelled before it starts.
+    let blocker = start(&app, &token, json!({"destination": {"kind": "bundle"}})).await;
+    let queued = start(&app, &token, json!({"destination": {"kind": "bundle"}})).await;
+    let (status, answer) = call(&app, &token, "DELETE", &format!("/exports/{queued}"), None).await;
+    if status == 200 {
+        assert_eq!(answer["data"]["status"], "cancelled");
+        let events = app.events.read_stream(&stream(&queued)).await.unwrap();
+        assert!(events.iter().all(|e| e.event_type != "export.step_done"));
+    } else {
+        // It ran before the cancel came: nothing left to cancel.
+        assert_eq!(status, 409, "{answer}");
+    }
+    ended(&app, &token, &blocker).await;
+}
+
+pub async fn progress_comes_as_server_sent_events(backend: Backend) {
+    let app = app(backend).await;
+    let token = app.add_user("lea").await;
+    app.post(&token, "one #a", &["a"]).await;
+    // Queued behind another, so a client connecting now sees it wait, start and go on.
+    let before = start(&app, &token, json!({"destination": {"kind": "bundle"}})).await;
+    let id = start(&app, &token, json!({"destination": {"kind": "bundle"}})).await;
+
+    // A client following the events from the start sees every step to the end.
+    let response = app
+        .client
+        .get(format!("{}/exports/{id}/events", app.address))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let events = read_events(response).await;
+    let last = events.last().expect("at least the state at the start");
+    assert_eq!(last.1["status"], "completed");
+    assert_eq!(last.1["done"], last.1["total"]);
+    let dones: Vec<u64> = events
+        .iter()
+        .map(|(_, p)| p["done"].as_u64().unwrap())
+        .collect();
+    assert!(dones.windows(2).all(|w| w[0] <= w[1]), "{dones:?}");
+    let ids: Vec<i64> = events.iter().map(|(id, _)| *id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert_eq!(ended(&app, &token, &before).await["status"], "completed");
+
+    // Reconnecting with Last-Event-ID gives only what came after it.
+    let (middle, _) = &events[(events.len() - 1) / 2];
+    let response = app
+        .client
+        .get(format!("{}/exports/{id}/events", app.address))
+        .bearer_auth(&token)
+        .header("Last-Event-ID", middle.to_string())
+        .send()
+        .await
+        .unwrap();
+    let later = read_events(response).await;
+    assert!(later.iter().all(|(seen, _)| seen > middle));
+    assert_eq!(
+        later.len(),
+        usize::from(events.len() > 1),
+        "only the state since"
+    );
+    let response = app
+        .client
+        .get(format!("{}/exports/{id}/events", app.address))
+        .bearer_auth(&token)
+        .header("Last-Event-ID", "0")
+        .send()
+        .await
+        .unwrap();
+    let again = read_events(response).await;
+    assert_eq!(again.len(), 1, "the state now, at once");
+    assert_eq!(again[0], *last);
+
+    // The page link works without the token, and so do its events; a forged one does not.
+    let (_, export) = call(&app, &token, "GET", &format!("/exports/{id}"), None).await;
+    let page = export["data"]["links"]["page"].as_str().unwrap();
+    let response = app.client.get(app.local(page)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let html = response.text().await.unwrap();
+    assert!(html.contains("completed"), "{html}");
+    let events_link = app.local(page).replace("/page?", "/events?");
+    let response = app.client.get(events_link).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        read_events(response).await.last().unwrap().1["status"],
+        "completed"
+    );
+    let forged = app.local(page).replace("signature=", "signature=A");
+    assert_eq!(app.client.get(forged).send().await.unwrap().status(), 403);
+    let response = app
+        .client
+        .get(format!("{}/exports/{id}/events", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+/// The `progress` events of an SSE answer, until it ends: (id, data).
+async fn read_events(response: reqwest::Response) -> Vec<(i64, Value)> {
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    let read = async {
+        while let Some(chunk) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        }
+    };
+    tokio::time::timeout(PATIENCE * 4, read)
+        .await
+        .expect("the event stream ends with the export");
+    let mut events = Vec::new();
+    for block in text.split("\n\n") {
+        let mut id = None;
+        let mut data = None;
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("id:") {
+                id = v.trim().parse().ok();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data = serde_json::from_str(v.trim()).ok();
+            }
+        }
+        if let (Some(id), Some(data)) = (id, data) {
+            events.push((id, data));
+        }
+    }
+    events
+}
