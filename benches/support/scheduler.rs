@@ -516,6 +516,7 @@ fn confirmed_capsule(
         })
     };
     let submitted = CapsuleSubmitted {
+        owner: None,
         capsule_id: id,
         sender: party("sender@example.com", "Bench")?,
         recipient: party(recipient, "Reader")?,

@@ -72,15 +72,20 @@ pub struct CommandState {
     pub exports: exports::Exports,
 }
 
+impl axum::extract::FromRef<CommandState> for capsules::Capsules {
+    fn from_ref(state: &CommandState) -> Self {
+        state.capsules.clone()
+    }
+}
+
 pub fn router(state: CommandState) -> Result<Router, capsules::CapsuleError> {
-    let chronoria = capsules::chronoria::router()
-        .merge(capsules::api::router())
-        .with_state(state.capsules.clone());
+    let chronoria = capsules::chronoria::router().with_state(state.capsules.clone());
     let pages = capsules::pages::router(state.capsules.clone())?
         .merge(capsules::files::router().with_state(state.capsules.clone()));
     Ok(messages::router()
         .merge(backups::api::router())
         .merge(exports::api::router())
+        .merge(capsules::api::router())
         .with_state(state)
         .merge(chronoria)
         .merge(pages))

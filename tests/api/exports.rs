@@ -162,6 +162,37 @@ pub async fn a_bundle_holds_what_the_api_answers(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(response.status(), 201);
+    // A capsule sent with hana's token is hers; one sent without is nobody's.
+    let send_at = (chrono::Utc::now() + chrono::Duration::hours(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for (text, bearer) in [("linked", Some(&token)), ("anonymous", None)] {
+        let mut request = app
+            .client
+            .post(format!("{}/capsules", app.address))
+            .json(&json!({
+                "sender": {"email": "hana@example.com", "name": "Hana"},
+                "recipient": {"email": "ivo@example.com", "name": "Ivo"},
+                "send_at": send_at,
+                "text": text,
+            }));
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        assert_eq!(request.send().await.unwrap().status(), 202);
+    }
+    let response = app
+        .client
+        .post(format!("{}/capsules", app.address))
+        .bearer_auth("not-a-token")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        401,
+        "a bad token is refused, not ignored"
+    );
     app.wait_projected().await;
 
     let id = start(
@@ -250,10 +281,19 @@ pub async fn a_bundle_holds_what_the_api_answers(backend: Backend) {
     let backup_id = backups[0]["id"].as_str().unwrap();
     assert_eq!(files[&format!("files/{backup_id}/dump.sql")], content);
 
+    // The linked capsule, as GET /capsules/{id} shows it; not the other.
+    let capsules = lines(&files["capsules.jsonl"]);
+    assert_eq!(capsules.len(), 1, "{capsules:?}");
+    let capsule_id = capsules[0]["id"].as_str().unwrap();
+    let (status, shown) = app.get(&format!("/capsules/{capsule_id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(capsules[0], shown["data"]);
+
     // The manifest counts them and gives each file's SHA-256.
     let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
     assert_eq!(manifest["counts"]["messages"], 3);
     assert_eq!(manifest["counts"]["backups"], 1);
+    assert_eq!(manifest["counts"]["capsules"], 1);
     assert_eq!(manifest["user"]["name"], "hana");
     for file in manifest["files"].as_array().unwrap() {
         let bytes = &files[file["path"].as_str().unwrap()];

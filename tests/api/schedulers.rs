@@ -39,6 +39,7 @@ async fn confirmed_capsules(
         let send_at = first + apart * i32::try_from(i).unwrap();
         due.insert(to.clone(), send_at);
         let submitted = CapsuleSubmitted {
+            owner: None,
             capsule_id: id,
             sender: party("sender@example.com", "Sender"),
             recipient: party(&to, "Recipient"),

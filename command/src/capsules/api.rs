@@ -24,7 +24,7 @@ use utoipa::{OpenApi, ToSchema};
 use super::history::{self, Happened};
 use super::{CONFIRM_WITHIN, CapsuleError, Capsules, Refusal, Status, Submission, series};
 
-pub fn router() -> Router<Capsules> {
+pub fn router() -> Router<crate::CommandState> {
     Router::new()
         .route("/capsules", post(submit))
         .route("/capsules/{id}", get(status))
@@ -311,14 +311,16 @@ fn exact(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// Submit a text capsule; the sender gets an email to confirm it.
-#[utoipa::path(post, path = "/capsules", tag = "capsules",
+/// Submit a text capsule; the sender gets an email to confirm it. With a user's bearer
+/// token (optional) the capsule is linked to that user, and goes into their exports.
+#[utoipa::path(post, path = "/capsules", tag = "capsules", security((), ("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header,
         description = "Makes a retry safe: the same key and capsule answer as the first time and write nothing more")),
     request_body(content = NewCapsule, content_type = "application/json"),
     responses(
         (status = 202, description = "Written; waiting for the sender's confirmation", body = Submitted),
         (status = 400, description = "Bad JSON, address, name, time or text; `invalid_schedule` naming the part of the schedule refused (expression, zone, end, count, no future occurrence, more often than the server's minimum interval); a blocked sender", body = ErrorBody),
+        (status = 401, description = "A bearer token was sent that is not valid", body = ErrorBody),
         (status = 413, description = "`body_too_large`: the body is larger than the configured limit", body = ErrorBody),
         (status = 415, description = "The body was not sent as `application/json`", body = ErrorBody),
         (status = 422, description = "`idempotency_key_reused`: the key was sent before with another capsule", body = ErrorBody),
@@ -327,11 +329,19 @@ fn exact(t: DateTime<Utc>) -> String {
     ))]
 async fn submit(
     State(capsules): State<Capsules>,
+    user: Result<crate::auth::AuthUser, ApiError>,
     client: Option<ClientIp>,
     key: Result<IdempotencyKey, InvalidIdempotencyKey>,
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    // With a bearer token the capsule is linked to its user (their exports hold it); a
+    // token that is not valid is refused rather than ignored.
+    let owner = match user {
+        Ok(user) => Some(user.id),
+        Err(_) if !headers.contains_key(axum::http::header::AUTHORIZATION) => None,
+        Err(refused) => return Err(refused),
+    };
     if !super::chronoria::is_json(&headers) {
         return Err(ApiError::unsupported_media_type(
             "send the capsule as application/json",
@@ -399,6 +409,7 @@ async fn submit(
             text: input.text,
             attachment: None,
             schedule: schedule.clone(),
+            owner,
         };
         capsules
             .submit_as(id, first.as_ref(), submission, client)

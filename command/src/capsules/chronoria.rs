@@ -359,5 +359,6 @@ pub(super) fn parse_submission(
         text,
         attachment,
         schedule,
+        owner: None,
     })
 }

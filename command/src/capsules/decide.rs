@@ -443,6 +443,7 @@ mod tests {
     /// A capsule to ada@ from kim@, due at hour 48, submitted at hour 0.
     fn capsule(file: bool) -> CapsuleSubmitted {
         CapsuleSubmitted {
+            owner: None,
             capsule_id: id(),
             sender: party("kim@example.com", "Kim"),
             recipient: party("ada@example.com", "Ada"),
@@ -529,6 +530,7 @@ mod tests {
         };
         assert_eq!(given(&[]).when(blocked, 0), Err(Refused::BlockedSender));
         let past = CapsuleSubmitted {
+            owner: None,
             send_at: at(0),
             text: String::new(),
             ..capsule(false)
@@ -538,6 +540,7 @@ mod tests {
             Err(Refused::Invalid(Refusal::InvalidFutureTime))
         );
         let empty = CapsuleSubmitted {
+            owner: None,
             text: " ".into(),
             ..capsule(false)
         };
@@ -546,6 +549,7 @@ mod tests {
             Err(Refused::Invalid(Refusal::InvalidText))
         );
         let file_only = CapsuleSubmitted {
+            owner: None,
             text: String::new(),
             ..capsule(true)
         };
@@ -565,6 +569,7 @@ mod tests {
         let written = given(&[submitted(true)]);
         // The retry's upload has its own blob; the capsule is the same.
         let retry = CapsuleSubmitted {
+            owner: None,
             attachment: capsule(true).attachment.map(|a| Attachment {
                 blob: "capsules/y".into(),
                 ..a
@@ -578,6 +583,7 @@ mod tests {
         };
         assert_eq!(written.when(command, 60), Ok(Decision::Nothing));
         let other = CapsuleSubmitted {
+            owner: None,
             text: "something else".into(),
             ..capsule(true)
         };
@@ -591,6 +597,7 @@ mod tests {
         assert_eq!(then.schedule, vec![due(id(), RELEASE, at(48))]);
         assert_eq!(then.email, Some(EmailKind::Active));
         let late = CapsuleSubmitted {
+            owner: None,
             send_at: at(2),
             ..capsule(false)
         };
@@ -830,6 +837,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e:?}"))
             .first;
         let submitted = CapsuleSubmitted {
+            owner: None,
             send_at: first,
             schedule: Some(schedule),
             ..capsule(file)
@@ -1030,6 +1038,7 @@ mod tests {
     fn a_retried_recurring_submission_compares_its_schedule() {
         let state = series("0 9 * * *", "UTC", None, false, "2027-01-10T12:00:00Z");
         let retry = CapsuleSubmitted {
+            owner: None,
             // Computed again later: another first occurrence.
             send_at: utc("2027-01-12T09:00:00Z"),
             ..state.submitted.clone()
@@ -1044,6 +1053,7 @@ mod tests {
             Ok(Decision::Nothing)
         );
         let other = CapsuleSubmitted {
+            owner: None,
             schedule: Some(capsule::Schedule {
                 cron: "0 10 * * *".into(),
                 time_zone: "UTC".into(),

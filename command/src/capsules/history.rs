@@ -252,6 +252,7 @@ mod tests {
             name: PersonName::parse(name).expect("a name"),
         };
         CapsuleSubmitted {
+            owner: None,
             capsule_id: id(),
             sender: party("ada@example.com", "Ada"),
             recipient: party("grace@example.com", "Grace"),

@@ -66,6 +66,8 @@ pub struct Submission {
     /// For a recurring capsule; `send_at` is then its first occurrence
     /// ([`Capsules::plan`]).
     pub schedule: Option<capsule::Schedule>,
+    /// The user whose token came with it, if one did.
+    pub owner: Option<Uuid>,
 }
 
 /// The capsule use cases, over one event store.
@@ -189,6 +191,7 @@ impl Capsules {
         client: Option<std::net::IpAddr>,
     ) -> Result<Outcome, CapsuleError> {
         let submitted = CapsuleSubmitted {
+            owner: submission.owner,
             capsule_id,
             sender: submission.sender,
             recipient: submission.recipient,
@@ -394,10 +397,16 @@ impl Capsules {
         expected: ExpectedVersion,
         now: DateTime<Utc>,
     ) -> Result<(), CapsuleError> {
+        let owner = match &changes.event {
+            decide::CapsuleEvent::Submitted(submitted) => submitted.owner.map(|o| o.to_string()),
+            _ => None,
+        };
         let actor = match changes.event {
             decide::CapsuleEvent::Released(_)
             | decide::CapsuleEvent::Expired(_)
             | decide::CapsuleEvent::FilePurged(_) => "scheduler",
+            // A submission with a user's token is that user's doing: their exports find it.
+            decide::CapsuleEvent::Submitted(_) => owner.as_deref().unwrap_or("sender"),
             _ => "sender",
         };
         let released = match &changes.event {

@@ -174,6 +174,7 @@ mod tests {
             name: PersonName::parse("Someone").expect("a name"),
         };
         let submitted = CapsuleSubmitted {
+            owner: None,
             capsule_id,
             sender: party("ada@example.com"),
             recipient: party("grace@example.com"),

@@ -230,6 +230,10 @@ pub struct Attachment {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CapsuleSubmitted {
     pub capsule_id: Uuid,
+    /// The user whose bearer token came with the submission: the capsule is theirs too
+    /// (it goes into their exports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Uuid>,
     pub sender: Party,
     pub recipient: Party,
     /// When it is delivered; for a recurring capsule, its first occurrence.
