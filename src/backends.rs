@@ -253,5 +253,6 @@ pub async fn exports(
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     exports.retention = chrono::Duration::days(i64::try_from(config.export_retention_days)?);
     exports.link_ttl = exports.retention;
+    exports.git_dir = cairn_command::exports::git::default_dir(&config.data_dir);
     Ok(exports)
 }

@@ -18,6 +18,8 @@ crate::on_both_backends!(exports:
     a_bundle_holds_what_the_api_answers,
     exports_run_one_after_another_and_stay_private,
     progress_comes_as_server_sent_events,
+    a_git_export_is_browsable_and_reruns_incrementally,
+    a_git_export_goes_over_smart_http_with_a_token,
 );
 
 async fn app(backend: Backend) -> TestApp {
@@ -530,4 +532,279 @@ async fn read_events(response: reqwest::Response) -> Vec<(i64, Value)> {
         }
     }
     events
+}
+
+/// `git args…` (in `dir`, if given); its output, asserting it succeeded.
+fn git(dir: Option<&Path>, args: &[&str]) -> String {
+    let mut command = std::process::Command::new("git");
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let output = command
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A new bare repository; its path.
+fn bare_repository() -> std::path::PathBuf {
+    let dir = temp_dir().join("remote.git");
+    std::fs::create_dir_all(&dir).unwrap();
+    git(Some(&dir), &["init", "-q", "--bare"]);
+    dir
+}
+
+/// The subjects of a branch's commits, newest first.
+fn subjects(repo: &Path, branch: &str) -> Vec<String> {
+    git(Some(repo), &["log", "--format=%s", branch])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+pub async fn a_git_export_is_browsable_and_reruns_incrementally(backend: Backend) {
+    let app = app(backend).await;
+    let token = app.add_user("max").await;
+    app.post(&token, "first words\nover two lines", &["Start"])
+        .await;
+    app.post(&token, "second", &[]).await;
+    let (status, _) = call(
+        &app,
+        &token,
+        "POST",
+        "/services",
+        Some(json!({"name": "Nightly DB"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let remote = bare_repository();
+    let url = remote.to_str().unwrap().to_owned();
+    let body = json!({"destination": {"kind": "git", "url": url, "branch": "notes/cairn"}});
+
+    let first = start(&app, &token, body.clone()).await;
+    let export = ended(&app, &token, &first).await;
+    assert_eq!(export["status"], "completed", "{export}");
+    let total = export["total"].as_u64().unwrap() as usize;
+    let log = subjects(&remote, "notes/cairn");
+    assert_eq!(log.len(), total, "one commit per step: {log:?}");
+    assert!(
+        log.iter().all(|s| s.starts_with("Cairn export: ")),
+        "{log:?}"
+    );
+
+    // Browsable: a file per day, a file per service, the manifest.
+    let today = chrono::Utc::now().format("%Y/%m/%d").to_string();
+    let files = git(
+        Some(&remote),
+        &["ls-tree", "-r", "--name-only", "notes/cairn"],
+    );
+    assert!(
+        files.contains(&format!("messages/{today}.md")) || files.contains("messages/"),
+        "{files}"
+    );
+    let day_file = files.lines().find(|f| f.starts_with("messages/")).unwrap();
+    let day = git(Some(&remote), &["show", &format!("notes/cairn:{day_file}")]);
+    assert!(day.contains("first words\nover two lines"), "{day}");
+    assert!(day.contains("Tags: #Start"), "{day}");
+    assert!(
+        files.lines().any(|f| f.starts_with("backups/nightly-db-")),
+        "{files}"
+    );
+    let manifest: Value =
+        serde_json::from_str(&git(Some(&remote), &["show", "notes/cairn:manifest.json"])).unwrap();
+    assert_eq!(manifest["counts"]["messages"], 2);
+
+    // Again, after one more message: only what changed is committed.
+    app.post(&token, "third", &[]).await;
+    let second = start(&app, &token, body).await;
+    let export = ended(&app, &token, &second).await;
+    assert_eq!(export["status"], "completed", "{export}");
+    let again = subjects(&remote, "notes/cairn");
+    let new: Vec<&String> = again.iter().take(again.len() - log.len()).collect();
+    assert!(
+        new.iter()
+            .all(|s| !s.contains("backups") && !s.contains("capsules")),
+        "unchanged steps make no commit: {new:?}"
+    );
+    assert!(new.iter().any(|s| s.contains("messages")), "{new:?}");
+    let events = app
+        .events
+        .read_stream(&format!("export-{second}"))
+        .await
+        .unwrap();
+    let empty_steps = events
+        .iter()
+        .filter(|e| e.event_type == "export.step_done" && e.payload.get("commit").is_none())
+        .count();
+    assert!(
+        empty_steps >= 2,
+        "the backups and capsules steps changed nothing"
+    );
+    let day = git(Some(&remote), &["show", &format!("notes/cairn:{day_file}")]);
+    assert!(day.contains("third"), "{day}");
+}
+
+/// A smart-HTTP git server over the repositories under `root` (`git http-backend` as a
+/// CGI program), taking only HTTP Basic with `token` as the password; its address.
+async fn git_http_server(root: std::path::PathBuf, token: &'static str) -> String {
+    use axum::body::Body;
+    use axum::http::{Request, Response, StatusCode};
+
+    async fn cgi(
+        axum::extract::State((root, token)): axum::extract::State<(
+            std::path::PathBuf,
+            &'static str,
+        )>,
+        request: Request<Body>,
+    ) -> Response<Body> {
+        use base64::Engine;
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"))
+        );
+        let (parts, body) = request.into_parts();
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        if header("authorization") != expected {
+            return Response::builder()
+                .status(StatusCode::UNAUTHORIZED)
+                .header("WWW-Authenticate", "Basic realm=\"git\"")
+                .body(Body::empty())
+                .unwrap();
+        }
+        let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        let mut child = tokio::process::Command::new("git")
+            .arg("http-backend")
+            .env("GIT_PROJECT_ROOT", &root)
+            .env("GIT_HTTP_EXPORT_ALL", "1")
+            .env("PATH_INFO", parts.uri.path())
+            .env("REQUEST_METHOD", parts.method.as_str())
+            .env("QUERY_STRING", parts.uri.query().unwrap_or_default())
+            .env("CONTENT_TYPE", header("content-type"))
+            .env("CONTENT_LENGTH", body.len().to_string())
+            .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
+            .env("GIT_PROTOCOL", header("git-protocol"))
+            .env("REMOTE_USER", "x-access-token")
+            .env("REMOTE_ADDR", "127.0.0.1")
+            .env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "http.receivepack")
+            .env("GIT_CONFIG_VALUE_0", "true")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = stdin.write_all(&body).await;
+        });
+        let output = child.wait_with_output().await.unwrap();
+        writer.await.unwrap();
+        let raw = output.stdout;
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|i| (i, 4))
+            .or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)))
+            .unwrap();
+        let head = String::from_utf8_lossy(&raw[..split.0]).into_owned();
+        let mut response = Response::builder();
+        for line in head.lines() {
+            let (name, value) = line.split_once(':').unwrap();
+            if name.eq_ignore_ascii_case("status") {
+                let code: u16 = value.trim()[..3].parse().unwrap();
+                response = response.status(code);
+            } else {
+                response = response.header(name.trim(), value.trim());
+            }
+        }
+        response
+            .body(Body::from(raw[split.0 + split.1..].to_vec()))
+            .unwrap()
+    }
+
+    let router = axum::Router::new().fallback(cgi).with_state((root, token));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    address
+}
+
+pub async fn a_git_export_goes_over_smart_http_with_a_token(backend: Backend) {
+    const TOKEN: &str = "tok_4f7a9c2e1b-secret";
+    let app = app(backend).await;
+    let token = app.add_user("nia").await;
+    app.post(&token, "over http", &[]).await;
+    let root = temp_dir();
+    std::fs::create_dir_all(&root).unwrap();
+    git(Some(&root), &["init", "-q", "--bare", "notes.git"]);
+    let server = git_http_server(root.clone(), TOKEN).await;
+    let url = format!("{server}/notes.git");
+
+    let id = start(
+        &app,
+        &token,
+        json!({"destination": {"kind": "git", "url": url, "branch": "main", "token": TOKEN}}),
+    )
+    .await;
+    let export = ended(&app, &token, &id).await;
+    assert_eq!(export["status"], "completed", "{export}");
+    assert!(export["destination"].get("token").is_none(), "{export}");
+    let log = subjects(&root.join("notes.git"), "main");
+    // One commit per step that wrote something: all but the backups (nia has none).
+    assert_eq!(
+        log.len() as u64,
+        export["total"].as_u64().unwrap() - 1,
+        "{log:?}"
+    );
+
+    // The token is nowhere in the log, nor in the working copy's config.
+    let everything = app.events.read_all(0, 100_000, &[]).await.unwrap();
+    for event in &everything {
+        let text = format!("{} {:?}", event.payload, event.metadata);
+        assert!(!text.contains("secret"), "{}: {text}", event.event_type);
+    }
+    let config_files = std::process::Command::new("grep")
+        .args(["-rl", "secret"])
+        .arg(app.config.data_dir.join("exports"))
+        .output()
+        .unwrap();
+    assert!(config_files.stdout.is_empty(), "{config_files:?}");
+
+    // Without the right token the remote refuses: the export retries, saying why.
+    let bad = start(
+        &app,
+        &token,
+        json!({"destination": {"kind": "git", "url": url, "branch": "main", "token": "wrong"}}),
+    )
+    .await;
+    let failing = eventually("the first failed try", PATIENCE, || async {
+        let (_, answer) = call(&app, &token, "GET", &format!("/exports/{bad}"), None).await;
+        answer["data"]["error"]
+            .is_string()
+            .then(|| answer["data"].clone())
+    })
+    .await;
+    assert_eq!(failing["status"], "running", "{failing}");
+    assert!(failing["retry_at"].is_string(), "{failing}");
+    assert!(
+        !failing["error"].as_str().unwrap().contains("wrong"),
+        "{failing}"
+    );
+    let (status, _) = call(&app, &token, "DELETE", &format!("/exports/{bad}"), None).await;
+    assert_eq!(status, 200);
 }

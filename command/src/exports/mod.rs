@@ -19,6 +19,7 @@ pub mod api;
 pub mod bundle;
 pub mod content;
 pub mod decide;
+pub mod git;
 pub mod progress;
 pub mod state;
 pub mod timers;
@@ -50,9 +51,14 @@ use crate::blobs::{BlobError, Blobs};
 use crate::capsules::{CapsuleError, Capsules};
 
 /// Due-item actions: run an export (its next steps), delete a bundle at the end of its
-/// retention.
+/// retention, write new messages to a destination kept in sync.
 pub const RUN: &str = "run";
 pub const EXPIRE: &str = "expire";
+pub const SYNC: &str = "sync";
+/// How often a destination kept in sync is written to, at most.
+pub const SYNC_EVERY: chrono::Duration = chrono::Duration::minutes(1);
+/// How long a step waits for a destination another export is writing.
+const BUSY_WAIT: chrono::Duration = chrono::Duration::seconds(2);
 /// How long a queued export waits before looking again whether the one before it ended
 /// (it is also woken when that one ends).
 const QUEUED_WAIT: chrono::Duration = chrono::Duration::seconds(30);
@@ -131,6 +137,9 @@ pub struct Exports {
     emails: Arc<Environment<'static>>,
     /// The domain of Message-IDs.
     domain: String,
+    /// Where git destinations' working copies are kept.
+    pub git_dir: std::path::PathBuf,
+    git_locks: git::Locks,
 }
 
 impl Exports {
@@ -166,6 +175,8 @@ impl Exports {
             link_ttl: chrono::Duration::days(7),
             emails: Arc::new(env),
             domain,
+            git_dir: git::default_dir(std::path::Path::new("./data")),
+            git_locks: git::Locks::default(),
         })
     }
 
@@ -270,7 +281,10 @@ impl Exports {
             decide::cancel(&export)
                 .map_err(|decide::NotCancellable::Over(s)| ExportError::Over(s.as_str()))?;
             let mut effects = Effects {
-                unschedule: vec![run_item(export_id, self.now()).key],
+                unschedule: vec![
+                    run_item(export_id, self.now()).key,
+                    sync_item(export_id, self.now()).key,
+                ],
                 ..Effects::default()
             };
             effects.schedule.extend(self.next_in_queue(&export).await?);
@@ -382,13 +396,16 @@ impl Exports {
             return Ok(None);
         };
         let written = match &export.request.destination {
-            Destination::Bundle => self.bundle_step(export, index, &step).await,
-            Destination::Git { .. } => Err(ExportError::Destination(
-                "git destinations are not available on this server".into(),
-            )),
+            Destination::Bundle => self
+                .bundle_step(export, index, &step)
+                .await
+                .map(|parts| Some((parts, None))),
+            Destination::Git { .. } => self.git_step(export, index, &step).await,
         };
         match written {
-            Ok(parts) => {
+            // Another export is writing to the same destination.
+            Ok(None) => Ok(Some(Ran::NotYet(self.now() + BUSY_WAIT))),
+            Ok(Some((parts, commit))) => {
                 let last = index + 1 == export.steps.len();
                 let (parts, bundle) = if last && !export.is_git() {
                     (Vec::new(), parts.into_iter().next())
@@ -398,7 +415,7 @@ impl Exports {
                 let done = ExportStepDone {
                     index: index as u32,
                     parts,
-                    commit: None,
+                    commit,
                 };
                 let mut next = export.clone();
                 self.append_or_reread(
@@ -472,6 +489,11 @@ impl Exports {
         if let Some(at) = expires_at {
             effects.schedule.push(expire_item(export.id(), at));
         }
+        if export.is_git() && export.request.keep_in_sync && event.outcome().0 {
+            effects
+                .schedule
+                .push(sync_item(export.id(), self.now() + SYNC_EVERY));
+        }
         effects.outbox = self.news(export, event).await;
         self.append_or_reread(export, vec![self.event(event, "scheduler")], effects)
             .await
@@ -494,6 +516,42 @@ impl Exports {
         match self.events.append(append).await {
             Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Write the messages posted since to a destination kept in sync, at most once a
+    /// minute: a projection of the user's messages whose read model is the repository.
+    pub async fn sync(&self, export_id: Uuid) -> Result<Ran, ExportError> {
+        let Some(export) = self.load(export_id).await? else {
+            return Ok(Ran::Done);
+        };
+        if !export.syncing() {
+            return Ok(Ran::Done);
+        }
+        let now = self.now();
+        if let Some(at) = export.synced_at.or(export.finished_at)
+            && at + SYNC_EVERY > now
+        {
+            return Ok(Ran::NotYet(at + SYNC_EVERY));
+        }
+        let up_to = self.events.head().await?;
+        match self.git_sync(&export, up_to).await? {
+            None => Ok(Ran::NotYet(now + BUSY_WAIT)),
+            Some((0, _)) => Ok(Ran::NotYet(now + SYNC_EVERY)),
+            Some((messages, commit)) => {
+                let synced = export::ExportSynced {
+                    up_to,
+                    messages,
+                    commit,
+                };
+                self.append_or_reread(
+                    &export,
+                    vec![self.event(&synced, "scheduler")],
+                    Effects::default(),
+                )
+                .await?;
+                Ok(Ran::NotYet(now + SYNC_EVERY))
+            }
         }
     }
 
@@ -744,6 +802,16 @@ pub fn run_item(export_id: Uuid, at: DateTime<Utc>) -> DueItem {
         key: format!("{}:{RUN}", export::stream(export_id)),
         stream_id: export::stream(export_id),
         action: RUN.to_owned(),
+        due_at: at,
+    }
+}
+
+/// The due item writing new messages to a destination kept in sync.
+fn sync_item(export_id: Uuid, at: DateTime<Utc>) -> DueItem {
+    DueItem {
+        key: format!("{}:{SYNC}", export::stream(export_id)),
+        stream_id: export::stream(export_id),
+        action: SYNC.to_owned(),
         due_at: at,
     }
 }

@@ -10,7 +10,7 @@ use cairn_events::domain::export;
 use cairn_events::{DueAction, DueIndex, DueItem, Handled};
 use uuid::Uuid;
 
-use super::{EXPIRE, Exports, RUN, Ran};
+use super::{EXPIRE, Exports, RUN, Ran, SYNC};
 
 /// The exports' due items, as the sleeper's action.
 pub struct ExportTimers {
@@ -34,6 +34,7 @@ impl DueAction for ExportTimers {
         let ran = match item.action.as_str() {
             RUN => self.exports.run(export_id).await,
             EXPIRE => self.exports.expire(export_id).await,
+            SYNC => self.exports.sync(export_id).await,
             other => {
                 tracing::warn!(key = %item.key, action = other, "an unknown due action; dropped");
                 return Ok(Handled::Nothing);
