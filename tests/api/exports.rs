@@ -20,6 +20,7 @@ crate::on_both_backends!(exports:
     progress_comes_as_server_sent_events,
     a_git_export_is_browsable_and_reruns_incrementally,
     a_git_export_goes_over_smart_http_with_a_token,
+    kill_9_during_a_git_export_resumes_without_a_second_commit,
 );
 
 async fn app(backend: Backend) -> TestApp {
@@ -807,4 +808,120 @@ pub async fn a_git_export_goes_over_smart_http_with_a_token(backend: Backend) {
     );
     let (status, _) = call(&app, &token, "DELETE", &format!("/exports/{bad}"), None).await;
     assert_eq!(status, 200);
+}
+
+pub async fn kill_9_during_a_git_export_resumes_without_a_second_commit(backend: Backend) {
+    use cairn_events::domain::message::{self, MessagePosted};
+    use cairn_events::{AppendRequest, ExpectedVersion, Metadata, NewEvent};
+
+    let env = crate::helpers::backend_env(backend).await;
+    let token = crate::helpers::cairn_user_add(&env, &["pia"]).await;
+    // Sixty days of messages, written to the log as posts on those days would be.
+    {
+        let data_dir = Path::new(crate::helpers::env_value(&env, "CAIRN_DATA_DIR").unwrap());
+        let events = cairn_events::open(
+            crate::helpers::env_value(&env, "CAIRN_DATABASE_URL"),
+            data_dir,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let user = cairn_command::users::user_by_name(&*events, "pia")
+            .await
+            .unwrap();
+        let start = chrono::Utc::now() - chrono::Duration::days(90);
+        for day in 0..60 {
+            let at = start + chrono::Duration::days(day);
+            let id = ulid::Ulid::from_datetime(at.into());
+            let posted = MessagePosted {
+                message_id: id,
+                user_id: user.id,
+                user_name: "pia".into(),
+                text: format!("day {day}"),
+                hashtags: Vec::new(),
+            };
+            let metadata = Metadata {
+                actor: Some(user.id.to_string()),
+                ..Metadata::default()
+            };
+            events
+                .append(AppendRequest::new(
+                    message::stream_id(id, user.id, None),
+                    ExpectedVersion::NoStream,
+                    vec![NewEvent::at(&posted, metadata, at)],
+                ))
+                .await
+                .unwrap();
+        }
+    }
+    let remote = bare_repository();
+    let body = json!({"destination": {"kind": "git", "url": remote.to_str().unwrap()}});
+    let client = crate::helpers::http();
+    let (mut server, base) = crate::helpers::start_server(&env).await;
+    let answer: Value = client
+        .post(format!("{base}/exports"))
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = answer["data"]["id"].as_str().unwrap().to_owned();
+    let progress = |base: String| {
+        let (client, token, id) = (client.clone(), token.clone(), id.clone());
+        async move {
+            let answer: Value = client
+                .get(format!("{base}/exports/{id}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            answer["data"].clone()
+        }
+    };
+    eventually("a few steps done", PATIENCE * 2, || async {
+        (progress(base.clone()).await["done"].as_u64() >= Some(5)).then_some(())
+    })
+    .await;
+    server.start_kill().unwrap(); // SIGKILL, in the middle of the export
+    server.wait().await.unwrap();
+    let before = subjects(&remote, "main").len();
+    assert!(before < 62, "killed before the end");
+
+    let (_server, base) = crate::helpers::start_server(&env).await;
+    let export = eventually("the export to complete", PATIENCE * 4, || async {
+        let export = progress(base.clone()).await;
+        (export["status"] == "completed").then_some(export)
+    })
+    .await;
+    let log = subjects(&remote, "main");
+    let mut unique = log.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), log.len(), "no step committed twice: {log:?}");
+    // Every step wrote something but the backups (pia has none): one commit each.
+    assert_eq!(
+        log.len() as u64,
+        export["total"].as_u64().unwrap() - 1,
+        "{log:?}"
+    );
+    for day in 0..60 {
+        let text = git(
+            Some(&remote),
+            &[
+                "grep",
+                "-c",
+                &format!("^day {day}$"),
+                "main",
+                "--",
+                "messages",
+            ],
+        );
+        assert_eq!(text.lines().count(), 1, "day {day} is in one file: {text}");
+    }
 }

@@ -96,7 +96,21 @@ impl Repo {
     }
 
     /// Set the working copy to the remote branch as it is (empty if the branch is new).
+    /// The working copy is only a cache: one left broken (a process killed in the middle
+    /// of a git command leaves its lock behind) is made anew.
     async fn sync(&self) -> Result<(), ExportError> {
+        if self.try_sync().await.is_ok() {
+            return Ok(());
+        }
+        if self.dir.exists() {
+            tokio::fs::remove_dir_all(&self.dir)
+                .await
+                .map_err(|e| ExportError::Destination(format!("the working copy: {e}")))?;
+        }
+        self.try_sync().await
+    }
+
+    async fn try_sync(&self) -> Result<(), ExportError> {
         let fresh = !self.dir.join(".git").exists();
         if fresh {
             self.init().await?;
