@@ -217,6 +217,11 @@ impl Application {
                     .with_clock(clock.clone())
                     .with_metrics(metrics.clone());
                 sleeper.hold = Duration::from_secs(config.due_claim_seconds);
+                if embedded {
+                    // SQLite cannot tell this process of work another one adds (`cairn
+                    // export` on the command line): look every few seconds at most.
+                    sleeper.max_sleep = Duration::from_secs(5);
+                }
                 tasks.push(tokio::spawn(sleeper.run(shutdown.clone())));
                 let emails = EmailDelivery {
                     events: events.clone(),

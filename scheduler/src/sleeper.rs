@@ -74,7 +74,9 @@ pub struct Sleeper {
     /// action still runs no earlier than the due time. Claims of others that run out
     /// within this lead count as run out: live ones are renewed seconds ahead.
     pub lead: Duration,
-    /// The longest sleep before the clock is looked at again.
+    /// The longest sleep before the due index is looked at again, for items scheduled
+    /// without a wake-up reaching this process (another process on a store that cannot
+    /// tell it, such as SQLite).
     pub max_sleep: Duration,
 }
 
@@ -128,8 +130,8 @@ impl Sleeper {
             shutdown: shutdown.clone(),
         };
         let mut scheduled = self.due.due_changed();
-        // When something may next become claimable; `None` with `look` false: nothing is
-        // scheduled at all.
+        // When something may next become claimable (`None`: nothing is scheduled), and
+        // whether to look at the due index before then.
         let mut next: Option<DateTime<Utc>> = None;
         let mut look = true;
         loop {
@@ -148,10 +150,7 @@ impl Sleeper {
                         continue;
                     }
                     Ok(false) => match self.due.next_due().await {
-                        Ok(at) => {
-                            next = at;
-                            look = false;
-                        }
+                        Ok(at) => next = at,
                         Err(error) => {
                             tracing::warn!(%error, "due index unavailable; trying again");
                             next = Some(now + chrono::Duration::seconds(1));
@@ -164,16 +163,15 @@ impl Sleeper {
                 }
             }
             let now = self.clock.now();
-            let wait = next.map_or(self.max_sleep, |at| {
-                (at - lead - now)
-                    .to_std()
-                    .unwrap_or(Duration::ZERO)
-                    .min(self.max_sleep)
+            let until_next = next.map_or(self.max_sleep, |at| {
+                (at - lead - now).to_std().unwrap_or(Duration::ZERO)
             });
+            let wait = until_next.min(self.max_sleep);
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = scheduled.changed() => look = true,
-                () = tokio::time::sleep(wait) => {}
+                // A full sleep looks again: an item may have come without a wake-up.
+                () = tokio::time::sleep(wait) => look = wait == self.max_sleep,
             }
         }
     }

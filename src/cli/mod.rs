@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 mod backups;
+mod exports;
 
 use crate::app::{Application, Role};
 use crate::backends;
@@ -90,6 +91,15 @@ pub enum Command {
         user: String,
         #[command(subcommand)]
         command: backups::BackupCommand,
+    },
+    /// Export everything a user owns, to a bundle or a git repository, following its
+    /// progress (the server's scheduler runs it).
+    Export(exports::ExportArgs),
+    /// Import a bundle (`cairn export`'s zip) under a user: its messages come back.
+    Import {
+        bundle: PathBuf,
+        #[arg(long)]
+        user: String,
     },
 }
 
@@ -264,6 +274,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Service { user, command } => backups::service(&config, &user, command).await,
         Command::Resource { user, command } => backups::resource(&config, &user, command).await,
         Command::Backup { user, command } => backups::backup(&config, &user, command).await,
+        Command::Export(args) => exports::export(&config, args).await,
+        Command::Import { bundle, user } => exports::import(&config, bundle, user).await,
         Command::Scheduler { command } => scheduler(&config, command).await,
         Command::Sender { command } => senders(&config, command).await,
         Command::Projections {

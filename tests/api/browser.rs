@@ -21,6 +21,15 @@ impl Browser {
     /// Start chromedriver and a headless Chromium (Debian's `chromium` and
     /// `chromium-driver`; `scripts/test` installs them where missing).
     pub async fn start() -> Self {
+        Self::launch(&[]).await
+    }
+
+    /// A browser with JavaScript turned off, as some readers keep it.
+    pub async fn without_javascript() -> Self {
+        Self::launch(&["--blink-settings=scriptEnabled=false"]).await
+    }
+
+    async fn launch(extra_args: &[&str]) -> Self {
         let port = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().port()
@@ -42,16 +51,27 @@ impl Browser {
         )
         .await;
         let profile = crate::helpers::temp_dir();
+        let mut args: Vec<String> = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ]
+        .iter()
+        .chain(extra_args)
+        .map(|arg| (*arg).to_owned())
+        .collect();
+        args.push(format!("--user-data-dir={}", profile.display()));
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--disable-quic", "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync",
-                    format!("--user-data-dir={}", profile.display()),
-                ],
+                "args": args,
             },
         }}});
         let created: Value = http

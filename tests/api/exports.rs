@@ -21,6 +21,7 @@ crate::on_both_backends!(exports:
     a_git_export_is_browsable_and_reruns_incrementally,
     a_git_export_goes_over_smart_http_with_a_token,
     kill_9_during_a_git_export_resumes_without_a_second_commit,
+    a_bundle_comes_back_in_a_fresh_cairn,
 );
 
 async fn app(backend: Backend) -> TestApp {
@@ -923,5 +924,172 @@ pub async fn kill_9_during_a_git_export_resumes_without_a_second_commit(backend:
             ],
         );
         assert_eq!(text.lines().count(), 1, "day {day} is in one file: {text}");
+    }
+}
+
+pub async fn a_bundle_comes_back_in_a_fresh_cairn(backend: Backend) {
+    let app = app(backend).await;
+    let token = app.add_user("olu").await;
+    for (text, tags) in [
+        ("hello", &["Hi"][..]),
+        ("two\nlines", &[]),
+        ("last #x", &["x", "y"]),
+    ] {
+        app.post(&token, text, tags).await;
+    }
+    app.wait_projected().await;
+    let id = start(&app, &token, json!({"destination": {"kind": "bundle"}})).await;
+    assert_eq!(ended(&app, &token, &id).await["status"], "completed");
+    let zip = app
+        .client
+        .get(format!("{}/exports/{id}/bundle", app.address))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let dir = temp_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("olu.zip");
+    std::fs::write(&path, &zip).unwrap();
+
+    // Another Cairn, on fresh storage: the user comes back with the bundle.
+    let env = crate::helpers::backend_env(backend).await;
+    crate::helpers::cairn_user_add(&env, &["olu"]).await;
+    let path = path.to_str().unwrap();
+    let said = crate::helpers::cairn(&env, &["import", path, "--user", "olu"]).await;
+    assert_eq!(said.trim(), "3 messages imported, 0 already here");
+    let again = crate::helpers::cairn(&env, &["import", path, "--user", "olu"]).await;
+    assert_eq!(again.trim(), "0 messages imported, 3 already here");
+
+    let (_server, base) = crate::helpers::start_server(&env).await;
+    let query = "/message?user_name=olu&limit=100";
+    let (_, before) = app.get(query).await;
+    let after = eventually("the imported messages to be readable", PATIENCE, || async {
+        let answer: Value = app
+            .client
+            .get(format!("{base}{query}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (answer["data"].as_array().map(Vec::len) == Some(3)).then_some(answer)
+    })
+    .await;
+    // The same answers, but for the user's id: olu is a new user here.
+    let strip = |mut page: Value| {
+        for message in page["data"].as_array_mut().unwrap() {
+            message["user"].as_object_mut().unwrap().remove("id");
+        }
+        page
+    };
+    assert_eq!(strip(after), strip(before));
+
+    // `cairn export` there follows the export the server runs, and writes the bundle.
+    let out = dir.join("again.zip");
+    let output = crate::helpers::cairn_output(
+        &env,
+        &["export", "--user", "olu", "--out", out.to_str().unwrap()],
+    )
+    .await;
+    let progress = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{progress}");
+    assert!(progress.contains("completed"), "{progress}");
+    assert!(
+        progress.contains("[##############################]"),
+        "{progress}"
+    );
+    let files = unzip(&out);
+    let exported: usize = files
+        .iter()
+        .filter(|(name, _)| name.starts_with("messages/"))
+        .map(|(_, bytes)| lines(bytes).len())
+        .sum();
+    assert_eq!(exported, 3);
+
+    // A damaged bundle is refused, and nothing is written.
+    let mut damaged = zip.to_vec();
+    // A byte of the first file's content (after its 30-byte header and its name).
+    let name_len = usize::from(u16::from_le_bytes([damaged[26], damaged[27]]));
+    damaged[30 + name_len + 2] ^= 0xFF;
+    let damaged_path = dir.join("damaged.zip");
+    std::fs::write(&damaged_path, damaged).unwrap();
+    let env2 = crate::helpers::backend_env(backend).await;
+    crate::helpers::cairn_user_add(&env2, &["olu"]).await;
+    let output = crate::helpers::cairn_output(
+        &env2,
+        &["import", damaged_path.to_str().unwrap(), "--user", "olu"],
+    )
+    .await;
+    assert!(!output.status.success());
+}
+
+/// The page behind an export's signed link, in a browser: with JavaScript the bar follows
+/// the events as the export waits, runs and ends; without it the page refreshes itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_progress_page_follows_the_export_in_a_browser() {
+    let app = app(Backend::Embedded).await;
+    let token = app.add_user("pia").await;
+    for day in 0..3 {
+        app.post(&token, &format!("day {day}"), &[]).await;
+    }
+    app.wait_projected().await;
+    // A first export that cannot reach its remote waits for a retry on a stopped clock,
+    // holding the user's queue: the second waits behind it until it is cancelled.
+    *app.now.lock().unwrap() = Some(chrono::Utc::now());
+    let stuck = start(
+        &app,
+        &token,
+        json!({"destination": {"kind": "git", "url": "http://127.0.0.1:9/nowhere.git"}}),
+    )
+    .await;
+    eventually("the first export to wait for a retry", PATIENCE, || async {
+        let (_, answer) = call(&app, &token, "GET", &format!("/exports/{stuck}"), None).await;
+        (answer["data"]["status"] == "running" && answer["data"]["error"].is_string()).then_some(())
+    })
+    .await;
+    let (status, answer) = call(
+        &app,
+        &token,
+        "POST",
+        "/exports",
+        Some(json!({"destination": {"kind": "bundle"}})),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["data"]["id"].as_str().unwrap().to_owned();
+    let page = app.local(answer["data"]["links"]["page"].as_str().unwrap());
+
+    let browser = crate::browser::Browser::start().await;
+    let plain = crate::browser::Browser::without_javascript().await;
+    browser.open(&page).await;
+    plain.open(&page).await;
+    for b in [&browser, &plain] {
+        assert_eq!(b.text("#status").await, "queued");
+        assert_eq!(b.attribute("#bar", "value").await, "0");
+        assert!(!b.text("body").await.contains("Download"));
+    }
+
+    let (status, _) = call(&app, &token, "DELETE", &format!("/exports/{stuck}"), None).await;
+    assert_eq!(status, 200);
+    for (b, how) in [(&browser, "the events"), (&plain, "refreshing")] {
+        eventually(
+            &format!("the page to follow by {how}"),
+            PATIENCE,
+            || async { (b.text("#status").await == "completed").then_some(()) },
+        )
+        .await;
+        let total = b.attribute("#bar", "max").await;
+        assert_eq!(b.attribute("#bar", "value").await, total);
+        assert_eq!(b.text("#count").await, format!("{total}/{total}"));
+        let link = b.attribute("#download a", "href").await;
+        assert!(
+            link.starts_with(&format!("{PUBLIC_URL}/exports/{id}/bundle?")),
+            "{link}"
+        );
     }
 }

@@ -20,6 +20,7 @@ pub mod bundle;
 pub mod content;
 pub mod decide;
 pub mod git;
+pub mod import;
 pub mod progress;
 pub mod state;
 pub mod timers;
@@ -686,6 +687,18 @@ impl Exports {
             "{}{path}?expires={expires}&signature={signature}",
             self.public_url
         )
+    }
+
+    /// Copy a stored bundle into `out`.
+    pub async fn download(
+        &self,
+        blob: &str,
+        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+    ) -> Result<(), ExportError> {
+        match self.blobs.copy_to(blob, out).await? {
+            Some(_) => Ok(()),
+            None => Err(ExportError::NotFound),
+        }
     }
 
     /// A link downloading the bundle without a token, for a while.
