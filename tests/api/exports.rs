@@ -20,6 +20,7 @@ crate::on_both_backends!(exports:
     progress_comes_as_server_sent_events,
     a_git_export_is_browsable_and_reruns_incrementally,
     a_git_export_goes_over_smart_http_with_a_token,
+    a_git_destination_kept_in_sync_gets_new_messages,
     kill_9_during_a_git_export_resumes_without_a_second_commit,
     a_bundle_comes_back_in_a_fresh_cairn,
 );
@@ -652,6 +653,82 @@ pub async fn a_git_export_is_browsable_and_reruns_incrementally(backend: Backend
     );
     let day = git(Some(&remote), &["show", &format!("notes/cairn:{day_file}")]);
     assert!(day.contains("third"), "{day}");
+}
+
+pub async fn a_git_destination_kept_in_sync_gets_new_messages(backend: Backend) {
+    let app = app(backend).await;
+    let token = app.add_user("noor").await;
+    let other = app.add_user("omar").await;
+    app.post(&token, "before", &[]).await;
+    let start_at = chrono::Utc::now();
+    let at = |seconds: i64| {
+        *app.now.lock().unwrap() = Some(start_at + chrono::Duration::seconds(seconds));
+    };
+    at(0);
+    let remote = bare_repository();
+    let body = json!({
+        "destination": {"kind": "git", "url": remote.to_str().unwrap(), "branch": "main"},
+        "keep_in_sync": true,
+    });
+    let id = start(&app, &token, body).await;
+    let export = ended(&app, &token, &id).await;
+    assert_eq!(export["status"], "completed", "{export}");
+    assert_eq!(export["keep_in_sync"], true);
+    let exported = subjects(&remote, "main").len();
+
+    // Posted after the export: written within a minute, in one commit; others' not at all.
+    app.post(&token, "after one", &[]).await;
+    app.post(&token, "after two", &["later"]).await;
+    app.post(&other, "omar's own", &[]).await;
+    // The scheduler looks at its clock when woken: a bundle export wakes it.
+    let wake = |seconds: i64| {
+        at(seconds);
+        let app = &app;
+        let token = &token;
+        async move {
+            let id = start(app, token, json!({"destination": {"kind": "bundle"}})).await;
+            ended(app, token, &id).await;
+        }
+    };
+    wake(61).await;
+    let log = eventually("the new messages to be committed", PATIENCE, || async {
+        let log = subjects(&remote, "main");
+        (log.len() > exported).then_some(log)
+    })
+    .await;
+    assert_eq!(log.len(), exported + 1, "{log:?}");
+    assert_eq!(log[0], "Cairn: 2 new messages");
+    let files = git(Some(&remote), &["ls-tree", "-r", "--name-only", "main"]);
+    let days: Vec<&str> = files
+        .lines()
+        .filter(|f| f.starts_with("messages/"))
+        .collect();
+    let text: String = days
+        .iter()
+        .map(|f| git(Some(&remote), &["show", &format!("main:{f}")]))
+        .collect();
+    for said in ["before", "after one", "after two", "Tags: #later"] {
+        assert!(text.contains(said), "{said}: {text}");
+    }
+    assert!(!text.contains("omar"), "{text}");
+    let synced = eventually("the sync to be recorded", PATIENCE, || async {
+        let (_, answer) = call(&app, &token, "GET", &format!("/exports/{id}"), None).await;
+        answer["data"]["synced_at"].as_str().map(str::to_owned)
+    })
+    .await;
+    assert!(!synced.is_empty());
+
+    // Nothing new: no commit. Cancelled: no more syncing, and the export stays completed.
+    wake(130).await;
+    let (status, answer) = call(&app, &token, "DELETE", &format!("/exports/{id}"), None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["data"]["status"], "completed");
+    assert_eq!(answer["data"]["keep_in_sync"], false);
+    app.post(&token, "after the end", &[]).await;
+    wake(200).await;
+    let (status, _) = call(&app, &token, "DELETE", &format!("/exports/{id}"), None).await;
+    assert_eq!(status, 409, "nothing left to cancel");
+    assert_eq!(subjects(&remote, "main").len(), exported + 1);
 }
 
 /// A smart-HTTP git server over the repositories under `root` (`git http-backend` as a

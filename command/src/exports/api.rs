@@ -142,6 +142,10 @@ struct ExportData {
     requested_at: String,
     #[schema(format = DateTime)]
     finished_at: Option<String>,
+    /// A git destination kept in sync (`keep_in_sync`, until cancelled): when new
+    /// messages were last written to it.
+    #[schema(format = DateTime)]
+    synced_at: Option<String>,
     /// A finished bundle, until it expires.
     bundle: Option<BundleView>,
     links: Links,
@@ -197,6 +201,7 @@ fn data(exports: &Exports, export: &ExportState) -> ExportData {
             .map(stamp),
         requested_at: stamp(export.requested_at),
         finished_at: export.finished_at.map(stamp),
+        synced_at: export.synced_at.map(stamp),
         bundle: export
             .bundle
             .as_ref()

@@ -391,7 +391,7 @@ impl Exports {
         &self,
         export: &ExportState,
         up_to: cairn_events::Position,
-    ) -> Result<Option<(u64, Option<String>)>, ExportError> {
+    ) -> Result<Option<Synced>, ExportError> {
         let Some(_held) = self.hold(export).await? else {
             return Ok(None);
         };
@@ -404,15 +404,24 @@ impl Exports {
                 cairn_events::domain::message::CATEGORY,
                 export.synced_up_to,
                 up_to,
-                100_000,
+                SYNC_BATCH,
             )
             .await?;
+        // A batch that fills up stops at its last message; the next sync goes on from it.
+        let up_to = match new.last() {
+            Some(last) if new.len() == SYNC_BATCH => last.position,
+            _ => up_to,
+        };
         let mut days: Vec<chrono::NaiveDate> =
             new.iter().map(|e| e.occurred_at.date_naive()).collect();
         days.sort_unstable();
         days.dedup();
         if days.is_empty() {
-            return Ok(Some((0, None)));
+            return Ok(Some(Synced {
+                messages: 0,
+                up_to,
+                commit: None,
+            }));
         }
         let repo = self.repo(export)?;
         repo.sync().await?;
@@ -434,8 +443,23 @@ impl Exports {
             export.id()
         );
         let commit = repo.commit_and_push(&message).await?;
-        Ok(Some((new.len() as u64, commit)))
+        Ok(Some(Synced {
+            messages: new.len() as u64,
+            up_to,
+            commit,
+        }))
     }
+}
+
+/// The most messages one sync writes.
+const SYNC_BATCH: usize = 100_000;
+
+/// What a sync of a destination kept in sync wrote.
+pub(super) struct Synced {
+    pub messages: u64,
+    /// The position the destination now holds every message up to.
+    pub up_to: cairn_events::Position,
+    pub commit: Option<String>,
 }
 
 fn stamp(t: DateTime<Utc>) -> String {

@@ -538,8 +538,12 @@ impl Exports {
         let up_to = self.events.head().await?;
         match self.git_sync(&export, up_to).await? {
             None => Ok(Ran::NotYet(now + BUSY_WAIT)),
-            Some((0, _)) => Ok(Ran::NotYet(now + SYNC_EVERY)),
-            Some((messages, commit)) => {
+            Some(git::Synced { messages: 0, .. }) => Ok(Ran::NotYet(now + SYNC_EVERY)),
+            Some(git::Synced {
+                messages,
+                up_to,
+                commit,
+            }) => {
                 let synced = export::ExportSynced {
                     up_to,
                     messages,
