@@ -18,6 +18,9 @@
 //! - `scheduler`: several scheduler processes: release precision and idle cost, a burst,
 //!   the same against pg-boss and graphile-worker, recurring capsules (see
 //!   `support/scheduler.rs`).
+//! - `exports`: a user's 1,000,000 messages exported to a bundle (against `psql` COPY and
+//!   `gzip -1`) and to a local git repository, the scheduler's memory sampled; 1,000
+//!   clients following one export's events (see `support/exports.rs`).
 //!
 //! Every figure is printed as it is measured and again in a summary at the end. The
 //! servers it starts log at `warn` to its stderr; `BENCH_SERVER_LOG` sets their `RUST_LOG`.
@@ -43,6 +46,8 @@ use uuid::Uuid;
 mod backups;
 #[path = "support/capsules.rs"]
 mod capsules;
+#[path = "support/exports.rs"]
+mod exports;
 #[path = "support/peers.rs"]
 mod peers;
 #[path = "support/scheduler.rs"]
@@ -737,8 +742,9 @@ fn temp_dir(what: &str) -> PathBuf {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     cairn::install_tls_provider();
-    let only = std::env::var("BENCH_ONLY")
-        .unwrap_or_else(|_| "write,read,rss,cold,trends,capsules,upload,scheduler,backups".into());
+    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| {
+        "write,read,rss,cold,trends,capsules,upload,scheduler,backups,exports".into()
+    });
     let wants = |s: &str| {
         only.split(',')
             .any(|o| o.trim() == s || (s == "read" && o.trim() == "lag"))
@@ -776,6 +782,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("backups") {
         backups::bench_backups(&mut summary).await?;
+    }
+    if wants("exports") {
+        exports::bench_exports(&mut summary).await?;
     }
     println!("\n| measure | figure | target |\n|---|---|---|");
     for (what, figure, target) in &summary.0 {

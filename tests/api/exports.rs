@@ -430,17 +430,22 @@ pub async fn progress_comes_as_server_sent_events(backend: Backend) {
     let before = start(&app, &token, json!({"destination": {"kind": "bundle"}})).await;
     let id = start(&app, &token, json!({"destination": {"kind": "bundle"}})).await;
 
-    // A client following the events from the start sees every step to the end.
-    let response = app
-        .client
-        .get(format!("{}/exports/{id}/events", app.address))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let events = read_events(response).await;
+    // A client following the events from the start sees every step to the end; another
+    // following at the same time, the same.
+    let follow = || async {
+        let response = app
+            .client
+            .get(format!("{}/exports/{id}/events", app.address))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        read_events(response).await
+    };
+    let (events, also) = tokio::join!(follow(), follow());
+    assert_eq!(also.last(), events.last());
     let last = events.last().expect("at least the state at the start");
     assert_eq!(last.1["status"], "completed");
     assert_eq!(last.1["done"], last.1["total"]);

@@ -265,10 +265,7 @@ impl Exports {
             Step::Messages {
                 day, first, last, ..
             } => {
-                let path = format!("messages/{}.md", day.format("%Y/%m/%d"));
-                let (text, count) = self.day_markdown(user, *day, *first, *last).await?;
-                repo.write(&path, text.as_bytes()).await?;
-                parts.push(part(&path, text.as_bytes(), count));
+                parts.push(self.write_day(&repo, user, *day, *first, *last).await?);
             }
             Step::Backups => {
                 for service in self.services(user).await? {
@@ -365,24 +362,53 @@ impl Exports {
             .map_err(|e| ExportError::Destination(format!("writing {path}: {e}")))
     }
 
-    /// A day's messages as Markdown, oldest first; and how many.
-    async fn day_markdown(
+    /// Write a day's messages as Markdown, oldest first, into the working copy page by
+    /// page (a day of any size is never whole in memory); its part for the manifest.
+    async fn write_day(
         &self,
+        repo: &Repo,
         user: uuid::Uuid,
         day: chrono::NaiveDate,
         first: cairn_events::Position,
         last: cairn_events::Position,
-    ) -> Result<(String, u64), ExportError> {
+    ) -> Result<Part, ExportError> {
+        use tokio::io::AsyncWriteExt;
+        let path = format!("messages/{}.md", day.format("%Y/%m/%d"));
+        let failed = |e: std::io::Error| ExportError::Destination(format!("writing {path}: {e}"));
+        let Some(file) = self.file_in(repo, &path).await? else {
+            return Err(ExportError::Other(format!("{path} is not a file's path")));
+        };
+        let mut out = tokio::io::BufWriter::new(file);
+        let (mut sha256, mut crc32) = (Sha256::new(), crc32fast::Hasher::new());
+        let (mut bytes, mut records) = (0_u64, 0_u64);
         let mut text = format!("# Messages of {day}\n");
-        let mut count = 0;
         let mut pages = self.messages(user, first, last);
-        while let Some(records) = pages.next().await? {
-            for record in &records {
+        loop {
+            let page = pages.next().await?;
+            for record in page.iter().flatten() {
                 message_markdown(&mut text, record);
-                count += 1;
+                records += 1;
+            }
+            sha256.update(text.as_bytes());
+            crc32.update(text.as_bytes());
+            bytes += text.len() as u64;
+            out.write_all(text.as_bytes()).await.map_err(failed)?;
+            text.clear();
+            if page.is_none() {
+                break;
             }
         }
-        Ok((text, count))
+        out.flush().await.map_err(failed)?;
+        Ok(Part {
+            path: path.clone(),
+            blob: String::new(),
+            bytes,
+            stored_bytes: bytes,
+            deflated: false,
+            crc32: crc32.finalize(),
+            sha256: crate::blobs::hex(&sha256.finalize()),
+            records,
+        })
     }
 
     /// Keep a git destination in sync: write the days that have new messages since it was
@@ -430,11 +456,8 @@ impl Exports {
             .days_by_actor(&actor, cairn_events::domain::message::CATEGORY, up_to)
             .await?;
         for span in spans.iter().filter(|s| days.contains(&s.day)) {
-            let path = format!("messages/{}.md", span.day.format("%Y/%m/%d"));
-            let (text, _) = self
-                .day_markdown(user, span.day, span.first, span.last)
+            self.write_day(&repo, user, span.day, span.first, span.last)
                 .await?;
-            repo.write(&path, text.as_bytes()).await?;
         }
         let message = format!(
             "Cairn: {} new message{}\n\nExport {}",
@@ -451,8 +474,8 @@ impl Exports {
     }
 }
 
-/// The most messages one sync writes.
-const SYNC_BATCH: usize = 100_000;
+/// The most messages one sync writes (read whole, to find their days).
+const SYNC_BATCH: usize = 10_000;
 
 /// What a sync of a destination kept in sync wrote.
 pub(super) struct Synced {

@@ -141,6 +141,7 @@ pub struct Exports {
     /// Where git destinations' working copies are kept.
     pub git_dir: std::path::PathBuf,
     git_locks: git::Locks,
+    followers: progress::Followers,
 }
 
 impl Exports {
@@ -178,6 +179,7 @@ impl Exports {
             domain,
             git_dir: git::default_dir(std::path::Path::new("./data")),
             git_locks: git::Locks::default(),
+            followers: progress::Followers::default(),
         })
     }
 

@@ -3,16 +3,19 @@
 //! reconnects with `Last-Event-ID` goes on where it was), and a page with a progress bar
 //! that follows them, or, without JavaScript, refreshes itself.
 //!
-//! A watcher reads the stream after the version it has shown when the log grows (the
-//! store's hint) or a second has passed (a step recorded by another process), so a
-//! thousand watchers cost a thousand small reads per step, and nothing between steps.
+//! One task per export in a process reads its stream when the log grows (the store's
+//! hint) or a second has passed (a step recorded by another process), and hands each new
+//! state to every watcher: a thousand watchers of one export cost one small read a step.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use cairn_events::domain::export;
 use futures_util::Stream;
 use serde::Serialize;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::state::ExportState;
@@ -55,13 +58,13 @@ impl From<&ExportState> for Progress {
     }
 }
 
-struct Watch {
-    exports: Exports,
-    export: ExportState,
-    /// The version last shown.
-    shown: i64,
-    hint: tokio::sync::watch::Receiver<cairn_events::Position>,
-    ended: bool,
+/// The exports being followed in this process, each by one task that reads its stream
+/// and hands each new state to every watcher of it.
+pub type Followers = Arc<Mutex<HashMap<Uuid, watch::Sender<ExportState>>>>;
+
+/// Whether an export has nothing more to show.
+fn finished(export: &ExportState) -> bool {
+    export.status.is_over() && !export.syncing()
 }
 
 impl Exports {
@@ -72,44 +75,98 @@ impl Exports {
         export: ExportState,
         last_seen: Option<i64>,
     ) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>> + use<>> {
-        let watch = Watch {
-            hint: self.events.subscribe(),
-            exports: self.clone(),
-            shown: last_seen.unwrap_or(0).min(export.version),
-            ended: false,
-            export,
-        };
-        let stream = futures_util::stream::unfold(watch, |mut watch| async move {
-            if watch.ended {
-                return None;
+        let shown = last_seen.unwrap_or(0).min(export.version);
+        let updates = (!finished(&export)).then(|| self.follow(&export));
+        let stream = futures_util::stream::unfold(
+            (export, updates, shown),
+            |(mut export, mut updates, mut shown)| async move {
+                loop {
+                    if let Some(newer) = updates
+                        .as_mut()
+                        .map(|u| u.borrow_and_update().clone())
+                        .filter(|newer| newer.version > export.version)
+                    {
+                        export = newer;
+                    }
+                    if export.version > shown {
+                        shown = export.version;
+                        let data =
+                            serde_json::to_string(&Progress::from(&export)).unwrap_or_default();
+                        let event = Event::default()
+                            .event("progress")
+                            .id(shown.to_string())
+                            .data(data);
+                        return Some((Ok(event), (export, updates, shown)));
+                    }
+                    if finished(&export) {
+                        return None;
+                    }
+                    // No follower left (it ended with the export, which the state read
+                    // above already shows).
+                    updates.as_mut()?.changed().await.ok()?;
+                }
+            },
+        );
+        Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    }
+
+    /// A receiver of `export`'s states as they change: from the task following it in
+    /// this process, started by its first watcher.
+    fn follow(&self, export: &ExportState) -> watch::Receiver<ExportState> {
+        let mut followers = self.followers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sender) = followers.get(&export.id()) {
+            return sender.subscribe();
+        }
+        let (sender, receiver) = watch::channel(export.clone());
+        followers.insert(export.id(), sender.clone());
+        let exports = self.clone();
+        tokio::spawn(async move { exports.publish(sender).await });
+        receiver
+    }
+
+    /// Follow an export's stream for its watchers, until it ends or nobody watches: a
+    /// read when the log grows (the store's hint) or a second has passed (a step recorded
+    /// by another process), however many watch it.
+    async fn publish(&self, sender: watch::Sender<ExportState>) {
+        let mut hint = self.events.subscribe();
+        let mut export = sender.borrow().clone();
+        let id = export.id();
+        loop {
+            if finished(&export) {
+                self.unfollow(id);
+                return;
             }
-            loop {
-                if watch.export.version > watch.shown {
-                    watch.shown = watch.export.version;
-                    watch.ended = watch.export.status.is_over() && !watch.export.syncing();
-                    let data =
-                        serde_json::to_string(&Progress::from(&watch.export)).unwrap_or_default();
-                    let event = Event::default()
-                        .event("progress")
-                        .id(watch.shown.to_string())
-                        .data(data);
-                    return Some((Ok(event), watch));
+            let nobody = tokio::select! {
+                () = sender.closed() => true,
+                _ = tokio::time::timeout(POLL, hint.changed()) => false,
+            };
+            if nobody {
+                // Leave under the lock, unless a watcher came meanwhile.
+                let mut followers = self.followers.lock().unwrap_or_else(|p| p.into_inner());
+                if sender.receiver_count() == 0 {
+                    followers.remove(&id);
+                    return;
                 }
-                if watch.export.status.is_over() && !watch.export.syncing() {
-                    return None;
-                }
-                let _ = tokio::time::timeout(POLL, watch.hint.changed()).await;
-                tokio::time::sleep(MIN_GAP).await;
-                match watch.exports.read_more(&mut watch.export).await {
-                    Ok(()) => {}
-                    Err(error) => {
-                        tracing::warn!(%error, "export progress could not be read");
-                        tokio::time::sleep(POLL).await;
+                continue;
+            }
+            tokio::time::sleep(MIN_GAP).await;
+            match self.read_more(&mut export).await {
+                Ok(()) => {
+                    if export.version > sender.borrow().version {
+                        sender.send_replace(export.clone());
                     }
                 }
+                Err(error) => {
+                    tracing::warn!(%error, "export progress could not be read");
+                    tokio::time::sleep(POLL).await;
+                }
             }
-        });
-        Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        }
+    }
+
+    fn unfollow(&self, id: Uuid) {
+        let mut followers = self.followers.lock().unwrap_or_else(|p| p.into_inner());
+        followers.remove(&id);
     }
 
     /// Apply what was appended to `export`'s stream since it was read.
