@@ -11,7 +11,8 @@ use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Backend, PATIENCE, PUBLIC_URL, TestApp, eventually, spawn_with, temp_dir, test_config,
+    Backend, PATIENCE, PUBLIC_URL, TestApp, eventually, mail_config, spawn_with, temp_dir,
+    test_config, until,
 };
 
 crate::on_both_backends!(exports:
@@ -23,6 +24,7 @@ crate::on_both_backends!(exports:
     a_git_destination_kept_in_sync_gets_new_messages,
     kill_9_during_a_git_export_resumes_without_a_second_commit,
     a_bundle_comes_back_in_a_fresh_cairn,
+    the_owner_hears_when_an_export_ends,
 );
 
 async fn app(backend: Backend) -> TestApp {
@@ -1173,5 +1175,142 @@ async fn the_progress_page_follows_the_export_in_a_browser() {
             link.starts_with(&format!("{PUBLIC_URL}/exports/{id}/bundle?")),
             "{link}"
         );
+    }
+}
+
+/// When an export ends its owner is emailed, and the webhooks of their backup services are
+/// called, signed with each service's secret: with the download link when it worked, with
+/// the reason when a destination kept failing (tried five times, then given up).
+pub async fn the_owner_hears_when_an_export_ends(backend: Backend) {
+    let (config, sink) = mail_config(backend).await;
+    let app = spawn_with(config).await;
+    let token =
+        cairn_command::users::add_user(&*app.events, "rui", Some("rui@example.com"), None, None)
+            .await
+            .unwrap()
+            .value;
+    app.sync_tokens().await;
+    let calls: std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>> =
+        Default::default();
+    let seen = calls.clone();
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push((headers, body));
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook).await });
+    let (status, service) = call(
+        &app,
+        &token,
+        "POST",
+        "/services",
+        Some(json!({"name": "bots", "notifications": {"webhooks": [url]}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{service}");
+    let secret = service["data"]["notifications"]["webhook_secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.post(&token, "something to keep", &[]).await;
+
+    let id = start(&app, &token, json!({"destination": {"kind": "bundle"}})).await;
+    assert_eq!(ended(&app, &token, &id).await["status"], "completed");
+    let email = sink
+        .wait_for("rui@example.com", "Your export is ready")
+        .await;
+    let text = email.decoded();
+    assert!(
+        text.contains(&format!("{PUBLIC_URL}/exports/{id}/bundle?expires=")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{PUBLIC_URL}/exports/{id}/page?")),
+        "{text}"
+    );
+    until("the webhook call", PATIENCE, || async {
+        !calls.lock().unwrap().is_empty()
+    })
+    .await;
+    let (headers, body) = calls.lock().unwrap()[0].clone();
+    let header = |name: &str| headers[name].to_str().unwrap().to_owned();
+    let hook_id = header("webhook-id");
+    let timestamp: i64 = header("webhook-timestamp").parse().unwrap();
+    assert_eq!(
+        Some(header("webhook-signature")),
+        cairn_scheduler::webhook::signature(&secret, &hook_id, timestamp, &body),
+    );
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["type"], "export.completed");
+    assert_eq!(body["data"]["export"], id.as_str());
+    assert!(
+        body["data"]["download_url"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{PUBLIC_URL}/exports/{id}/bundle?")),
+        "{body}"
+    );
+
+    // A remote nobody answers at: five tries, each after a longer wait, then the end. The
+    // clock is moved past each wait, and the scheduler woken by another export asked for
+    // (which waits behind this one).
+    let start_at = chrono::Utc::now();
+    *app.now.lock().unwrap() = Some(start_at);
+    let failing = start(
+        &app,
+        &token,
+        json!({"destination": {"kind": "git", "url": "http://127.0.0.1:9/nowhere.git"}}),
+    )
+    .await;
+    let mut waiting = Vec::new();
+    let mut retries = Vec::new();
+    let deadline = std::time::Instant::now() + PATIENCE * 2;
+    let failed = loop {
+        assert!(std::time::Instant::now() < deadline, "the export gave up");
+        let (_, answer) = call(&app, &token, "GET", &format!("/exports/{failing}"), None).await;
+        let data = answer["data"].clone();
+        if data["status"] == "failed" {
+            break data;
+        }
+        if data["retry_at"].is_string() && retries.last() != Some(&data["retry_at"]) {
+            retries.push(data["retry_at"].clone());
+            let now = *app.now.lock().unwrap();
+            *app.now.lock().unwrap() = now.map(|t| t + chrono::Duration::minutes(1));
+            waiting.push(start(&app, &token, json!({"destination": {"kind": "bundle"}})).await);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let reason = failed["error"].as_str().unwrap();
+    assert!(reason.contains("(tried 5 times)"), "{reason}");
+    assert!(reason.contains("127.0.0.1:9"), "{reason}");
+    assert_eq!(
+        retries.len(),
+        4,
+        "a wait after each of the first four tries"
+    );
+    let email = sink.wait_for("rui@example.com", "Your export failed").await;
+    assert!(
+        email.decoded().contains("127.0.0.1:9"),
+        "{}",
+        email.decoded()
+    );
+    until("the second webhook call", PATIENCE, || async {
+        calls.lock().unwrap().len() >= 2
+    })
+    .await;
+    let body: Value = serde_json::from_str(&calls.lock().unwrap()[1].1).unwrap();
+    assert_eq!(body["type"], "export.failed");
+    assert_eq!(body["data"]["export"], failing.as_str());
+    assert!(body["data"]["download_url"].is_null());
+    // The exports behind it go on.
+    for id in &waiting {
+        assert_eq!(ended(&app, &token, id).await["status"], "completed");
     }
 }
