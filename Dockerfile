@@ -6,8 +6,9 @@ RUN cargo build --release --locked --bin cairn \
  && cp target/release/cairn /usr/local/bin/cairn
 
 FROM debian:bookworm-slim
+# git: exports to git repositories run the host's git.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates git \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /data cairn \
  && mkdir -p /data && chown cairn /data

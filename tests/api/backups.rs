@@ -6,7 +6,9 @@
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, PATIENCE, PUBLIC_URL, TestApp, spawn_with, test_config, until};
+use crate::helpers::{
+    Backend, PATIENCE, PUBLIC_URL, TestApp, call, spawn_with, test_config, until, webhook_receiver,
+};
 
 crate::on_both_backends!(backups:
     uploads_the_dome_way,
@@ -31,28 +33,6 @@ async fn app(backend: Backend) -> TestApp {
     config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
     config.public_url = PUBLIC_URL.into();
     spawn_with(config).await
-}
-
-/// `method path` with the owner's token and a JSON body; the status and the JSON answer.
-async fn call(
-    app: &TestApp,
-    token: &str,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut request = app
-        .client
-        .request(method, format!("{}{path}", app.address))
-        .bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 /// A service with `settings` and one resource in it: (service id, resource id).
@@ -864,30 +844,6 @@ pub async fn files_no_backup_keeps_are_swept(backend: Backend) {
     assert!(kept.exists(), "its backup keeps it");
     let url = app.local(created["backup"]["url"].as_str().unwrap());
     assert_eq!(app.client.get(&url).send().await.unwrap().status(), 200);
-}
-
-/// A local receiver of webhook calls: each call's headers and body, answered 204.
-async fn webhook_receiver() -> (
-    String,
-    std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>>,
-) {
-    let calls: std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>> =
-        Default::default();
-    let seen = calls.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
-            let seen = seen.clone();
-            async move {
-                seen.lock().unwrap().push((headers, body));
-                axum::http::StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, calls)
 }
 
 pub async fn webhooks_are_signed_the_standard_way(backend: Backend) {

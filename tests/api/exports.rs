@@ -11,8 +11,8 @@ use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Backend, PATIENCE, PUBLIC_URL, TestApp, eventually, mail_config, spawn_with, temp_dir,
-    test_config, until,
+    Backend, PATIENCE, PUBLIC_URL, TestApp, call, eventually, mail_config, spawn_with, temp_dir,
+    test_config, until, webhook_receiver,
 };
 
 crate::on_both_backends!(exports:
@@ -31,28 +31,6 @@ async fn app(backend: Backend) -> TestApp {
     let mut config = test_config(backend).await;
     config.public_url = PUBLIC_URL.into();
     spawn_with(config).await
-}
-
-/// `method path` with `token` and a JSON body; the status and the JSON answer.
-async fn call(
-    app: &TestApp,
-    token: &str,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut request = app
-        .client
-        .request(method, format!("{}{path}", app.address))
-        .bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 /// Start an export; its id.
@@ -1190,22 +1168,7 @@ pub async fn the_owner_hears_when_an_export_ends(backend: Backend) {
             .unwrap()
             .value;
     app.sync_tokens().await;
-    let calls: std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>> =
-        Default::default();
-    let seen = calls.clone();
-    let hook = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
-            let seen = seen.clone();
-            async move {
-                seen.lock().unwrap().push((headers, body));
-                axum::http::StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, hook).await });
+    let (url, calls) = webhook_receiver().await;
     let (status, service) = call(
         &app,
         &token,

@@ -32,14 +32,7 @@ impl Notices {
             "backup_missed",
             "back_to_normal"
         );
-        let host = public_url
-            .split("://")
-            .nth(1)
-            .unwrap_or(public_url)
-            .split(['/', ':'])
-            .next()
-            .filter(|h| !h.is_empty())
-            .unwrap_or("cairn.localhost");
+        let host = crate::capsules::emails::message_id_domain(public_url);
         Ok(Notices {
             env,
             domain: host.to_owned(),

@@ -79,28 +79,30 @@ impl Links {
         )
     }
 
-    /// The right-hand side of Message-IDs: the host of the public URL, if it is a valid
-    /// RFC 5322 id-right (a dot-atom, or an address literal such as `[::1]`), else
-    /// `cairn.localhost`.
+    /// The right-hand side of Message-IDs (see [`message_id_domain`]).
     pub fn message_id_domain(&self) -> &str {
-        let rest = self
-            .public_url
-            .split_once("://")
-            .map_or(self.public_url.as_str(), |(_, r)| r);
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-        let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-        let host = match authority.strip_prefix('[') {
-            // An IPv6 literal keeps its brackets: `[::1]` is an RFC 5322 no-fold-literal.
-            Some(literal) => literal
-                .split_once(']')
-                .map_or("", |(inside, _)| &authority[..inside.len() + 2]),
-            None => authority.split(':').next().unwrap_or_default(),
-        };
-        if is_id_right(host) {
-            host
-        } else {
-            "cairn.localhost"
-        }
+        message_id_domain(&self.public_url)
+    }
+}
+
+/// The right-hand side of Message-IDs: the host of the public URL, if it is a valid RFC
+/// 5322 id-right (a dot-atom, or an address literal such as `[::1]`), else
+/// `cairn.localhost`.
+pub fn message_id_domain(public_url: &str) -> &str {
+    let rest = public_url.split_once("://").map_or(public_url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match authority.strip_prefix('[') {
+        // An IPv6 literal keeps its brackets: `[::1]` is an RFC 5322 no-fold-literal.
+        Some(literal) => literal
+            .split_once(']')
+            .map_or("", |(inside, _)| &authority[..inside.len() + 2]),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    if is_id_right(host) {
+        host
+    } else {
+        "cairn.localhost"
     }
 }
 

@@ -156,15 +156,7 @@ impl Exports {
     ) -> Result<Self, minijinja::Error> {
         let mut env = Environment::new();
         email_templates!(env, "export_done");
-        let domain = public_url
-            .split("://")
-            .nth(1)
-            .unwrap_or(public_url)
-            .split(['/', ':'])
-            .next()
-            .filter(|h| !h.is_empty())
-            .unwrap_or("cairn.localhost")
-            .to_owned();
+        let domain = crate::capsules::emails::message_id_domain(public_url).to_owned();
         Ok(Exports {
             events,
             blobs,
