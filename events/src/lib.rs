@@ -167,13 +167,17 @@ pub trait EventStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Envelope>, StoreError>;
 
-    /// How the events `actor` caused in `category` up to `up_to` fall on days (UTC, by
-    /// `occurred_at`), earliest first: per day how many, and the first and last position.
+    /// How the first `limit` events `actor` caused in `category` after `after`, up to
+    /// `up_to`, fall on days (UTC, by `occurred_at`), earliest first: per day how many,
+    /// and the first and last position. One page of [`actor_days`], which reads them all
+    /// in queries of bounded cost.
     async fn days_by_actor(
         &self,
         actor: &str,
         category: &str,
+        after: Position,
         up_to: Position,
+        limit: usize,
     ) -> Result<Vec<DaySpan>, StoreError>;
 
     /// The position of the newest committed event (0 when empty).
@@ -204,6 +208,57 @@ pub struct DaySpan {
     pub count: u64,
     pub first: Position,
     pub last: Position,
+}
+
+/// Events an [`actor_days`] query counts at a time: short enough for any timeout.
+const DAYS_PAGE: usize = 20_000;
+
+/// How every event `actor` caused in `category` up to `up_to` falls on days, earliest
+/// first ([`EventStore::days_by_actor`], page after page). A day's events need not be
+/// next to each other in the log (messages imported later, say): its span runs from its
+/// first to its last, and may hold other days' events between.
+pub async fn actor_days(
+    store: &dyn EventStore,
+    actor: &str,
+    category: &str,
+    up_to: Position,
+) -> Result<Vec<DaySpan>, StoreError> {
+    actor_days_in_pages(store, actor, category, up_to, DAYS_PAGE).await
+}
+
+/// [`actor_days`] with pages of `page_size` events.
+pub(crate) async fn actor_days_in_pages(
+    store: &dyn EventStore,
+    actor: &str,
+    category: &str,
+    up_to: Position,
+    page_size: usize,
+) -> Result<Vec<DaySpan>, StoreError> {
+    let mut days = std::collections::BTreeMap::<chrono::NaiveDate, DaySpan>::new();
+    let mut after = 0;
+    loop {
+        let page = store
+            .days_by_actor(actor, category, after, up_to, page_size)
+            .await?;
+        let counted: u64 = page.iter().map(|d| d.count).sum();
+        let Some(last) = page.iter().map(|d| d.last).max() else {
+            break;
+        };
+        for span in page {
+            days.entry(span.day)
+                .and_modify(|day| {
+                    day.count += span.count;
+                    day.first = day.first.min(span.first);
+                    day.last = day.last.max(span.last);
+                })
+                .or_insert(span);
+        }
+        if counted < page_size as u64 {
+            break;
+        }
+        after = last;
+    }
+    Ok(days.into_values().collect())
 }
 
 /// A write side's fold of a stream up to `version`, as it serialized it.

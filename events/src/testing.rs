@@ -444,32 +444,41 @@ pub async fn events_by_actor(store: Arc<dyn EventStore>) {
     assert_eq!(ns(read(0, 5, 100).await.unwrap()), [1, 4, 5], "up to 5");
     assert!(read(6, 6, 100).await.unwrap().is_empty());
 
-    let days = store.days_by_actor("ann", "note", 5).await.unwrap();
     let day = |d| chrono::NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
-    assert_eq!(
-        days,
-        [
-            crate::DaySpan {
-                day: day(24),
-                count: 1,
-                first: 1,
-                last: 1
-            },
-            crate::DaySpan {
-                day: day(25),
-                count: 2,
-                first: 4,
-                last: 5
-            },
-        ]
-    );
+    let span = |d, count, first, last| crate::DaySpan {
+        day: day(d),
+        count,
+        first,
+        last,
+    };
+    let days = store.days_by_actor("ann", "note", 0, 5, 100).await.unwrap();
+    assert_eq!(days, [span(24, 1, 1, 1), span(25, 2, 4, 5)]);
+    // A page counts `limit` events, from after `after`.
+    let days = store.days_by_actor("ann", "note", 1, 6, 2).await.unwrap();
+    assert_eq!(days, [span(25, 2, 4, 5)]);
     assert!(
         store
-            .days_by_actor("cy", "note", 6)
+            .days_by_actor("cy", "note", 0, 6, 100)
             .await
             .unwrap()
             .is_empty()
     );
+    // A day's events come back to it across pages, also out of log order (an import).
+    store
+        .append(append("note-6", at(24, "ann", 7)))
+        .await
+        .unwrap();
+    let all = [span(24, 2, 1, 7), span(25, 2, 4, 5), span(26, 1, 6, 6)];
+    assert_eq!(
+        crate::actor_days(&*store, "ann", "note", 7).await.unwrap(),
+        all
+    );
+    for page in [1, 2, 3] {
+        let paged = crate::actor_days_in_pages(&*store, "ann", "note", 7, page)
+            .await
+            .unwrap();
+        assert_eq!(paged, all, "pages of {page}");
+    }
 }
 
 /// A lease is granted and can be checked.

@@ -1088,6 +1088,33 @@ pub async fn a_bundle_comes_back_in_a_fresh_cairn(backend: Backend) {
     )
     .await;
     assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("damaged?"), "{said}");
+    // So is one with a file its manifest does not list (added messages, say).
+    let padded_path = dir.join("padded.zip");
+    std::fs::write(&padded_path, &zip).unwrap();
+    let status = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zipfile\n\
+             with zipfile.ZipFile(sys.argv[1], 'a') as z:\n\
+             \x20   z.writestr('messages/2020/01/01.jsonl', '{}\\n')",
+        ])
+        .arg(&padded_path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = crate::helpers::cairn_output(
+        &env2,
+        &["import", padded_path.to_str().unwrap(), "--user", "olu"],
+    )
+    .await;
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("not in its manifest"), "{said}");
+    // Neither wrote anything: the whole bundle is new there.
+    let said = crate::helpers::cairn(&env2, &["import", path, "--user", "olu"]).await;
+    assert_eq!(said.trim(), "3 messages imported, 0 already here");
 }
 
 /// The page behind an export's signed link, in a browser: with JavaScript the bar follows

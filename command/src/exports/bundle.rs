@@ -137,7 +137,7 @@ impl Exports {
             } => {
                 let path = format!("messages/{}.jsonl", day.format("%Y/%m/%d"));
                 let mut part = self.part(export, index, "messages", path).await?;
-                let mut pages = self.messages(user, *first, *last);
+                let mut pages = self.messages(user, *day, *first, *last);
                 while let Some(records) = pages.next().await? {
                     for record in &records {
                         part.record(record).await?;

@@ -98,6 +98,7 @@ fn safe_name(name: &str) -> String {
 pub struct MessagePages<'a> {
     exports: &'a Exports,
     actor: String,
+    day: chrono::NaiveDate,
     after: Position,
     last: Position,
 }
@@ -116,7 +117,8 @@ impl MessagePages<'_> {
         self.after = end;
         let mut records = Vec::with_capacity(events.len());
         for event in &events {
-            if event.event_type == MessagePosted::TYPE {
+            if event.event_type == MessagePosted::TYPE && event.occurred_at.date_naive() == self.day
+            {
                 records.push(MessageRecord::from(MessagePosted::decode(event)?));
             }
         }
@@ -125,11 +127,19 @@ impl MessagePages<'_> {
 }
 
 impl Exports {
-    /// The user's messages between two log positions, a page at a time, oldest first.
-    pub fn messages(&self, user: Uuid, first: Position, last: Position) -> MessagePages<'_> {
+    /// The user's messages of `day` (UTC) between two log positions (its span, which may
+    /// hold other days' too), a page at a time, in log order.
+    pub fn messages(
+        &self,
+        user: Uuid,
+        day: chrono::NaiveDate,
+        first: Position,
+        last: Position,
+    ) -> MessagePages<'_> {
         MessagePages {
             exports: self,
             actor: user.to_string(),
+            day,
             after: first - 1,
             last,
         }

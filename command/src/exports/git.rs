@@ -382,7 +382,7 @@ impl Exports {
         let (mut sha256, mut crc32) = (Sha256::new(), crc32fast::Hasher::new());
         let (mut bytes, mut records) = (0_u64, 0_u64);
         let mut text = format!("# Messages of {day}\n");
-        let mut pages = self.messages(user, first, last);
+        let mut pages = self.messages(user, day, first, last);
         loop {
             let page = pages.next().await?;
             for record in page.iter().flatten() {
@@ -451,10 +451,13 @@ impl Exports {
         }
         let repo = self.repo(export)?;
         repo.sync().await?;
-        let spans = self
-            .events
-            .days_by_actor(&actor, cairn_events::domain::message::CATEGORY, up_to)
-            .await?;
+        let spans = cairn_events::actor_days(
+            &*self.events,
+            &actor,
+            cairn_events::domain::message::CATEGORY,
+            up_to,
+        )
+        .await?;
         for span in spans.iter().filter(|s| days.contains(&s.day)) {
             self.write_day(&repo, user, span.day, span.first, span.last)
                 .await?;

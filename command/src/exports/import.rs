@@ -1,7 +1,8 @@
 //! `cairn import BUNDLE --user NAME`: a bundle from any Cairn read back into this one,
 //! under one of its users, so leaving and coming back loses nothing.
 //!
-//! Every file is checked against the manifest's SHA-256 before anything is written. Each
+//! Every file is checked against the manifest's SHA-256 before anything is written, and a
+//! file the manifest does not list is refused. Each
 //! message keeps its id (and so its time and its place in every listing); a message
 //! whose id is here already is left as it is, so importing a bundle twice writes it once.
 //! Messages are appended 500 streams to a commit.
@@ -90,7 +91,7 @@ impl Bundle {
         loop {
             let n = reader
                 .read(&mut buf)
-                .map_err(|e| bad(format!("{}: {e}", entry.name)))?;
+                .map_err(|e| bad(format!("{} does not read: damaged? ({e})", entry.name)))?;
             if n == 0 {
                 return Ok(crate::blobs::hex(&hash.finalize()));
             }
@@ -124,6 +125,18 @@ impl Exports {
         let files = manifest["files"]
             .as_array()
             .ok_or_else(|| bad("the manifest lists no files"))?;
+        let listed: std::collections::HashSet<&str> =
+            files.iter().filter_map(|f| f["path"].as_str()).collect();
+        if let Some(extra) = bundle
+            .entries
+            .iter()
+            .find(|e| e.name != "manifest.json" && !listed.contains(e.name.as_str()))
+        {
+            return Err(bad(format!(
+                "{} is in the bundle, not in its manifest",
+                extra.name
+            )));
+        }
         for file in files {
             let name = file["path"].as_str().unwrap_or_default();
             let entry = by_name

@@ -358,10 +358,9 @@ impl Exports {
     async fn start(&self, export: &ExportState) -> Result<(), ExportError> {
         let user = export.owner();
         let up_to = self.events.head().await?;
-        let days = self
-            .events
-            .days_by_actor(&user.to_string(), message::CATEGORY, up_to)
-            .await?;
+        let days =
+            cairn_events::actor_days(&*self.events, &user.to_string(), message::CATEGORY, up_to)
+                .await?;
         let services: Vec<ServiceOutline> = self
             .services(user)
             .await?

@@ -178,10 +178,15 @@ impl<S: Store> EventStore for Guarded<S> {
         &self,
         actor: &str,
         category: &str,
+        after: Position,
         up_to: Position,
+        limit: usize,
     ) -> Result<Vec<crate::DaySpan>, StoreError> {
-        self.call(self.inner.days_by_actor(actor, category, up_to))
-            .await
+        self.call(
+            self.inner
+                .days_by_actor(actor, category, after, up_to, limit),
+        )
+        .await
     }
 
     async fn head(&self) -> Result<Position, StoreError> {

@@ -1058,16 +1058,22 @@ impl EventStore for PostgresStore {
         &self,
         actor: &str,
         category: &str,
+        after: Position,
         up_to: Position,
+        limit: usize,
     ) -> Result<Vec<DaySpan>, StoreError> {
         let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
             "SELECT to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, count(*), min(position), max(position)
-             FROM events WHERE metadata ->> 'actor' = $1 AND category = $2 AND position <= $3
+             FROM (SELECT position, occurred_at FROM events
+                   WHERE metadata ->> 'actor' = $1 AND category = $2 AND position > $3 AND position <= $4
+                   ORDER BY position LIMIT $5) page
              GROUP BY day ORDER BY day",
         )
         .bind(actor)
         .bind(category)
+        .bind(after)
         .bind(up_to)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
