@@ -122,14 +122,14 @@ impl Api {
         Ok(answer["data"].clone())
     }
 
-    /// Wait for export `id` to end (looked at every 50 ms); its last answer.
+    /// Wait for export `id` to end (looked at every 100 ms); its last answer.
     async fn ended(&self, id: &str) -> anyhow::Result<Value> {
         loop {
             let export = self.export(id).await?;
             match export["status"].as_str() {
                 Some("completed") => return Ok(export),
                 Some("failed" | "cancelled") => anyhow::bail!("the export ended: {export}"),
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
     }

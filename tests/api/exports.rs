@@ -879,7 +879,8 @@ pub async fn kill_9_during_a_git_export_resumes_without_a_second_commit(backend:
 
     let env = crate::helpers::backend_env(backend).await;
     let token = crate::helpers::cairn_user_add(&env, &["pia"]).await;
-    // Sixty days of messages, written to the log as posts on those days would be.
+    // A message a month for two years, written to the log as posts on those days would
+    // be: a step a month.
     {
         let data_dir = Path::new(crate::helpers::env_value(&env, "CAIRN_DATA_DIR").unwrap());
         let events = cairn_events::open(
@@ -892,9 +893,9 @@ pub async fn kill_9_during_a_git_export_resumes_without_a_second_commit(backend:
         let user = cairn_command::users::user_by_name(&*events, "pia")
             .await
             .unwrap();
-        let start = chrono::Utc::now() - chrono::Duration::days(90);
-        for day in 0..60 {
-            let at = start + chrono::Duration::days(day);
+        let start = chrono::Utc::now() - chrono::Duration::days(800);
+        for day in 0..24 {
+            let at = start + chrono::Duration::days(31 * day);
             let id = ulid::Ulid::from_datetime(at.into());
             let posted = MessagePosted {
                 message_id: id,
@@ -954,7 +955,7 @@ pub async fn kill_9_during_a_git_export_resumes_without_a_second_commit(backend:
     server.start_kill().unwrap(); // SIGKILL, in the middle of the export
     server.wait().await.unwrap();
     let before = subjects(&remote, "main").len();
-    assert!(before < 62, "killed before the end");
+    assert!(before < 26, "killed before the end");
 
     let (_server, base) = crate::helpers::start_server(&env).await;
     let export = eventually("the export to complete", PATIENCE * 4, || async {
@@ -973,7 +974,7 @@ pub async fn kill_9_during_a_git_export_resumes_without_a_second_commit(backend:
         export["total"].as_u64().unwrap() - 1,
         "{log:?}"
     );
-    for day in 0..60 {
+    for day in 0..24 {
         let text = git(
             Some(&remote),
             &[
@@ -1127,20 +1128,37 @@ async fn the_progress_page_follows_the_export_in_a_browser() {
         app.post(&token, &format!("day {day}"), &[]).await;
     }
     app.wait_projected().await;
-    // A first export that cannot reach its remote waits for a retry on a stopped clock,
-    // holding the user's queue: the second waits behind it until it is cancelled.
-    *app.now.lock().unwrap() = Some(chrono::Utc::now());
+    // A first export that cannot reach its remote waits for a retry, and the clock is
+    // stopped before it comes: it holds the user's queue, and the second export waits
+    // behind it until it is cancelled.
     let stuck = start(
         &app,
         &token,
         json!({"destination": {"kind": "git", "url": "http://127.0.0.1:9/nowhere.git"}}),
     )
     .await;
-    eventually("the first export to wait for a retry", PATIENCE, || async {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first export never failed"
+        );
         let (_, answer) = call(&app, &token, "GET", &format!("/exports/{stuck}"), None).await;
-        (answer["data"]["status"] == "running" && answer["data"]["error"].is_string()).then_some(())
-    })
-    .await;
+        let retry_at = answer["data"]["retry_at"].as_str().map(|at| {
+            chrono::DateTime::parse_from_rfc3339(at)
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+        });
+        if let Some(at) = retry_at {
+            let now = chrono::Utc::now();
+            *app.now.lock().unwrap() = Some(now);
+            if at > now {
+                break;
+            }
+            *app.now.lock().unwrap() = None; // too late for this retry: the next one
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let (status, answer) = call(
         &app,
         &token,
@@ -1165,6 +1183,7 @@ async fn the_progress_page_follows_the_export_in_a_browser() {
 
     let (status, _) = call(&app, &token, "DELETE", &format!("/exports/{stuck}"), None).await;
     assert_eq!(status, 200);
+    *app.now.lock().unwrap() = None;
     for (b, how) in [(&browser, "the events"), (&plain, "refreshing")] {
         eventually(
             &format!("the page to follow by {how}"),
@@ -1249,10 +1268,20 @@ pub async fn the_owner_hears_when_an_export_ends(backend: Backend) {
     );
 
     // A remote nobody answers at: five tries, each after a longer wait, then the end. The
-    // clock is moved past each wait, and the scheduler woken by another export asked for
-    // (which waits behind this one).
-    let start_at = chrono::Utc::now();
-    *app.now.lock().unwrap() = Some(start_at);
+    // clock runs a minute further ahead after each try, and the scheduler is woken by
+    // another export asked for (which waits behind this one).
+    let ahead = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let ticking = {
+        let (now, ahead) = (app.now.clone(), ahead.clone());
+        tokio::spawn(async move {
+            loop {
+                let seconds = ahead.load(std::sync::atomic::Ordering::Relaxed);
+                *now.lock().unwrap() =
+                    Some(chrono::Utc::now() + chrono::Duration::seconds(seconds));
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+    };
     let failing = start(
         &app,
         &token,
@@ -1263,7 +1292,10 @@ pub async fn the_owner_hears_when_an_export_ends(backend: Backend) {
     let mut retries = Vec::new();
     let deadline = std::time::Instant::now() + PATIENCE * 2;
     let failed = loop {
-        assert!(std::time::Instant::now() < deadline, "the export gave up");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the export never gave up"
+        );
         let (_, answer) = call(&app, &token, "GET", &format!("/exports/{failing}"), None).await;
         let data = answer["data"].clone();
         if data["status"] == "failed" {
@@ -1271,8 +1303,8 @@ pub async fn the_owner_hears_when_an_export_ends(backend: Backend) {
         }
         if data["retry_at"].is_string() && retries.last() != Some(&data["retry_at"]) {
             retries.push(data["retry_at"].clone());
-            let now = *app.now.lock().unwrap();
-            *app.now.lock().unwrap() = now.map(|t| t + chrono::Duration::minutes(1));
+            ahead.fetch_add(60, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             waiting.push(start(&app, &token, json!({"destination": {"kind": "bundle"}})).await);
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -1303,4 +1335,5 @@ pub async fn the_owner_hears_when_an_export_ends(backend: Backend) {
     for id in &waiting {
         assert_eq!(ended(&app, &token, id).await["status"], "completed");
     }
+    ticking.abort();
 }

@@ -3,6 +3,7 @@
 //! the zip together from them with `manifest.json` ([`super::zip`]). A step run twice
 //! writes the same blobs again, so a resumed export never holds a file twice.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 
 use cairn_events::domain::export::{Part, Step};
@@ -132,18 +133,43 @@ impl Exports {
     ) -> Result<Vec<Part>, ExportError> {
         let user = export.owner();
         match step {
-            Step::Messages {
-                day, first, last, ..
-            } => {
-                let path = format!("messages/{}.jsonl", day.format("%Y/%m/%d"));
-                let mut part = self.part(export, index, "messages", path).await?;
-                let mut pages = self.messages(user, *day, *first, *last);
+            Step::Messages { days } => {
+                // One read over the step's span, each message to its day's file; a file is
+                // finished once its day's count is in (the others stay open only while
+                // their days are interleaved in the log).
+                let first = days.iter().map(|d| d.first).min().unwrap_or(1);
+                let last = days.iter().map(|d| d.last).max().unwrap_or(0);
+                let wanted: Vec<chrono::NaiveDate> = days.iter().map(|d| d.day).collect();
+                let mut open: BTreeMap<chrono::NaiveDate, (PartWriter, u64)> = BTreeMap::new();
+                let mut parts = Vec::new();
+                let mut pages = self.messages(user, &wanted, first, last);
                 while let Some(records) = pages.next().await? {
-                    for record in &records {
-                        part.record(record).await?;
+                    for (day, record) in &records {
+                        if !open.contains_key(day) {
+                            let path = format!("messages/{}.jsonl", day.format("%Y/%m/%d"));
+                            let name = format!("messages-{day}");
+                            let count = days.iter().find(|d| d.day == *day).map_or(0, |d| d.count);
+                            open.insert(
+                                *day,
+                                (self.part(export, index, &name, path).await?, count),
+                            );
+                        }
+                        if let Some((part, left)) = open.get_mut(day) {
+                            part.record(record).await?;
+                            *left = left.saturating_sub(1);
+                            if *left == 0
+                                && let Some((part, _)) = open.remove(day)
+                            {
+                                parts.push(part.finish().await?);
+                            }
+                        }
                     }
                 }
-                Ok(vec![part.finish().await?])
+                for (_, (part, _)) in open {
+                    parts.push(part.finish().await?);
+                }
+                parts.sort_by(|a, b| a.path.cmp(&b.path));
+                Ok(parts)
             }
             Step::Backups => {
                 let services = self.services(user).await?;

@@ -2,9 +2,11 @@
 //! message as `GET /message` answers it, a service, resource or backup as the backup
 //! routes do, a capsule as `GET /capsules/{id}`. Every destination writes these.
 
+use std::sync::Arc;
+
 use cairn_events::domain::capsule::{self, CapsuleSubmitted};
 use cairn_events::domain::message::{self, MessagePosted};
-use cairn_events::{DomainEvent, Position};
+use cairn_events::{DomainEvent, Envelope, EventStore, Position, StoreError};
 use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -94,54 +96,83 @@ fn safe_name(name: &str) -> String {
     }
 }
 
-/// A user's messages, read a page at a time ([`Exports::messages`]).
-pub struct MessagePages<'a> {
-    exports: &'a Exports,
+/// A user's messages, read a page at a time ([`Exports::messages`]); the next page is
+/// read while the caller writes this one.
+pub struct MessagePages {
+    events: Arc<dyn EventStore>,
     actor: String,
-    day: chrono::NaiveDate,
+    /// The days whose messages are wanted: others in the span are skipped.
+    days: Vec<chrono::NaiveDate>,
     after: Position,
     last: Position,
+    ahead: Option<tokio::task::JoinHandle<Result<Vec<Envelope>, StoreError>>>,
 }
 
-impl MessagePages<'_> {
-    /// The next page; `None` after the last.
-    pub async fn next(&mut self) -> Result<Option<Vec<MessageRecord>>, ExportError> {
-        let events = self
-            .exports
-            .events
-            .read_by_actor(&self.actor, message::CATEGORY, self.after, self.last, PAGE)
-            .await?;
+impl MessagePages {
+    fn read(&self) -> tokio::task::JoinHandle<Result<Vec<Envelope>, StoreError>> {
+        let (events, actor) = (self.events.clone(), self.actor.clone());
+        let (after, last) = (self.after, self.last);
+        tokio::spawn(async move {
+            events
+                .read_by_actor(&actor, message::CATEGORY, after, last, PAGE)
+                .await
+        })
+    }
+
+    /// The next page, each message with its day; `None` after the last.
+    pub async fn next(
+        &mut self,
+    ) -> Result<Option<Vec<(chrono::NaiveDate, MessageRecord)>>, ExportError> {
+        let reading = match self.ahead.take() {
+            Some(reading) => reading,
+            None => self.read(),
+        };
+        let events = reading
+            .await
+            .map_err(|e| ExportError::Other(format!("reading messages: {e}")))??;
         let Some(end) = events.last().map(|e| e.position) else {
             return Ok(None);
         };
         self.after = end;
+        if events.len() == PAGE {
+            self.ahead = Some(self.read());
+        }
         let mut records = Vec::with_capacity(events.len());
         for event in &events {
-            if event.event_type == MessagePosted::TYPE && event.occurred_at.date_naive() == self.day
-            {
-                records.push(MessageRecord::from(MessagePosted::decode(event)?));
+            let day = event.occurred_at.date_naive();
+            if event.event_type == MessagePosted::TYPE && self.days.contains(&day) {
+                records.push((day, MessageRecord::from(MessagePosted::decode(event)?)));
             }
         }
         Ok(Some(records))
     }
 }
 
+impl Drop for MessagePages {
+    fn drop(&mut self) {
+        if let Some(reading) = self.ahead.take() {
+            reading.abort();
+        }
+    }
+}
+
 impl Exports {
-    /// The user's messages of `day` (UTC) between two log positions (its span, which may
-    /// hold other days' too), a page at a time, in log order.
+    /// The user's messages of `days` (UTC) between two log positions (their span, which
+    /// may hold other days' too), a page at a time, in log order.
     pub fn messages(
         &self,
         user: Uuid,
-        day: chrono::NaiveDate,
+        days: &[chrono::NaiveDate],
         first: Position,
         last: Position,
-    ) -> MessagePages<'_> {
+    ) -> MessagePages {
         MessagePages {
-            exports: self,
+            events: self.events.clone(),
             actor: user.to_string(),
-            day,
+            days: days.to_vec(),
             after: first - 1,
             last,
+            ahead: None,
         }
     }
 

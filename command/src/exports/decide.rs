@@ -3,8 +3,8 @@
 //! whether it can be cancelled.
 
 use cairn_events::DaySpan;
-use cairn_events::domain::export::{MAX_BRANCH_BYTES, MAX_URL_BYTES, Step};
-use chrono::{DateTime, Utc};
+use cairn_events::domain::export::{MAX_BRANCH_BYTES, MAX_URL_BYTES, MessageDay, Step};
+use chrono::{DateTime, Datelike, Utc};
 use uuid::Uuid;
 
 use super::state::{ExportState, Status};
@@ -156,18 +156,36 @@ pub struct ServiceOutline {
     pub has_backups: bool,
 }
 
-/// An export's steps: the messages day by day, the backups, each service's files (when
+/// The most messages one step writes, unless one day holds more.
+pub const STEP_MESSAGES: u64 = 50_000;
+
+/// An export's steps: the messages month by month (a month of more than
+/// [`STEP_MESSAGES`] in several steps, of whole days), the backups, each service's files (when
 /// asked for), the capsules, and the manifest last.
 pub fn plan(days: &[DaySpan], services: &[ServiceOutline], include_files: bool) -> Vec<Step> {
-    let mut steps: Vec<Step> = days
-        .iter()
-        .map(|d| Step::Messages {
+    let mut steps: Vec<Step> = Vec::new();
+    let mut group: Vec<MessageDay> = Vec::new();
+    for d in days {
+        let day = MessageDay {
             day: d.day,
             first: d.first,
             last: d.last,
             count: d.count,
-        })
-        .collect();
+        };
+        let held: u64 = group.iter().map(|g| g.count).sum();
+        let same_month = group
+            .first()
+            .is_some_and(|g| (g.day.year(), g.day.month()) == (d.day.year(), d.day.month()));
+        if !group.is_empty() && (!same_month || held + d.count > STEP_MESSAGES) {
+            steps.push(Step::Messages {
+                days: std::mem::take(&mut group),
+            });
+        }
+        group.push(day);
+    }
+    if !group.is_empty() {
+        steps.push(Step::Messages { days: group });
+    }
     steps.push(Step::Backups);
     if include_files {
         steps.extend(
@@ -341,8 +359,8 @@ mod tests {
 
     #[test]
     fn the_plan_is_days_then_backups_files_capsules_and_the_manifest() {
-        let day = |d| DaySpan {
-            day: NaiveDate::from_ymd_opt(2026, 11, d).unwrap(),
+        let day = |m, d| DaySpan {
+            day: NaiveDate::from_ymd_opt(2026, m, d).unwrap(),
             count: 2,
             first: 1,
             last: 9,
@@ -361,10 +379,9 @@ mod tests {
         ];
         let labels = |steps: Vec<Step>| steps.iter().map(Step::label).collect::<Vec<_>>();
         assert_eq!(
-            labels(plan(&[day(24), day(25)], &services, true)),
+            labels(plan(&[day(11, 24), day(11, 25)], &services, true)),
             [
-                "messages 2026-11-24",
-                "messages 2026-11-25",
+                "messages 2026-11-24 – 2026-11-25",
                 "backups",
                 "files of db",
                 "capsules",
@@ -374,6 +391,32 @@ mod tests {
         assert_eq!(
             labels(plan(&[], &services, false)),
             ["backups", "capsules", "manifest"]
+        );
+        // A step a month, of whole days: a full one is cut before the day that would
+        // take it past the most a step writes; a day above that is a step of its own.
+        let busy = |m, d, count| DaySpan { count, ..day(m, d) };
+        let half = STEP_MESSAGES / 2;
+        assert_eq!(
+            labels(plan(
+                &[
+                    day(10, 30),
+                    busy(11, 1, half),
+                    busy(11, 2, half),
+                    busy(11, 3, 1),
+                    busy(11, 4, STEP_MESSAGES * 3),
+                    day(11, 5),
+                    day(12, 1),
+                ],
+                &[],
+                false
+            ))[..5],
+            [
+                "messages 2026-10-30",
+                "messages 2026-11-01 – 2026-11-02",
+                "messages 2026-11-03",
+                "messages 2026-11-04",
+                "messages 2026-11-05",
+            ]
         );
     }
 

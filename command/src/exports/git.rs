@@ -262,10 +262,13 @@ impl Exports {
         let user = export.owner();
         let mut parts = Vec::new();
         match step {
-            Step::Messages {
-                day, first, last, ..
-            } => {
-                parts.push(self.write_day(&repo, user, *day, *first, *last).await?);
+            Step::Messages { days } => {
+                for day in days {
+                    parts.push(
+                        self.write_day(&repo, user, day.day, day.first, day.last)
+                            .await?,
+                    );
+                }
             }
             Step::Backups => {
                 for service in self.services(user).await? {
@@ -382,10 +385,10 @@ impl Exports {
         let (mut sha256, mut crc32) = (Sha256::new(), crc32fast::Hasher::new());
         let (mut bytes, mut records) = (0_u64, 0_u64);
         let mut text = format!("# Messages of {day}\n");
-        let mut pages = self.messages(user, day, first, last);
+        let mut pages = self.messages(user, &[day], first, last);
         loop {
             let page = pages.next().await?;
-            for record in page.iter().flatten() {
+            for (_, record) in page.iter().flatten() {
                 message_markdown(&mut text, record);
                 records += 1;
             }

@@ -322,10 +322,10 @@ impl Exports {
     /// steps one after the other, recording each. The scheduler calls this for the
     /// export's due item.
     pub async fn run(&self, export_id: Uuid) -> Result<Ran, ExportError> {
+        let Some(mut export) = self.load(export_id).await? else {
+            return Ok(Ran::Done);
+        };
         loop {
-            let Some(export) = self.load(export_id).await? else {
-                return Ok(Ran::Done);
-            };
             match export.status {
                 Status::Queued => {
                     let queue = self.exports_of(export.owner()).await?;
@@ -351,6 +351,8 @@ impl Exports {
                 }
                 _ => return Ok(Ran::Done),
             }
+            // What the step recorded (or what another writer did meanwhile).
+            self.read_more(&mut export).await?;
         }
     }
 

@@ -21,10 +21,11 @@ use uuid::Uuid;
 use super::state::ExportState;
 use super::{ExportError, Exports};
 
-/// The longest a watcher waits before reading again without a hint.
+/// The longest an export's follower waits before reading again without a hint.
 const POLL: Duration = Duration::from_secs(1);
-/// The shortest time between two reads of one watcher.
-const MIN_GAP: Duration = Duration::from_millis(100);
+/// The shortest time between two reads of an export's follower: watchers see at most
+/// four updates a second.
+const MIN_GAP: Duration = Duration::from_millis(250);
 
 /// What each event carries.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -58,14 +59,28 @@ impl From<&ExportState> for Progress {
     }
 }
 
-/// The exports being followed in this process, each by one task that reads its stream
-/// and hands each new state to every watcher of it.
-pub type Followers = Arc<Mutex<HashMap<Uuid, watch::Sender<ExportState>>>>;
-
-/// Whether an export has nothing more to show.
-fn finished(export: &ExportState) -> bool {
-    export.status.is_over() && !export.syncing()
+/// What watchers are shown of an export: its progress at a version of its stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Shown {
+    version: i64,
+    progress: Progress,
+    /// Nothing more will come.
+    over: bool,
 }
+
+impl From<&ExportState> for Shown {
+    fn from(export: &ExportState) -> Self {
+        Shown {
+            version: export.version,
+            progress: Progress::from(export),
+            over: export.status.is_over() && !export.syncing(),
+        }
+    }
+}
+
+/// The exports being followed in this process, each by one task that reads its stream
+/// and hands what changed to every watcher of it.
+pub type Followers = Arc<Mutex<HashMap<Uuid, watch::Sender<Shown>>>>;
 
 impl Exports {
     /// The progress events of `export`, after the one with id `last_seen` (none: the state
@@ -75,30 +90,30 @@ impl Exports {
         export: ExportState,
         last_seen: Option<i64>,
     ) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>> + use<>> {
-        let shown = last_seen.unwrap_or(0).min(export.version);
-        let updates = (!finished(&export)).then(|| self.follow(&export));
+        let seen = last_seen.unwrap_or(0).min(export.version);
+        let now = Shown::from(&export);
+        let updates = (!now.over).then(|| self.follow(export));
         let stream = futures_util::stream::unfold(
-            (export, updates, shown),
-            |(mut export, mut updates, mut shown)| async move {
+            (now, updates, seen),
+            |(mut now, mut updates, mut seen)| async move {
                 loop {
                     if let Some(newer) = updates
                         .as_mut()
                         .map(|u| u.borrow_and_update().clone())
-                        .filter(|newer| newer.version > export.version)
+                        .filter(|newer| newer.version > now.version)
                     {
-                        export = newer;
+                        now = newer;
                     }
-                    if export.version > shown {
-                        shown = export.version;
-                        let data =
-                            serde_json::to_string(&Progress::from(&export)).unwrap_or_default();
+                    if now.version > seen {
+                        seen = now.version;
+                        let data = serde_json::to_string(&now.progress).unwrap_or_default();
                         let event = Event::default()
                             .event("progress")
-                            .id(shown.to_string())
+                            .id(seen.to_string())
                             .data(data);
-                        return Some((Ok(event), (export, updates, shown)));
+                        return Some((Ok(event), (now, updates, seen)));
                     }
-                    if finished(&export) {
+                    if now.over {
                         return None;
                     }
                     // No follower left (it ended with the export, which the state read
@@ -110,29 +125,28 @@ impl Exports {
         Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
     }
 
-    /// A receiver of `export`'s states as they change: from the task following it in
+    /// A receiver of what `export` shows as it changes: from the task following it in
     /// this process, started by its first watcher.
-    fn follow(&self, export: &ExportState) -> watch::Receiver<ExportState> {
+    fn follow(&self, export: ExportState) -> watch::Receiver<Shown> {
         let mut followers = self.followers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(sender) = followers.get(&export.id()) {
             return sender.subscribe();
         }
-        let (sender, receiver) = watch::channel(export.clone());
+        let (sender, receiver) = watch::channel(Shown::from(&export));
         followers.insert(export.id(), sender.clone());
         let exports = self.clone();
-        tokio::spawn(async move { exports.publish(sender).await });
+        tokio::spawn(async move { exports.publish(export, sender).await });
         receiver
     }
 
     /// Follow an export's stream for its watchers, until it ends or nobody watches: a
     /// read when the log grows (the store's hint) or a second has passed (a step recorded
     /// by another process), however many watch it.
-    async fn publish(&self, sender: watch::Sender<ExportState>) {
+    async fn publish(&self, mut export: ExportState, sender: watch::Sender<Shown>) {
         let mut hint = self.events.subscribe();
-        let mut export = sender.borrow().clone();
         let id = export.id();
         loop {
-            if finished(&export) {
+            if Shown::from(&export).over {
                 self.unfollow(id);
                 return;
             }
@@ -153,7 +167,7 @@ impl Exports {
             match self.read_more(&mut export).await {
                 Ok(()) => {
                     if export.version > sender.borrow().version {
-                        sender.send_replace(export.clone());
+                        sender.send_replace(Shown::from(&export));
                     }
                 }
                 Err(error) => {
@@ -170,7 +184,7 @@ impl Exports {
     }
 
     /// Apply what was appended to `export`'s stream since it was read.
-    async fn read_more(&self, export: &mut ExportState) -> Result<(), ExportError> {
+    pub(super) async fn read_more(&self, export: &mut ExportState) -> Result<(), ExportError> {
         let events = self
             .events
             .read_stream_after(&export::stream(export.id()), export.version)

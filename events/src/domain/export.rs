@@ -59,13 +59,8 @@ pub enum Destination {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Step {
-    /// The user's messages of one day (UTC), between two log positions.
-    Messages {
-        day: NaiveDate,
-        first: Position,
-        last: Position,
-        count: u64,
-    },
+    /// The user's messages of some days (UTC) of one month, a file per day.
+    Messages { days: Vec<MessageDay> },
     /// The user's backup services, their resources and the list of their backups.
     Backups,
     /// The files of one service's backups.
@@ -76,11 +71,27 @@ pub enum Step {
     Finish,
 }
 
+/// One day of a user's messages: how many, between which log positions (its span, which
+/// may hold other days' messages too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageDay {
+    pub day: NaiveDate,
+    pub first: Position,
+    pub last: Position,
+    pub count: u64,
+}
+
 impl Step {
-    /// What a watcher is shown: `messages 2026-11-25`.
+    /// What a watcher is shown: `messages 2026-11-25`, `messages 2026-11-01 – 2026-11-30`.
     pub fn label(&self) -> String {
         match self {
-            Step::Messages { day, .. } => format!("messages {day}"),
+            Step::Messages { days } => match (days.first(), days.last()) {
+                (Some(first), Some(last)) if first.day != last.day => {
+                    format!("messages {} – {}", first.day, last.day)
+                }
+                (Some(only), _) => format!("messages {}", only.day),
+                _ => "messages".to_owned(),
+            },
             Step::Backups => "backups".to_owned(),
             Step::Files { service, .. } => format!("files of {service}"),
             Step::Capsules => "capsules".to_owned(),
