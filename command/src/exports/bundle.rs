@@ -3,11 +3,10 @@
 //! the zip together from them with `manifest.json` ([`super::zip`]). A step run twice
 //! writes the same blobs again, so a resumed export never holds a file twice.
 
-use std::collections::BTreeMap;
 use std::io::Write as _;
 
-use cairn_events::domain::export::{Part, Step};
-use futures_util::StreamExt;
+use cairn_events::domain::export::{MessageDay, Part, Step};
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -18,6 +17,9 @@ use crate::blobs::{Blobs, Upload};
 
 /// How much deflated output is gathered before it goes to the store.
 const FLUSH_BYTES: usize = 256 * 1024;
+
+/// Days of messages written at once by a bundle step.
+const DAYS_AT_ONCE: usize = 2;
 
 /// A file of the bundle being written, deflated, to the blob store.
 pub struct PartWriter {
@@ -134,42 +136,20 @@ impl Exports {
         let user = export.owner();
         match step {
             Step::Messages { days } => {
-                // One read over the step's span, each message to its day's file; a file is
-                // finished once its day's count is in (the others stay open only while
-                // their days are interleaved in the log).
-                let first = days.iter().map(|d| d.first).min().unwrap_or(1);
-                let last = days.iter().map(|d| d.last).max().unwrap_or(0);
-                let wanted: Vec<chrono::NaiveDate> = days.iter().map(|d| d.day).collect();
-                let mut open: BTreeMap<chrono::NaiveDate, (PartWriter, u64)> = BTreeMap::new();
-                let mut parts = Vec::new();
-                let mut pages = self.messages(user, &wanted, first, last);
-                while let Some(records) = pages.next().await? {
-                    for (day, record) in &records {
-                        if !open.contains_key(day) {
-                            let path = format!("messages/{}.jsonl", day.format("%Y/%m/%d"));
-                            let name = format!("messages-{day}");
-                            let count = days.iter().find(|d| d.day == *day).map_or(0, |d| d.count);
-                            open.insert(
-                                *day,
-                                (self.part(export, index, &name, path).await?, count),
-                            );
-                        }
-                        if let Some((part, left)) = open.get_mut(day) {
-                            part.record(record).await?;
-                            *left = left.saturating_sub(1);
-                            if *left == 0
-                                && let Some((part, _)) = open.remove(day)
-                            {
-                                parts.push(part.finish().await?);
-                            }
-                        }
-                    }
-                }
-                for (_, (part, _)) in open {
-                    parts.push(part.finish().await?);
-                }
-                parts.sort_by(|a, b| a.path.cmp(&b.path));
-                Ok(parts)
+                // Two days at a time, each read (a page ahead) and compressed by a task of
+                // its own, so both use a core.
+                let (exports, export) = (self.clone(), export.clone());
+                let writes = days.clone().into_iter().map(move |day| {
+                    let (exports, export) = (exports.clone(), export.clone());
+                    tokio::spawn(async move { exports.day_part(&export, index, &day).await })
+                        .map(|joined| {
+                            joined.map_err(|e| ExportError::Other(format!("a day's file: {e}")))?
+                        })
+                });
+                futures_util::stream::iter(writes)
+                    .buffered(DAYS_AT_ONCE)
+                    .try_collect()
+                    .await
             }
             Step::Backups => {
                 let services = self.services(user).await?;
@@ -231,6 +211,25 @@ impl Exports {
             }
             Step::Finish => Ok(vec![self.assemble(export).await?]),
         }
+    }
+
+    /// A day of messages, as a file of the bundle.
+    async fn day_part(
+        &self,
+        export: &ExportState,
+        index: usize,
+        day: &MessageDay,
+    ) -> Result<Part, ExportError> {
+        let path = format!("messages/{}.jsonl", day.day.format("%Y/%m/%d"));
+        let name = format!("messages-{}", day.day);
+        let mut part = self.part(export, index, &name, path).await?;
+        let mut pages = self.messages(export.owner(), &[day.day], day.first, day.last);
+        while let Some(records) = pages.next().await? {
+            for (_, record) in &records {
+                part.record(record).await?;
+            }
+        }
+        part.finish().await
     }
 
     async fn part(
