@@ -39,7 +39,3 @@ pub async fn open_sqlite(path: &Path) -> Result<Arc<SqliteStore>, StoreError> {
     Ok(Arc::new(SqliteStore::open(path).await?))
 }
 
-/// Parse a stored metadata document; unknown fields are ignored so older readers cope.
-fn parse_metadata(value: serde_json::Value, event_id: &str) -> Result<crate::Metadata, StoreError> {
-    serde_json::from_value(value).map_err(|_| StoreError::Corrupt(event_id.to_owned()))
-}

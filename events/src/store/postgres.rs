@@ -31,7 +31,6 @@ use sqlx::{Connection, PgConnection, Row};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::parse_metadata;
 use crate::group_commit::{BatchWriter, Committer, plan};
 use crate::migrate::POSTGRES as MIGRATIONS;
 use crate::work::{BatchWork, WorkSignals, after, earliest_first, oldest_first};
@@ -848,7 +847,11 @@ impl Outbox for PostgresStore {
 
 fn decode(row: &PgRow) -> Result<Envelope, StoreError> {
     let event_id: Uuid = row.try_get("event_id")?;
-    let metadata = parse_metadata(row.try_get("metadata")?, &event_id.to_string())?;
+    // Read straight into its type, not through a JSON value first.
+    let metadata = row
+        .try_get::<sqlx::types::Json<crate::Metadata>, _>("metadata")
+        .map(|json| json.0)
+        .map_err(|_| StoreError::Corrupt(event_id.to_string()))?;
     let occurred_at: DateTime<Utc> = row.try_get("occurred_at")?;
     Ok(Envelope {
         position: row.try_get("position")?,

@@ -24,7 +24,6 @@ use sqlx::{Connection, Row};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::parse_metadata;
 use crate::group_commit::{BatchWriter, Committer, plan};
 use crate::migrate::SQLITE as MIGRATIONS;
 use crate::work::{BatchWork, WorkSignals, after, earliest_first, oldest_first};
@@ -712,7 +711,7 @@ fn decode(row: &SqliteRow) -> Result<Envelope, StoreError> {
         occurred_at: DateTime::parse_from_rfc3339(&occurred_at)
             .map_err(|_| corrupt())?
             .with_timezone(&Utc),
-        metadata: parse_metadata(serde_json::from_str(&metadata).map_err(|_| corrupt())?, &id)?,
+        metadata: serde_json::from_str(&metadata).map_err(|_| corrupt())?,
     })
 }
 
