@@ -141,10 +141,11 @@ impl Exports {
                 let (exports, export) = (self.clone(), export.clone());
                 let writes = days.clone().into_iter().map(move |day| {
                     let (exports, export) = (exports.clone(), export.clone());
-                    tokio::spawn(async move { exports.day_part(&export, index, &day).await })
-                        .map(|joined| {
+                    tokio::spawn(async move { exports.day_part(&export, index, &day).await }).map(
+                        |joined| {
                             joined.map_err(|e| ExportError::Other(format!("a day's file: {e}")))?
-                        })
+                        },
+                    )
                 });
                 futures_util::stream::iter(writes)
                     .buffered(DAYS_AT_ONCE)

@@ -276,32 +276,18 @@ mod tests {
     use super::*;
 
     fn export(status: Status) -> ExportState {
+        let request = ExportRequested {
+            export_id: Uuid::now_v7(),
+            user_id: Uuid::now_v7(),
+            user_name: "ann".into(),
+            destination: Destination::Bundle,
+            include_files: false,
+            keep_in_sync: false,
+        };
         ExportState {
-            request: ExportRequested {
-                export_id: Uuid::now_v7(),
-                user_id: Uuid::now_v7(),
-                user_name: "ann".into(),
-                destination: Destination::Bundle,
-                include_files: false,
-                keep_in_sync: false,
-            },
-            requested_at: Utc::now(),
             status,
-            up_to: 0,
             steps: vec![Step::Backups, Step::Finish],
-            done: 0,
-            parts: Vec::new(),
-            attempts: 0,
-            last_error: None,
-            retry_at: None,
-            bundle: None,
-            expires_at: None,
-            expired: false,
-            failure: None,
-            finished_at: None,
-            synced_up_to: 0,
-            synced_at: None,
-            version: 1,
+            ..ExportState::requested(request, Utc::now(), 1)
         }
     }
 

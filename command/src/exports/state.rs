@@ -91,14 +91,11 @@ impl ExportState {
         self.steps.get(self.done).map(Step::label)
     }
 
-    /// Fold an export's stream; `None` for an empty one.
-    pub fn of(events: &[Envelope]) -> Result<Option<Self>, DecodeError> {
-        let Some((first, rest)) = events.split_first() else {
-            return Ok(None);
-        };
-        let mut state = ExportState {
-            request: ExportRequested::decode(first)?,
-            requested_at: first.occurred_at,
+    /// An export as it is once asked for, queued.
+    pub fn requested(request: ExportRequested, at: DateTime<Utc>, version: i64) -> Self {
+        ExportState {
+            request,
+            requested_at: at,
             status: Status::Queued,
             up_to: 0,
             steps: Vec::new(),
@@ -114,8 +111,20 @@ impl ExportState {
             finished_at: None,
             synced_up_to: 0,
             synced_at: None,
-            version: first.version,
+            version,
+        }
+    }
+
+    /// Fold an export's stream; `None` for an empty one.
+    pub fn of(events: &[Envelope]) -> Result<Option<Self>, DecodeError> {
+        let Some((first, rest)) = events.split_first() else {
+            return Ok(None);
         };
+        let mut state = ExportState::requested(
+            ExportRequested::decode(first)?,
+            first.occurred_at,
+            first.version,
+        );
         for event in rest {
             state.apply(event)?;
         }

@@ -39,3 +39,18 @@ pub async fn open_sqlite(path: &Path) -> Result<Arc<SqliteStore>, StoreError> {
     Ok(Arc::new(SqliteStore::open(path).await?))
 }
 
+/// `days_by_actor`'s rows (a `YYYY-MM-DD` day, a count, the first and last position).
+fn day_spans(rows: Vec<(String, i64, i64, i64)>) -> Result<Vec<crate::DaySpan>, StoreError> {
+    rows.into_iter()
+        .map(|(day, count, first, last)| {
+            Ok(crate::DaySpan {
+                day: day
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(format!("the day {day:?}")))?,
+                count: u64::try_from(count).unwrap_or(0),
+                first,
+                last,
+            })
+        })
+        .collect()
+}

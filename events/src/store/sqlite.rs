@@ -887,18 +887,7 @@ impl EventStore for SqliteStore {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|(day, count, first, last)| {
-                Ok(DaySpan {
-                    day: day
-                        .parse()
-                        .map_err(|_| StoreError::Corrupt(format!("the day {day:?}")))?,
-                    count: u64::try_from(count).unwrap_or(0),
-                    first,
-                    last,
-                })
-            })
-            .collect()
+        super::day_spans(rows)
     }
 
     async fn head(&self) -> Result<Position, StoreError> {
