@@ -231,7 +231,7 @@ fn id(path: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
     request_body = ExportInput,
     responses(
         (status = 202, description = "Queued; it runs in the background", body = ExportView,
-            headers(("Location" = String, description = "/exports/{id}"))),
+            headers(("Content-Location" = String, description = "/exports/{id}: where this export is followed"))),
         (status = 400, description = "Not a valid request; the code names the field", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
     ))]
@@ -267,7 +267,9 @@ async fn create(
     )
         .into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/exports/{}", export.id())) {
-        response.headers_mut().insert(header::LOCATION, location);
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LOCATION, location);
     }
     Ok(response)
 }
@@ -502,7 +504,9 @@ async fn events(
     ),
     responses(
         (status = 200, description = "An HTML page with a progress bar", content_type = "text/html"),
+        (status = 401, description = "No valid token and no signed link", body = ErrorBody),
         (status = 403, description = "The link is not valid or has expired", body = ErrorBody),
+        (status = 404, description = "No such export (of the caller's, with a token)", body = ErrorBody),
     ))]
 async fn page(
     State(state): State<CommandState>,
