@@ -220,7 +220,7 @@ impl Application {
                 if embedded {
                     // SQLite cannot tell this process of work another one adds (`cairn
                     // export` on the command line): look every few seconds at most.
-                    sleeper.max_sleep = Duration::from_secs(5);
+                    sleeper.look_every = Some(Duration::from_secs(5));
                 }
                 tasks.push(tokio::spawn(sleeper.run(shutdown.clone())));
                 let emails = EmailDelivery {

@@ -74,10 +74,12 @@ pub struct Sleeper {
     /// action still runs no earlier than the due time. Claims of others that run out
     /// within this lead count as run out: live ones are renewed seconds ahead.
     pub lead: Duration,
-    /// The longest sleep before the due index is looked at again, for items scheduled
-    /// without a wake-up reaching this process (another process on a store that cannot
-    /// tell it, such as SQLite).
+    /// The longest sleep before the clock is looked at again.
     pub max_sleep: Duration,
+    /// How often the due index is looked at without a wake-up: for a store that cannot
+    /// tell this process of items another one schedules (SQLite). `None` (Postgres, whose
+    /// notifications reach every process): only when woken or something falls due.
+    pub look_every: Option<Duration>,
 }
 
 /// What a round's tasks share.
@@ -102,6 +104,7 @@ impl Sleeper {
             hold: HOLD,
             lead: LEAD,
             max_sleep: Duration::from_secs(60),
+            look_every: None,
         }
     }
 
@@ -166,12 +169,13 @@ impl Sleeper {
             let until_next = next.map_or(self.max_sleep, |at| {
                 (at - lead - now).to_std().unwrap_or(Duration::ZERO)
             });
-            let wait = until_next.min(self.max_sleep);
+            let every = self.look_every.unwrap_or(Duration::MAX);
+            let wait = until_next.min(self.max_sleep).min(every);
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = scheduled.changed() => look = true,
-                // A full sleep looks again: an item may have come without a wake-up.
-                () = tokio::time::sleep(wait) => look = wait == self.max_sleep,
+                // An item may have come without a wake-up.
+                () = tokio::time::sleep(wait) => look = wait == every,
             }
         }
     }
